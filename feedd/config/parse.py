@@ -1,0 +1,281 @@
+"""The config file's top level, server sections, connections and webhooks -> frozen values."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from feedd.config import pipelines as pl
+from feedd.config.reader import (
+    At,
+    Bad,
+    Reader,
+    boolean,
+    choice,
+    duration,
+    http_url,
+    integer,
+    nonempty,
+    path,
+    size,
+    string,
+    strings,
+)
+from feedd.config.source import LocMap, load_tree
+from feedd.config.units import suggest
+from feedd.config.values import (
+    ANY_IP,
+    DEFAULT_TEMP_PATTERNS,
+    Address,
+    ApiKey,
+    BanConfig,
+    Config,
+    Connection,
+    HttpConfig,
+    IPNetwork,
+    LogConfig,
+    SftpConfig,
+    TusConfig,
+    WebhookSubscription,
+)
+from feedd.errors import ConfigError
+
+EVENT_TYPES = (
+    "run.queued", "run.completed", "run.delivered", "run.failed", "run.held",
+    "upload.completed", "upload.aborted", "schema.drift",
+)
+TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
+DEFAULT_STATE_DIR = Path("/var/lib/feedd")
+ALL: tuple[str, ...] = ("*",)
+
+
+def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate a config file. Raises ConfigError listing every problem found."""
+    cfg_path = Path(file).expanduser().absolute()
+    r = Reader(os.environ if env is None else env)
+    tree, files = load_tree(cfg_path, r.issues)
+    top = r.mapping(tree, At(tree.loc, ""), TOP_KEYS) or LocMap()
+    root = At(tree.loc, "")
+    state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
+    connections = _connections(r, top.get("connections"), root.key(top, "connections"))
+    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"))
+    config = Config(
+        path=cfg_path,
+        state_dir=state_dir,
+        log=_log(r, top, root),
+        sftp=_sftp(r, top, root, state_dir),
+        http=_http(r, top, root, connections),
+        schemas=schemas,
+        connections=connections,
+        pipelines=pl.pipelines(r, top.get("pipelines"), root.key(top, "pipelines"), schemas, connections),
+        webhooks=_webhooks(r, top.get("webhooks"), root.key(top, "webhooks")),
+        files=tuple(files),
+    )
+    if r.issues:
+        order = {f: i for i, f in enumerate(files)}
+        raise ConfigError(sorted(r.issues, key=lambda i: (order.get(i.file, -1), i.line)))
+    return config
+
+
+def _log(r: Reader, top: LocMap, root: At) -> LogConfig:
+    at = root.key(top, "log")
+    m = r.mapping(top.get("log"), at, ("level", "format"))
+    return LogConfig(
+        level=r.get(m, at, "level", choice("debug", "info", "warning", "error"), "info"),
+        format=r.get(m, at, "format", choice("console", "json"), None),
+    )
+
+
+def listen(r: Reader, v: Any, at: At) -> tuple[Address, ...]:
+    out = []
+    for item, sub in r.items(v, at):
+        text = string(r, item, sub).strip()
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", text)
+        if not m:
+            r.issue(sub, f"expected host:port (or [ipv6]:port), got {text!r}")
+            continue
+        host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        if int(port) > 65535:
+            r.issue(sub, f"port {port} is out of range (0-65535)")
+            continue
+        out.append(Address(host, int(port)))
+    if not out:
+        raise Bad("expected at least one host:port address")
+    return tuple(out)
+
+
+def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
+    at = root.key(top, "sftp")
+    keys = ("listen", "host_keys", "spaces_dir", "settle", "temp_patterns", "done_marker", "login_grace",
+            "idle_timeout", "max_sessions_per_connection", "ban")
+    m = r.mapping(top.get("sftp"), at, keys)
+    ban_at = at.key(m, "ban") if m else at
+    ban = r.mapping(m.get("ban") if m else None, ban_at, ("after_failures", "within", "for"))
+    return SftpConfig(
+        listen=r.get(m, at, "listen", listen, (Address("127.0.0.1", 2222),)),
+        host_keys=tuple(r.get(m, at, "host_keys", _paths, ())),
+        spaces_dir=r.get(m, at, "spaces_dir", path, state_dir / "spaces"),
+        settle=r.get(m, at, "settle", duration, 2.0),
+        temp_patterns=r.get(m, at, "temp_patterns", strings, DEFAULT_TEMP_PATTERNS),
+        done_marker=r.get(m, at, "done_marker", _marker, None),
+        login_grace=r.get(m, at, "login_grace", duration, 30.0),
+        idle_timeout=r.get(m, at, "idle_timeout", duration, 600.0),
+        max_sessions_per_connection=r.get(m, at, "max_sessions_per_connection", integer(1, 1000), 10),
+        ban=BanConfig(
+            after_failures=r.get(ban, ban_at, "after_failures", integer(1), 5),
+            within=r.get(ban, ban_at, "within", duration, 300.0),
+            duration=r.get(ban, ban_at, "for", duration, 900.0),
+        ),
+    )
+
+
+def _paths(r: Reader, v: Any, at: At) -> list[Path]:
+    out = []
+    for item, sub in r.items(v, at):
+        try:
+            out.append(path(r, item, sub))
+        except Bad as exc:
+            r.issue(sub, str(exc))
+    return out
+
+
+def _marker(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at)
+    if "/" in s:
+        raise Bad(f"expected a file name suffix like '.done', got {s!r}")
+    return s
+
+
+def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
+    at = root.key(top, "http")
+    m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "api_keys", "tus"))
+    tus_at = at.key(m, "tus") if m else at
+    tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after"))
+    keys: list[ApiKey] = []
+    if m is not None and m.get("api_keys") is not None:
+        keys_at = at.key(m, "api_keys")
+        for item, sub in r.items(m["api_keys"], keys_at):
+            km = r.mapping(item, sub, ("name", "key_sha256", "connections"))
+            if km is None:
+                r.issue(sub, "expected {name, key_sha256, connections}")
+                continue
+            key = ApiKey(
+                name=r.require(km, sub, "name", nonempty, "?"),
+                key_sha256=r.require(km, sub, "key_sha256", _sha256_hex, ""),
+                connections=r.get(km, sub, "connections", strings, ALL),
+            )
+            for name in key.connections:
+                if name != "*" and name not in connections:
+                    r.issue(sub.key(km, "connections"), f"unknown connection {name!r}{suggest(name, connections)}")
+            keys.append(key)
+    return HttpConfig(
+        listen=r.get(m, at, "listen", listen, (Address("127.0.0.1", 8080),)),
+        max_part_size=r.get(m, at, "max_part_size", size, 64 * 1024**2),
+        api_keys=tuple(keys),
+        tus=TusConfig(
+            max_size=r.get(tus, tus_at, "max_size", size, 5 * 1024**3),
+            expire_after=r.get(tus, tus_at, "expire_after", duration, 86400.0),
+        ),
+    )
+
+
+def _sha256_hex(r: Reader, v: Any, at: At) -> str:
+    s = string(r, v, at).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", s):
+        raise Bad("expected 64 hex digits (the sha256 that `feedd apikey` prints)")
+    return s
+
+
+def _connections(r: Reader, v: Any, at: At) -> dict[str, Connection]:
+    keys = ("password_hash", "authorized_keys", "authorized_keys_file", "allowed_ips", "enabled", "quota",
+            "max_file_size")
+    out = {}
+    for name, body, sub in r.named(v, at, "connection"):
+        m = r.mapping(body, sub, keys) or LocMap()
+        conn = Connection(
+            name=name,
+            password_hash=r.get(m, sub, "password_hash", _password_hash, None),
+            authorized_keys=r.get(m, sub, "authorized_keys", _public_keys, ()),
+            authorized_keys_file=r.get(m, sub, "authorized_keys_file", _keys_file, None),
+            allowed_ips=r.get(m, sub, "allowed_ips", _networks, ANY_IP),
+            enabled=r.get(m, sub, "enabled", boolean, True),
+            quota=r.get(m, sub, "quota", size, None),
+            max_file_size=r.get(m, sub, "max_file_size", size, None),
+        )
+        if not (conn.password_hash or conn.authorized_keys or conn.authorized_keys_file):
+            r.issue(sub, "no way to log in: set password_hash, authorized_keys or authorized_keys_file")
+        out[name] = conn
+    return out
+
+
+def _password_hash(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at).strip()
+    if not s.startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
+        raise Bad("expected an argon2 hash starting with '$argon2id$' (make one with `feedd passwd`)")
+    return s
+
+
+def _public_keys(r: Reader, v: Any, at: At) -> tuple[str, ...]:
+    out = []
+    for item, sub in r.items(v, at):
+        text = string(r, item, sub).strip()
+        try:
+            asyncssh.import_public_key(text)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            r.issue(sub, f"not a valid SSH public key: {exc}")
+            continue
+        out.append(text)
+    return tuple(out)
+
+
+def _keys_file(r: Reader, v: Any, at: At) -> Path:
+    p = path(r, v, at)
+    try:
+        asyncssh.read_authorized_keys(str(p))
+    except OSError as exc:
+        raise Bad(f"cannot read authorized keys file {p}: {exc.strerror or exc}") from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise Bad(f"bad authorized keys file {p}: {exc}") from None
+    return p
+
+
+def _networks(r: Reader, v: Any, at: At) -> tuple[IPNetwork, ...]:
+    out = []
+    for item, sub in r.items(v, at):
+        text = string(r, item, sub).strip()
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            r.issue(sub, f"expected an IP address or CIDR network like 10.0.0.0/8, got {text!r}")
+    return tuple(out)
+
+
+def _webhooks(r: Reader, v: Any, at: At) -> tuple[WebhookSubscription, ...]:
+    if v is None:
+        return ()
+    out = []
+    for item, sub in r.items(v, at):
+        m = r.mapping(item, sub, ("url", "secret", "events"))
+        if m is None:
+            r.issue(sub, "expected {url, secret, events}")
+            continue
+        events: tuple[str, ...] = r.get(m, sub, "events", strings, ("*",))
+        for pattern in events:
+            if not fnmatch.filter(EVENT_TYPES, pattern):
+                r.issue(sub.key(m, "events"),
+                        f"{pattern!r} matches no event type{suggest(pattern, EVENT_TYPES)}; "
+                        f"types: {', '.join(EVENT_TYPES)}")
+        out.append(WebhookSubscription(
+            url=r.require(m, sub, "url", http_url, ""),
+            secret=r.get(m, sub, "secret", nonempty, None),
+            events=events,
+        ))
+    return tuple(out)
+

@@ -1,0 +1,433 @@
+"""Schemas and pipelines in the config: fields and rules, mappings, transforms, formats, destinations."""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from feedd.config.reader import (
+    At,
+    Bad,
+    Reader,
+    boolean,
+    choice,
+    describe,
+    http_url,
+    integer,
+    nonempty,
+    number,
+    path,
+    string,
+    strings,
+)
+from feedd.config.source import LocMap
+from feedd.config.units import suggest
+from feedd.config.values import (
+    Connection,
+    Destination,
+    DestinationType,
+    FieldMapping,
+    FieldSpec,
+    FieldType,
+    FormatConfig,
+    OutputConfig,
+    Pipeline,
+    Schema,
+    Transform,
+)
+from feedd.model import Direction
+
+FIELD_KEYS = ("type", "required", "unique", "pattern", "min", "max", "min_length", "max_length", "values",
+              "default", "aliases")
+NONE: tuple[str, ...] = ()
+TEXT_TYPES = (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM)
+ORDERED_TYPES = (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME)
+PIPELINE_KEYS = ("connection", "schema", "direction", "active", "match", "format", "auto_map", "mappings",
+                 "egress", "max_error_rate", "reports", "output", "destinations")
+OUTPUT_PLACEHOLDERS = ("stem", "name", "ext", "run_id", "connection", "pipeline", "date", "time")
+NO_ARG_TRANSFORMS = ("trim", "lower", "upper", "title", "digits")
+ARG_TRANSFORMS = ("null_if", "replace", "date", "datetime", "number", "boolean", "map", "default", "truncate",
+                  "split")
+TRANSFORMS = NO_ARG_TRANSFORMS + ARG_TRANSFORMS
+DESTINATION_KEYS: dict[DestinationType, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # type: (required keys, optional keys)
+    DestinationType.DIRECTORY: (("path",), ()),
+    DestinationType.OUTBOX: ((), ()),
+    DestinationType.WEBHOOK: (("url",), ("secret",)),
+    DestinationType.S3: (("bucket",), ("prefix", "endpoint_url", "region")),
+    DestinationType.SFTP: (("host", "username", "path"), ("port", "key_file", "password", "known_hosts")),
+}
+
+
+def template_placeholders(text: str) -> list[str]:
+    """Names inside `{...}`; `{{` and `}}` are literal braces. Raises Bad when malformed."""
+    names, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if text.startswith(("{{", "}}"), i):
+            i += 2
+        elif ch == "{":
+            end = text.find("}", i + 1)
+            inner = text[i + 1:end] if end != -1 else ""
+            if end == -1 or "{" in inner:
+                raise Bad(f"unclosed '{{' at position {i} in template {text!r}")
+            if not inner.strip():
+                raise Bad(f"empty placeholder '{{}}' at position {i} in template {text!r}")
+            names.append(inner)
+            i = end + 1
+        elif ch == "}":
+            raise Bad(f"unmatched '}}' at position {i} in template {text!r} (write '}}}}' for a literal brace)")
+        else:
+            i += 1
+    return names
+
+
+def schemas(r: Reader, v: Any, at: At) -> dict[str, Schema]:
+    out = {}
+    for name, body, sub in r.named(v, at, "schema"):
+        m = r.mapping(body, sub, ("fields",))
+        fields_v = m.get("fields") if m else None
+        if not isinstance(fields_v, LocMap) or not fields_v:
+            r.issue(sub, "expected 'fields': a mapping of field name -> {type, rules}")
+            continue
+        fields_at = sub.key(m, "fields") if m else sub
+        out[name] = Schema(name, tuple(_field(r, fname, fbody, fields_at.key(fields_v, fname))
+                                       for fname, fbody in fields_v.items()))
+    return out
+
+
+def _field(r: Reader, name: str, body: Any, at: At) -> FieldSpec:
+    m = r.mapping(body, at, FIELD_KEYS)
+    if m is None:
+        r.issue(at, "expected a mapping with at least 'type'")
+        return FieldSpec(name, FieldType.STRING)
+    ftype = FieldType(r.require(m, at, "type", choice(*FieldType), "string"))
+    for key in m:
+        if key in ("pattern", "min_length", "max_length") and ftype not in TEXT_TYPES:
+            r.issue(at.key(m, key), f"{key!r} applies to string, email and enum fields, not {ftype}")
+        if key in ("min", "max") and ftype not in ORDERED_TYPES:
+            r.issue(at.key(m, key),
+                    f"{key!r} applies to integer, decimal, number, date and datetime fields, not {ftype}")
+        if key == "values" and ftype is not FieldType.ENUM:
+            r.issue(at.key(m, key), f"'values' applies to enum fields, not {ftype}")
+    bound = number() if ftype in (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER) else string
+    spec = FieldSpec(
+        name=name,
+        type=ftype,
+        required=r.get(m, at, "required", boolean, False),
+        unique=r.get(m, at, "unique", boolean, False),
+        pattern=r.get(m, at, "pattern", _regex, None),
+        min=r.get(m, at, "min", bound, None),
+        max=r.get(m, at, "max", bound, None),
+        min_length=r.get(m, at, "min_length", integer(0), None),
+        max_length=r.get(m, at, "max_length", integer(0), None),
+        values=r.get(m, at, "values", strings, NONE),
+        default=m.get("default"),
+        aliases=r.get(m, at, "aliases", strings, NONE),
+    )
+    if spec.min is not None and spec.max is not None and spec.min > spec.max:
+        r.issue(at, f"min ({spec.min}) is greater than max ({spec.max})")
+    if spec.min_length is not None and spec.max_length is not None and spec.min_length > spec.max_length:
+        r.issue(at, f"min_length ({spec.min_length}) is greater than max_length ({spec.max_length})")
+    if ftype is FieldType.ENUM and not spec.values:
+        r.issue(at, "an enum field needs 'values': the allowed values")
+    if ftype is FieldType.ENUM and spec.default is not None and str(spec.default) not in spec.values:
+        r.issue(at.key(m, "default"), f"default {spec.default!r} is not one of the values {list(spec.values)}")
+    return spec
+
+
+def _regex(r: Reader, v: Any, at: At) -> str:
+    s = string(r, v, at)
+    try:
+        re.compile(s)
+    except re.error as exc:
+        raise Bad(f"invalid regular expression {s!r}: {exc}") from None
+    return s
+
+
+def pipelines(r: Reader, v: Any, at: At, schemas: Mapping[str, Schema],
+              connections: Mapping[str, Connection]) -> dict[str, Pipeline]:
+    out = {}
+    for name, body, sub in r.named(v, at, "pipeline"):
+        m = r.mapping(body, sub, PIPELINE_KEYS)
+        if m is None:
+            r.issue(sub, "expected a mapping with connection, schema and direction")
+            continue
+        conn = r.require(m, sub, "connection", nonempty, "")
+        if conn and conn not in connections:
+            r.issue(sub.key(m, "connection"), f"unknown connection {conn!r}{suggest(conn, connections)}")
+        schema_name = r.require(m, sub, "schema", nonempty, "")
+        schema = schemas.get(schema_name)
+        if schema_name and schema is None:
+            r.issue(sub.key(m, "schema"), f"unknown schema {schema_name!r}{suggest(schema_name, schemas)}")
+        direction = Direction(r.get(m, sub, "direction", choice(*Direction), "inbound"))
+        match: tuple[str, ...] = r.get(m, sub, "match", strings, ())
+        if direction is Direction.INBOUND and not match:
+            r.issue(sub, "an inbound pipeline needs 'match': globs like 'inbox/*.csv'")
+        if direction is Direction.OUTBOUND and match:
+            r.issue(sub.key(m, "match"), "an outbound pipeline takes no 'match' (its input comes from the side API)")
+        for glob_ in match:
+            if glob_.startswith("/") or ".." in glob_.split("/"):
+                r.issue(sub.key(m, "match"), f"{glob_!r}: globs are relative to the space root, like 'inbox/*.csv'")
+        dests = _destinations(r, m, sub)
+        if direction is Direction.OUTBOUND and not dests:
+            dests = (Destination(DestinationType.OUTBOX, "outbox"),)
+        out[name] = Pipeline(
+            name=name,
+            connection=conn,
+            schema=schema_name,
+            direction=direction,
+            active=r.get(m, sub, "active", boolean, True),
+            match=match,
+            format=_format(r, m, sub),
+            auto_map=r.get(m, sub, "auto_map", boolean, True),
+            mappings=_mappings(r, m, sub, schema),
+            egress=r.get(m, sub, "egress", choice("valid_only", "all"), "valid_only"),
+            max_error_rate=r.get(m, sub, "max_error_rate", number(0.0, 1.0), 1.0),
+            reports=r.get(m, sub, "reports", boolean, direction is Direction.INBOUND),
+            output=_output(r, m, sub),
+            destinations=dests,
+        )
+    return out
+
+
+def _format(r: Reader, pm: LocMap, pat: At) -> FormatConfig:
+    at = pat.key(pm, "format")
+    raw = pm.get("format")
+    if isinstance(raw, str):  # `format: csv` is short for `format: {type: csv}`
+        return FormatConfig(type=r.get(pm, pat, "format", choice("csv", "tsv", "json", "jsonl", "auto"), "auto"))
+    m = r.mapping(raw, at, ("type", "delimiter", "encoding", "header", "skip_rows"))
+    return FormatConfig(
+        type=r.get(m, at, "type", choice("csv", "tsv", "json", "jsonl", "auto"), "auto"),
+        delimiter=r.get(m, at, "delimiter", _delimiter, "auto"),
+        encoding=r.get(m, at, "encoding", _encoding, "auto"),
+        header=r.get(m, at, "header", boolean, True),
+        skip_rows=r.get(m, at, "skip_rows", integer(0), 0),
+    )
+
+
+def _delimiter(r: Reader, v: Any, at: At) -> str:
+    s = string(r, v, at)
+    s = {"tab": "\t", "\\t": "\t"}.get(s, s)
+    if s != "auto" and len(s) != 1:
+        raise Bad(f"expected 'auto' or a single character like ',' ';' '|' or 'tab', got {s!r}")
+    return s
+
+
+def _encoding(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at)
+    if s != "auto":
+        try:
+            codecs.lookup(s)
+        except LookupError:
+            raise Bad(f"unknown encoding {s!r} (for example utf-8, utf-16, cp1252, latin-1, or auto)") from None
+    return s
+
+
+def _output(r: Reader, pm: LocMap, pat: At) -> OutputConfig:
+    at = pat.key(pm, "output")
+    m = r.mapping(pm.get("output"), at, ("format", "filename"))
+    return OutputConfig(
+        format=r.get(m, at, "format", choice("csv", "json", "jsonl"), "jsonl"),
+        filename=r.get(m, at, "filename", _filename_template, "{stem}.{run_id}.{ext}"),
+    )
+
+
+def _filename_template(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at)
+    for name in template_placeholders(s):
+        if name not in OUTPUT_PLACEHOLDERS:
+            raise Bad(f"unknown placeholder {{{name}}}{suggest(name, OUTPUT_PLACEHOLDERS)}; "
+                      f"known: {', '.join('{' + p + '}' for p in OUTPUT_PLACEHOLDERS)}")
+    if "/" in s or s.startswith("."):
+        raise Bad(f"a file name may not contain '/' or start with '.', got {s!r}")
+    return s
+
+
+def _mappings(r: Reader, pm: LocMap, pat: At, schema: Schema | None) -> tuple[FieldMapping, ...]:
+    at = pat.key(pm, "mappings")
+    raw = pm.get("mappings")
+    if raw is None:
+        return ()
+    if not isinstance(raw, LocMap):
+        r.issue(at, f"expected a mapping of schema field -> source, got {describe(raw)}")
+        return ()
+    out = []
+    for target, body in raw.items():
+        sub = at.key(raw, target)
+        if schema is not None and schema.field(target) is None:
+            r.issue(sub, f"no field {target!r} in schema {schema.name!r}"
+                         f"{suggest(target, [f.name for f in schema.fields])}")
+        if isinstance(body, str | int | float) and not isinstance(body, bool):
+            out.append(FieldMapping(target, source=r.get(raw, at, target, nonempty, "")))
+            continue
+        m = r.mapping(body, sub, ("from", "transforms", "default", "value", "template"))
+        if m is None:
+            r.issue(sub, "expected a source column name or {from, transforms, default, value, template}")
+            continue
+        given = [k for k in ("from", "template", "value") if k in m]
+        if len(given) > 1:
+            r.issue(sub, f"use only one of from, template and value (got {', '.join(given)})")
+        out.append(FieldMapping(
+            target=target,
+            source=r.get(m, sub, "from", nonempty, None),
+            template=r.get(m, sub, "template", _template, None),
+            value=m.get("value"),
+            has_value="value" in m,
+            transforms=_transforms(r, m.get("transforms"), sub.key(m, "transforms")),
+            default=m.get("default"),
+        ))
+    return tuple(out)
+
+
+def _template(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at)
+    if not template_placeholders(s):
+        raise Bad(f"template {s!r} has no {{column}} placeholder (use 'value' for a constant)")
+    return s
+
+
+def _transforms(r: Reader, v: Any, at: At) -> tuple[Transform, ...]:
+    if v is None:
+        return ()
+    out = []
+    for item, sub in r.items(v, at):
+        if isinstance(item, str):
+            name, arg, has_arg = item, None, False
+        elif isinstance(item, LocMap) and len(item) == 1:
+            name, arg = next(iter(item.items()))
+            has_arg, sub = True, sub.key(item, name)
+        else:
+            r.issue(sub, "expected a transform name or a one-key mapping like {date: '%m/%d/%Y'}, "
+                         f"got {describe(item)}")
+            continue
+        if name not in TRANSFORMS:
+            r.issue(sub, f"unknown transform {name!r}{suggest(name, TRANSFORMS)}")
+            continue
+        if name in NO_ARG_TRANSFORMS and has_arg and arg is not None:
+            r.issue(sub, f"transform {name!r} takes no argument: write it as '{name}'")
+            continue
+        if name in ARG_TRANSFORMS and not has_arg:
+            r.issue(sub, f"transform {name!r} needs an argument, like {{{name}: ...}}")
+            continue
+        try:
+            out.append(Transform(name, _transform_arg(r, name, arg, sub)))
+        except Bad as exc:
+            r.issue(sub, f"{name}: {exc}")
+    return tuple(out)
+
+
+def _transform_arg(r: Reader, name: str, arg: Any, at: At) -> Any:
+    if name in NO_ARG_TRANSFORMS:
+        return None
+    if name == "null_if":
+        return tuple(str(x) for x in (arg if isinstance(arg, list) else [arg]))
+    if name == "replace":
+        if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, str) for x in arg)):
+            raise Bad("expected [regex, replacement]")
+        return (_regex(r, arg[0], at), arg[1])
+    if name in ("date", "datetime"):
+        fmt = nonempty(r, arg, at)
+        if "%" not in fmt:
+            raise Bad(f"expected a strptime format like '%m/%d/%Y', got {fmt!r}")
+        return fmt
+    if name == "number":
+        m = r.mapping(arg, at, ("decimal", "thousands"))
+        if m is None:
+            raise Bad("expected {decimal: ',', thousands: '.'}")
+        return (r.get(m, at, "decimal", string, "."), r.get(m, at, "thousands", string, ""))
+    if name == "boolean":
+        m = r.mapping(arg, at, ("true", "false"))
+        if m is None:
+            raise Bad("expected {true: [yes, y, 1], false: [no, n, 0]}")
+        truthy, falsy = r.get(m, at, "true", strings, NONE), r.get(m, at, "false", strings, NONE)
+        if not truthy and not falsy:
+            raise Bad("expected {true: [yes, y, 1], false: [no, n, 0]}")
+        return (tuple(x.lower() for x in truthy), tuple(x.lower() for x in falsy))
+    if name == "map":
+        if not isinstance(arg, LocMap):
+            raise Bad("expected a mapping of value -> replacement")
+        return dict(arg)
+    if name == "default":
+        return arg
+    if name == "truncate":
+        return integer(0)(r, arg, at)
+    if name == "split":
+        if not (isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str) and arg[0]
+                and isinstance(arg[1], int) and not isinstance(arg[1], bool)):
+            raise Bad("expected [separator, index], like [' ', 0]")
+        return (arg[0], arg[1])
+    raise Bad(f"unknown transform {name!r}")  # pragma: no cover - names are checked before
+
+
+def _destinations(r: Reader, pm: LocMap, pat: At) -> tuple[Destination, ...]:
+    raw = pm.get("destinations")
+    if raw is None:
+        return ()
+    at = pat.key(pm, "destinations")
+    out: list[Destination] = []
+    for item, sub in r.items(raw, at):
+        if not isinstance(item, LocMap) or "type" not in item:
+            r.issue(sub, f"expected a mapping with 'type' ({', '.join(DestinationType)})")
+            continue
+        dtype_s = r.get(item, sub, "type", string, "")
+        if dtype_s not in DestinationType.__members__.values():
+            r.issue(sub.key(item, "type"),
+                    f"unknown destination type {dtype_s!r}{suggest(dtype_s, list(DestinationType))}; "
+                    f"known: {', '.join(DestinationType)}")
+            continue
+        dtype = DestinationType(dtype_s)
+        required, optional = DESTINATION_KEYS[dtype]
+        m = r.mapping(item, sub, ("type", "name", *required, *optional))
+        for key in required:
+            if m is not None and m.get(key) is None:
+                r.issue(sub, f"a {dtype} destination needs {key!r}")
+        dest = _destination(r, dtype, item, sub)
+        if any(d.key == dest.key for d in out):
+            r.issue(sub, f"two destinations named {dest.key!r}: give one a distinct 'name'")
+        out.append(dest)
+    return tuple(out)
+
+
+def _destination(r: Reader, dtype: DestinationType, m: LocMap, at: At) -> Destination:
+    d = Destination(
+        type=dtype,
+        key="",
+        path=r.get(m, at, "path", path, None) if dtype is DestinationType.DIRECTORY else None,
+        url=r.get(m, at, "url", http_url, None),
+        secret=r.get(m, at, "secret", nonempty, None),
+        bucket=r.get(m, at, "bucket", _bucket, None),
+        prefix=r.get(m, at, "prefix", string, ""),
+        endpoint_url=r.get(m, at, "endpoint_url", http_url, None),
+        region=r.get(m, at, "region", nonempty, None),
+        host=r.get(m, at, "host", nonempty, None),
+        port=r.get(m, at, "port", integer(1, 65535), 22),
+        username=r.get(m, at, "username", nonempty, None),
+        password=r.get(m, at, "password", nonempty, None),
+        key_file=r.get(m, at, "key_file", path, None),
+        known_hosts=r.get(m, at, "known_hosts", path, None),
+        remote_path=r.get(m, at, "path", nonempty, None) if dtype is DestinationType.SFTP else None,
+    )
+    if dtype is DestinationType.SFTP and not (d.password or d.key_file):
+        r.issue(at, "an sftp destination needs 'key_file' or 'password'")
+    name = r.get(m, at, "name", nonempty, None)
+    target = {
+        DestinationType.DIRECTORY: str(d.path),
+        DestinationType.OUTBOX: "",
+        DestinationType.WEBHOOK: d.url or "",
+        DestinationType.S3: f"{d.bucket}/{d.prefix}",
+        DestinationType.SFTP: f"{d.username}@{d.host}:{d.port}{d.remote_path}",
+    }[dtype]
+    key = name or (f"{dtype}:{target}" if target else str(dtype))
+    return dataclasses.replace(d, key=key)
+
+
+def _bucket(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", s):
+        raise Bad(f"invalid S3 bucket name {s!r} (3-63 of a-z, 0-9, '.', '-')")
+    return s
+

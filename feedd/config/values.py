@@ -1,0 +1,227 @@
+"""The config as frozen dataclasses: what the rest of feedd reads. Built only by `feedd.config.parse`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from feedd.model import Direction
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ANY_IP: tuple[IPNetwork, ...] = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+DEFAULT_TEMP_PATTERNS: tuple[str, ...] = ("*.part", "*.tmp", "*.filepart", ".*", "~*")
+
+
+class FieldType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    DATETIME = "datetime"
+    EMAIL = "email"
+    ENUM = "enum"
+
+
+class DestinationType(StrEnum):
+    DIRECTORY = "directory"
+    OUTBOX = "outbox"
+    WEBHOOK = "webhook"
+    S3 = "s3"
+    SFTP = "sftp"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str | None = None  # None: console on a TTY, JSON otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class BanConfig:
+    after_failures: int = 5
+    within: float = 300.0
+    duration: float = 900.0  # `for` in the file
+
+
+@dataclass(frozen=True, slots=True)
+class SftpConfig:
+    listen: tuple[Address, ...]
+    host_keys: tuple[Path, ...]
+    spaces_dir: Path
+    settle: float = 2.0
+    temp_patterns: tuple[str, ...] = DEFAULT_TEMP_PATTERNS
+    done_marker: str | None = None
+    login_grace: float = 30.0
+    idle_timeout: float = 600.0
+    max_sessions_per_connection: int = 10
+    ban: BanConfig = BanConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    key_sha256: str
+    connections: tuple[str, ...] = ("*",)
+
+    def allows(self, connection: str) -> bool:
+        return "*" in self.connections or connection in self.connections
+
+
+@dataclass(frozen=True, slots=True)
+class TusConfig:
+    max_size: int = 5 * 1024**3
+    expire_after: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: tuple[Address, ...]
+    max_part_size: int = 64 * 1024**2
+    api_keys: tuple[ApiKey, ...] = ()
+    tus: TusConfig = TusConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    required: bool = False
+    unique: bool = False
+    pattern: str | None = None
+    min: Any = None
+    max: Any = None
+    min_length: int | None = None
+    max_length: int | None = None
+    values: tuple[str, ...] = ()
+    default: Any = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    name: str
+    fields: tuple[FieldSpec, ...]
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    name: str
+    password_hash: str | None = None
+    authorized_keys: tuple[str, ...] = ()
+    authorized_keys_file: Path | None = None
+    allowed_ips: tuple[IPNetwork, ...] = ANY_IP
+    enabled: bool = True
+    quota: int | None = None
+    max_file_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    name: str
+    arg: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMapping:
+    """How one schema field is filled: from a source column, a template or a constant."""
+
+    target: str
+    source: str | None = None
+    template: str | None = None
+    value: Any = None
+    has_value: bool = False
+    transforms: tuple[Transform, ...] = ()
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class FormatConfig:
+    type: str = "auto"  # csv | tsv | json | jsonl | auto
+    delimiter: str = "auto"
+    encoding: str = "auto"
+    header: bool = True
+    skip_rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    format: str = "jsonl"  # csv | json | jsonl
+    filename: str = "{stem}.{run_id}.{ext}"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One place a run's output goes. `key` names it in deliveries and stays stable across reloads."""
+
+    type: DestinationType
+    key: str
+    path: Path | None = None  # directory
+    url: str | None = None  # webhook
+    secret: str | None = None  # webhook
+    bucket: str | None = None  # s3
+    prefix: str = ""  # s3
+    endpoint_url: str | None = None  # s3
+    region: str | None = None  # s3
+    host: str | None = None  # sftp
+    port: int = 22  # sftp
+    username: str | None = None  # sftp
+    password: str | None = None  # sftp
+    key_file: Path | None = None  # sftp
+    known_hosts: Path | None = None  # sftp
+    remote_path: str | None = None  # sftp `path`
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    name: str
+    connection: str
+    schema: str
+    direction: Direction = Direction.INBOUND
+    active: bool = True
+    match: tuple[str, ...] = ()
+    format: FormatConfig = FormatConfig()
+    auto_map: bool = True
+    mappings: tuple[FieldMapping, ...] = ()
+    egress: str = "valid_only"  # valid_only | all
+    max_error_rate: float = 1.0
+    reports: bool = True
+    output: OutputConfig = OutputConfig()
+    destinations: tuple[Destination, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSubscription:
+    url: str
+    secret: str | None = None
+    events: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    state_dir: Path
+    log: LogConfig
+    sftp: SftpConfig
+    http: HttpConfig
+    schemas: dict[str, Schema] = field(default_factory=dict)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    webhooks: tuple[WebhookSubscription, ...] = ()
+    files: tuple[str, ...] = ()

@@ -1,0 +1,149 @@
+"""The composition root: builds the parts, starts them in order, stops them in reverse; signals and sd_notify.
+
+Order: store -> (runner, delivery: later) -> ingress (http, sftp, watcher). Ingress starts last so that
+nothing is accepted before the parts that record and process it are up, and stops first so that nothing
+new arrives while the rest drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from feedd import hostkeys, log, sdnotify
+from feedd.config import Config, load_config
+from feedd.errors import ConfigError, FeeddError
+from feedd.http.app import HttpServer
+from feedd.store.sqlite import SqliteStore
+
+DRAIN_SECONDS = 30.0  # CONTRACT §8: running work reaches a safe point within 30 s of SIGTERM
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def reload(self, config: Config) -> None: ...
+
+    async def stop(self, deadline: float) -> None:
+        """Stop; work in flight may use the time until `deadline` (event-loop time) to reach a safe point."""
+
+
+class Daemon:
+    def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS) -> None:
+        self.config = config
+        self.drain_seconds = drain_seconds
+        self.components: list[Component] = []
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        logger = log.get()
+        loop = asyncio.get_running_loop()
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        keys, generated = hostkeys.ensure(config)
+        for key in keys:
+            logger.info("host key generated" if generated else "host key", fingerprint=key.fingerprint,
+                        algorithm=key.algorithm, path=str(key.path))
+        store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
+        started: list[Component] = []
+        try:
+            parts: list[Component] = [HttpServer(config, store)]
+            for component in parts:
+                await component.start()
+                started.append(component)
+            self.components = started
+            for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                                 (signal.SIGHUP, self._on_hup)):
+                loop.add_signal_handler(sig, handler)
+            sdnotify.notify("READY=1", "STATUS=serving")
+            logger.info("ready", config=str(config.path), state_dir=str(config.state_dir))
+            if (interval := sdnotify.watchdog_interval()) is not None:
+                self._spawn(self._watchdog(interval))
+            await self._stop.wait()
+            sdnotify.notify("STOPPING=1")
+            logger.info("stopping", drain_seconds=self.drain_seconds)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            deadline = loop.time() + self.drain_seconds
+            for component in reversed(started):
+                try:
+                    await component.stop(deadline)
+                except Exception:
+                    logger.exception("stop failed", component=component.name)
+            for task in self._tasks:
+                task.cancel()
+            await store.close()
+        logger.info("stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_hup(self) -> None:
+        self._spawn(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the config file; a bad one is logged with all its errors and the old one stays."""
+        logger = log.get()
+        async with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                try:
+                    config = await asyncio.to_thread(load_config, self.config.path)
+                except ConfigError as exc:
+                    for issue in exc.issues:
+                        logger.error("config error", error=str(issue))
+                    logger.error("reload failed: keeping the running config", errors=len(exc.issues))
+                    return False
+                for component in self.components:
+                    await component.reload(config)
+                self.config = config
+                log.configure(config.log.level, config.log.format)
+                log.get().info("config reloaded", config=str(config.path))
+                return True
+            finally:
+                sdnotify.notify("READY=1", "STATUS=serving")
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: if the loop is blocked, the pings stop and systemd restarts us.
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def serve(config_path: str | Path) -> int:
+    """`feedd serve`: exit 0 after a clean stop, 2 for a bad config, 1 when the daemon cannot start."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"feedd: the config has {len(exc.issues)} error(s):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    log.configure(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except FeeddError as exc:
+        print(f"feedd: {exc}", file=sys.stderr)
+        log.get().error("cannot start", error=str(exc))
+        return 1
+    except OSError as exc:
+        print(f"feedd: cannot start: {exc}", file=sys.stderr)
+        log.get().error("cannot start", error=str(exc))
+        return 1
+

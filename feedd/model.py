@@ -1,0 +1,202 @@
+"""The values that cross layers: runs, their sources and deliveries, uploads. Standard library only."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    HELD = "held"
+
+    @property
+    def finished(self) -> bool:
+        """No more work will happen on its own (a `completed` run may still have pending deliveries)."""
+        return self in (RunStatus.DELIVERED, RunStatus.FAILED)
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class SourceKind(StrEnum):
+    SFTP = "sftp"
+    UPLOAD = "upload"
+    TUS = "tus"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class UploadState(StrEnum):
+    INITIATED = "initiated"
+    UPLOADING = "uploading"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id: tuple[int, int] = (0, 0)
+
+
+def new_id() -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32, 26 characters.
+
+    Ids sort by creation time (lexically and numerically); ids made in the same millisecond by
+    this process increase by one so that order holds within the millisecond too.
+    """
+    global _last_id
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        last_ms, last_rand = _last_id
+        if ms <= last_ms:
+            ms, rand = last_ms, (last_rand + 1) & ((1 << 80) - 1)
+        else:
+            rand = int.from_bytes(os.urandom(10), "big")
+        _last_id = (ms, rand)
+    value = (ms << 80) | rand
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    kind: SourceKind
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    row: int
+    field: str | None
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    run_id: str
+    destination: str
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    run_id: str
+    pipeline: str | None
+    connection: str
+    direction: Direction
+    status: RunStatus
+    source: Source
+    spool_path: str
+    counts: Counts = Counts()
+    mapping: dict[str, str] = field(default_factory=dict)
+    errors: tuple[RowError, ...] = ()
+    error: RunError | None = None
+    deliveries: tuple[Delivery, ...] = ()
+    created_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    duplicate_of: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as the API shows it (CONTRACT §4: camelCase)."""
+        return {
+            "runId": self.run_id,
+            "pipeline": self.pipeline,
+            "connection": self.connection,
+            "direction": str(self.direction),
+            "status": str(self.status),
+            "source": {
+                "kind": str(self.source.kind),
+                "name": self.source.name,
+                "size": self.source.size,
+                "sha256": self.source.sha256,
+            },
+            "counts": {"rows": self.counts.rows, "valid": self.counts.valid, "invalid": self.counts.invalid},
+            "mapping": dict(self.mapping),
+            "errors": [
+                {"row": e.row, "field": e.field, "code": e.code, "message": e.message} for e in self.errors
+            ],
+            "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+            "deliveries": [
+                {
+                    "destination": d.destination,
+                    "status": str(d.status),
+                    "attempts": d.attempts,
+                    "lastError": d.last_error,
+                    "deliveredAt": iso(d.delivered_at),
+                }
+                for d in self.deliveries
+            ],
+            "duplicateOf": self.duplicate_of,
+            "createdAt": iso(self.created_at),
+            "startedAt": iso(self.started_at),
+            "finishedAt": iso(self.finished_at),
+            "acknowledgedAt": iso(self.acknowledged_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An outbound multipart session or a tus upload, as stored."""
+
+    upload_id: str
+    kind: SourceKind
+    state: UploadState
+    connection: str
+    pipeline: str
+    total_parts: int = 0
+    parts: dict[int, str] = field(default_factory=dict)  # part number -> etag
+    records: int = 0
+    offset: int = 0
+    length: int | None = None
+    filename: str | None = None
+    run_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    expires_at: datetime | None = None

@@ -1,0 +1,56 @@
+"""The `Store` seam: the few durable operations feedd needs, whatever keeps them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from feedd.model import Delivery, Run, RunStatus, Upload
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """A filter over runs. `connections` limits to those names (None: all); `cursor` is a run id."""
+
+    connection: str | None = None
+    pipeline: str | None = None
+    statuses: tuple[RunStatus, ...] = ()
+    acknowledged: bool | None = None
+    connections: frozenset[str] | None = None
+    limit: int = 100
+    cursor: str | None = None
+    oldest_first: bool = False
+
+
+class Store(Protocol):
+    """Durable state. Every method is atomic; a returned call has reached stable storage."""
+
+    async def insert_run(self, run: Run) -> None:
+        """Record a new run with its deliveries. Raises ConflictError if the id exists."""
+
+    async def update_run(self, run: Run, *, expect: RunStatus | None = None) -> bool:
+        """Write the run's mutable fields; with `expect`, only if the stored status is still that one."""
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[Run], str | None]:
+        """Runs newest first (or oldest first), and the cursor for the next page or None."""
+
+    async def find_run_by_content(self, connection: str, sha256: str) -> Run | None:
+        """The first run of `connection` whose input had this sha256 (for duplicate detection)."""
+
+    async def save_delivery(self, delivery: Delivery) -> None: ...
+
+    async def save_upload(self, upload: Upload) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> Upload | None: ...
+
+    async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None: ...
+
+    async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None: ...
+
+    async def set_pipeline_active(self, pipeline: str, active: bool) -> None: ...
+
+    async def pipeline_overrides(self) -> dict[str, bool]: ...
+
+    async def close(self) -> None: ...

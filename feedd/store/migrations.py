@@ -1,0 +1,82 @@
+"""The SQLite schema, as numbered migrations applied in order at start (tracked in `user_version`)."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, """
+    CREATE TABLE runs (
+        run_id          TEXT PRIMARY KEY,
+        pipeline        TEXT,
+        connection      TEXT NOT NULL,
+        direction       TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        source_kind     TEXT NOT NULL,
+        source_name     TEXT NOT NULL,
+        source_size     INTEGER NOT NULL,
+        source_sha256   TEXT NOT NULL,
+        spool_path      TEXT NOT NULL,
+        rows            INTEGER NOT NULL DEFAULT 0,
+        valid           INTEGER NOT NULL DEFAULT 0,
+        invalid         INTEGER NOT NULL DEFAULT 0,
+        mapping         TEXT NOT NULL DEFAULT '{}',
+        errors          TEXT NOT NULL DEFAULT '[]',
+        error_code      TEXT,
+        error_message   TEXT,
+        duplicate_of    TEXT,
+        meta            TEXT NOT NULL DEFAULT '{}',
+        created_at      TEXT NOT NULL,
+        started_at      TEXT,
+        finished_at     TEXT,
+        acknowledged_at TEXT
+    );
+    CREATE INDEX runs_by_status ON runs (status, run_id);
+    CREATE INDEX runs_by_connection ON runs (connection, run_id);
+    CREATE INDEX runs_by_content ON runs (connection, source_sha256);
+
+    CREATE TABLE deliveries (
+        run_id          TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        destination     TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        delivered_at    TEXT,
+        next_attempt_at TEXT,
+        PRIMARY KEY (run_id, destination)
+    );
+    CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+
+    CREATE TABLE uploads (
+        upload_id   TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        connection  TEXT NOT NULL,
+        pipeline    TEXT NOT NULL,
+        total_parts INTEGER NOT NULL DEFAULT 0,
+        parts       TEXT NOT NULL DEFAULT '{}',
+        records     INTEGER NOT NULL DEFAULT 0,
+        "offset"    INTEGER NOT NULL DEFAULT 0,
+        length      INTEGER,
+        filename    TEXT,
+        run_id      TEXT,
+        meta        TEXT NOT NULL DEFAULT '{}',
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        expires_at  TEXT
+    );
+    CREATE INDEX uploads_by_state ON uploads (state, updated_at);
+
+    CREATE TABLE mapping_memory (
+        connection  TEXT NOT NULL,
+        header_key  TEXT NOT NULL,
+        mapping     TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (connection, header_key)
+    );
+
+    CREATE TABLE pipeline_overrides (
+        pipeline    TEXT PRIMARY KEY,
+        active      INTEGER NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    """),
+)

@@ -1,0 +1,317 @@
+"""`SqliteStore`: the Store on one aiosqlite connection in WAL mode, writes serialised through one lock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from feedd.errors import ConflictError
+from feedd.model import (
+    Counts,
+    Delivery,
+    DeliveryStatus,
+    Direction,
+    RowError,
+    Run,
+    RunError,
+    RunStatus,
+    Source,
+    SourceKind,
+    Upload,
+    UploadState,
+    utcnow,
+)
+from feedd.store import RunQuery
+from feedd.store.migrations import MIGRATIONS
+
+_RUN_COLUMNS = (
+    "run_id, pipeline, connection, direction, status, source_kind, source_name, source_size, source_sha256, "
+    "spool_path, rows, valid, invalid, mapping, errors, error_code, error_message, duplicate_of, meta, "
+    "created_at, started_at, finished_at, acknowledged_at"
+)
+_UPLOAD_COLUMNS = (
+    'upload_id, kind, state, connection, pipeline, total_parts, parts, records, "offset", length, filename, '
+    "run_id, meta, created_at, updated_at, expires_at"
+)
+
+_INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _run_row(run: Run) -> tuple[Any, ...]:
+    return (
+        run.run_id, run.pipeline, run.connection, str(run.direction), str(run.status), str(run.source.kind),
+        run.source.name, run.source.size, run.source.sha256, run.spool_path, run.counts.rows, run.counts.valid,
+        run.counts.invalid, json.dumps(run.mapping),
+        json.dumps([[e.row, e.field, e.code, e.message] for e in run.errors]),
+        run.error.code if run.error else None, run.error.message if run.error else None, run.duplicate_of,
+        json.dumps(run.meta), _ts(run.created_at), _ts(run.started_at), _ts(run.finished_at),
+        _ts(run.acknowledged_at),
+    )
+
+
+def _run_from(row: sqlite3.Row, deliveries: tuple[Delivery, ...]) -> Run:
+    return Run(
+        run_id=row["run_id"],
+        pipeline=row["pipeline"],
+        connection=row["connection"],
+        direction=Direction(row["direction"]),
+        status=RunStatus(row["status"]),
+        source=Source(SourceKind(row["source_kind"]), row["source_name"], row["source_size"], row["source_sha256"]),
+        spool_path=row["spool_path"],
+        counts=Counts(row["rows"], row["valid"], row["invalid"]),
+        mapping=json.loads(row["mapping"]),
+        errors=tuple(RowError(*e) for e in json.loads(row["errors"])),
+        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        deliveries=deliveries,
+        created_at=_dt(row["created_at"]) or utcnow(),
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        acknowledged_at=_dt(row["acknowledged_at"]),
+        duplicate_of=row["duplicate_of"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+def _delivery_from(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        run_id=row["run_id"],
+        destination=row["destination"],
+        status=DeliveryStatus(row["status"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        delivered_at=_dt(row["delivered_at"]),
+        next_attempt_at=_dt(row["next_attempt_at"]),
+    )
+
+
+def _delivery_row(d: Delivery) -> tuple[Any, ...]:
+    return (d.run_id, d.destination, str(d.status), d.attempts, d.last_error, _ts(d.delivered_at),
+            _ts(d.next_attempt_at))
+
+
+class SqliteStore:
+    """Open with `await SqliteStore.open(path)`; migrations run before it returns."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        # One connection and one lock: every statement group is serialised, so a reader never sees a
+        # half-written multi-statement change and SQLite never has to arbitrate between writers.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000", "foreign_keys=ON"):
+            await db.execute(f"PRAGMA {pragma}")
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        for version, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, sql.split(";")):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {version}")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        async with self._lock, self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def pragma(self, name: str) -> Any:
+        async with self._lock, self._db.execute(f"PRAGMA {name}") as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
+        """Run statements in one transaction; returns the last statement's rowcount."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                count = 0
+                for sql, params in statements:
+                    cur = await self._db.execute(sql, params)
+                    count = cur.rowcount
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            return count
+
+    async def insert_run(self, run: Run) -> None:
+        placeholders = ", ".join("?" * len(_RUN_COLUMNS.split(", ")))
+        statements = [(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({placeholders})", _run_row(run))]
+        statements += [(_INSERT_DELIVERY, _delivery_row(d)) for d in run.deliveries]
+        try:
+            await self._write(*statements)
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"run {run.run_id} already exists") from exc
+
+    async def update_run(self, run: Run, *, expect: RunStatus | None = None) -> bool:
+        row = _run_row(run)
+        columns = _RUN_COLUMNS.split(", ")
+        sets = ", ".join(f"{c} = ?" for c in columns[1:])
+        sql = f"UPDATE runs SET {sets} WHERE run_id = ?"
+        params: tuple[Any, ...] = (*row[1:], run.run_id)
+        if expect is not None:
+            sql += " AND status = ?"
+            params += (str(expect),)
+        return await self._write((sql, params)) == 1
+
+    async def _deliveries(self, run_ids: list[str]) -> dict[str, list[Delivery]]:
+        out: dict[str, list[Delivery]] = {r: [] for r in run_ids}
+        if not run_ids:
+            return out
+        marks = ", ".join("?" * len(run_ids))
+        async with self._db.execute(
+            f"SELECT * FROM deliveries WHERE run_id IN ({marks}) ORDER BY rowid", run_ids
+        ) as cur:
+            for row in await cur.fetchall():
+                out[row["run_id"]].append(_delivery_from(row))
+        return out
+
+    async def _select_runs(self, where: str, params: list[Any], tail: str) -> list[Run]:
+        async with self._lock:
+            async with self._db.execute(f"SELECT * FROM runs {where} {tail}", params) as cur:
+                rows = list(await cur.fetchall())
+            deliveries = await self._deliveries([r["run_id"] for r in rows])
+        return [_run_from(r, tuple(deliveries[r["run_id"]])) for r in rows]
+
+    async def get_run(self, run_id: str) -> Run | None:
+        runs = await self._select_runs("WHERE run_id = ?", [run_id], "")
+        return runs[0] if runs else None
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[Run], str | None]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("connection", query.connection), ("pipeline", query.pipeline)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+            params += [str(s) for s in query.statuses]
+        if query.acknowledged is not None:
+            clauses.append("acknowledged_at IS NOT NULL" if query.acknowledged else "acknowledged_at IS NULL")
+        if query.connections is not None:
+            names = sorted(query.connections)
+            clauses.append(f"connection IN ({', '.join('?' * len(names))})" if names else "0")
+            params += names
+        if query.cursor is not None:
+            clauses.append("run_id > ?" if query.oldest_first else "run_id < ?")
+            params.append(query.cursor)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        limit = max(1, query.limit)
+        order = "ASC" if query.oldest_first else "DESC"
+        runs = await self._select_runs(where, params, f"ORDER BY run_id {order} LIMIT {limit + 1}")
+        more = len(runs) > limit
+        runs = runs[:limit]
+        return runs, (runs[-1].run_id if more else None)
+
+    async def find_run_by_content(self, connection: str, sha256: str) -> Run | None:
+        runs = await self._select_runs(
+            "WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL", [connection, sha256],
+            "ORDER BY run_id LIMIT 1",
+        )
+        return runs[0] if runs else None
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        await self._write((
+            f"{_INSERT_DELIVERY} ON CONFLICT (run_id, destination) DO UPDATE SET "
+            "status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, "
+            "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at",
+            _delivery_row(delivery),
+        ))
+
+    async def save_upload(self, upload: Upload) -> None:
+        u = upload
+        row = (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts,
+               json.dumps({str(k): v for k, v in u.parts.items()}), u.records, u.offset, u.length, u.filename,
+               u.run_id, json.dumps(u.meta), _ts(u.created_at), _ts(u.updated_at), _ts(u.expires_at))
+        columns = _UPLOAD_COLUMNS.split(", ")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        await self._write((
+            f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ({', '.join('?' * len(row))}) "
+            f"ON CONFLICT (upload_id) DO UPDATE SET {updates}",
+            row,
+        ))
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        async with self._lock, self._db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Upload(
+            upload_id=row["upload_id"],
+            kind=SourceKind(row["kind"]),
+            state=UploadState(row["state"]),
+            connection=row["connection"],
+            pipeline=row["pipeline"],
+            total_parts=row["total_parts"],
+            parts={int(k): v for k, v in json.loads(row["parts"]).items()},
+            records=row["records"],
+            offset=row["offset"],
+            length=row["length"],
+            filename=row["filename"],
+            run_id=row["run_id"],
+            meta=json.loads(row["meta"]),
+            created_at=_dt(row["created_at"]) or utcnow(),
+            updated_at=_dt(row["updated_at"]) or utcnow(),
+            expires_at=_dt(row["expires_at"]),
+        )
+
+    async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
+        await self._write((
+            "INSERT INTO mapping_memory VALUES (?, ?, ?, ?) ON CONFLICT (connection, header_key) DO UPDATE SET "
+            "mapping = excluded.mapping, updated_at = excluded.updated_at",
+            (connection, header_key, json.dumps(mapping), _ts(utcnow())),
+        ))
+
+    async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
+        async with self._lock, self._db.execute(
+            "SELECT mapping FROM mapping_memory WHERE connection = ? AND header_key = ?", (connection, header_key)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
+        await self._write((
+            "INSERT INTO pipeline_overrides VALUES (?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET "
+            "active = excluded.active, updated_at = excluded.updated_at",
+            (pipeline, int(active), _ts(utcnow())),
+        ))
+
+    async def pipeline_overrides(self) -> dict[str, bool]:
+        async with self._lock, self._db.execute("SELECT pipeline, active FROM pipeline_overrides") as cur:
+            return {row[0]: bool(row[1]) for row in await cur.fetchall()}
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
