@@ -48,6 +48,10 @@ class Daemon:
         logger = log.get()
         loop = asyncio.get_running_loop()
         config = self.config
+        # Handlers go in before any part starts: a TERM during start-up still ends in a clean stop.
+        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                             (signal.SIGHUP, self._on_hup)):
+            loop.add_signal_handler(sig, handler)
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         keys, generated = hostkeys.ensure(config)
         for key in keys:
@@ -61,9 +65,6 @@ class Daemon:
                 await component.start()
                 started.append(component)
             self.components = started
-            for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
-                                 (signal.SIGHUP, self._on_hup)):
-                loop.add_signal_handler(sig, handler)
             sdnotify.notify("READY=1", "STATUS=serving")
             logger.info("ready", config=str(config.path), state_dir=str(config.state_dir))
             if (interval := sdnotify.watchdog_interval()) is not None:
@@ -114,7 +115,8 @@ class Daemon:
                     await component.reload(config)
                 self.config = config
                 log.configure(config.log.level, config.log.format)
-                log.get().info("config reloaded", config=str(config.path))
+                log.get().info("config reloaded", config=str(config.path), connections=len(config.connections),
+                               pipelines=len(config.pipelines))
                 return True
             finally:
                 sdnotify.notify("READY=1", "STATUS=serving")

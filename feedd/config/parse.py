@@ -61,7 +61,7 @@ def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = No
     cfg_path = Path(file).expanduser().absolute()
     r = Reader(os.environ if env is None else env)
     tree, files = load_tree(cfg_path, r.issues)
-    top = r.mapping(tree, At(tree.loc, ""), TOP_KEYS) or LocMap()
+    top = r.mapping(tree, At(tree.loc, ""), TOP_KEYS) or tree
     root = At(tree.loc, "")
     state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
     connections = _connections(r, top.get("connections"), root.key(top, "connections"))
@@ -198,7 +198,7 @@ def _connections(r: Reader, v: Any, at: At) -> dict[str, Connection]:
             "max_file_size")
     out = {}
     for name, body, sub in r.named(v, at, "connection"):
-        m = r.mapping(body, sub, keys) or LocMap()
+        m = r.mapping(body, sub, keys) or LocMap(sub.loc)
         conn = Connection(
             name=name,
             password_hash=r.get(m, sub, "password_hash", _password_hash, None),

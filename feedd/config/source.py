@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,23 +32,24 @@ class Loc:
 class LocMap(dict[str, Any]):
     """A YAML mapping that knows where it and each of its keys were written."""
 
-    loc: Loc
-    locs: dict[str, Loc]
+    def __init__(self, loc: Loc | None = None) -> None:
+        super().__init__()
+        self.loc = loc or Loc("", Path("."), 0)
+        self.locs: dict[str, Loc] = {}
 
 
 class LocList(list[Any]):
     """A YAML sequence that knows where it and each of its items were written."""
 
-    loc: Loc
-    locs: list[Loc]
+    def __init__(self, items: Iterable[Any] = (), loc: Loc | None = None) -> None:
+        super().__init__(items)
+        self.loc = loc or Loc("", Path("."), 0)
+        self.locs: list[Loc] = []
 
 
-def display_path(path: Path) -> str:
-    """A path as a sysadmin typed it: relative to the working directory when that is shorter."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
+def display_path(path: Path, base: Path) -> str:
+    """A file as messages name it: relative to the main config's folder (`feedd.yaml`, `conf.d/acme.yaml`)."""
+    rel = os.path.relpath(path, base)
     return rel if not rel.startswith("..") else str(path)
 
 
@@ -62,8 +64,7 @@ def _loc(loader: _Loader, node: yaml.Node) -> Loc:
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:
-    out = LocMap()
-    out.loc, out.locs = _loc(loader, node), {}
+    out = LocMap(_loc(loader, node))
     for key_node, value_node in node.value:
         raw = loader.construct_object(key_node, deep=True)
         # YAML 1.1 reads `true:`/`yes:` keys as booleans; config keys are always names.
@@ -78,8 +79,8 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:
 
 
 def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> LocList:
-    out = LocList(loader.construct_object(child, deep=True) for child in node.value)
-    out.loc, out.locs = _loc(loader, node), [_loc(loader, child) for child in node.value]
+    out = LocList((loader.construct_object(child, deep=True) for child in node.value), _loc(loader, node))
+    out.locs = [_loc(loader, child) for child in node.value]
     return out
 
 
@@ -102,7 +103,7 @@ def read_yaml(path: Path, issues: list[ConfigIssue], base: Path | None = None) -
     Relative paths in it will resolve against `base` (default: the file's own folder).
     """
     base = path.parent if base is None else base
-    shown = display_path(path)
+    shown = display_path(path, base)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -126,9 +127,7 @@ def read_yaml(path: Path, issues: list[ConfigIssue], base: Path | None = None) -
     finally:
         loader.dispose()
     if data is None:
-        empty = LocMap()
-        empty.loc, empty.locs = Loc(shown, base, 1), {}
-        return empty
+        return LocMap(Loc(shown, base, 1))
     if not isinstance(data, LocMap):
         issues.append(ConfigIssue(shown, 1, "", "expected a mapping of config keys at the top of the file"))
         return None
@@ -144,8 +143,7 @@ def load_tree(path: Path, issues: list[ConfigIssue]) -> tuple[LocMap, list[str]]
     Named sections (schemas, connections, pipelines) merge by name; a name defined twice is an
     error naming both places. List sections concatenate. Any other key may be set in one file only.
     """
-    merged = LocMap()
-    merged.loc, merged.locs = Loc(display_path(path), path.parent, 1), {}
+    merged = LocMap(Loc(display_path(path, path.parent), path.parent, 1))
     files: list[str] = []
     seen: set[Path] = set()
 
@@ -186,8 +184,7 @@ def _merge(into: LocMap, doc: LocMap, issues: list[ConfigIssue]) -> None:
         where = doc.locs[key]
         if key not in into:
             if key in NAMED_SECTIONS and isinstance(value, LocMap):
-                fresh = LocMap()
-                fresh.loc, fresh.locs = value.loc, {}
+                fresh = LocMap(value.loc)
                 into[key], into.locs[key] = fresh, where
             else:
                 into[key], into.locs[key] = value, where

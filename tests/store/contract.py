@@ -1,0 +1,161 @@
+"""The Store contract as a reusable suite: subclass `StoreContract` and provide a `store` fixture."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from feedd.errors import ConflictError
+from feedd.model import (
+    Counts,
+    Delivery,
+    DeliveryStatus,
+    Direction,
+    RowError,
+    Run,
+    RunError,
+    RunStatus,
+    Source,
+    SourceKind,
+    Upload,
+    UploadState,
+    new_id,
+    utcnow,
+)
+from feedd.store import RunQuery, Store
+
+
+def make_run(connection: str = "acme", pipeline: str | None = "acme-hr", sha: str = "0" * 64, **kw: object) -> Run:
+    fields: dict[str, object] = {
+        "run_id": new_id(),
+        "pipeline": pipeline,
+        "connection": connection,
+        "direction": Direction.INBOUND,
+        "status": RunStatus.QUEUED,
+        "source": Source(SourceKind.SFTP, "inbox/a.csv", 12, sha),
+        "spool_path": "/spool/a.csv",
+    }
+    fields.update(kw)
+    return Run(**fields)  # type: ignore[arg-type]
+
+
+class StoreContract:
+    """Behaviour every Store must have. Each test gets a fresh, empty store."""
+
+    async def test_insert_then_get_round_trips_every_field(self, store: Store) -> None:
+        now = utcnow()
+        run = make_run(
+            counts=Counts(10, 8, 2),
+            mapping={"email": "E-mail"},
+            errors=(RowError(3, "email", "invalid_email", "'x' is not an email"),),
+            error=RunError("too_many_errors", "20% invalid"),
+            deliveries=(Delivery("", "directory:/out"),),
+            started_at=now,
+            meta={"encoding": "utf-8"},
+        )
+        run = Run(**{**{f: getattr(run, f) for f in run.__dataclass_fields__},
+                     "deliveries": (Delivery(run.run_id, "directory:/out"), Delivery(run.run_id, "outbox"))})
+        await store.insert_run(run)
+        got = await store.get_run(run.run_id)
+        assert got == run
+
+    async def test_duplicate_run_id_is_a_conflict(self, store: Store) -> None:
+        run = make_run()
+        await store.insert_run(run)
+        with pytest.raises(ConflictError):
+            await store.insert_run(run)
+
+    async def test_unknown_run_is_none(self, store: Store) -> None:
+        assert await store.get_run("nope") is None
+
+    async def test_update_with_expected_status_is_compare_and_set(self, store: Store) -> None:
+        run = make_run()
+        await store.insert_run(run)
+        processing = Run(**{**_fields(run), "status": RunStatus.PROCESSING, "started_at": utcnow()})
+        assert await store.update_run(processing, expect=RunStatus.QUEUED)
+        # a second claimer loses: the stored status is no longer `queued`
+        assert not await store.update_run(processing, expect=RunStatus.QUEUED)
+        done = Run(**{**_fields(processing), "status": RunStatus.COMPLETED, "counts": Counts(3, 3, 0)})
+        assert await store.update_run(done)
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.status is RunStatus.COMPLETED and got.counts == Counts(3, 3, 0)
+
+    async def test_list_filters_and_paginates_newest_first(self, store: Store) -> None:
+        ids = []
+        for i in range(7):
+            run = make_run(connection="acme" if i % 2 == 0 else "globex",
+                           status=RunStatus.FAILED if i == 4 else RunStatus.QUEUED,
+                           acknowledged_at=utcnow() if i == 6 else None)
+            await store.insert_run(run)
+            ids.append(run.run_id)
+        assert ids == sorted(ids), "run ids sort by creation time"
+        page, cursor = await store.list_runs(RunQuery(limit=3))
+        assert [r.run_id for r in page] == ids[::-1][:3] and cursor == ids[4]
+        page, cursor = await store.list_runs(RunQuery(limit=3, cursor=cursor))
+        assert [r.run_id for r in page] == ids[::-1][3:6]
+        page, cursor = await store.list_runs(RunQuery(limit=3, cursor=cursor))
+        assert [r.run_id for r in page] == [ids[0]] and cursor is None
+        acme, _ = await store.list_runs(RunQuery(connection="acme"))
+        assert [r.run_id for r in acme] == [ids[6], ids[4], ids[2], ids[0]]
+        failed, _ = await store.list_runs(RunQuery(statuses=(RunStatus.FAILED,)))
+        assert [r.run_id for r in failed] == [ids[4]]
+        acked, _ = await store.list_runs(RunQuery(acknowledged=True))
+        assert [r.run_id for r in acked] == [ids[6]]
+        allowed, _ = await store.list_runs(RunQuery(connections=frozenset({"globex"})))
+        assert {r.connection for r in allowed} == {"globex"} and len(allowed) == 3
+        none, _ = await store.list_runs(RunQuery(connections=frozenset()))
+        assert none == []
+        oldest, _ = await store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True, limit=2))
+        assert [r.run_id for r in oldest] == [ids[0], ids[1]]
+
+    async def test_find_run_by_content_returns_the_original(self, store: Store) -> None:
+        first = make_run(sha="a" * 64)
+        await store.insert_run(first)
+        await store.insert_run(make_run(sha="a" * 64, duplicate_of=first.run_id))
+        await store.insert_run(make_run(connection="other", sha="b" * 64))
+        found = await store.find_run_by_content("acme", "a" * 64)
+        assert found is not None and found.run_id == first.run_id
+        assert await store.find_run_by_content("acme", "b" * 64) is None
+
+    async def test_deliveries_are_saved_and_updated(self, store: Store) -> None:
+        run = make_run()
+        await store.insert_run(run)
+        await store.save_delivery(Delivery(run.run_id, "webhook:http://x", attempts=1, last_error="HTTP 503",
+                                           next_attempt_at=utcnow() + timedelta(seconds=5)))
+        done_at = utcnow()
+        await store.save_delivery(Delivery(run.run_id, "webhook:http://x", DeliveryStatus.DELIVERED, 2, None,
+                                           done_at))
+        got = await store.get_run(run.run_id)
+        assert got is not None
+        [delivery] = got.deliveries
+        assert delivery.status is DeliveryStatus.DELIVERED and delivery.attempts == 2
+        assert delivery.delivered_at == done_at and delivery.last_error is None
+
+    async def test_uploads_round_trip(self, store: Store) -> None:
+        upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, "acme", "acme-out", total_parts=3)
+        await store.save_upload(upload)
+        assert await store.get_upload(upload.upload_id) == upload
+        later = Upload(**{**_fields(upload), "state": UploadState.UPLOADING, "parts": {1: "e1", 3: "e3"},
+                          "records": 20})
+        await store.save_upload(later)
+        assert await store.get_upload(upload.upload_id) == later
+        assert await store.get_upload("missing") is None
+
+    async def test_mapping_memory_is_per_connection_and_header_set(self, store: Store) -> None:
+        await store.remember_mapping("acme", "h1", {"email": "Mail"})
+        await store.remember_mapping("acme", "h1", {"email": "E-Mail"})
+        await store.remember_mapping("globex", "h1", {"email": "x"})
+        assert await store.recall_mapping("acme", "h1") == {"email": "E-Mail"}
+        assert await store.recall_mapping("acme", "h2") is None
+
+    async def test_pipeline_overrides(self, store: Store) -> None:
+        assert await store.pipeline_overrides() == {}
+        await store.set_pipeline_active("a", False)
+        await store.set_pipeline_active("b", True)
+        await store.set_pipeline_active("a", True)
+        assert await store.pipeline_overrides() == {"a": True, "b": True}
+
+
+def _fields(value: object) -> dict[str, object]:
+    return {f: getattr(value, f) for f in value.__dataclass_fields__}  # type: ignore[attr-defined]

@@ -1,0 +1,57 @@
+"""SqliteStore: the Store contract, plus what only SQLite has (pragmas, migrations, durability)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from feedd.model import RunStatus
+from feedd.store.migrations import MIGRATIONS
+from feedd.store.sqlite import SqliteStore
+from tests.store.contract import StoreContract, make_run
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(tmp_path / "feedd.db")
+    yield s
+    await s.close()
+
+
+class TestSqliteStore(StoreContract):
+    pass
+
+
+async def test_pragmas_are_set_for_durability(store: SqliteStore) -> None:
+    assert await store.pragma("journal_mode") == "wal"
+    assert await store.pragma("synchronous") == 2  # FULL
+    assert await store.pragma("foreign_keys") == 1
+    assert await store.pragma("busy_timeout") == 5000
+
+
+async def test_migrations_apply_once_and_record_the_version(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.db"
+    first = await SqliteStore.open(path)
+    run = make_run()
+    await first.insert_run(run)
+    await first.close()
+    again = await SqliteStore.open(path)  # re-opening must not re-run migration 1 (tables exist)
+    assert await again.schema_version() == MIGRATIONS[-1][0]
+    got = await again.get_run(run.run_id)
+    assert got is not None and got.status is RunStatus.QUEUED
+    await again.close()
+
+
+async def test_committed_run_is_visible_to_another_process_reader(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.db"
+    s = await SqliteStore.open(path)
+    run = make_run()
+    await s.insert_run(run)
+    # a plain sqlite3 reader (another connection) sees it: the write was committed, not just buffered
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        assert other.execute("SELECT status FROM runs WHERE run_id = ?", (run.run_id,)).fetchone() == ("queued",)
+    await s.close()
