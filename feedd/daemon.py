@@ -16,9 +16,13 @@ from typing import Any, Protocol
 
 from feedd import hostkeys, log, sdnotify
 from feedd.config import Config, load_config
+from feedd.drops import Drops
 from feedd.errors import ConfigError, FeeddError
 from feedd.http.app import HttpServer
+from feedd.sftp.service import SftpService
+from feedd.spaces import Spaces
 from feedd.store.sqlite import SqliteStore
+from feedd.watcher import Watcher
 
 DRAIN_SECONDS = 30.0  # CONTRACT §8: running work reaches a safe point within 30 s of SIGTERM
 
@@ -35,6 +39,8 @@ class Component(Protocol):
 
 
 class Daemon:
+    """Owns the parts. `run()` is `feedd serve`; `start()`/`stop()` let tests run it in-process."""
+
     def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS) -> None:
         self.config = config
         self.drain_seconds = drain_seconds
@@ -42,50 +48,76 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.store: SqliteStore | None = None
+        self.spaces: Spaces | None = None
+        self.drops: Drops | None = None
+        self.http: HttpServer | None = None
+        self.sftp: SftpService | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
-        logger = log.get()
         loop = asyncio.get_running_loop()
-        config = self.config
         # Handlers go in before any part starts: a TERM during start-up still ends in a clean stop.
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self._on_hup)):
             loop.add_signal_handler(sig, handler)
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        keys, generated = hostkeys.ensure(config)
-        for key in keys:
-            logger.info("host key generated" if generated else "host key", fingerprint=key.fingerprint,
-                        algorithm=key.algorithm, path=str(key.path))
-        store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
-        started: list[Component] = []
         try:
-            parts: list[Component] = [HttpServer(config, store)]
-            for component in parts:
-                await component.start()
-                started.append(component)
-            self.components = started
-            sdnotify.notify("READY=1", "STATUS=serving")
-            logger.info("ready", config=str(config.path), state_dir=str(config.state_dir))
-            if (interval := sdnotify.watchdog_interval()) is not None:
-                self._spawn(self._watchdog(interval))
-            await self._stop.wait()
-            sdnotify.notify("STOPPING=1")
-            logger.info("stopping", drain_seconds=self.drain_seconds)
+            try:
+                await self.start()
+                sdnotify.notify("READY=1", "STATUS=serving")
+                log.get().info("ready", config=str(self.config.path), state_dir=str(self.config.state_dir))
+                if (interval := sdnotify.watchdog_interval()) is not None:
+                    self._spawn(self._watchdog(interval))
+                await self._stop.wait()
+                sdnotify.notify("STOPPING=1")
+                log.get().info("stopping", drain_seconds=self.drain_seconds)
+            finally:
+                await self.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            deadline = loop.time() + self.drain_seconds
-            for component in reversed(started):
-                try:
-                    await component.stop(deadline)
-                except Exception:
-                    logger.exception("stop failed", component=component.name)
-            for task in self._tasks:
-                task.cancel()
-            await store.close()
-        logger.info("stopped")
+        log.get().info("stopped")
         return 0
+
+    async def start(self) -> None:
+        """Start every part in order; on failure, stop what started and raise."""
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        keys, generated = hostkeys.ensure(config)
+        for key in keys:
+            log.get().info("host key generated" if generated else "host key", fingerprint=key.fingerprint,
+                           algorithm=key.algorithm, path=str(key.path))
+        self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
+        self.spaces = spaces = Spaces(config)
+        self.drops = drops = Drops(lambda: self.config, store, spaces)
+        self.http = HttpServer(config, store)
+        self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
+        parts: list[Component] = [self.http, self.sftp, Watcher(lambda: self.config, spaces, drops)]
+        try:
+            for component in parts:
+                await component.start()
+                self.components.append(component)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop the parts in reverse order, giving work in flight until the drain deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_seconds
+        for component in reversed(self.components):
+            try:
+                await component.stop(deadline)
+            except Exception:
+                log.get().exception("stop failed", component=component.name)
+        self.components = []
+        if self.drops is not None:
+            await self.drops.drain(deadline)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -111,6 +143,8 @@ class Daemon:
                         logger.error("config error", error=str(issue))
                     logger.error("reload failed: keeping the running config", errors=len(exc.issues))
                     return False
+                if self.spaces is not None:
+                    self.spaces.apply(config)  # new connections get their space before they can log in
                 for component in self.components:
                     await component.reload(config)
                 self.config = config

@@ -69,6 +69,8 @@ class SftpConfig:
     idle_timeout: float = 600.0
     max_sessions_per_connection: int = 10
     ban: BanConfig = BanConfig()
+    partial_max_age: float = 86400.0  # partial uploads (client gone mid-upload) are deleted after this
+    scan_interval: float = 60.0  # reconciliation scan of every inbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,7 @@ class Pipeline:
     reports: bool = True
     output: OutputConfig = OutputConfig()
     destinations: tuple[Destination, ...] = ()
+    skip_duplicates: bool = True  # the same content again from the same connection is recorded, not processed
 
 
 @dataclass(frozen=True, slots=True)

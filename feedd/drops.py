@@ -1,0 +1,178 @@
+"""Complete drops: deciding when a file in an inbox is complete, and taking it through intake.
+
+Both the SFTP server (on a client's CLOSE or rename) and the watcher (after `settle`, or in a
+reconciliation scan) offer files here; `Drops` applies the same rules to both and makes sure a file
+is taken once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from feedd import log
+from feedd.config import Config
+from feedd.intake import Input, accept
+from feedd.model import Direction, SourceKind
+from feedd.spaces import Space, Spaces
+from feedd.store import Store
+
+
+@lru_cache(maxsize=512)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` and `?` stay within one folder; `**/` spans any number of folders (zero included)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def match_pipeline(config: Config, connection: str, rel: str) -> str | None:
+    """The first inbound pipeline (in config order) of `connection` whose `match` takes `rel`."""
+    for pipe in config.pipelines.values():
+        if (pipe.connection == connection and pipe.direction is Direction.INBOUND
+                and any(glob_regex(g).match(rel) for g in pipe.match)):
+            return pipe.name
+    return None
+
+
+# Time between a client's CLOSE and the take. Clients look at a file right after uploading it
+# (paramiko's put() stats it, WinSCP sets its time): the file must still be there for them.
+CLOSE_GRACE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A sha256 computed while the bytes streamed in, valid while size and mtime are unchanged."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+class Drops:
+    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces) -> None:
+        self._config = config
+        self._store = store
+        self.spaces = spaces
+        self.taking: set[tuple[str, str]] = set()  # (connection, rel) being moved into the spool
+        self._scheduled: set[tuple[str, str]] = set()  # offered, waiting for CLOSE_GRACE
+        self._digests: dict[tuple[str, str], Digest] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def is_temp(self, rel: str) -> bool:
+        patterns = self._config().sftp.temp_patterns
+        return any(fnmatch.fnmatchcase(part, p) for part in rel.split("/")[1:] for p in patterns)
+
+    def waiting_reason(self, space: Space, rel: str) -> str | None:
+        """Why `rel` is not (yet) a complete drop, or None when it is one."""
+        if not rel.startswith("inbox/"):
+            return "not in the inbox"
+        if self.is_temp(rel):
+            return "temporary name"
+        marker = self._config().sftp.done_marker
+        if marker and rel.endswith(marker):
+            return "done marker"
+        if space.writers.get(rel):
+            return "open for writing"
+        if space.is_partial(rel):
+            return "partial upload"
+        if marker and not (space.root / (rel + marker)).exists():
+            return "waiting for its done marker"
+        if (space.name, rel) in self.taking:
+            return "being taken"
+        return None
+
+    def closed(self, space: Space, rel: str, digest: Digest | None) -> None:
+        """A client's CLOSE finished writing `rel`: offer it after the grace period."""
+        key = (space.name, rel)
+        if digest is None:
+            self._digests.pop(key, None)
+        else:
+            self._digests[key] = digest
+        self.offer(space, rel, delay=CLOSE_GRACE)
+
+    def writing(self, space: Space, rel: str) -> None:
+        """`rel` is open for writing again: a digest from an earlier CLOSE no longer describes it."""
+        self._digests.pop((space.name, rel), None)
+
+    def offer(self, space: Space, rel: str, *, delay: float = 0.0) -> bool:
+        """Take `rel` in the background if it is complete (now, and again after `delay`).
+
+        A done marker that appears is an offer of the file it stands for. True when a take was scheduled.
+        """
+        marker = self._config().sftp.done_marker
+        if marker and rel.endswith(marker) and len(rel) > len(marker) and not self.is_temp(rel):
+            return self.offer(space, rel[: -len(marker)], delay=delay)
+        key = (space.name, rel)
+        if key in self._scheduled or self.waiting_reason(space, rel) is not None:
+            return False
+        self._scheduled.add(key)
+        task = asyncio.get_running_loop().create_task(self._take(space, rel, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _take(self, space: Space, rel: str, delay: float) -> None:
+        key = (space.name, rel)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            self._scheduled.discard(key)
+        if self.waiting_reason(space, rel) is not None:
+            return  # reopened, renamed or taken meanwhile: a later CLOSE or scan offers it again
+        self.taking.add(key)
+        config = self._config()
+        logger = log.get(connection=space.name)
+        path = space.root / rel
+        try:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return
+            if not stat.S_ISREG(st.st_mode):
+                return  # links and special files are never taken
+            if st.st_size == 0:
+                logger.info("drop.empty_ignored", file=rel)
+                return
+            digest = self._digests.pop(key, None)
+            trusted = digest.sha256 if digest and (digest.size, digest.mtime_ns) == (st.st_size, st.st_mtime_ns) \
+                else None
+            pipeline = match_pipeline(config, space.name, rel)
+            run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline, trusted),
+                               pipeline=pipeline)
+            space.used = max(0, space.used - run.source.size)
+            space.forget(rel)
+            if config.sftp.done_marker:
+                (space.root / (rel + config.sftp.done_marker)).unlink(missing_ok=True)
+        except Exception:
+            logger.exception("drop.take_failed", file=rel)
+        finally:
+            self.taking.discard(key)
+
+    async def drain(self, deadline: float) -> None:
+        """Wait for takes in flight (they are short) until `deadline`, event-loop time."""
+        loop = asyncio.get_running_loop()
+        while self._tasks and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=remaining)

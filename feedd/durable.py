@@ -1,0 +1,73 @@
+"""The durable file steps every part shares: fsync a file or folder, move or copy a file crash-safely."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+CHUNK = 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_and_sync(path: Path) -> tuple[str, int]:
+    """sha256 and size of the file at `path`, read through one fd which is then fsynced.
+
+    Hashing the fd we keep is what makes the digest describe the bytes we own: the caller has already
+    moved the file where no partner can reach it.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest.hexdigest(), size
+
+
+def sync_file(path: Path) -> int:
+    """fsync the file's data; returns its size. A failed fsync is not retried (the data may be gone)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def move_into(src: Path, dest: Path) -> bool:
+    """Move `src` to `dest` (a new name). Returns True for an atomic rename, False for copy + unlink.
+
+    A file with other hard links is copied, not renamed: whoever holds the other link could still
+    change the bytes after we took them. Across filesystems we copy too (EXDEV).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    st = os.lstat(src)
+    if st.st_nlink == 1:
+        try:
+            os.rename(src, dest)
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    tmp = dest.with_name(dest.name + ".copying")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.rename(tmp, dest)
+    os.unlink(src)
+    return False

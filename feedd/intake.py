@@ -1,0 +1,119 @@
+"""`accept()`: the single entry point for every input. Spool, hash, record a run, then return.
+
+Whatever the way in (an SFTP drop, a file copied into a space, a finished multipart or tus upload),
+the input is moved into the spool, made durable, hashed and recorded as a run in one store
+transaction before anyone downstream can see it. After `accept` returns, a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from feedd import log
+from feedd.config import Config
+from feedd.durable import fsync_dir, hash_and_sync, move_into, sync_file
+from feedd.model import Direction, Run, RunError, RunStatus, Source, SourceKind, new_id
+from feedd.store import Store
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One input ready to be taken. `path` is moved (not copied) into the spool when possible."""
+
+    connection: str
+    kind: SourceKind
+    name: str  # as the partner or app named it, e.g. inbox/2026/staff.csv
+    path: Path
+    pipeline: str | None  # None: choose by matching `name` against inbound pipelines
+    sha256: str | None = None  # already computed while the bytes streamed in (trusted only from feedd itself)
+
+
+def spool_dir(config: Config) -> Path:
+    return config.state_dir / "spool"
+
+
+def spool_name(name: str) -> str:
+    """A file name safe in the spool, keeping the original's stem and extension readable."""
+    base = name.rsplit("/", 1)[-1]
+    safe = _UNSAFE.sub("_", base).lstrip(".") or "input"
+    return safe[:200]
+
+
+def _move_and_hash(item: Input, dest: Path, known_sha: str | None) -> tuple[str, int]:
+    src_dir = item.path.parent
+    renamed = move_into(item.path, dest)
+    if known_sha is not None and renamed:
+        size = sync_file(dest)
+        sha = known_sha
+    else:
+        sha, size = hash_and_sync(dest)
+    fsync_dir(dest.parent)
+    fsync_dir(dest.parent.parent)
+    if renamed:
+        fsync_dir(src_dir)  # the name is gone from the inbox for good, so a restart won't take it twice
+    return sha, size
+
+
+def _put_back(spooled: Path, original: Path) -> None:
+    try:
+        if not original.exists():
+            os.rename(spooled, original)
+        os.rmdir(spooled.parent)
+    except OSError as exc:
+        log.get().error("intake.put_back_failed", spooled=str(spooled), original=str(original), error=str(exc))
+
+
+async def accept(store: Store, config: Config, item: Input, *, pipeline: str | None = None,
+                 overrides: dict[str, bool] | None = None) -> Run:
+    """Take `item` into the spool and record its run (`queued`, `held`, or `failed`). Durable on return.
+
+    `pipeline` is the one chosen by the caller (matching is the caller's business: an SFTP drop is
+    matched by its path, an upload names its pipeline). None gives a `failed` run with
+    `no_matching_pipeline`; the input stays in the spool so that it can be retried.
+    """
+    run_id = new_id()
+    dest = spool_dir(config) / run_id / spool_name(item.name)
+    sha, size = await asyncio.to_thread(_move_and_hash, item, dest, item.sha256)
+    pipe = config.pipelines.get(pipeline) if pipeline else None
+    direction = pipe.direction if pipe else Direction.INBOUND
+    status, error, duplicate_of = RunStatus.QUEUED, None, None
+    if pipe is None:
+        status = RunStatus.FAILED
+        error = RunError("no_matching_pipeline",
+                         f"{item.name}: no {direction} pipeline of connection {item.connection!r} matches this name")
+    else:
+        active = (overrides if overrides is not None else await store.pipeline_overrides()).get(pipe.name, pipe.active)
+        if pipe.skip_duplicates and (original := await store.find_run_by_content(item.connection, sha)) is not None:
+            status, duplicate_of = RunStatus.FAILED, original.run_id
+            error = RunError("duplicate_input", f"{item.name}: same content (sha256 {sha[:12]}...) as run "
+                                                f"{original.run_id}; not processed again")
+        elif not active:
+            status = RunStatus.HELD
+    run = Run(
+        run_id=run_id,
+        pipeline=pipe.name if pipe else None,
+        connection=item.connection,
+        direction=direction,
+        status=status,
+        source=Source(item.kind, item.name, size, sha),
+        spool_path=str(dest),
+        error=error,
+        duplicate_of=duplicate_of,
+    )
+    try:
+        await store.insert_run(run)
+    except BaseException:
+        # Not recorded, so not accepted: put the input back where it came from for a later try.
+        await asyncio.to_thread(_put_back, dest, item.path)
+        raise
+    log.get(connection=item.connection, pipeline=run.pipeline, run_id=run_id).info(
+        "run.accepted", status=str(status), source=item.name, size=size, sha256=sha, kind=str(item.kind),
+        error=error.code if error else None)
+    return run
+

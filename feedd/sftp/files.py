@@ -1,0 +1,352 @@
+"""The SFTP subsystem for one session: every file operation confined to the partner's space.
+
+Writes are checked against `max_file_size` and `quota` before they touch the disk (offset included,
+so no sparse files); the partial file is removed at the write that crosses a limit. A client's own
+CLOSE of a written handle completes an upload and offers it for intake; a handle closed because the
+client vanished leaves a partial upload behind, which is never taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+from asyncssh import (
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    SFTPAttrs,
+    SFTPFailure,
+    SFTPName,
+    SFTPNoSpaceOnFilesystem,
+    SFTPOpUnsupported,
+    SFTPPermissionDenied,
+    SFTPQuotaExceeded,
+)
+
+from feedd import log
+from feedd.drops import Digest
+from feedd.sftp.jail import Area, Jail, Op, Target
+
+if TYPE_CHECKING:
+    from feedd.drops import Drops
+    from feedd.sftp.auth import Gate
+    from feedd.spaces import Space
+
+MAX_HANDLES = 64  # open files per session
+
+
+@dataclass(eq=False, slots=True)
+class Handle:
+    fd: int
+    target: Target
+    rel: str  # of the real file, relative to the space root
+    writable: bool = False
+    append: bool = False
+    size: int = 0
+    wrote: bool = False
+    hasher: Any = None  # sha256 while writes arrive in order from offset 0; None once they don't
+    hashed: int = 0
+    failed: str | None = None
+
+
+@dataclass(slots=True)
+class Session:
+    """What a session needs from the service: the space, intake, and the login it belongs to."""
+
+    space: Space
+    drops: Drops
+    gate: Gate
+    on_exit: Callable[[], None] = field(default=lambda: None)
+
+
+class SpaceSFTPServer(asyncssh.SFTPServer):
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], session: Session) -> None:
+        super().__init__(chan)
+        self._s = session
+        self._space = session.space
+        self._jail = Jail(session.space.root)
+        self._handles: set[Handle] = set()
+        self._log = log.get(connection=session.space.name)
+
+    # --- paths -------------------------------------------------------------------------------------
+
+    def _resolve(self, path: bytes, op: Op, *, follow: bool = True) -> Target:
+        self._s.gate.touch()
+        return self._jail.resolve(path, op, follow=follow)
+
+    def map_path(self, path: bytes) -> bytes:
+        return os.fsencode(self._resolve(path, Op.READ).real)
+
+    def reverse_map_path(self, path: bytes) -> bytes:
+        return self._jail.reverse(Path(os.fsdecode(path))).encode()
+
+    def realpath(self, path: bytes) -> bytes:
+        target = self._resolve(path, Op.READ) if path not in (b"", b".") else self._resolve(b"/", Op.READ)
+        if os.path.lexists(target.local):
+            return self._jail.reverse(target.real).encode()
+        return target.virtual.encode()
+
+    # --- metadata ----------------------------------------------------------------------------------
+
+    def stat(self, path: bytes) -> os.stat_result:
+        return os.stat(self._resolve(path, Op.READ).real)
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        target = self._resolve(path, Op.READ, follow=False)
+        st = os.lstat(target.local)
+        if stat.S_ISLNK(st.st_mode):
+            self._jail.resolve(path, Op.READ)  # a link leading out of the space does not exist
+        return st
+
+    def fstat(self, file_obj: object) -> os.stat_result:
+        return os.fstat(self._handle(file_obj).fd)
+
+    def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        self._setstat(self._resolve(path, Op.SETSTAT).real, attrs)
+
+    def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        self._setstat(self._resolve(path, Op.SETSTAT).real, attrs)
+
+    def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        handle = self._handle(file_obj)
+        if not handle.writable:
+            raise SFTPPermissionDenied("file not open for writing")
+        self._setstat(handle.fd, attrs)
+
+    @staticmethod
+    def _setstat(where: Path | int, attrs: SFTPAttrs) -> None:
+        # Times may change (clients preserve them); size may not (no truncation behind our accounting,
+        # no sparse files); owner and mode are ignored, as an SFTP server without shell users should.
+        if attrs.size is not None:
+            raise SFTPPermissionDenied("changing a file's size is not allowed")
+        if attrs.atime is not None or attrs.mtime is not None:
+            st = os.stat(where)
+            atime = attrs.atime if attrs.atime is not None else st.st_atime
+            mtime = attrs.mtime if attrs.mtime is not None else st.st_mtime
+            os.utime(where, (atime, mtime))
+
+    def statvfs(self, path: bytes) -> os.statvfs_result:
+        return os.statvfs(self._resolve(path, Op.READ).real)
+
+    # --- folders -----------------------------------------------------------------------------------
+
+    def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        # A plain function returning an iterator, so a bad path fails at OPENDIR, not at the first READDIR.
+        target = self._resolve(path, Op.READ)
+        names: list[SFTPName] = []
+        for dot in (b".", b".."):
+            names.append(SFTPName(dot, attrs=SFTPAttrs.from_local(os.stat(target.real))))
+        with os.scandir(target.real) as entries:
+            for entry in entries:
+                if target.area is Area.ROOT and entry.name not in ("inbox", "outbox"):
+                    continue
+                try:
+                    attrs = SFTPAttrs.from_local(entry.stat(follow_symlinks=False))
+                except OSError:
+                    continue
+                names.append(SFTPName(os.fsencode(entry.name), attrs=attrs))
+
+        async def listing() -> AsyncIterator[SFTPName]:
+            for name in names:
+                yield name
+
+        return listing()
+
+    def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        os.mkdir(self._resolve(path, Op.MKDIR, follow=False).local, 0o750)
+
+    def rmdir(self, path: bytes) -> None:
+        os.rmdir(self._resolve(path, Op.REMOVE, follow=False).local)
+
+    def remove(self, path: bytes) -> None:
+        target = self._resolve(path, Op.REMOVE, follow=False)
+        st = os.lstat(target.local)
+        if stat.S_ISDIR(st.st_mode):
+            raise SFTPFailure(f"{target.virtual} is a folder: use rmdir")
+        os.remove(target.local)
+        if stat.S_ISREG(st.st_mode):
+            self._space.used = max(0, self._space.used - st.st_size)
+        self._space.forget(target.rel)
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        self._rename(oldpath, newpath, replace=False)
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        self._rename(oldpath, newpath, replace=True)
+
+    def _rename(self, oldpath: bytes, newpath: bytes, *, replace: bool) -> None:
+        old = self._resolve(oldpath, Op.RENAME, follow=False)
+        new = self._resolve(newpath, Op.RENAME, follow=False)
+        if (self._space.name, old.rel) in self._s.drops.taking:
+            raise SFTPFailure(f"{old.virtual} is being taken for processing")
+        replaced = 0
+        if os.path.lexists(new.local):
+            if not replace:
+                raise asyncssh.SFTPFileAlreadyExists(f"{new.virtual} already exists")
+            st = os.lstat(new.local)
+            replaced = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        os.replace(old.local, new.local) if replace else os.rename(old.local, new.local)
+        self._space.used = max(0, self._space.used - replaced)
+        self._space.moved(old.rel, new.rel)
+        # A rename from a temporary name to a final one completes an upload.
+        if os.path.isdir(new.local):
+            for dirpath, _dirs, files in os.walk(new.local):
+                for name in files:
+                    self._s.drops.offer(self._space, self._space.rel(Path(dirpath) / name))
+        else:
+            self._s.drops.offer(self._space, new.rel)
+
+    def readlink(self, path: bytes) -> bytes:
+        target = self._resolve(path, Op.READ, follow=False)
+        if not os.path.islink(target.local):
+            raise SFTPFailure(f"{target.virtual} is not a link")
+        return self._jail.reverse(self._resolve(path, Op.READ).real).encode()
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise SFTPOpUnsupported("creating links is not supported")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise SFTPOpUnsupported("creating links is not supported")
+
+    # --- files -------------------------------------------------------------------------------------
+
+    def _handle(self, file_obj: object) -> Handle:
+        if not isinstance(file_obj, Handle):
+            raise asyncssh.SFTPInvalidHandle("invalid handle")
+        return file_obj
+
+    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Handle:
+        writing = bool(pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC))
+        target = self._resolve(path, Op.WRITE if writing else Op.READ)
+        if len(self._handles) >= MAX_HANDLES:
+            raise SFTPFailure(f"too many open files in this session (at most {MAX_HANDLES})")
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW
+        if not writing:
+            fd = os.open(target.real, flags | os.O_RDONLY)
+            return self._track(Handle(fd, target, self._space.rel(target.real)))
+        rel = self._space.rel(target.real)
+        if (self._space.name, rel) in self._s.drops.taking:
+            raise SFTPFailure(f"{target.virtual} is being taken for processing; upload it again under a new name")
+        flags |= os.O_RDWR if pflags & FXF_READ else os.O_WRONLY
+        flags |= (os.O_CREAT if pflags & FXF_CREAT else 0) | (os.O_EXCL if pflags & FXF_EXCL else 0)
+        try:
+            before = os.lstat(target.real).st_size
+        except FileNotFoundError:
+            before = 0
+        fd = os.open(target.real, flags, 0o640)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SFTPPermissionDenied(f"{target.virtual} is not a regular file")
+            if pflags & FXF_TRUNC and st.st_size:
+                os.ftruncate(fd, 0)
+                self._space.used = max(0, self._space.used - before)
+                st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._space.mark_writing(rel)
+        self._s.drops.writing(self._space, rel)
+        handle = Handle(fd, target, rel, writable=True, append=bool(pflags & FXF_APPEND), size=st.st_size,
+                        hasher=hashlib.sha256() if st.st_size == 0 else None)
+        return self._track(handle)
+
+    def _track(self, handle: Handle) -> Handle:
+        self._handles.add(handle)
+        return handle
+
+    def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        self._s.gate.touch()
+        return os.pread(self._handle(file_obj).fd, size, offset)
+
+    def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        self._s.gate.touch()
+        h = self._handle(file_obj)
+        if not h.writable:
+            raise SFTPPermissionDenied("file not open for writing")
+        if h.failed:
+            raise SFTPFailure(h.failed)
+        if h.append:
+            offset = h.size
+        end = offset + len(data)
+        space = self._space
+        if space.max_file_size is not None and end > space.max_file_size:
+            self._fail(h, SFTPQuotaExceeded(
+                f"{h.target.virtual}: larger than max_file_size ({space.max_file_size} bytes): "
+                f"write of {len(data)} bytes at offset {offset}; the upload was removed"))
+        growth = max(0, end - h.size)
+        if growth and space.quota is not None and space.used + growth > space.quota:
+            self._fail(h, SFTPQuotaExceeded(
+                f"{h.target.virtual}: quota exceeded ({space.used} of {space.quota} bytes used, this write needs "
+                f"{growth} more); the upload was removed"))
+        try:
+            written = os.pwrite(h.fd, data, offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._fail(h, SFTPNoSpaceOnFilesystem(f"{h.target.virtual}: no space left on the server; "
+                                                      "the upload was removed"))
+            raise
+        if h.hasher is not None:
+            if offset == h.hashed:
+                h.hasher.update(data)
+                h.hashed += len(data)
+            else:
+                h.hasher = None
+        h.size = max(h.size, end)
+        space.used += growth
+        h.wrote = True
+        return written
+
+    def _fail(self, h: Handle, error: asyncssh.SFTPError) -> None:
+        """Give up on an upload: close it, remove the partial file, keep refusing this handle."""
+        h.failed = str(error.reason)
+        os.close(h.fd)
+        h.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self._space.root / h.rel)
+        self._space.used = max(0, self._space.used - h.size)
+        self._space.done_writing(h.rel, complete=True)
+        self._log.warning("sftp.upload_refused", file=h.target.virtual, reason=h.failed)
+        raise error
+
+    def fsync(self, file_obj: object) -> None:
+        os.fsync(self._handle(file_obj).fd)
+
+    def close(self, file_obj: object) -> None:
+        h = self._handle(file_obj)
+        self._handles.discard(h)
+        if h.fd >= 0:
+            os.close(h.fd)
+            h.fd = -1
+        if not h.writable or h.failed:
+            return
+        # asyncssh also calls close() for handles left open when the client goes away: that is a partial
+        # upload, not a finished one, and the channel is already closing then (a real CLOSE has it open).
+        abrupt = self._s.gate.conn is None or self.channel.is_closing()
+        self._space.done_writing(h.rel, complete=not abrupt)
+        if abrupt:
+            self._log.info("sftp.partial_upload_kept", file=h.target.virtual, size=h.size)
+            return
+        digest = None
+        if h.hasher is not None and h.hashed == h.size:
+            try:
+                st = os.lstat(self._space.root / h.rel)
+                digest = Digest(h.hasher.hexdigest(), st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
+        self._s.drops.closed(self._space, h.rel, digest)
+
+    def exit(self) -> None:
+        self._s.on_exit()

@@ -1,0 +1,147 @@
+"""The SFTP server component: listeners, algorithms, sessions per connection, idle timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPLimits, SFTPServerHandler
+
+from feedd import log
+from feedd.config import Config
+from feedd.config.values import Address
+from feedd.drops import Drops
+from feedd.sftp.auth import AuthState, Gate
+from feedd.sftp.files import MAX_HANDLES, Session, SpaceSFTPServer
+from feedd.spaces import Spaces
+
+# Modern algorithms only: no SHA-1 signatures (`ssh-rsa`), no SHA-1 or NIST-curve key exchange.
+# Strict key exchange (the Terrapin countermeasure) is negotiated by asyncssh >= 2.14.2 on its own.
+KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org",
+            "diffie-hellman-group-exchange-sha256", "diffie-hellman-group16-sha512",
+            "diffie-hellman-group18-sha512", "diffie-hellman-group14-sha256"]
+ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                   "aes128-ctr", "aes192-ctr", "aes256-ctr"]
+MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "umac-128-etm@openssh.com",
+            "hmac-sha2-256", "hmac-sha2-512"]
+SIGNATURE_ALGS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                  "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"]
+KEEPALIVE_SECONDS = 30.0
+# What OpenSSH's sftp-server advertises. asyncssh advertises 4 MiB, which makes asyncssh clients send
+# 4 MiB writes that cost about half the throughput to reassemble; 255 KiB keeps the pipeline full.
+MAX_WRITE = 261120
+
+
+async def _process_limits(self: SFTPServerHandler, packet: Any) -> SFTPLimits:
+    packet.check_end()
+    return SFTPLimits(MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, MAX_WRITE, MAX_HANDLES)
+
+
+SFTPServerHandler._packet_handlers[b"limits@openssh.com"] = _process_limits
+
+
+class SftpService:
+    name = "sftp"
+
+    def __init__(self, config: Config, spaces: Spaces, drops: Drops, host_keys: list[Path]) -> None:
+        self._config = config
+        self._spaces = spaces
+        self._drops = drops
+        self._host_keys = [str(p) for p in host_keys]
+        self._auth = AuthState(config)
+        self._servers: list[asyncssh.SSHAcceptor] = []
+        self._gates: set[Gate] = set()
+        self._sessions: Counter[str] = Counter()
+        self._idle_task: asyncio.Task[None] | None = None
+        self.addresses: list[Address] = []
+
+    async def start(self) -> None:
+        for addr in self._config.sftp.listen:
+            server = await asyncssh.create_server(
+                self._new_gate, addr.host, addr.port,
+                server_host_keys=self._host_keys,
+                sftp_factory=self._new_sftp,
+                sftp_version=3,
+                allow_scp=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_pty=False,
+                login_timeout=self._config.sftp.login_grace,
+                keepalive_interval=KEEPALIVE_SECONDS,
+                kex_algs=KEX_ALGS,
+                encryption_algs=ENCRYPTION_ALGS,
+                mac_algs=MAC_ALGS,
+                signature_algs=SIGNATURE_ALGS,
+                server_version="feedd",
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                self.addresses.append(Address(host, port))
+        for bound in self.addresses:
+            log.get().info("listening", service="sftp", address=str(bound))
+        self._idle_task = asyncio.get_running_loop().create_task(self._close_idle())
+
+    def _new_gate(self) -> Gate:
+        gate = Gate(self._auth, self._gates.discard)
+        self._gates.add(gate)
+        return gate
+
+    def _new_sftp(self, chan: asyncssh.SSHServerChannel[bytes]) -> SpaceSFTPServer:
+        conn = chan.get_connection()
+        gate = conn.get_owner()
+        if not isinstance(gate, Gate) or gate.username is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not logged in")
+        name = gate.username
+        space = self._spaces.get(name)
+        assert space is not None  # spaces are made for every connection before anyone can log in
+        limit = self._config.sftp.max_sessions_per_connection
+        self._sessions[name] += 1
+
+        def on_exit() -> None:
+            self._sessions[name] -= 1
+
+        server = SpaceSFTPServer(chan, Session(space, self._drops, gate, on_exit))
+        # Over the limit: the session ends at once (the client sees the subsystem close); exit() still
+        # runs, so the count stays right.
+        if self._sessions[name] > limit:
+            log.get(connection=name).warning("sftp.too_many_sessions", limit=limit, ip=gate.ip)
+            chan.close()
+        return server
+
+    async def _close_idle(self) -> None:
+        while True:
+            timeout = self._config.sftp.idle_timeout
+            await asyncio.sleep(min(10.0, max(0.05, timeout / 4)))
+            now = time.monotonic()
+            for gate in list(self._gates):
+                if gate.authenticated and gate.conn is not None and now - gate.last_activity > timeout:
+                    log.get(connection=gate.username).info("sftp.idle_closed", ip=gate.ip, idle_seconds=timeout)
+                    gate.conn.close()
+
+    async def reload(self, config: Config) -> None:
+        if config.sftp.listen != self._config.sftp.listen:
+            log.get().warning("sftp.listen changed: takes effect at the next restart")
+        self._config = config
+        self._auth.apply(config)
+
+    async def stop(self, deadline: float) -> None:
+        for server in self._servers:
+            server.close()  # no new connections from here on
+        loop = asyncio.get_running_loop()
+        # Let uploads in flight finish while there is time; then close: what is left is a partial upload.
+        while any(self._sessions.values()) and loop.time() < deadline - 5:  # noqa: ASYNC110 - counts change inside asyncssh
+            await asyncio.sleep(0.1)
+        for gate in list(self._gates):
+            if gate.conn is not None:
+                gate.conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+

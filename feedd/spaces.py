@@ -1,0 +1,146 @@
+"""Partners' spaces on disk: the `inbox/` + `outbox/` layout, bytes used (quota), and upload markers.
+
+An upload marker is a small file under `<state_dir>/partials/<connection>/` that exists while a file is
+open for writing through feedd's SFTP server. A clean CLOSE removes it; a client that vanishes, or a
+daemon that dies, leaves it behind. Whatever has a marker is a partial upload: never taken, kept so the
+client can resume, swept after `sftp.partial_max_age`. Markers cost one create and one unlink per upload
+(no fsync): cheap enough for the hot path, and they survive a restart, which memory would not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feedd import log
+from feedd.config import Config, Connection
+
+AREAS = ("inbox", "outbox")
+
+
+@dataclass(slots=True)
+class Space:
+    """One connection's space. Mutable on purpose: usage and open writers change with every upload."""
+
+    name: str
+    root: Path
+    marker_dir: Path
+    quota: int | None = None
+    max_file_size: int | None = None
+    used: int = 0
+    writers: Counter[str] = field(default_factory=Counter)  # rel path -> open write handles
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _marker(self, rel: str) -> Path:
+        return self.marker_dir / hashlib.sha1(rel.encode(), usedforsecurity=False).hexdigest()
+
+    def mark_writing(self, rel: str) -> None:
+        self.writers[rel] += 1
+        marker = self._marker(rel)
+        if not marker.exists():
+            marker.write_text(rel)
+
+    def done_writing(self, rel: str, *, complete: bool) -> None:
+        """One write handle closed. `complete` (a client's own CLOSE) clears the marker."""
+        self.writers[rel] -= 1
+        if self.writers[rel] <= 0:
+            del self.writers[rel]
+            if complete:
+                self._marker(rel).unlink(missing_ok=True)
+
+    def forget(self, rel: str) -> None:
+        """The file is gone (removed, taken, renamed away): so is its marker."""
+        self._marker(rel).unlink(missing_ok=True)
+
+    def moved(self, old: str, new: str) -> None:
+        marker = self._marker(old)
+        if marker.exists():
+            marker.unlink()
+            self._marker(new).write_text(new)
+
+    def is_partial(self, rel: str) -> bool:
+        return self._marker(rel).exists()
+
+    def partials(self) -> dict[str, Path]:
+        """rel path -> marker, for every upload left unfinished."""
+        out = {}
+        for marker in self.marker_dir.iterdir() if self.marker_dir.is_dir() else ():
+            try:
+                out[marker.read_text()] = marker
+            except OSError:
+                continue
+        return out
+
+    def measure(self) -> int:
+        """Recount bytes used (sum of file sizes; no sparse files can be made through feedd)."""
+        total = 0
+        for area in AREAS:
+            for dirpath, _dirs, files in os.walk(self.root / area):
+                for name in files:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        continue
+        self.used = total
+        return total
+
+
+class Spaces:
+    """Every connection's space; created at start and on reload, never deleted by feedd."""
+
+    def __init__(self, config: Config) -> None:
+        self.spaces_dir = config.sftp.spaces_dir
+        self.markers_dir = config.state_dir / "partials"
+        self._spaces: dict[str, Space] = {}
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        self.spaces_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        for conn in config.connections.values():
+            space = self._spaces.get(conn.name)
+            if space is None:
+                space = self._create(conn)
+                self._spaces[conn.name] = space
+            space.quota, space.max_file_size = conn.quota, conn.max_file_size
+
+    def _create(self, conn: Connection) -> Space:
+        root = self.spaces_dir / conn.name
+        for area in AREAS:
+            (root / area).mkdir(parents=True, exist_ok=True, mode=0o750)
+        marker_dir = self.markers_dir / conn.name
+        marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        space = Space(conn.name, root.resolve(), marker_dir)
+        space.measure()
+        log.get(connection=conn.name).debug("space ready", root=str(space.root), used=space.used)
+        return space
+
+    def get(self, name: str) -> Space | None:
+        return self._spaces.get(name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._spaces.values()))
+
+    def locate(self, path: Path) -> tuple[Space, str] | None:
+        """The space and rel path (`inbox/x.csv`) of a local path, or None when outside every space."""
+        try:
+            rel = path.relative_to(self.spaces_dir)
+        except ValueError:
+            return None
+        parts = rel.parts
+        space = self._spaces.get(parts[0]) if parts else None
+        if space is None or len(parts) < 2:
+            return None
+        return space, "/".join(parts[1:])
