@@ -80,6 +80,21 @@ async def accept(store: Store, config: Config, item: Input, *, pipeline: str | N
     run_id = new_id()
     dest = spool_dir(config) / run_id / spool_name(item.name)
     sha, size = await asyncio.to_thread(_move_and_hash, item, dest, item.sha256)
+    try:
+        run = await _record(store, config, item, pipeline, overrides, run_id, dest, sha, size)
+    except BaseException:
+        # Not recorded, so not accepted: put the input back where it came from for a later try.
+        await asyncio.to_thread(_put_back, dest, item.path)
+        raise
+    log.get(connection=item.connection, pipeline=run.pipeline, run_id=run_id).info(
+        "run.accepted", status=str(run.status), source=item.name, size=size, sha256=sha, kind=str(item.kind),
+        error=run.error.code if run.error else None)
+    return run
+
+
+async def _record(store: Store, config: Config, item: Input, pipeline: str | None,
+                  overrides: dict[str, bool] | None, run_id: str, dest: Path, sha: str, size: int) -> Run:
+    """Decide the run's first status (queued, held, duplicate, unmatched) and record it in one transaction."""
     pipe = config.pipelines.get(pipeline) if pipeline else None
     direction = pipe.direction if pipe else Direction.INBOUND
     status, error, duplicate_of = RunStatus.QUEUED, None, None
@@ -106,14 +121,5 @@ async def accept(store: Store, config: Config, item: Input, *, pipeline: str | N
         error=error,
         duplicate_of=duplicate_of,
     )
-    try:
-        await store.insert_run(run)
-    except BaseException:
-        # Not recorded, so not accepted: put the input back where it came from for a later try.
-        await asyncio.to_thread(_put_back, dest, item.path)
-        raise
-    log.get(connection=item.connection, pipeline=run.pipeline, run_id=run_id).info(
-        "run.accepted", status=str(status), source=item.name, size=size, sha256=sha, kind=str(item.kind),
-        error=error.code if error else None)
+    await store.insert_run(run)
     return run
-

@@ -84,8 +84,8 @@ class Feedd:
         runs, _ = await self.daemon.store.list_runs(RunQuery(limit=1000, oldest_first=True, **query))
         return runs
 
-    async def wait_runs(self, count: int, timeout: float = 15.0, **query: Any) -> list[Run]:
-        deadline = time.monotonic() + timeout
+    async def wait_runs(self, count: int, within: float = 15.0, **query: Any) -> list[Run]:
+        deadline = time.monotonic() + within
         while True:
             runs = await self.runs(**query)
             if len(runs) >= count or time.monotonic() > deadline:
@@ -99,8 +99,8 @@ class Feedd:
 
 def render(key: str = "", host_key: str = "", sftp_extra: str = "", demo_extra: str = "", pipeline_extra: str = "",
            connections_extra: str = "") -> str:
-    values = {"hash": DEMO_HASH, "host_key": host_key, "sftp_extra": sftp_extra, "demo_key": key, "demo_extra": demo_extra,
-              "pipeline_extra": pipeline_extra, "connections_extra": connections_extra}
+    values = {"hash": DEMO_HASH, "host_key": host_key, "sftp_extra": sftp_extra, "demo_key": key,
+              "demo_extra": demo_extra, "pipeline_extra": pipeline_extra, "connections_extra": connections_extra}
     text = CONFIG
     for name, value in values.items():
         text = text.replace(f"@{name}@", value)
@@ -128,7 +128,8 @@ def host_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def start_feedd(tmp_path: Path, demo_key: tuple[Path, str], host_key: Path) -> AsyncIterator[Callable[..., Any]]:
+async def start_feedd(tmp_path: Path, demo_key: tuple[Path, str],
+                      host_key: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[Daemon] = []
 
     async def start(**parts: str) -> Feedd:

@@ -1,0 +1,60 @@
+"""The clients partners really use: OpenSSH's `sftp -b` with a key, paramiko with a password."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.sftp.conftest import Feedd
+
+needs_sftp = pytest.mark.skipif(shutil.which("sftp") is None, reason="OpenSSH sftp client not installed")
+
+
+def openssh_batch(feedd: Feedd, batch: str, tmp_path: Path, user: str = "demo") -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "batch.txt"
+    script.write_text(batch)
+    return subprocess.run(
+        ["sftp", "-b", str(script), "-P", str(feedd.port), "-i", str(feedd.key_path),
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+         "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+
+
+@needs_sftp
+async def test_openssh_sftp_with_a_key_puts_lists_and_renames(feedd: Feedd, tmp_path: Path) -> None:
+    data = b"email\n" + b"".join(f"user{i}@example.org\n".encode() for i in range(5000))
+    (tmp_path / "people.csv").write_bytes(data)
+    result = await asyncio.to_thread(openssh_batch, feedd, """\
+cd inbox
+put people.csv
+put people.csv later.csv.part
+rename later.csv.part later.csv
+ls -l
+""", tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = await feedd.wait_runs(2)
+    assert sorted(r.source.name for r in runs) == ["inbox/later.csv", "inbox/people.csv"]
+    # both have the same bytes: the second is recorded as a duplicate of the first
+    assert {r.source.sha256 for r in runs} == {hashlib.sha256(data).hexdigest()}
+
+
+@needs_sftp
+async def test_openssh_sftp_sees_clear_errors(feedd: Feedd, tmp_path: Path) -> None:
+    (tmp_path / "x.csv").write_bytes(b"email\n")
+    result = await asyncio.to_thread(openssh_batch, feedd, "put x.csv /outbox/x.csv\n", tmp_path)
+    assert result.returncode != 0
+    assert "Permission denied" in result.stderr or "read-only" in result.stderr
+    result = await asyncio.to_thread(openssh_batch, feedd, "-symlink /inbox /inbox/l\nls /\n", tmp_path)
+    assert result.returncode == 0 and "inbox" in result.stdout
+
+
+@needs_sftp
+async def test_openssh_sftp_key_of_another_user_is_refused(feedd: Feedd, tmp_path: Path) -> None:
+    result = await asyncio.to_thread(openssh_batch, feedd, "ls\n", tmp_path, "acme")
+    assert result.returncode != 0 and "Permission denied" in result.stderr

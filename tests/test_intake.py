@@ -1,0 +1,64 @@
+"""intake.accept: the one way in. Spooled, hashed, recorded; or put back when it cannot be recorded."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from feedd.config import load_config
+from feedd.drops import glob_regex, match_pipeline
+from feedd.intake import Input, accept
+from feedd.model import RunStatus, SourceKind
+from feedd.store.sqlite import SqliteStore
+from tests.helpers import MINIMAL, write
+
+
+@pytest.mark.parametrize(("pattern", "path", "matches"), [
+    ("inbox/*.csv", "inbox/a.csv", True),
+    ("inbox/*.csv", "inbox/sub/a.csv", False),
+    ("inbox/**/*.csv", "inbox/a.csv", True),
+    ("inbox/**/*.csv", "inbox/x/y/a.csv", True),
+    ("inbox/*.csv", "inbox/a.csv.part", False),
+    ("inbox/data-?.json", "inbox/data-1.json", True),
+    ("inbox/[ab].csv", "inbox/[ab].csv", True),
+])
+def test_globs(pattern: str, path: str, matches: bool) -> None:
+    assert bool(glob_regex(pattern).match(path)) is matches
+
+
+def test_first_matching_pipeline_in_config_order(tmp_path: Path) -> None:
+    text = MINIMAL + "  catch-all:\n    connection: demo\n    schema: contact\n    match: ['inbox/**']\n"
+    config = load_config(write(tmp_path, "feedd.yaml", text), env={})
+    assert match_pipeline(config, "demo", "inbox/a.csv") == "demo-contacts"
+    assert match_pipeline(config, "demo", "inbox/a.txt") == "catch-all"
+    assert match_pipeline(config, "acme", "inbox/a.csv") is None
+
+
+async def test_accept_records_before_returning(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "feedd.yaml", MINIMAL), env={})
+    store = await SqliteStore.open(tmp_path / "var" / "feedd.db")
+    src = tmp_path / "drop.csv"
+    src.write_bytes(b"email\na@b.c\n")
+    run = await accept(store, config, Input("demo", SourceKind.SFTP, "inbox/drop.csv", src, "demo-contacts"),
+                       pipeline="demo-contacts")
+    assert not src.exists()
+    assert (await store.get_run(run.run_id)) == run
+    assert run.status is RunStatus.QUEUED
+    assert run.source.sha256 == hashlib.sha256(b"email\na@b.c\n").hexdigest()
+    assert Path(run.spool_path).parent.parent == tmp_path / "var" / "spool"
+    await store.close()
+
+
+async def test_a_run_that_cannot_be_recorded_puts_the_input_back(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "feedd.yaml", MINIMAL), env={})
+    store = await SqliteStore.open(tmp_path / "var" / "feedd.db")
+    await store.close()  # the database is gone: nothing can be recorded
+    src = tmp_path / "drop.csv"
+    src.write_bytes(b"email\na@b.c\n")
+    with pytest.raises(ValueError, match="no active connection"):
+        await accept(store, config, Input("demo", SourceKind.SFTP, "inbox/drop.csv", src, "demo-contacts"),
+                     pipeline="demo-contacts", overrides={})
+    assert src.read_bytes() == b"email\na@b.c\n", "not accepted, so not taken: the input is where it was"
+    assert list((tmp_path / "var" / "spool").iterdir()) == []
