@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -162,6 +162,15 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (`pip install feedd[fast]`): less overhead per SFTP packet."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def serve(config_path: str | Path) -> int:
     """`feedd serve`: exit 0 after a clean stop, 2 for a bad config, 1 when the daemon cannot start."""
     try:
@@ -173,7 +182,8 @@ def serve(config_path: str | Path) -> int:
         return 2
     log.configure(config.log.level, config.log.format)
     try:
-        return asyncio.run(Daemon(config).run())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(Daemon(config).run())
     except FeeddError as exc:
         print(f"feedd: {exc}", file=sys.stderr)
         log.get().error("cannot start", error=str(exc))

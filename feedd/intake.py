@@ -46,17 +46,16 @@ def spool_name(name: str) -> str:
 
 
 def _move_and_hash(item: Input, dest: Path, known_sha: str | None) -> tuple[str, int]:
-    src_dir = item.path.parent
     renamed = move_into(item.path, dest)
     if known_sha is not None and renamed:
         size = sync_file(dest)
         sha = known_sha
     else:
         sha, size = hash_and_sync(dest)
+    # The spool's entry must be durable before the run is recorded. The inbox's folder is not synced:
+    # if a crash brought the old name back, the file would be offered again and recorded as a duplicate
+    # of this run (same connection, same sha256), never processed twice.
     fsync_dir(dest.parent)
-    fsync_dir(dest.parent.parent)
-    if renamed:
-        fsync_dir(src_dir)  # the name is gone from the inbox for good, so a restart won't take it twice
     return sha, size
 
 
@@ -64,7 +63,6 @@ def _put_back(spooled: Path, original: Path) -> None:
     try:
         if not original.exists():
             os.rename(spooled, original)
-        os.rmdir(spooled.parent)
     except OSError as exc:
         log.get().error("intake.put_back_failed", spooled=str(spooled), original=str(original), error=str(exc))
 
@@ -78,7 +76,7 @@ async def accept(store: Store, config: Config, item: Input, *, pipeline: str | N
     `no_matching_pipeline`; the input stays in the spool so that it can be retried.
     """
     run_id = new_id()
-    dest = spool_dir(config) / run_id / spool_name(item.name)
+    dest = spool_dir(config) / f"{run_id}.{spool_name(item.name)}"
     sha, size = await asyncio.to_thread(_move_and_hash, item, dest, item.sha256)
     try:
         run = await _record(store, config, item, pipeline, overrides, run_id, dest, sha, size)

@@ -9,6 +9,7 @@ client can resume, swept after `sftp.partial_max_age`. Markers cost one create a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -32,6 +33,7 @@ class Space:
     max_file_size: int | None = None
     used: int = 0
     writers: Counter[str] = field(default_factory=Counter)  # rel path -> open write handles
+    _partial: set[str] = field(default_factory=set)  # what the marker files say, kept in memory
 
     @property
     def inbox(self) -> Path:
@@ -44,14 +46,21 @@ class Space:
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def _marker(self, rel: str) -> Path:
-        return self.marker_dir / hashlib.sha1(rel.encode(), usedforsecurity=False).hexdigest()
+    def _marker(self, rel: str) -> str:
+        return os.path.join(self.marker_dir, hashlib.sha1(rel.encode(), usedforsecurity=False).hexdigest())
+
+    def load_markers(self) -> None:
+        self._partial = set(self.partials())
 
     def mark_writing(self, rel: str) -> None:
         self.writers[rel] += 1
-        marker = self._marker(rel)
-        if not marker.exists():
-            marker.write_text(rel)
+        if rel not in self._partial:
+            fd = os.open(self._marker(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, rel.encode())
+            finally:
+                os.close(fd)
+            self._partial.add(rel)
 
     def done_writing(self, rel: str, *, complete: bool) -> None:
         """One write handle closed. `complete` (a client's own CLOSE) clears the marker."""
@@ -59,23 +68,29 @@ class Space:
         if self.writers[rel] <= 0:
             del self.writers[rel]
             if complete:
-                self._marker(rel).unlink(missing_ok=True)
+                self.forget(rel)
 
     def forget(self, rel: str) -> None:
-        """The file is gone (removed, taken, renamed away): so is its marker."""
-        self._marker(rel).unlink(missing_ok=True)
+        """The file is gone (removed, taken, renamed away) or complete: so is its marker."""
+        if rel in self._partial:
+            self._partial.discard(rel)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._marker(rel))
 
     def moved(self, old: str, new: str) -> None:
-        marker = self._marker(old)
-        if marker.exists():
-            marker.unlink()
-            self._marker(new).write_text(new)
+        if old in self._partial:
+            self.forget(old)
+            self.writers[new] += 1
+            self.mark_writing(new)
+            self.writers[new] -= 1
+            if self.writers[new] <= 0:
+                del self.writers[new]
 
     def is_partial(self, rel: str) -> bool:
-        return self._marker(rel).exists()
+        return rel in self._partial
 
     def partials(self) -> dict[str, Path]:
-        """rel path -> marker, for every upload left unfinished."""
+        """rel path -> marker, for every upload left unfinished (read from disk)."""
         out = {}
         for marker in self.marker_dir.iterdir() if self.marker_dir.is_dir() else ():
             try:
@@ -123,6 +138,7 @@ class Spaces:
         marker_dir = self.markers_dir / conn.name
         marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         space = Space(conn.name, root.resolve(), marker_dir)
+        space.load_markers()
         space.measure()
         log.get(connection=conn.name).debug("space ready", root=str(space.root), used=space.used)
         return space

@@ -118,12 +118,12 @@ class Watcher:
                 try:
                     age = wall - max(os.lstat(path).st_mtime, os.lstat(marker).st_mtime)
                 except FileNotFoundError:
-                    marker.unlink(missing_ok=True)
+                    space.forget(rel)
                     continue
                 if age > config.sftp.partial_max_age:
                     size = path.stat().st_size
                     path.unlink(missing_ok=True)
-                    marker.unlink(missing_ok=True)
+                    space.forget(rel)
                     space.used = max(0, space.used - size)
                     log.get(connection=space.name).info("sftp.partial_upload_swept", file=rel, size=size,
                                                         age_seconds=round(age))

@@ -47,7 +47,7 @@ async def test_accept_records_before_returning(tmp_path: Path) -> None:
     assert (await store.get_run(run.run_id)) == run
     assert run.status is RunStatus.QUEUED
     assert run.source.sha256 == hashlib.sha256(b"email\na@b.c\n").hexdigest()
-    assert Path(run.spool_path).parent.parent == tmp_path / "var" / "spool"
+    assert Path(run.spool_path).parent == tmp_path / "var" / "spool"
     await store.close()
 
 

@@ -8,15 +8,15 @@ client vanished leaves a partial upload behind, which is never taken.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
-import hashlib
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncssh
 from asyncssh import (
@@ -38,6 +38,7 @@ from asyncssh import (
 from feedd import log
 from feedd.drops import Digest
 from feedd.sftp.jail import Area, Jail, Op, Target
+from feedd.sftp.writer import Stream, WriteBehind
 
 if TYPE_CHECKING:
     from feedd.drops import Drops
@@ -52,13 +53,14 @@ class Handle:
     fd: int
     target: Target
     rel: str  # of the real file, relative to the space root
-    writable: bool = False
+    stream: Stream | None = None  # set for handles open for writing
     append: bool = False
     size: int = 0
-    wrote: bool = False
-    hasher: Any = None  # sha256 while writes arrive in order from offset 0; None once they don't
-    hashed: int = 0
     failed: str | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.stream is not None
 
 
 @dataclass(slots=True)
@@ -68,6 +70,7 @@ class Session:
     space: Space
     drops: Drops
     gate: Gate
+    writer: WriteBehind
     on_exit: Callable[[], None] = field(default=lambda: None)
 
 
@@ -110,8 +113,9 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._jail.resolve(path, Op.READ)  # a link leading out of the space does not exist
         return st
 
-    def fstat(self, file_obj: object) -> os.stat_result:
-        return os.fstat(self._handle(file_obj).fd)
+    async def fstat(self, file_obj: object) -> os.stat_result:
+        handle = await self._flushed(file_obj)
+        return os.fstat(handle.fd)
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         self._setstat(self._resolve(path, Op.SETSTAT).real, attrs)
@@ -119,8 +123,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
     def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         self._setstat(self._resolve(path, Op.SETSTAT).real, attrs)
 
-    def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
-        handle = self._handle(file_obj)
+    async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        handle = await self._flushed(file_obj)
         if not handle.writable:
             raise SFTPPermissionDenied("file not open for writing")
         self._setstat(handle.fd, attrs)
@@ -227,6 +231,15 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPInvalidHandle("invalid handle")
         return file_obj
 
+    async def _flushed(self, file_obj: object) -> Handle:
+        """The handle, once the writes queued on it are done (and their errors known)."""
+        h = self._handle(file_obj)
+        if h.stream is not None:
+            await self._s.writer.flush(h.stream)
+            if h.stream.error is not None:
+                self._fail_io(h)
+        return h
+
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Handle:
         writing = bool(pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC))
         target = self._resolve(path, Op.WRITE if writing else Op.READ)
@@ -241,43 +254,49 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             raise SFTPFailure(f"{target.virtual} is being taken for processing; upload it again under a new name")
         flags |= os.O_RDWR if pflags & FXF_READ else os.O_WRONLY
         flags |= (os.O_CREAT if pflags & FXF_CREAT else 0) | (os.O_EXCL if pflags & FXF_EXCL else 0)
-        try:
-            before = os.lstat(target.real).st_size
-        except FileNotFoundError:
-            before = 0
         fd = os.open(target.real, flags, 0o640)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SFTPPermissionDenied(f"{target.virtual} is not a regular file")
             if pflags & FXF_TRUNC and st.st_size:
+                # truncated here rather than with O_TRUNC, so the quota gets back what was there
                 os.ftruncate(fd, 0)
-                self._space.used = max(0, self._space.used - before)
+                self._space.used = max(0, self._space.used - st.st_size)
                 st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
         self._space.mark_writing(rel)
         self._s.drops.writing(self._space, rel)
-        handle = Handle(fd, target, rel, writable=True, append=bool(pflags & FXF_APPEND), size=st.st_size,
-                        hasher=hashlib.sha256() if st.st_size == 0 else None)
+        handle = Handle(fd, target, rel, stream=Stream.fresh(fd, empty=st.st_size == 0),
+                        append=bool(pflags & FXF_APPEND), size=st.st_size)
         return self._track(handle)
 
     def _track(self, handle: Handle) -> Handle:
         self._handles.add(handle)
         return handle
 
-    def read(self, file_obj: object, offset: int, size: int) -> bytes:
-        self._s.gate.touch()
-        return os.pread(self._handle(file_obj).fd, size, offset)
-
-    def write(self, file_obj: object, offset: int, data: bytes) -> int:
+    def read(self, file_obj: object, offset: int, size: int) -> bytes | Awaitable[bytes]:
         self._s.gate.touch()
         h = self._handle(file_obj)
-        if not h.writable:
+        if h.stream is not None and h.stream.pending:
+            return self._read_flushed(h, offset, size)
+        return os.pread(h.fd, size, offset)
+
+    async def _read_flushed(self, h: Handle, offset: int, size: int) -> bytes:
+        await self._flushed(h)
+        return os.pread(h.fd, size, offset)
+
+    def write(self, file_obj: object, offset: int, data: bytes) -> int | Awaitable[int]:
+        self._s.gate.touch()
+        h = self._handle(file_obj)
+        if h.stream is None:
             raise SFTPPermissionDenied("file not open for writing")
         if h.failed:
             raise SFTPFailure(h.failed)
+        if h.stream.error is not None:
+            self._fail_io(h)
         if h.append:
             offset = h.size
         end = offset + len(data)
@@ -291,28 +310,32 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._fail(h, SFTPQuotaExceeded(
                 f"{h.target.virtual}: quota exceeded ({space.used} of {space.quota} bytes used, this write needs "
                 f"{growth} more); the upload was removed"))
-        try:
-            written = os.pwrite(h.fd, data, offset)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._fail(h, SFTPNoSpaceOnFilesystem(f"{h.target.virtual}: no space left on the server; "
-                                                      "the upload was removed"))
-            raise
-        if h.hasher is not None:
-            if offset == h.hashed:
-                h.hasher.update(data)
-                h.hashed += len(data)
-            else:
-                h.hasher = None
+        full = self._s.writer.write(h.stream, data, offset)
         h.size = max(h.size, end)
         space.used += growth
-        h.wrote = True
-        return written
+        if full:
+            return self._written_when_room(len(data))
+        return len(data)
+
+    async def _written_when_room(self, n: int) -> int:
+        await self._s.writer.wait_room()
+        return n
+
+    def _fail_io(self, h: Handle) -> None:
+        assert h.stream is not None
+        exc = h.stream.error
+        assert exc is not None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._fail(h, SFTPNoSpaceOnFilesystem(f"{h.target.virtual}: no space left on the server; "
+                                                  "the upload was removed"))
+        self._fail(h, SFTPFailure(f"{h.target.virtual}: write failed on the server ({exc.strerror}); "
+                                  "the upload was removed"))
 
     def _fail(self, h: Handle, error: asyncssh.SFTPError) -> None:
         """Give up on an upload: close it, remove the partial file, keep refusing this handle."""
         h.failed = str(error.reason)
-        os.close(h.fd)
+        if h.stream is not None and h.fd >= 0:
+            self._s.writer.close_later(h.stream)  # after the writes already queued, in the writer thread
         h.fd = -1
         with contextlib.suppress(OSError):
             os.unlink(self._space.root / h.rel)
@@ -321,16 +344,24 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         self._log.warning("sftp.upload_refused", file=h.target.virtual, reason=h.failed)
         raise error
 
-    def fsync(self, file_obj: object) -> None:
-        os.fsync(self._handle(file_obj).fd)
+    async def fsync(self, file_obj: object) -> None:
+        h = await self._flushed(file_obj)
+        await asyncio.to_thread(os.fsync, h.fd)
 
-    def close(self, file_obj: object) -> None:
-        h = self._handle(file_obj)
+    async def close(self, file_obj: object) -> None:
+        if not isinstance(file_obj, Handle):
+            raise asyncssh.SFTPInvalidHandle("invalid handle")
+        h = file_obj
         self._handles.discard(h)
-        if h.fd >= 0:
-            os.close(h.fd)
-            h.fd = -1
-        if not h.writable or h.failed:
+        if h.failed:
+            return
+        if h.stream is not None:
+            await self._s.writer.flush(h.stream)
+            if h.stream.error is not None:
+                self._fail_io(h)
+        os.close(h.fd)
+        h.fd = -1
+        if h.stream is None:
             return
         # asyncssh also calls close() for handles left open when the client goes away: that is a partial
         # upload, not a finished one, and the channel is already closing then (a real CLOSE has it open).
@@ -340,10 +371,11 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._log.info("sftp.partial_upload_kept", file=h.target.virtual, size=h.size)
             return
         digest = None
-        if h.hasher is not None and h.hashed == h.size:
+        stream = h.stream
+        if stream.hasher is not None and stream.hashed == h.size:
             try:
                 st = os.lstat(self._space.root / h.rel)
-                digest = Digest(h.hasher.hexdigest(), st.st_size, st.st_mtime_ns)
+                digest = Digest(stream.hasher.hexdigest(), st.st_size, st.st_mtime_ns)
             except OSError:
                 pass
         self._s.drops.closed(self._space, h.rel, digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from datetime import datetime
@@ -111,6 +112,10 @@ class SqliteStore:
         # One connection and one lock: every statement group is serialised, so a reader never sees a
         # half-written multi-statement change and SQLite never has to arbitrate between writers.
         self._lock = asyncio.Lock()
+        # Group commit: writes that arrive while a commit is in progress share the next one (one fsync
+        # for many runs when many files land at once), each inside its own savepoint.
+        self._batch: list[tuple[tuple[tuple[str, tuple[Any, ...]], ...], asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -151,19 +156,49 @@ class SqliteStore:
         return row[0] if row else None
 
     async def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
-        """Run statements in one transaction; returns the last statement's rowcount."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                count = 0
-                for sql, params in statements:
-                    cur = await self._db.execute(sql, params)
-                    count = cur.rowcount
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            return count
+        """Run statements atomically and durably; returns the last statement's rowcount."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._batch.append((statements, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._batch:
+            async with self._lock:
+                batch, self._batch = self._batch, []
+                results: list[tuple[asyncio.Future[int], int | BaseException]] = []
+                try:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                    for statements, fut in batch:
+                        results.append((fut, await self._apply(statements)))
+                    await self._db.execute("COMMIT")
+                except BaseException as exc:
+                    with contextlib.suppress(Exception):
+                        await self._db.execute("ROLLBACK")
+                    results = [(fut, exc) for _, fut in batch]
+            for fut, outcome in results:
+                if fut.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    fut.set_exception(outcome)
+                else:
+                    fut.set_result(outcome)
+
+    async def _apply(self, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> int | BaseException:
+        """One caller's statements inside a savepoint: its failure does not undo the others in the batch."""
+        await self._db.execute("SAVEPOINT w")
+        try:
+            count = 0
+            for sql, params in statements:
+                cur = await self._db.execute(sql, params)
+                count = cur.rowcount
+        except sqlite3.Error as exc:
+            await self._db.execute("ROLLBACK TO w")
+            await self._db.execute("RELEASE w")
+            return exc
+        await self._db.execute("RELEASE w")
+        return count
 
     async def insert_run(self, run: Run) -> None:
         placeholders = ", ".join("?" * len(_RUN_COLUMNS.split(", ")))
@@ -313,5 +348,7 @@ class SqliteStore:
             return {row[0]: bool(row[1]) for row in await cur.fetchall()}
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         async with self._lock:
             await self._db.close()

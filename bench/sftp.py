@@ -1,0 +1,324 @@
+"""SFTP throughput: feedd against OpenSSH's own server (internal-sftp, chrooted), same client, same files.
+
+    python bench/sftp.py [--size-mib 1024] [--files 1000] [--file-kib 100] [--rounds 3]
+                         [--clients openssh,asyncssh,paramiko]
+
+Starts OpenSSH's sshd (internal-sftp in a chroot) on one loopback port and `feedd serve` on another,
+uploads the same big file and the same set of small files with each client, and prints MiB/s, files/s
+and server CPU seconds for both, the ratio feedd/OpenSSH (medians over the rounds), and feedd's peak RSS.
+feedd runs with its jail, quota accounting and intake on: every uploaded file becomes a recorded run.
+Needs /usr/sbin/sshd (Debian: openssh-server) and the OpenSSH sftp client; runs as root for the chroot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncssh
+import paramiko
+
+CIPHER = "aes128-gcm@openssh.com"
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its reaped children (sshd's sessions are its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Server:
+    name: str
+    port: int
+    pid: int
+    upload_dir: str  # as the client sees it
+    local_dir: Path  # where the files land (cleared between rounds)
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+
+class OpenSSH(Server):
+    name = "openssh"
+
+    def __init__(self, work: Path, pubkey: str) -> None:
+        self.port = free_port()
+        root = work / "sshd-chroot"
+        (root / "upload").mkdir(parents=True)
+        os.chmod(work, 0o755)
+        os.chmod(root, 0o755)
+        (work / "authorized_keys").write_text(pubkey + "\n")
+        host_key = work / "sshd_host_ed25519_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        config = work / "sshd_config"
+        config.write_text(f"""\
+Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {work}/sshd.pid
+AuthorizedKeysFile {work}/authorized_keys
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+Subsystem sftp internal-sftp
+ChrootDirectory {root}
+ForceCommand internal-sftp
+AllowTcpForwarding no
+X11Forwarding no
+""")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        wait_port(self.port)
+        self.user = "root"
+        self.upload_dir = "/upload"
+        self.local_dir = root / "upload"
+
+    def clear(self) -> None:
+        for p in self.local_dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Feedd(Server):
+    name = "feedd"
+
+    def __init__(self, work: Path, pubkey: str) -> None:
+        self.port = free_port()
+        state = work / "feedd-state"
+        config = work / "feedd.yaml"
+        config.write_text(f"""\
+state_dir: {state}
+log: {{level: warning, format: json}}
+sftp: {{listen: "127.0.0.1:{self.port}"}}
+http: {{listen: "127.0.0.1:{free_port()}"}}
+schemas:
+  blob:
+    fields:
+      x: {{type: string}}
+connections:
+  bench:
+    authorized_keys: ["{pubkey}"]
+    quota: 1TiB
+    max_file_size: 100GiB
+pipelines:
+  bench-in:
+    connection: bench
+    schema: blob
+    match: ["inbox/**"]
+    skip_duplicates: false
+""")
+        self.proc = subprocess.Popen([sys.executable, "-m", "feedd", "serve", "-c", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+        wait_port(self.port, 60)
+        self.user = "bench"
+        self.upload_dir = "/inbox"
+        self.local_dir = state / "spool"
+        self.db = state / "feedd.db"
+        self.inbox = state / "spaces" / "bench" / "inbox"
+
+    def runs(self) -> int:
+        import sqlite3
+
+        with sqlite3.connect(self.db) as conn:
+            return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def wait_taken(self, expected: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.runs() < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def clear(self) -> None:
+        for p in self.local_dir.iterdir() if self.local_dir.exists() else ():
+            p.unlink()
+        for p in self.inbox.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(40)
+
+
+# --- clients: each uploads `paths` into server.upload_dir ------------------------------------------------
+
+
+def openssh_client(server: Server, key: Path, paths: list[Path], work: Path) -> None:
+    batch = work / "batch.txt"
+    lines = [f"cd {server.upload_dir}"]
+    if len(paths) == 1:
+        lines.append(f"put {paths[0]}")
+    else:
+        lines.append(f"put {paths[0].parent}/*")
+    batch.write_text("\n".join(lines) + "\n")
+    subprocess.run(["sftp", "-q", "-b", str(batch), "-P", str(server.port), "-i", str(key),
+                    "-o", f"Ciphers={CIPHER}", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                    "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+                    f"{server.user}@127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+
+
+def asyncssh_client(server: Server, key: Path, paths: list[Path], work: Path) -> None:
+    async def run() -> None:
+        async with asyncssh.connect("127.0.0.1", server.port, username=server.user, client_keys=[str(key)],
+                                    known_hosts=None, encryption_algs=[CIPHER]) as conn:
+            async with conn.start_sftp_client() as sftp:
+                for p in paths:
+                    await sftp.put(str(p), f"{server.upload_dir}/{p.name}")
+
+    asyncio.run(run())
+
+
+def paramiko_client(server: Server, key: Path, paths: list[Path], work: Path) -> None:
+    transport = paramiko.Transport(("127.0.0.1", server.port))
+    transport.get_security_options().ciphers = ("aes128-gcm@openssh.com", "aes128-ctr")
+    try:
+        transport.connect(username=server.user, pkey=paramiko.Ed25519Key.from_private_key_file(str(key)))
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        for p in paths:
+            sftp.put(str(p), f"{server.upload_dir}/{p.name}", confirm=False)
+    finally:
+        transport.close()
+
+
+CLIENTS: dict[str, Callable[[Server, Path, list[Path], Path], None]] = {
+    "openssh": openssh_client, "asyncssh": asyncssh_client, "paramiko": paramiko_client,
+}
+
+
+def measure(server: Server, client: str, key: Path, paths: list[Path], work: Path) -> tuple[float, float, float]:
+    """Seconds until the client is done, seconds until every file is recorded as a run (feedd; for OpenSSH
+    the same as the first), and server CPU seconds."""
+    server.clear()
+    os.sync()  # every round starts with no dirty pages left by the one before (feedd fsyncs, sshd does not)
+    time.sleep(0.5)
+    before_runs = server.runs() if isinstance(server, Feedd) else 0
+    cpu0 = cpu_seconds(server.pid)
+    t0 = time.perf_counter()
+    CLIENTS[client](server, key, paths, work)
+    client_done = time.perf_counter() - t0
+    if isinstance(server, Feedd):
+        server.wait_taken(before_runs + len(paths))
+    recorded = time.perf_counter() - t0
+    time.sleep(0.3)
+    return client_done, recorded, cpu_seconds(server.pid) - cpu0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--file-kib", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", default="openssh,asyncssh,paramiko")
+    args = ap.parse_args()
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("sftp") is None:
+        print("needs /usr/sbin/sshd and sftp (Debian: apt-get install openssh-server openssh-client)")
+        return 2
+    # sshd's ChrootDirectory wants every folder on the way root-owned and not group/world writable:
+    # /tmp and /var/tmp are not, /var/lib is.
+    base = Path(os.environ.get("BENCH_DIR", "/var/lib/feedd-bench"))
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    key = work / "client_key"
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key.write_private_key(str(key))
+    key.chmod(0o600)
+    pubkey = client_key.export_public_key().decode().strip()
+    big = work / "data" / "big" / "big.bin"
+    big.parent.mkdir(parents=True)
+    with open(big, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(os.urandom(1024 * 1024))
+    small_dir = work / "data" / "small"
+    small_dir.mkdir()
+    smalls = []
+    for i in range(args.files):
+        p = small_dir / f"f{i:05d}.csv"
+        p.write_bytes(os.urandom(args.file_kib * 1024))
+        smalls.append(p)
+    servers: list[Server] = [OpenSSH(work, pubkey), Feedd(work, pubkey)]
+    results: dict[str, dict[str, object]] = {}
+    try:
+        for client in args.clients.split(","):
+            for workload, paths, unit in (("big", [big], "MiB/s"), ("small", smalls, "files/s")):
+                row: dict[str, object] = {}
+                for server in servers:
+                    times, recorded, cpus = [], [], []
+                    for _ in range(args.rounds):
+                        elapsed, done, cpu = measure(server, client, key, paths, work)
+                        times.append(elapsed)
+                        recorded.append(done)
+                        cpus.append(cpu)
+                    t = statistics.median(times)
+                    amount = args.size_mib if workload == "big" else args.files
+                    row[server.name] = {"rate": round(amount / t, 1), "seconds": round(t, 2),
+                                        "recorded_rate": round(amount / statistics.median(recorded), 1),
+                                        "server_cpu_s": round(statistics.median(cpus), 2)}
+                feedd_rate = row["feedd"]["rate"]  # type: ignore[index]
+                openssh_rate = row["openssh"]["rate"]  # type: ignore[index]
+                row["ratio"] = round(feedd_rate / openssh_rate, 3)
+                row["unit"] = unit
+                results[f"{client}/{workload}"] = row
+                f = row["feedd"]
+                print(f"{client:9} {workload:5}  openssh {openssh_rate:8.1f} {unit:7}  feedd {feedd_rate:8.1f} {unit:7}"
+                      f"  ratio {row['ratio']:.2f}  (feedd incl. intake {f['recorded_rate']} {unit})"  # type: ignore[index]
+                      f"  server CPU s: openssh {row['openssh']['server_cpu_s']} feedd {f['server_cpu_s']}",  # type: ignore[index]
+                      flush=True)
+        feedd_server = servers[1]
+        peak = peak_rss_mib(feedd_server.pid)
+        print(f"feedd peak RSS: {peak:.0f} MiB")
+        results["feedd_peak_rss_mib"] = {"value": round(peak)}
+        print(json.dumps(results))
+    finally:
+        for server in servers:
+            server.stop()  # type: ignore[attr-defined]
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
