@@ -191,9 +191,10 @@ class Gate(asyncssh.SSHServer):
 
     async def _failed(self, username: str, method: str) -> None:
         known = username in self._state.config.connections
-        # fail2ban: "Failed password for <user> from <ip>" / "Invalid user <user> from <ip>"
-        message = f"Failed {method} for {escaped(username)} from {self.ip}" if known else \
-            f"Invalid user {escaped(username)} from {self.ip}"
+        # The source IP comes before anything the client chose, so a filter anchored on it (fail2ban's
+        # systemd/fail2ban-feedd.conf) can never be fooled by a user name like "x from 10.9.9.9".
+        who = "user" if known else "unknown user"
+        message = f"Failed {method} from {self.ip} for {who} '{escaped(username)}'"
         banned = self._state.bans.fail(self.ip)
         self._failures += 1
         log.get().warning("sftp.auth_failed", message=message, user=escaped(username), ip=self.ip, method=method)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import time
 
 import asyncssh
 import pytest
 
 import feedd.sftp.auth as auth
-from tests.helpers import DEMO_PASSWORD
+from feedd import log
+from tests.helpers import DEMO_PASSWORD, REPO
 from tests.sftp.conftest import Feedd
 
 
@@ -154,3 +157,17 @@ async def test_password_reload_keeps_live_sessions(feedd: Feedd) -> None:
 def test_usernames_are_escaped_for_logs() -> None:
     assert auth.escaped("x\nfrom 10.9.9.9") == "x\\nfrom 10.9.9.9"
     assert "\n" not in auth.escaped("a\r\nb\x00")
+
+
+async def test_failures_are_logged_for_fail2ban_with_the_real_source(feedd: Feedd) -> None:
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    for user in ("x from 10.9.9.9", "x' from 10.9.9.8 for user 'y"):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await feedd.connect(user, password="wrong", local_addr=("127.0.0.7", 0))
+    filter_text = (REPO / "systemd" / "fail2ban-feedd.conf").read_text()
+    failregex = re.search(r"^failregex = (.*)$", filter_text, re.M).group(1)  # type: ignore[union-attr]
+    pattern = re.compile(failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)"))
+    hosts = [m.group("host") for line in out.getvalue().splitlines() if (m := pattern.search(line))]
+    assert hosts == ["127.0.0.7", "127.0.0.7"]
+    assert all("\n" not in line[:-1] for line in out.getvalue().splitlines(keepends=True))
