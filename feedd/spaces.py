@@ -118,6 +118,7 @@ class Spaces:
 
     def __init__(self, config: Config) -> None:
         self.spaces_dir = config.sftp.spaces_dir
+        self._prefix = os.fspath(self.spaces_dir) + "/"  # events name paths as strings under this
         self.markers_dir = config.state_dir / "partials"
         self._spaces: dict[str, Space] = {}
         self.apply(config)
@@ -149,14 +150,13 @@ class Spaces:
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._spaces.values()))
 
-    def locate(self, path: Path) -> tuple[Space, str] | None:
+    def locate(self, path: str) -> tuple[Space, str] | None:
         """The space and rel path (`inbox/x.csv`) of a local path, or None when outside every space."""
-        try:
-            rel = path.relative_to(self.spaces_dir)
-        except ValueError:
+        prefix = self._prefix
+        if not path.startswith(prefix):
             return None
-        parts = rel.parts
-        space = self._spaces.get(parts[0]) if parts else None
-        if space is None or len(parts) < 2:
+        name, _, rel = path[len(prefix):].partition("/")
+        space = self._spaces.get(name)
+        if space is None or not rel:
             return None
-        return space, "/".join(parts[1:])
+        return space, rel

@@ -54,7 +54,7 @@ class Watcher:
                                     ignore_permission_denied=True):
             now = time.monotonic()
             for _change, raw in changes:
-                found = self._spaces.locate(Path(raw))
+                found = self._spaces.locate(raw)
                 if found is not None and found[1].startswith("inbox/"):
                     self._seen[(found[0].name, found[1])] = now
 

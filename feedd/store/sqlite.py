@@ -116,6 +116,7 @@ class SqliteStore:
         # for many runs when many files land at once), each inside its own savepoint.
         self._batch: list[tuple[tuple[tuple[str, tuple[Any, ...]], ...], asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._overrides: dict[str, bool] | None = None  # read on every intake; changes only through us
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -187,6 +188,13 @@ class SqliteStore:
 
     async def _apply(self, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> int | BaseException:
         """One caller's statements inside a savepoint: its failure does not undo the others in the batch."""
+        if len(statements) == 1:
+            # SQLite undoes a failed statement on its own, without touching the rest of the transaction.
+            try:
+                cur = await self._db.execute(*statements[0])
+            except sqlite3.Error as exc:
+                return exc
+            return cur.rowcount
         await self._db.execute("SAVEPOINT w")
         try:
             count = 0
@@ -271,11 +279,12 @@ class SqliteStore:
         return runs, (runs[-1].run_id if more else None)
 
     async def find_run_by_content(self, connection: str, sha256: str) -> Run | None:
-        runs = await self._select_runs(
-            "WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL", [connection, sha256],
-            "ORDER BY run_id LIMIT 1",
-        )
-        return runs[0] if runs else None
+        async with self._lock, self._db.execute(
+            "SELECT run_id FROM runs WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL "
+            "ORDER BY run_id LIMIT 1", (connection, sha256),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else await self.get_run(row[0])
 
     async def save_delivery(self, delivery: Delivery) -> None:
         await self._write((
@@ -337,6 +346,7 @@ class SqliteStore:
         return None if row is None else dict(json.loads(row[0]))
 
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
+        self._overrides = None
         await self._write((
             "INSERT INTO pipeline_overrides VALUES (?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET "
             "active = excluded.active, updated_at = excluded.updated_at",
@@ -344,8 +354,10 @@ class SqliteStore:
         ))
 
     async def pipeline_overrides(self) -> dict[str, bool]:
-        async with self._lock, self._db.execute("SELECT pipeline, active FROM pipeline_overrides") as cur:
-            return {row[0]: bool(row[1]) for row in await cur.fetchall()}
+        if self._overrides is None:
+            async with self._lock, self._db.execute("SELECT pipeline, active FROM pipeline_overrides") as cur:
+                self._overrides = {row[0]: bool(row[1]) for row in await cur.fetchall()}
+        return dict(self._overrides)
 
     async def close(self) -> None:
         if self._flusher is not None:
