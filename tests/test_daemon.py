@@ -22,14 +22,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock.close()
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
 def start(daemons: list[Daemon], config: Path, **env: str) -> Daemon:
     d = Daemon(config, env=env)
     daemons.append(d)

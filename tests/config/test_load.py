@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from feedd.config import DestinationType, FieldType, load_config
+from feedd.config.pipelines import TRANSFORMS
 from feedd.config.values import Address, Config
 from feedd.errors import ConfigError
 from feedd.model import Direction
@@ -47,9 +48,8 @@ def test_example_config_is_valid_and_uses_every_section() -> None:
     assert len(cfg.files) > 1, "the example includes config/*.yaml"
     acme = cfg.pipelines["acme-employees"]
     assert {d.type for d in acme.destinations} == set(DestinationType)
-    used = {t.name for m in acme.mappings for t in m.transforms}
-    assert used >= {"trim", "lower", "title", "truncate", "date", "datetime", "null_if", "number", "digits",
-                    "replace", "boolean", "map"}
+    used = {t.name for p in cfg.pipelines.values() for m in p.mappings for t in m.transforms}
+    assert used == set(TRANSFORMS), f"transforms the example does not show: {set(TRANSFORMS) - used}"
     assert {f.type for f in cfg.schemas["employee"].fields} == set(FieldType)
 
 

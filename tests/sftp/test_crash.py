@@ -8,23 +8,13 @@ import hashlib
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
-import pytest
 
 from tests.helpers import DEMO_PASSWORD, MINIMAL, Daemon, write
 
 CSV = b"email\n" + b"".join(f"p{i}@example.org\n".encode() for i in range(2000))
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def runs_in(db: Path) -> list[tuple[str, str, str]]:
