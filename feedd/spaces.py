@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class Space:
 
     def mark_writing(self, rel: str) -> None:
         self.writers[rel] += 1
+        self._mark(rel)
+
+    def _mark(self, rel: str) -> None:
         if rel not in self._partial:
             fd = os.open(self._marker(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
@@ -78,13 +82,10 @@ class Space:
                 os.unlink(self._marker(rel))
 
     def moved(self, old: str, new: str) -> None:
+        """A rename: a partial upload stays partial under its new name."""
         if old in self._partial:
             self.forget(old)
-            self.writers[new] += 1
-            self.mark_writing(new)
-            self.writers[new] -= 1
-            if self.writers[new] <= 0:
-                del self.writers[new]
+            self._mark(new)
 
     def is_partial(self, rel: str) -> bool:
         return rel in self._partial
@@ -147,7 +148,7 @@ class Spaces:
     def get(self, name: str) -> Space | None:
         return self._spaces.get(name)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Space]:
         return iter(list(self._spaces.values()))
 
     def locate(self, path: str) -> tuple[Space, str] | None:
