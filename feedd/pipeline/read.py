@@ -1,0 +1,345 @@
+"""Readers: a spooled input file -> headers and a stream of rows, with limits that hold on hostile input.
+
+Formats: CSV (delimiter and encoding detected), TSV, JSON (a top-level array of objects, streamed),
+JSONL; `.gz` and `.zip` (one member) unpacked as streams with byte and ratio caps. Memory stays flat
+whatever the file size: lines longer than the limit fail the run naming the line instead of being
+buffered, and JSON is decoded one object at a time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from feedd.config.values import FormatConfig
+
+MAX_LINE = 1024 * 1024  # characters in one line (CSV) or one record (JSON/JSONL)
+MAX_COLUMNS = 10_000
+MAX_UNPACKED = 64 * 1024**3  # bytes out of one .gz/.zip
+MAX_RATIO = 200  # unpacked / packed, past the first 10 MiB: more is a bomb
+SNIFF_BYTES = 64 * 1024
+
+
+class ReadError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    format: str  # csv | tsv | json | jsonl
+    encoding: str
+    delimiter: str | None
+    compression: str | None  # gzip | zip | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "encoding": self.encoding, "delimiter": self.delimiter,
+                "compression": self.compression}
+
+
+class _Capped(io.RawIOBase):
+    """A byte stream that fails once more than `limit` bytes, or more than `ratio` x the packed size, came out."""
+
+    def __init__(self, inner: IO[bytes] | gzip.GzipFile, packed: int) -> None:
+        self._inner = inner
+        self._packed = max(packed, 1)
+        self._out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._out += n
+        if self._out > MAX_UNPACKED or (self._out > 10 * 1024**2 and self._out > MAX_RATIO * self._packed):
+            raise ReadError("unreadable_input", f"the archive unpacks to more than {MAX_RATIO}x its size "
+                                                f"or {MAX_UNPACKED} bytes: refused as a decompression bomb")
+        return n
+
+
+def _unpack(path: Path) -> tuple[IO[bytes], str | None, str]:
+    """(byte stream, compression, inner name) for `path`, unpacking .gz and single-member .zip."""
+    packed = path.stat().st_size
+    with open(path, "rb") as probe:
+        magic = probe.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return io.BufferedReader(_Capped(gzip.open(path, "rb"), packed)), "gzip", path.name.removesuffix(".gz")
+    if magic == b"PK\x03\x04":
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise ReadError("unreadable_input", f"not a readable zip file: {exc}") from None
+        members = [i for i in archive.infolist() if not i.is_dir()]
+        if len(members) != 1:
+            raise ReadError("unreadable_input", f"a zip must hold exactly one file, this one holds {len(members)}")
+        # The member's name is only used to guess its format: nothing is ever extracted to a path.
+        return io.BufferedReader(_Capped(archive.open(members[0]), packed)), "zip", members[0].filename
+    return open(path, "rb"), None, path.name
+
+
+def _encoding(head: bytes, wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        head.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(head) - 4:  # a character cut at the end of the sample
+            return "utf-8"
+    try:
+        head.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _format(name: str, text_head: str, wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    lower = name.lower()
+    for ext in ("jsonl", "ndjson", "json", "tsv", "csv"):
+        if lower.endswith("." + ext):
+            return {"ndjson": "jsonl"}.get(ext, ext)
+    stripped = text_head.lstrip()
+    if stripped.startswith("["):
+        return "json"
+    if stripped.startswith("{"):
+        return "jsonl"
+    return "csv"
+
+
+def _delimiter(text_head: str, wanted: str, fmt: str) -> str:
+    if fmt == "tsv":
+        return "\t"
+    if wanted != "auto":
+        return wanted
+    sample = "\n".join(text_head.splitlines()[:50])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def _lines(text: IO[str]) -> Iterator[str]:
+    """Lines with a length limit enforced while reading, so one huge line never sits in memory."""
+    number = 0
+    while True:
+        line = text.readline(MAX_LINE + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            raise ReadError("line_too_long", f"line {number} is longer than {MAX_LINE} characters")
+        yield line.replace("\x00", "") if "\x00" in line else line
+
+
+def open_rows(path: Path, fmt: FormatConfig) -> tuple[Detected, list[str], Iterator[tuple[int, list[Any]]]]:
+    """Detect the format and return (detected, headers, rows). Rows are (row number, cells)."""
+    raw, compression, name = _unpack(path)
+    try:
+        head = raw.peek(SNIFF_BYTES)[:SNIFF_BYTES] if isinstance(raw, io.BufferedReader) else b""
+        if b"\x00" in head[:8192] and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise ReadError("unreadable_input", "this looks like a binary file, not CSV or JSON text")
+        encoding = _encoding(head, fmt.encoding)
+        text_head = head.decode(encoding, errors="replace")
+        kind = _format(name, text_head, fmt.type)
+        delimiter = _delimiter(text_head, fmt.delimiter, kind) if kind in ("csv", "tsv") else None
+    except BaseException:
+        raw.close()
+        raise
+    text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
+    detected = Detected(kind, encoding, delimiter, compression)
+    try:
+        with _read_errors():
+            if kind in ("csv", "tsv"):
+                headers, rows = _csv_rows(text, delimiter or ",", fmt)
+            else:
+                headers, rows = _json_rows(text, kind)
+    except BaseException:
+        text.close()
+        raise
+    return detected, headers, _guarded(rows, text)
+
+
+@contextlib.contextmanager
+def _read_errors() -> Iterator[None]:
+    """Decoding and CSV errors, as the run-level error a partner can act on."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ReadError("unreadable_input", f"bytes that are not valid {exc.encoding}: {exc.reason}") from None
+    except csv.Error as exc:
+        raise ReadError("unreadable_input", f"CSV could not be read: {exc}") from None
+
+
+def _guarded(rows: Iterator[tuple[int, list[Any]]], text: IO[str]) -> Iterator[tuple[int, list[Any]]]:
+    try:
+        with _read_errors():
+            yield from rows
+    finally:
+        text.close()
+
+
+def _csv_rows(text: IO[str], delimiter: str, fmt: FormatConfig) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
+    reader = csv.reader(_lines(text), delimiter=delimiter)
+    csv.field_size_limit(MAX_LINE)
+    for _ in range(fmt.skip_rows):
+        next(reader, None)
+    if fmt.header:
+        first = next(reader, None)
+        headers = [h.strip() for h in first] if first else []
+        if headers and headers[0].startswith("\ufeff"):
+            headers[0] = headers[0][1:]
+    else:
+        first = None
+        headers = []
+    if len(headers) > MAX_COLUMNS:
+        raise ReadError("too_many_columns", f"the header has {len(headers)} columns; at most {MAX_COLUMNS}")
+
+    def rows() -> Iterator[tuple[int, list[Any]]]:
+        # Rows are numbered by the line they start on, as a partner would find them in an editor.
+        while True:
+            number = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return
+            if len(row) > MAX_COLUMNS:
+                raise ReadError("too_many_columns", f"line {number} has {len(row)} columns; at most {MAX_COLUMNS}")
+            if row:
+                yield number, row
+
+    if not fmt.header:
+        # headerless: columns are named 1, 2, 3... from the first row
+        first_line = reader.line_num + 1
+        first_row = next(reader, None)
+        if first_row is None:
+            return [], iter(())
+        headers = [str(i + 1) for i in range(len(first_row))]
+
+        def with_first() -> Iterator[tuple[int, list[Any]]]:
+            yield first_line, first_row
+            yield from rows()
+
+        return headers, with_first()
+    return headers, rows()
+
+
+def _json_objects(text: IO[str], kind: str) -> Iterator[tuple[int, Any]]:
+    if kind == "jsonl":
+        for number, line in enumerate(_lines(text), 1):
+            if line.strip():
+                yield number, _decode(line, number)
+        return
+    decoder = json.JSONDecoder()
+    buffer, pos, number = "", 0, 0
+    started = False
+    while True:
+        chunk = text.read(64 * 1024)
+        buffer = buffer[pos:] + chunk
+        pos = 0
+        while True:
+            while pos < len(buffer) and buffer[pos] in " \t\r\n,":
+                pos += 1
+            if not started and pos < len(buffer):
+                if buffer[pos] != "[":
+                    raise ReadError("unreadable_input", "a JSON file must hold an array of objects ([{...}, ...])")
+                started, pos = True, pos + 1
+                continue
+            if pos < len(buffer) and buffer[pos] == "]":
+                return
+            if pos >= len(buffer):
+                break  # need more text
+            try:
+                value, end = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError:
+                if not chunk:
+                    raise ReadError("unreadable_input", f"JSON could not be read after record {number}") from None
+                if len(buffer) - pos > MAX_LINE:
+                    raise ReadError("line_too_long",
+                                    f"record {number + 1} is larger than {MAX_LINE} characters") from None
+                break
+            except RecursionError:
+                raise ReadError("json_too_deep", f"record {number + 1} is nested too deeply") from None
+            number += 1
+            pos = end
+            yield number, value
+        if not chunk:
+            if not started:
+                raise ReadError("unreadable_input", "the JSON file is empty")
+            raise ReadError("unreadable_input", "the JSON array is not closed with ']'")
+
+
+def _decode(line: str, number: int) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ReadError("json_too_deep", f"line {number} is nested too deeply") from None
+    except ValueError as exc:
+        return _Bad(f"line {number} is not valid JSON: {exc}")
+
+
+class _Bad:
+    """A JSONL line that is not JSON: a row error for that row, not the end of the run."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _json_rows(text: IO[str], kind: str) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
+    objects = _json_objects(text, kind)
+    buffered: list[tuple[int, Any]] = []
+    headers: dict[str, None] = {}
+    for number, obj in objects:  # headers from the first records (up to 100) that are objects
+        buffered.append((number, obj))
+        if isinstance(obj, dict):
+            headers.update(dict.fromkeys(str(k) for k in obj))
+        if len(buffered) >= 100:
+            break
+    names = list(headers)
+    if len(names) > MAX_COLUMNS:
+        raise ReadError("too_many_columns", f"records have {len(names)} keys; at most {MAX_COLUMNS}")
+
+    def cells(obj: Any) -> list[Any]:
+        if isinstance(obj, _Bad):
+            return [obj]
+        if not isinstance(obj, dict):
+            return [_Bad("not a JSON object")]
+        return [_flat(obj.get(name)) for name in names]
+
+    def rows() -> Iterator[tuple[int, list[Any]]]:
+        for number, obj in buffered:
+            yield number, cells(obj)
+        for number, obj in objects:
+            yield number, cells(obj)
+
+    return names, rows()
+
+
+def _flat(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def bad_row(cells: list[Any]) -> str | None:
+    """The reason a row could not be read at all (a JSONL line that is not JSON), or None."""
+    if len(cells) == 1 and isinstance(cells[0], _Bad):
+        return cells[0].message
+    return None

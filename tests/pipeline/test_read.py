@@ -1,0 +1,143 @@
+"""Readers on real files: detection, encodings, streaming JSON, archives, and limits on hostile input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import resource
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from feedd.config.values import FormatConfig
+from feedd.pipeline import read
+from feedd.pipeline.read import ReadError, bad_row, open_rows
+
+AUTO = FormatConfig()
+
+
+def rows_of(path: Path, fmt: FormatConfig = AUTO) -> tuple[read.Detected, list[str], list[tuple[int, list]]]:
+    detected, headers, rows = open_rows(path, fmt)
+    return detected, headers, list(rows)
+
+
+@pytest.mark.parametrize(("delimiter", "name"), [(",", "comma"), (";", "semicolon"), ("\t", "tab"), ("|", "pipe")])
+def test_csv_delimiters_are_detected(tmp_path: Path, delimiter: str, name: str) -> None:
+    path = tmp_path / f"{name}.csv"
+    path.write_text(delimiter.join(["id", "email", "note"]) + "\n" + delimiter.join(["1", "a@b.c", "x y"]) + "\n")
+    detected, headers, rows = rows_of(path)
+    assert detected.delimiter == delimiter and headers == ["id", "email", "note"]
+    assert rows == [(2, ["1", "a@b.c", "x y"])]
+
+
+@pytest.mark.parametrize(("encoding", "raw_prefix", "expected"), [
+    ("utf-8", b"", "utf-8"),
+    ("utf-8", b"\xef\xbb\xbf", "utf-8-sig"),
+    ("utf-16", b"", "utf-16"),
+    ("cp1252", b"", "cp1252"),
+])
+def test_encodings_are_detected(tmp_path: Path, encoding: str, raw_prefix: bytes, expected: str) -> None:
+    path = tmp_path / "names.csv"
+    path.write_bytes(raw_prefix + "name,city\nJosé Müller,Zürich €\n".encode(encoding))
+    detected, headers, rows = rows_of(path)
+    assert detected.encoding == expected
+    assert headers == ["name", "city"] and rows == [(2, ["José Müller", "Zürich €"])]
+
+
+def test_quoting_multiline_fields_skip_rows_and_tsv(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text('exported by X\nid,text\n1,"line one\nline two, with comma"\n2,"say ""hi"""\n')
+    _, headers, rows = rows_of(path, FormatConfig(skip_rows=1))
+    assert headers == ["id", "text"]
+    assert rows == [(3, ["1", "line one\nline two, with comma"]), (5, ["2", 'say "hi"'])]
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("a\tb\n1\t2\n")
+    detected, headers, rows = rows_of(tsv)
+    assert (detected.format, headers, rows) == ("tsv", ["a", "b"], [(2, ["1", "2"])])
+
+
+def test_headerless_csv_names_columns_by_position(tmp_path: Path) -> None:
+    path = tmp_path / "n.csv"
+    path.write_text("1,a@b.c\n2,d@e.f\n")
+    _, headers, rows = rows_of(path, FormatConfig(header=False))
+    assert headers == ["1", "2"] and [r[0] for r in rows] == [1, 2]
+
+
+def test_json_array_is_streamed_and_jsonl_keeps_going_past_a_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"id": i, "tags": ["x"], "email": f"u{i}@x.io"} for i in range(3)]))
+    detected, headers, rows = rows_of(path)
+    assert detected.format == "json" and headers == ["id", "tags", "email"]
+    assert rows[2] == (3, [2, '["x"]', "u2@x.io"])
+    lines = tmp_path / "b.jsonl"
+    lines.write_text('{"id": 1}\nnot json\n\n{"id": 3}\n')
+    _, headers, rows = rows_of(lines)
+    assert headers == ["id"] and [n for n, _ in rows] == [1, 2, 4]
+    assert bad_row(rows[1][1]) is not None and "line 2 is not valid JSON" in str(bad_row(rows[1][1]))
+
+
+def test_gzip_and_single_member_zip(tmp_path: Path) -> None:
+    gz = tmp_path / "people.csv.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write("id,email\n1,a@b.c\n")
+    detected, headers, rows = rows_of(gz)
+    assert (detected.compression, detected.format, rows) == ("gzip", "csv", [(2, ["1", "a@b.c"])])
+    zp = tmp_path / "people.zip"
+    with zipfile.ZipFile(zp, "w") as z:
+        z.writestr("../../etc/evil.jsonl", '{"id": 1}\n')  # the member's name is never used as a path
+    detected, headers, rows = rows_of(zp)
+    assert (detected.compression, detected.format, headers) == ("zip", "jsonl", ["id"])
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as z:
+        z.writestr("a.csv", "x\n")
+        z.writestr("b.csv", "y\n")
+    with pytest.raises(ReadError, match="exactly one file"):
+        rows_of(two)
+
+
+def test_gzip_bomb_is_refused(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.csv.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(b"a,b\n")
+        chunk = b"0,0\n" * (256 * 1024)
+        for _ in range(64):
+            f.write(chunk)
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(ReadError, match="decompression bomb"):
+        rows_of(bomb)
+
+
+def test_a_huge_line_fails_naming_the_line_without_buffering_it(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    with open(path, "w") as f:
+        f.write("id,text\n1,short\n2,")
+        for _ in range(200):
+            f.write("x" * (1024 * 1024))
+        f.write("\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ReadError) as info:
+        rows_of(path)
+    assert info.value.code == "line_too_long" and "line 3" in info.value.message
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 64, f"reading grew RSS by {grown_mib:.0f} MiB"
+
+
+def test_binary_garbage_is_unreadable_input(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(bytes(range(256)) * 100)
+    with pytest.raises(ReadError) as info:
+        rows_of(path)
+    assert info.value.code == "unreadable_input"
+
+
+def test_deep_json_and_unclosed_arrays(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ReadError) as info:
+        rows_of(deep)
+    assert info.value.code == "json_too_deep"
+    unclosed = tmp_path / "u.json"
+    unclosed.write_text('[{"a": 1}, {"a": 2}')
+    with pytest.raises(ReadError, match="not closed"):
+        rows_of(unclosed)
