@@ -150,7 +150,7 @@ def _lines(text: IO[str]) -> Iterator[str]:
         yield line.replace("\x00", "") if "\x00" in line else line
 
 
-def open_rows(path: Path, fmt: FormatConfig) -> tuple[Detected, list[str], Iterator[tuple[int, list[Any]]]]:
+def open_rows(path: Path, fmt: FormatConfig) -> tuple[Detected, list[str], Rows]:
     """Detect the format and return (detected, headers, rows). Rows are (row number, cells)."""
     raw, compression, name = _unpack(path)
     try:
@@ -175,7 +175,7 @@ def open_rows(path: Path, fmt: FormatConfig) -> tuple[Detected, list[str], Itera
     except BaseException:
         text.close()
         raise
-    return detected, headers, _guarded(rows, text)
+    return detected, headers, Rows(rows, text)
 
 
 @contextlib.contextmanager
@@ -189,12 +189,28 @@ def _read_errors() -> Iterator[None]:
         raise ReadError("unreadable_input", f"CSV could not be read: {exc}") from None
 
 
-def _guarded(rows: Iterator[tuple[int, list[Any]]], text: IO[str]) -> Iterator[tuple[int, list[Any]]]:
-    try:
-        with _read_errors():
-            yield from rows
-    finally:
-        text.close()
+class Rows:
+    """The rows of an open input; iterate, then `close()` (or use `with`), even when stopping early."""
+
+    def __init__(self, rows: Iterator[tuple[int, list[Any]]], text: IO[str]) -> None:
+        self._rows = rows
+        self._text = text
+
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+        try:
+            with _read_errors():
+                yield from self._rows
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._text.close()
+
+    def __enter__(self) -> Rows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _csv_rows(text: IO[str], delimiter: str, fmt: FormatConfig) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:

@@ -19,7 +19,8 @@ AUTO = FormatConfig()
 
 def rows_of(path: Path, fmt: FormatConfig = AUTO) -> tuple[read.Detected, list[str], list[tuple[int, list]]]:
     detected, headers, rows = open_rows(path, fmt)
-    return detected, headers, list(rows)
+    with rows:
+        return detected, headers, list(rows)
 
 
 @pytest.mark.parametrize(("delimiter", "name"), [(",", "comma"), (";", "semicolon"), ("\t", "tab"), ("|", "pipe")])

@@ -1,0 +1,153 @@
+"""One run, start to finish, in a worker process: read -> map -> transform -> validate -> write.
+
+`process()` takes everything it needs as plain values (the pipeline and schema dataclasses, the
+mapping memory) and returns an `Outcome`; it touches only the input file and the run's own folder, so
+it can run in a process pool and be retried after a crash. Stores, sockets and the event loop stay in
+the parent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feedd.config.values import Pipeline, Schema
+from feedd.pipeline.mapping import Plan, compile_row, header_key, plan
+from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows
+from feedd.pipeline.write import RecordWriter, RejectWriter, write_json
+
+MAX_ERRORS = 100  # row errors kept on the run (all of them are in the rejects)
+EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "json": "json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    run_id: str
+    input_path: str
+    source_name: str
+    pipeline: Pipeline
+    schema: Schema
+    out_dir: str
+    memory: dict[str, str] | None = None
+    previous_headers: list[str] | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str  # completed | failed
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    mapping: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: list[tuple[int, str | None, str, str]] = field(default_factory=list)
+    error: tuple[str, str] | None = None
+    detected: dict[str, Any] = field(default_factory=dict)
+    headers: list[str] = field(default_factory=list)
+    header_key: str | None = None
+    drift: dict[str, list[str]] | None = None
+    records_path: str | None = None
+    rejects_path: str | None = None
+    rejects_csv_path: str | None = None
+    report_path: str | None = None
+    seconds: float = 0.0
+
+
+def output_name(pipeline: Pipeline, job: Job) -> str:
+    name = job.source_name.rsplit("/", 1)[-1]
+    stem = name.split(".", 1)[0] or "output"
+    now = time.gmtime()
+    return pipeline.output.filename.format_map({
+        "stem": stem, "name": name, "ext": EXTENSIONS[pipeline.output.format], "run_id": job.run_id,
+        "connection": pipeline.connection, "pipeline": pipeline.name,
+        "date": time.strftime("%Y-%m-%d", now), "time": time.strftime("%H%M%S", now),
+    })
+
+
+def process(job: Job) -> Outcome:
+    started = time.monotonic()
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outcome = Outcome("completed")
+    try:
+        _run(job, out, outcome)
+    except ReadError as exc:
+        outcome.status, outcome.error = "failed", (exc.code, f"{job.source_name}: {exc.message}")
+    outcome.seconds = round(time.monotonic() - started, 3)
+    report = {
+        "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,
+        "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid},
+        "mapping": outcome.reasons, "detected": outcome.detected,
+        "error": None if outcome.error is None else {"code": outcome.error[0], "message": outcome.error[1]},
+        "errors": [{"row": r, "field": f, "code": c, "message": m} for r, f, c, m in outcome.errors],
+    }
+    outcome.report_path = str(write_json(out / "report.json", report))
+    return outcome
+
+
+def _run(job: Job, out: Path, outcome: Outcome) -> None:
+    pipe = job.pipeline
+    detected, headers, rows = open_rows(Path(job.input_path), pipe.format)
+    with rows:
+        _map_rows(job, out, outcome, detected.as_dict(), headers, rows)
+
+
+def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], headers: list[str],
+              rows: Rows) -> None:
+    pipe, schema = job.pipeline, job.schema
+    outcome.detected, outcome.headers, outcome.header_key = detected, headers, header_key(headers)
+    if job.previous_headers is not None and set(job.previous_headers) != set(headers):
+        outcome.drift = {"added": [h for h in headers if h not in job.previous_headers],
+                         "removed": [h for h in job.previous_headers if h not in headers]}
+    chosen: Plan = plan(pipe, schema, headers, job.memory)
+    outcome.mapping = chosen.as_mapping()
+    outcome.reasons = {t: {"source": c.source, "reason": c.reason, "score": c.score}
+                       for t, c in chosen.choices.items()}
+    if chosen.unmapped_required:
+        parts = [f"{f} (closest headers: {', '.join(c) or 'none'})" for f, c in chosen.unmapped_required.items()]
+        outcome.status = "failed"
+        outcome.error = ("unmapped_required_field",
+                         f"{job.source_name}: required field(s) with no column: {'; '.join(parts)}")
+        return
+    row_fn = compile_row(pipe, schema, headers, chosen)
+    fields = [f.name for f in schema.fields]
+    records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
+    rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers)
+    keep_invalid = pipe.egress == "all"
+    try:
+        for number, cells in rows:
+            outcome.rows += 1
+            unreadable = bad_row(cells)
+            row_errors: list[tuple[str | None, str, str]]
+            if unreadable is not None:
+                row_errors = [(None, "unreadable_row", unreadable)]
+                record: dict[str, Any] = {}
+            else:
+                record, mapped_errors = row_fn(cells)
+                row_errors = list(mapped_errors)
+            if row_errors:
+                outcome.invalid += 1
+                errs = [{"field": f, "code": c, "message": m} for f, c, m in row_errors]
+                rejects.write(number, errs, [] if unreadable else cells)
+                for f, c, m in row_errors:
+                    if len(outcome.errors) < MAX_ERRORS:
+                        outcome.errors.append((number, f, c, m))
+                if keep_invalid and unreadable is None:
+                    records.write(record)
+            else:
+                outcome.valid += 1
+                records.write(record)
+    except BaseException:
+        records.discard()
+        rejects.discard()
+        raise
+    outcome.records_path = str(records.close())
+    outcome.rejects_path, csv_path = (str(p) for p in rejects.close())
+    outcome.rejects_csv_path = csv_path
+    if outcome.rows and outcome.invalid / outcome.rows > pipe.max_error_rate:
+        outcome.status = "failed"
+        outcome.error = ("too_many_errors", f"{job.source_name}: {outcome.invalid} of {outcome.rows} rows are invalid "
+                                            f"({outcome.invalid / outcome.rows:.1%}, more than max_error_rate "
+                                            f"{pipe.max_error_rate:.1%}); nothing is delivered")
