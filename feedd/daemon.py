@@ -1,6 +1,6 @@
 """The composition root: builds the parts, starts them in order, stops them in reverse; signals and sd_notify.
 
-Order: store -> (runner, delivery: later) -> ingress (http, sftp, watcher). Ingress starts last so that
+Order: store -> runner -> ingress (http, sftp, watcher). Ingress starts last so that
 nothing is accepted before the parts that record and process it are up, and stops first so that nothing
 new arrives while the rest drains.
 """
@@ -19,6 +19,7 @@ from feedd.config import Config, load_config
 from feedd.drops import Drops
 from feedd.errors import ConfigError, FeeddError
 from feedd.http.app import HttpServer
+from feedd.pipeline.runner import Runner
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
 from feedd.store.sqlite import SqliteStore
@@ -41,9 +42,10 @@ class Component(Protocol):
 class Daemon:
     """Owns the parts. `run()` is `feedd serve`; `start()`/`stop()` let tests run it in-process."""
 
-    def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS) -> None:
+    def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS, workers: int | None = None) -> None:
         self.config = config
         self.drain_seconds = drain_seconds
+        self.workers = workers
         self.components: list[Component] = []
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -92,7 +94,12 @@ class Daemon:
         self.drops = drops = Drops(lambda: self.config, store, spaces)
         self.http = HttpServer(config, store)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
-        parts: list[Component] = [self.http, self.sftp, Watcher(lambda: self.config, spaces, drops)]
+        parts: list[Component] = [
+            Runner(lambda: self.config, store, spaces, workers=self.workers),
+            self.http,
+            self.sftp,
+            Watcher(lambda: self.config, spaces, drops),
+        ]
         try:
             for component in parts:
                 await component.start()

@@ -135,7 +135,8 @@ async def start_feedd(tmp_path: Path, demo_key: tuple[Path, str],
     async def start(**parts: str) -> Feedd:
         text = render(demo_key[1], str(host_key), **parts)
         path = write(tmp_path, "feedd.yaml", text)
-        daemon = Daemon(load_config(path, env={}), drain_seconds=2)
+        # No workers: these tests are about intake, so runs stay `queued` where the test can see them.
+        daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=0)
         await daemon.start()
         started.append(daemon)
         return Feedd(daemon, tmp_path, demo_key[0], path)

@@ -59,7 +59,8 @@ async def test_kill_9_right_after_upload_then_restart_takes_the_file(tmp_path: P
     await sftp_port(again)
     assert await wait_for(lambda: len(runs_in(db)) == 1), runs_in(db)
     [(name, status, sha)] = runs_in(db)
-    assert (name, status, sha) == ("inbox/a.csv", "queued", hashlib.sha256(CSV).hexdigest())
+    assert (name, sha) == ("inbox/a.csv", hashlib.sha256(CSV).hexdigest())
+    assert status in ("queued", "processing", "completed", "delivered")
     assert not inbox_file.exists()
 
 

@@ -1,0 +1,1 @@
+"""Delivery: a run's output to each of its pipeline's destinations."""

@@ -1,0 +1,216 @@
+"""The runner: claims queued runs, processes them in worker processes, records the outcome.
+
+Parsing and validation never run on the event loop that serves SFTP: each run goes to a process pool
+(one worker per core by default). A run whose worker dies fails with `worker_died` instead of hanging.
+Runs left `processing` by a crash are queued again at start: a restart resumes every unfinished run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from pathlib import Path
+
+from feedd import log
+from feedd.config import Config, DestinationType
+from feedd.delivery.local import place
+from feedd.model import Counts, Delivery, DeliveryStatus, Direction, RowError, Run, RunError, RunStatus, utcnow
+from feedd.pipeline.mapping import header_key
+from feedd.pipeline.process import Job, Outcome, output_name, process
+from feedd.pipeline.read import open_rows
+from feedd.spaces import Spaces
+from feedd.store import RunQuery, Store
+
+POLL_SECONDS = 0.2
+
+
+def runs_dir(config: Config) -> Path:
+    return config.state_dir / "runs"
+
+
+def _headers_of(path: str, config: Config, pipeline: str) -> list[str]:
+    _, headers, rows = open_rows(Path(path), config.pipelines[pipeline].format)
+    rows.close()
+    return headers
+
+
+class Runner:
+    name = "runner"
+
+    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces, workers: int | None = None) -> None:
+        self._config = config
+        self._store = store
+        self._spaces = spaces
+        # 0 workers: runs are recorded but never processed (intake-only setups and tests)
+        self._workers = workers if workers is not None else os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent has threads (SQLite, writes, hashing) whose locks a fork could copy held.
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+
+    async def start(self) -> None:
+        if self._workers == 0:
+            return
+        self._pool = self._new_pool()
+        left, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.PROCESSING,), oldest_first=True,
+                                                       limit=100_000))
+        for run in left:
+            await self._store.update_run(replace(run, status=RunStatus.QUEUED, started_at=None),
+                                         expect=RunStatus.PROCESSING)
+            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.resumed")
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def reload(self, config: Config) -> None:
+        pass  # reads the live config for each run
+
+    async def stop(self, deadline: float) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        loop = asyncio.get_running_loop()
+        if self._inflight:
+            # let running work finish while there is time; what is left is requeued at the next start
+            await asyncio.wait(list(self._inflight.values()), timeout=max(0.0, deadline - loop.time()))
+        for task in self._inflight.values():
+            task.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            free = self._workers - len(self._inflight)
+            if free > 0:
+                queued, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True,
+                                                                 limit=free))
+                for run in queued:
+                    claimed = replace(run, status=RunStatus.PROCESSING, started_at=utcnow())
+                    if await self._store.update_run(claimed, expect=RunStatus.QUEUED):
+                        task = asyncio.get_running_loop().create_task(self._run(claimed))
+                        self._inflight[run.run_id] = task
+                        task.add_done_callback(self._forget(run.run_id))
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _forget(self, run_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._inflight.pop(run_id, None)
+
+        return done
+
+    async def _run(self, run: Run) -> None:
+        config = self._config()
+        logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
+        pipe = config.pipelines.get(run.pipeline or "")
+        if pipe is None or pipe.schema not in config.schemas:
+            await self._finish(run, None, RunError("pipeline_removed", f"pipeline {run.pipeline!r} is no longer "
+                                                                         "in the config"))
+            return
+        try:
+            headers = await asyncio.to_thread(_headers_of, run.spool_path, config, pipe.name)
+            memory = await self._store.recall_mapping(run.connection, header_key(headers)) if headers else None
+        except Exception:
+            memory = None
+        previous = await self._previous_headers(run)
+        job = Job(run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema],
+                  str(runs_dir(config) / run.run_id), memory, previous)
+        assert self._pool is not None
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self._pool, process, job)
+        except BrokenProcessPool:
+            self._pool = self._new_pool()
+            logger.error("run.worker_died")
+            await self._finish(run, None, RunError("worker_died", "the worker processing this run died; "
+                                                                    "retry the run to process it again"))
+            return
+        except Exception as exc:
+            logger.exception("run.crashed")
+            await self._finish(run, None, RunError("internal_error", f"processing failed: {exc}"))
+            return
+        await self._finish(run, outcome, None)
+
+    async def _previous_headers(self, run: Run) -> list[str] | None:
+        done, _ = await self._store.list_runs(RunQuery(connection=run.connection, pipeline=run.pipeline,
+                                                       statuses=(RunStatus.COMPLETED, RunStatus.DELIVERED), limit=1))
+        headers = done[0].meta.get("headers") if done else None
+        return list(headers) if isinstance(headers, list) else None
+
+    async def _finish(self, run: Run, outcome: Outcome | None, error: RunError | None) -> None:
+        config = self._config()
+        logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
+        if outcome is not None and outcome.error is not None:
+            error = RunError(*outcome.error)
+        status = RunStatus.FAILED if error is not None or outcome is None or outcome.status != "completed" \
+            else RunStatus.COMPLETED
+        meta = dict(run.meta)
+        if outcome is not None:
+            meta.update(detected=outcome.detected, headers=outcome.headers, header_key=outcome.header_key,
+                        drift=outcome.drift, records=outcome.records_path, rejects=outcome.rejects_path,
+                        report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds)
+        done = replace(
+            run, status=status, finished_at=utcnow(), error=error, meta=meta,
+            counts=Counts(outcome.rows, outcome.valid, outcome.invalid) if outcome else run.counts,
+            mapping=outcome.mapping if outcome else run.mapping,
+            errors=tuple(RowError(*e) for e in outcome.errors) if outcome else run.errors,
+        )
+        pipe = config.pipelines.get(run.pipeline or "")
+        if outcome is not None and pipe is not None:
+            if pipe.reports and run.direction is Direction.INBOUND:
+                await asyncio.to_thread(self._partner_reports, run, outcome)
+            if status is RunStatus.COMPLETED:
+                if outcome.header_key:
+                    sources = {t: c for t, c in outcome.mapping.items() if c in outcome.headers}
+                    await self._store.remember_mapping(run.connection, outcome.header_key, sources)
+                done = await self._deliver_local(done, outcome, config)
+        await self._store.update_run(done)
+        logger.info("run.finished", status=str(done.status), rows=done.counts.rows, valid=done.counts.valid,
+                    invalid=done.counts.invalid, error=done.error.code if done.error else None,
+                    seconds=outcome.seconds if outcome else None, drift=outcome.drift if outcome else None)
+
+    def _partner_reports(self, run: Run, outcome: Outcome) -> None:
+        space = self._spaces.get(run.connection)
+        if space is None or outcome.report_path is None:
+            return
+        name = run.source.name.rsplit("/", 1)[-1]
+        added = place(Path(outcome.report_path), space.outbox, f"{name}.report.json").stat().st_size
+        if outcome.invalid and outcome.rejects_csv_path:
+            added += place(Path(outcome.rejects_csv_path), space.outbox, f"{name}.rejects.csv").stat().st_size
+        space.used += added
+
+    async def _deliver_local(self, run: Run, outcome: Outcome, config: Config) -> Run:
+        """Directory and outbox destinations (the rest belongs to the delivery dispatcher)."""
+        pipe = config.pipelines[run.pipeline or ""]
+        if not pipe.destinations or outcome.records_path is None:
+            return run
+        filename = output_name(pipe, Job(run.run_id, run.spool_path, run.source.name, pipe,
+                                         config.schemas[pipe.schema], ""))
+        deliveries = []
+        for dest in pipe.destinations:
+            folder: Path | None = None
+            if dest.type is DestinationType.DIRECTORY:
+                folder = dest.path
+            elif dest.type is DestinationType.OUTBOX and (space := self._spaces.get(run.connection)) is not None:
+                folder = space.outbox
+            if folder is None:
+                deliveries.append(Delivery(run.run_id, dest.key))
+                continue
+            try:
+                await asyncio.to_thread(place, Path(outcome.records_path), folder, filename)
+                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.DELIVERED, 1, None, utcnow()))
+            except OSError as exc:
+                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.FAILED, 1, str(exc)))
+        for d in deliveries:
+            await self._store.save_delivery(d)
+        delivered = all(d.status is DeliveryStatus.DELIVERED for d in deliveries)
+        return replace(run, deliveries=tuple(deliveries),
+                       status=RunStatus.DELIVERED if delivered else RunStatus.COMPLETED)
