@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -83,9 +84,10 @@ class Daemon:
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, **(env or {})}
+        # A session of its own, so that stop() can take the worker processes down with the daemon.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "feedd", "serve", "-c", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, text=True, start_new_session=True,
         )
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -143,13 +145,15 @@ class Daemon:
         return self._stderr or ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon and any worker it left behind
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self._thread.join(timeout=5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if not self._thread.is_alive():  # closing a pipe another thread is reading would block
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
 
 
 def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,

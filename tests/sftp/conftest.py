@@ -132,11 +132,11 @@ async def start_feedd(tmp_path: Path, demo_key: tuple[Path, str],
                       host_key: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[Daemon] = []
 
-    async def start(**parts: str) -> Feedd:
+    async def start(workers: int = 0, **parts: str) -> Feedd:
         text = render(demo_key[1], str(host_key), **parts)
         path = write(tmp_path, "feedd.yaml", text)
-        # No workers: these tests are about intake, so runs stay `queued` where the test can see them.
-        daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=0)
+        # By default no workers: most tests here are about intake, so runs stay `queued` where they can be seen.
+        daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=workers)
         await daemon.start()
         started.append(daemon)
         return Feedd(daemon, tmp_path, demo_key[0], path)

@@ -1,0 +1,99 @@
+"""Runs processed end to end in a real daemon: SFTP in, worker process, outputs, reports read back over SFTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from feedd.model import Run, RunStatus
+from tests.helpers import DEMO_PASSWORD
+from tests.sftp.conftest import Feedd
+
+DONE = (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED)
+
+
+async def upload(feedd: Feedd, path: str, data: bytes) -> None:
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open(path, "wb") as f:
+            await f.write(data)
+
+
+async def finished(feedd: Feedd, count: int, within: float = 30.0) -> list[Run]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        runs = await feedd.runs()
+        if len(runs) >= count and all(r.status in DONE for r in runs):
+            return runs
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"runs not finished: {[(r.source.name, r.status) for r in await feedd.runs()]}")
+
+
+async def test_a_drop_is_processed_delivered_and_reported(start_feedd: Callable[..., Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    feedd: Feedd = await start_feedd(workers=1, pipeline_extra=f"""destinations:
+      - {{type: directory, path: "{out}"}}
+      - {{type: outbox}}""")
+    await upload(feedd, "/inbox/contacts.csv", b"email\nann@example.org\nnot-an-email\nbob@example.org\n")
+    [run] = await finished(feedd, 1)
+    assert run.status is RunStatus.DELIVERED
+    assert (run.counts.rows, run.counts.valid, run.counts.invalid) == (3, 2, 1)
+    assert run.mapping == {"email": "email"}
+    assert run.errors[0].row == 3 and run.errors[0].message == "email: 'not-an-email' is not an email address"
+    assert [d.status for d in run.deliveries] == ["delivered", "delivered"]
+    [delivered] = list(out.iterdir())
+    assert delivered.name == f"contacts.{run.run_id}.jsonl"
+    assert [json.loads(line) for line in delivered.read_text().splitlines()] == [
+        {"email": "ann@example.org"}, {"email": "bob@example.org"}]
+
+    def fetch() -> dict[str, bytes]:
+        transport = paramiko.Transport(("127.0.0.1", feedd.port))
+        try:
+            transport.connect(username="demo", password=DEMO_PASSWORD)
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            assert sftp is not None
+            files = {}
+            for name in sftp.listdir("/outbox"):
+                with sftp.open(f"/outbox/{name}") as f:
+                    files[name] = f.read()
+            return files
+        finally:
+            transport.close()
+
+    files = await asyncio.to_thread(fetch)
+    assert set(files) == {"contacts.csv.report.json", "contacts.csv.rejects.csv", delivered.name}
+    report = json.loads(files["contacts.csv.report.json"])
+    assert report["status"] == "completed" and report["counts"] == {"rows": 3, "valid": 2, "invalid": 1}
+    assert report["mapping"]["email"]["reason"] == "exact"
+    assert files["contacts.csv.rejects.csv"].decode().splitlines() == [
+        "email,_row,_errors", "not-an-email,3,email: 'not-an-email' is not an email address"]
+
+
+async def test_a_run_without_destinations_stops_at_completed(start_feedd: Callable[..., Any]) -> None:
+    feedd: Feedd = await start_feedd(workers=1)
+    await upload(feedd, "/inbox/a.csv", b"email\nann@example.org\n")
+    [run] = await finished(feedd, 1)
+    assert run.status is RunStatus.COMPLETED and run.deliveries == ()
+
+
+async def test_mapping_memory_and_header_drift(start_feedd: Callable[..., Any]) -> None:
+    feedd: Feedd = await start_feedd(workers=1)
+    await upload(feedd, "/inbox/one.csv", b"email,extra\nann@example.org,1\n")
+    await finished(feedd, 1)
+    await upload(feedd, "/inbox/two.csv", b"email\nbob@example.org\n")
+    runs = await finished(feedd, 2)
+    assert runs[0].meta["drift"] is None
+    assert runs[1].meta["drift"] == {"added": [], "removed": ["extra"]}
+
+
+async def test_an_unreadable_file_fails_with_a_clear_error(start_feedd: Callable[..., Any]) -> None:
+    feedd: Feedd = await start_feedd(workers=1)
+    await upload(feedd, "/inbox/blob.csv", bytes(range(256)) * 64)
+    [run] = await finished(feedd, 1)
+    assert run.status is RunStatus.FAILED and run.error is not None
+    assert run.error.code == "unreadable_input" and run.error.message.startswith("inbox/blob.csv: ")
