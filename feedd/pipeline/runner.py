@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +31,16 @@ from feedd.spaces import Spaces
 from feedd.store import RunQuery, Store
 
 POLL_SECONDS = 0.2
+
+
+def _die_with_parent(parent: int) -> None:
+    """In each worker: exit when the daemon does (kill -9 included), instead of working on as an orphan."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the daemon died before the line above ran
+        os._exit(0)
 
 
 def runs_dir(config: Config) -> Path:
@@ -56,7 +69,8 @@ class Runner:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent has threads (SQLite, writes, hashing) whose locks a fork could copy held.
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
 
     async def start(self) -> None:
         if self._workers == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -37,7 +38,9 @@ class AtomicFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
+        # A name of its own per writer: an earlier worker of the same run (orphaned by a crash) must
+        # never share, or rename away, this writer's temporary file.
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file: IO[str] = open(self.tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
 

@@ -27,6 +27,21 @@ def run_state(db: Path) -> list[tuple[str, str, str]]:
             return []
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 async def wait_status(db: Path, statuses: set[str], within: float) -> list[tuple[str, str, str]]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -34,7 +49,9 @@ async def wait_status(db: Path, statuses: set[str], within: float) -> list[tuple
         if state and all(s in statuses for _, s, _ in state):
             return state
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no run reached {statuses} in {within}s: {[(r, s) for r, s, _ in run_state(db)]}")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        seen = conn.execute("SELECT run_id, status, error_code, error_message FROM runs").fetchall()
+    raise AssertionError(f"no run reached {statuses} in {within}s: {seen}")
 
 
 @pytest.mark.timeout(240)
@@ -51,8 +68,14 @@ async def test_kill_9_mid_run_then_restart_completes_once(tmp_path: Path, daemon
     daemons.append(first)
     [(_, status, _)] = await wait_status(db, {"processing", "completed", "delivered"}, 90)
     assert status == "processing", "the run finished before it could be interrupted: make the file bigger"
+    workers = children(first.proc.pid)
+    assert workers, "the run is processed in a worker process"
     first.proc.send_signal(signal.SIGKILL)
     first.wait()
+    deadline = time.monotonic() + 1.5  # a parent-death signal is immediate; an orphan would work on for seconds
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not any(alive(pid) for pid in workers), "workers die with the daemon instead of working on as orphans"
     again = Daemon(cfg)
     daemons.append(again)
     [(_, status, meta)] = await wait_status(db, {"completed", "delivered"}, 120)
