@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(sub.add_parser("check", help="validate the config and print a summary"))
     sub.add_parser("passwd", help="read a password (prompt or stdin) and print its argon2id hash")
     sub.add_parser("apikey", help="print a new API key and the sha256 the config stores")
+    tr = sub.add_parser("try", help="run one file through a pipeline locally; print counts, mapping, errors")
+    _config_arg(tr)
+    tr.add_argument("--pipeline", required=True, help="pipeline name")
+    tr.add_argument("file", help="the input file")
     hk = sub.add_parser("hostkey", help="print the SFTP host key fingerprints (made on first use)")
     _config_arg(hk)
     hk.add_argument("--generate", action="store_true", help="replace the host keys with new ones")
@@ -31,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey}
+    handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey,
+               "try": _try}
     return handler[args.command](args)
 
 
@@ -112,3 +117,13 @@ def _hostkey(args: argparse.Namespace) -> int:
     for key in keys:
         print(key)
     return 0
+
+
+def _try(args: argparse.Namespace) -> int:
+    from feedd.config import Config
+    from feedd.tryrun import try_file
+
+    config = _load(args.config)
+    if not isinstance(config, Config):
+        return 1
+    return try_file(config, args.pipeline, args.file)

@@ -140,3 +140,28 @@ def test_hostkey_refuses_when_state_exists_without_its_key(tmp_path: Path) -> No
         key.unlink()
     result = run_cli("hostkey", "-c", str(cfg))
     assert result.returncode == 1 and "is missing but the state" in result.stderr
+
+
+def test_try_prints_counts_mapping_and_errors_and_writes_nothing(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "feedd.yaml", MINIMAL)
+    data = tmp_path / "contacts.csv"
+    data.write_text("E-Mail\nann@example.org\nnope\n")
+    result = run_cli("try", "-c", str(cfg), "--pipeline", "demo-contacts", str(data))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "contacts.csv -> demo-contacts: completed" in out
+    assert "rows 2   valid 1   invalid 1" in out
+    assert "email  <- E-Mail  (similar 0.91)" in out
+    assert "3  email" in out and "'nope' is not an email address" in out
+    assert not (tmp_path / "var").exists(), "try writes nothing"
+
+
+def test_try_exits_1_when_the_run_would_fail(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "feedd.yaml", MINIMAL)
+    data = tmp_path / "x.csv"
+    data.write_text("Phone\n123\n")
+    result = run_cli("try", "-c", str(cfg), "--pipeline", "demo-contacts", str(data))
+    assert result.returncode == 1
+    assert "error: unmapped_required_field" in result.stdout
+    missing = run_cli("try", "-c", str(cfg), "--pipeline", "demo-contact", str(data))
+    assert missing.returncode == 1 and "did you mean 'demo-contacts'?" in missing.stderr

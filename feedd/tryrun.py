@@ -1,0 +1,47 @@
+"""`feedd try`: one file through a pipeline, in-process, with the same code as a real run; writes nothing."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from feedd.config import Config
+from feedd.config.units import suggest
+from feedd.pipeline.process import Job, process
+
+
+def try_file(config: Config, pipeline: str, file: str) -> int:
+    """Print counts, the mapping with its reasons and the first errors; 0 if the run would complete."""
+    pipe = config.pipelines.get(pipeline)
+    if pipe is None:
+        print(f"feedd try: no pipeline {pipeline!r}{suggest(pipeline, config.pipelines)}", file=sys.stderr)
+        return 1
+    path = Path(file)
+    if not path.is_file():
+        print(f"feedd try: {file}: no such file", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="feedd-try-") as scratch:  # outputs are thrown away
+        outcome = process(Job("try", str(path), path.name, pipe, config.schemas[pipe.schema], scratch))
+    print(f"{path.name} -> {pipe.name}: {outcome.status}")
+    print(f"  rows {outcome.rows}   valid {outcome.valid}   invalid {outcome.invalid}")
+    if outcome.detected:
+        d = outcome.detected
+        extra = (f", delimiter {d['delimiter']!r}" if d["delimiter"] else "") + \
+            (f", {d['compression']}" if d["compression"] else "")
+        print(f"  read as {d['format']}, {d['encoding']}{extra}")
+    if outcome.reasons:
+        print("  mapping:")
+        width = max(len(t) for t in outcome.reasons)
+        for target, why in outcome.reasons.items():
+            source = why["source"] if why["source"] is not None else f"<{why['reason']}>"
+            score = f" {why['score']:.2f}" if why["reason"] == "similar" else ""
+            print(f"    {target:<{width}}  <- {source}  ({why['reason']}{score})")
+    if outcome.error is not None:
+        print(f"  error: {outcome.error[0]}: {outcome.error[1]}")
+    if outcome.errors:
+        print("  first errors:")
+        print(f"    {'row':>6}  {'field':<16}  {'code':<12}  message")
+        for row, field, code, message in outcome.errors[:20]:
+            print(f"    {row:>6}  {field or '-':<16}  {code:<12}  {message}")
+    return 0 if outcome.status == "completed" else 1
