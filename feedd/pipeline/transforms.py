@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from feedd.config.values import Transform
@@ -55,6 +56,7 @@ def _replace(arg: tuple[str, str]) -> Fn:
 
 
 def _date(fmt: str) -> Fn:
+    @lru_cache(maxsize=4096)  # files repeat their dates; strptime is the slowest step of a row
     def apply(s: str) -> Any:
         try:
             return datetime.strptime(s.strip(), fmt).date()
@@ -65,6 +67,7 @@ def _date(fmt: str) -> Fn:
 
 
 def _datetime(fmt: str) -> Fn:
+    @lru_cache(maxsize=4096)
     def apply(s: str) -> Any:
         try:
             return datetime.strptime(s.strip(), fmt)

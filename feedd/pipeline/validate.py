@@ -37,10 +37,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "...'"
 
 
-def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def _to_string(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
@@ -158,20 +154,21 @@ def compile_field(spec: FieldSpec) -> Check:
         rules.append(lambda v: _fail_if(len(v) > high, "max_length", f"{_show(v)} is longer than {high} characters"))
     if spec.min is not None or spec.max is not None:
         rules.extend(_range_rules(spec))
-    default = None if spec.default is None else convert(spec.default)
+    default = None if spec.default is None else _output(convert(spec.default))
     required = spec.required
+    exact = spec.type is FieldType.DECIMAL  # the only type whose output differs from its checked value
 
     def check(value: Any) -> Any:
-        if _empty(value):
+        if value is None or (value.__class__ is str and not value.strip()):
             if default is not None:
-                return _output(default)
+                return default
             if required:
                 raise FieldError("required", "is required")
             return None
         typed = convert(value)
         for rule in rules:
             rule(typed)
-        return _output(typed)
+        return str(typed) if exact else typed
 
     return check
 

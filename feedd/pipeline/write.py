@@ -29,8 +29,11 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
 def dumps(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    return _ENCODER.encode(record)  # one encoder for every record: json.dumps with options builds one per call
 
 
 class AtomicFile:
