@@ -63,11 +63,20 @@ def move_into(src: Path, dest: Path) -> bool:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-    tmp = dest.with_name(dest.name + ".copying")
+    copy_whole(src, dest)
+    os.unlink(src)
+    return False
+
+
+def copy_whole(src: Path, dest: Path) -> Path:
+    """Copy `src` to `dest` so that nobody ever sees half of it: a hidden temporary name in the same
+    folder (its own per process, so two writers never share one), fsync, rename, fsync the folder."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.copying")
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, CHUNK)
         fout.flush()
         os.fsync(fout.fileno())
-    os.rename(tmp, dest)
-    os.unlink(src)
-    return False
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+    return dest

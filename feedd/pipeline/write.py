@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from feedd.durable import fsync_dir
+
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -52,11 +54,7 @@ class AtomicFile:
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.path.parent)
         return self.path
 
     def discard(self) -> None:
