@@ -18,7 +18,7 @@ from typing import Any
 
 from feedd.config.values import FieldMapping, Pipeline, Schema
 from feedd.pipeline.transforms import TransformError, compile_transforms
-from feedd.pipeline.validate import FieldError, Unique, compile_field
+from feedd.pipeline.validate import Unique, build, field_code
 
 SIMILARITY_THRESHOLD = 0.8
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -108,67 +108,82 @@ def _candidates(target: str, headers: Sequence[str]) -> list[str]:
 
 
 RowErrors = list[tuple[str, str, str]]  # (field, code, message)
-RowFn = Callable[[Sequence[str]], tuple[dict[str, Any], RowErrors]]
+RowFn = Callable[[Sequence[str]], tuple[dict[str, Any], RowErrors | None]]
+_TEXT_METHODS = {"trim": "strip", "lower": "lower", "upper": "upper", "title": "title"}
 
 
 def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan) -> RowFn:
-    """One function: a row of source cells -> (typed record, errors). Built once per file."""
+    """One function: a row of source cells -> (typed record, errors or None). Built once per file, as
+    generated code: per field, the getter, the transforms, the type and every rule in one straight line."""
     index = {h: i for i, h in enumerate(headers)}
     explicit = {m.target: m for m in pipeline.mappings}
-    steps: list[tuple[str, Callable[[Sequence[str]], Any], Callable[[Any], Any] | None, Callable[[Any], Any],
-                      Unique | None]] = []
-    for field in schema.fields:
+    ns: dict[str, Any] = {"_TE": TransformError}
+    lines = ["def row_fn(row):", "    n = len(row)", "    errs = None"]
+    for k, field in enumerate(schema.fields):
+        key = str(k)
         m = explicit.get(field.name)
-        choice = chosen.choices.get(field.name)
-        getter = _getter(m, choice, index)
-        transform = compile_transforms(m.transforms) if m is not None else None
-        if m is not None and m.default is not None:
-            transform = _with_default(transform, m.default)
-        steps.append((field.name, getter, transform, compile_field(field), Unique.new() if field.unique else None))
-
-    def row_fn(row: Sequence[str]) -> tuple[dict[str, Any], RowErrors]:
-        record: dict[str, Any] = {}
-        errors: RowErrors = []
-        for name, get, transform, check, unique in steps:
-            value = get(row)
-            try:
-                if transform is not None:
-                    value = transform(value)
-                value = check(value)
-                if unique is not None:
-                    unique.check(value)
-            except TransformError as exc:
-                errors.append((name, "transform", f"{name}: {exc}"))
-                value = None
-            except FieldError as exc:
-                errors.append((name, exc.code, f"{name}: {exc.message}"))
-                value = None
-            record[name] = value
-        return record, errors
-
-    return row_fn
+        body = [*_getter_code(m, chosen.choices.get(field.name), index, key, ns)]
+        if m is not None:
+            body += _transform_code(m, key, ns)
+        body += field_code(field, key, ns)
+        if field.unique:
+            ns[f"_unique_{key}"] = Unique.new().check
+            body.append(f"if v is not None: _unique_{key}(v)")
+        name = repr(field.name)
+        lines += [
+            "    try:",
+            *("        " + line for line in body),
+            "    except _TE as exc:",
+            "        v, errs = None, errs or []",
+            f"        errs.append(({name}, 'transform', {name} + ': ' + str(exc)))",
+            "    except _FE as exc:",
+            "        v, errs = None, errs or []",
+            f"        errs.append(({name}, exc.code, {name} + ': ' + exc.message))",
+            f"    v{key} = v",
+        ]
+    record = ", ".join(f"{field.name!r}: v{k}" for k, field in enumerate(schema.fields))
+    lines.append(f"    return {{{record}}}, errs")
+    return build("\n".join(lines), ns, "row_fn")  # type: ignore[no-any-return]
 
 
-def _with_default(transform: Callable[[Any], Any] | None, default: Any) -> Callable[[Any], Any]:
-    def apply(value: Any) -> Any:
-        if transform is not None:
-            value = transform(value)
-        return default if value is None or value == "" else value
-
-    return apply
-
-
-def _getter(m: FieldMapping | None, choice: Choice | None, index: Mapping[str, int]) -> Callable[[Sequence[str]], Any]:
+def _getter_code(m: FieldMapping | None, choice: Choice | None, index: Mapping[str, int], key: str,
+                 ns: dict[str, Any]) -> list[str]:
     if m is not None and m.has_value:
-        constant = m.value
-        return lambda row: constant
+        ns[f"_value_{key}"] = m.value
+        return [f"v = _value_{key}"]
     if m is not None and m.template:
-        return _template(m.template, index)
+        ns[f"_template_{key}"] = _template(m.template, index)
+        return [f"v = _template_{key}(row)"]
     source = choice.source if choice is not None else None
     if source is None or source not in index:
-        return lambda row: None
-    i = index[source]
-    return lambda row: row[i] if i < len(row) else None
+        return ["v = None"]
+    i = int(index[source])
+    return [f"v = row[{i}] if n > {i} else None"]
+
+
+def _transform_code(m: FieldMapping, key: str, ns: dict[str, Any]) -> list[str]:
+    """Text transforms (trim, lower, upper, title) run as string methods in place; the others are calls."""
+    lines: list[str] = []
+    methods: list[str] = []
+
+    def flush() -> None:
+        if methods:
+            lines.append(f"if v is not None: v = (v if v.__class__ is str else str(v)).{'().'.join(methods)}()")
+            methods.clear()
+
+    for j, transform in enumerate(m.transforms):
+        if transform.name in _TEXT_METHODS:
+            methods.append(_TEXT_METHODS[transform.name])
+            continue
+        flush()
+        fn = compile_transforms([transform])
+        ns[f"_transform_{key}_{j}"] = fn
+        lines.append(f"v = _transform_{key}_{j}(v)")
+    flush()
+    if m.default is not None:
+        ns[f"_fallback_{key}"] = m.default
+        lines.append(f"if v is None or v == '': v = _fallback_{key}")
+    return lines
 
 
 def _template(template: str, index: Mapping[str, int]) -> Callable[[Sequence[str]], Any]:

@@ -9,6 +9,7 @@ the parent.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,33 +117,33 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
     rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers)
     keep_invalid = pipe.egress == "all"
+    write, errors = records.write, outcome.errors
+    count = valid = invalid = 0
     try:
         for number, cells in rows:
-            outcome.rows += 1
+            count += 1
             unreadable = bad_row(cells)
-            row_errors: list[tuple[str | None, str, str]]
-            if unreadable is not None:
-                row_errors = [(None, "unreadable_row", unreadable)]
-                record: dict[str, Any] = {}
+            row_errors: Sequence[tuple[str | None, str, str]] | None
+            if unreadable is None:
+                record, row_errors = row_fn(cells)
+                if row_errors is None:
+                    valid += 1
+                    write(record)
+                    continue
             else:
-                record, mapped_errors = row_fn(cells)
-                row_errors = list(mapped_errors)
-            if row_errors:
-                outcome.invalid += 1
-                errs = [{"field": f, "code": c, "message": m} for f, c, m in row_errors]
-                rejects.write(number, errs, [] if unreadable else cells)
-                for f, c, m in row_errors:
-                    if len(outcome.errors) < MAX_ERRORS:
-                        outcome.errors.append((number, f, c, m))
-                if keep_invalid and unreadable is None:
-                    records.write(record)
-            else:
-                outcome.valid += 1
-                records.write(record)
+                record, row_errors = {}, [(None, "unreadable_row", unreadable)]
+            invalid += 1
+            rejects.write(number, [{"field": f, "code": c, "message": m} for f, c, m in row_errors],
+                          [] if unreadable else cells)
+            errors.extend((number, f, c, m) for f, c, m in row_errors[:MAX_ERRORS - len(errors)])
+            if keep_invalid and unreadable is None:
+                write(record)
     except BaseException:
         records.discard()
         rejects.discard()
         raise
+    finally:
+        outcome.rows, outcome.valid, outcome.invalid = count, valid, invalid
     outcome.records_path = str(records.close())
     outcome.rejects_path, csv_path = (str(p) for p in rejects.close())
     outcome.rejects_csv_path = csv_path

@@ -7,10 +7,10 @@ does I/O.
 
 from __future__ import annotations
 
+import _strptime  # type: ignore[import-not-found]
 import re
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from functools import lru_cache
+from datetime import date, datetime
 from typing import Any
 
 from feedd.config.values import Transform
@@ -56,25 +56,73 @@ def _replace(arg: tuple[str, str]) -> Fn:
 
 
 def _date(fmt: str) -> Fn:
-    @lru_cache(maxsize=4096)  # files repeat their dates; strptime is the slowest step of a row
-    def apply(s: str) -> Any:
-        try:
-            return datetime.strptime(s.strip(), fmt).date()
-        except ValueError:
-            raise TransformError(f"{s!r} does not match {fmt}") from None
+    parse = _parser(fmt, date_only=True)
 
-    return _on_filled(apply)
+    def apply(value: Any) -> Any:
+        if value is None:
+            return None
+        s = (value if value.__class__ is str else str(value)).strip()
+        if not s:
+            return None  # an empty cell is no value, not a parse error
+        try:
+            return parse(s)
+        except ValueError:
+            raise TransformError(f"{value!r} does not match {fmt}") from None
+
+    return apply
 
 
 def _datetime(fmt: str) -> Fn:
-    @lru_cache(maxsize=4096)
-    def apply(s: str) -> Any:
-        try:
-            return datetime.strptime(s.strip(), fmt)
-        except ValueError:
-            raise TransformError(f"{s!r} does not match {fmt}") from None
+    parse = _parser(fmt, date_only=False)
 
-    return _on_filled(apply)
+    def apply(value: Any) -> Any:
+        if value is None:
+            return None
+        s = (value if value.__class__ is str else str(value)).strip()
+        if not s:
+            return None
+        try:
+            return parse(s)
+        except ValueError:
+            raise TransformError(f"{value!r} does not match {fmt}") from None
+
+    return apply
+
+
+_NUMERIC = {"Y": 0, "m": 1, "d": 2, "H": 3, "M": 4, "S": 5}
+
+
+def _parser(fmt: str, *, date_only: bool) -> Callable[[str], Any]:
+    """`datetime.strptime(s, fmt)` (its `.date()` with `date_only`), faster for formats of only
+    %Y %m %d %H %M %S: strptime's own regex for the format (so exactly the same strings are accepted),
+    then the numbers straight into the constructor."""
+    directives = set(re.findall(r"%(.)", fmt))
+    compiled = getattr(getattr(_strptime, "_TimeRE_cache", None), "compile", None)
+    if compiled is None or not {"Y", "m", "d"} <= directives <= set(_NUMERIC):
+        if date_only:
+            return lambda s: datetime.strptime(s, fmt).date()
+        return lambda s: datetime.strptime(s, fmt)
+    match = compiled(fmt).match
+    if directives == {"Y", "m", "d"}:
+        def parse_date(s: str) -> Any:
+            found = match(s)
+            if found is None or found.end() != len(s):
+                raise ValueError(s)
+            y, m, d = found.group("Y", "m", "d")
+            made = date(int(y), int(m), int(d))
+            return made if date_only else datetime(made.year, made.month, made.day)
+
+        return parse_date
+    order = sorted(directives, key=_NUMERIC.__getitem__)
+
+    def parse(s: str) -> Any:
+        found = match(s)
+        if found is None or found.end() != len(s):
+            raise ValueError(s)
+        made = datetime(*map(int, found.group(*order)))  # type: ignore[arg-type]
+        return made.date() if date_only else made
+
+    return parse
 
 
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")

@@ -89,7 +89,7 @@ def test_compiled_row_maps_transforms_and_validates(config: Config) -> None:
     pipe, schema = config.pipelines["acme-employees"], config.schemas["employee"]
     row_fn = compile_row(pipe, schema, HEADERS, plan(pipe, schema, HEADERS))
     record, errors = row_fn(["E1234", "ann@example.org", "Ann", "Lee", "02/29/2024", "1.234,50", "L", "yes"])
-    assert errors == []
+    assert errors is None
     assert record == {"employee_id": "E1234", "email": "ann@example.org", "full_name": "Ann Lee",
                       "hired_on": "2024-02-29", "salary": "1234.50", "active": True, "status": "leave"}
     record, errors = row_fn(["X1", "nope", "", "", "31/02/2024", "", "q", ""])

@@ -142,3 +142,22 @@ def test_deep_json_and_unclosed_arrays(tmp_path: Path) -> None:
     unclosed.write_text('[{"a": 1}, {"a": 2}')
     with pytest.raises(ReadError, match="not closed"):
         rows_of(unclosed)
+
+
+def test_line_numbers_and_line_ends_hold_across_read_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tiny blocks put a block boundary inside lines, quoted fields and between \r and \n.
+    monkeypatch.setattr(read, "_BLOCK", 7)
+    path = tmp_path / "ends.csv"
+    path.write_bytes(b'id,text\r\n1,"two\r\nlines"\r\n2,plain\r3,cr only\n\n4,"x\ty"\n')
+    _, headers, rows = rows_of(path)
+    assert headers == ["id", "text"]
+    assert rows == [(2, ["1", "two\r\nlines"]), (4, ["2", "plain"]), (5, ["3", "cr only"]), (7, ["4", "x\ty"])]
+
+
+def test_a_long_line_inside_a_block_names_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(read, "MAX_LINE", 50)
+    path = tmp_path / "long.csv"
+    path.write_text("id,text\n1,a\n2,b\n3," + "x" * 60 + "\n4,d\n")
+    with pytest.raises(ReadError) as info:
+        rows_of(path)
+    assert info.value.code == "line_too_long" and "line 4 is longer than 50" in info.value.message

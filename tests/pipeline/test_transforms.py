@@ -72,3 +72,23 @@ def test_errors_say_what_was_expected(transform: Transform, value: str, message:
     with pytest.raises(TransformError) as info:
         run(value, transform)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%m/%d/%Y", "%d.%m.%Y", "%Y-%m-%d %H:%M:%S", "%Y%m%d", "%d %b %Y"])
+@pytest.mark.parametrize("text", ["2024-02-29", "2024-2-9", "02/29/2024", "2/9/2024", "29.02.2024", "31.02.2024",
+                                  "2024-01-05 3:04:05", "20240105", "05 Jan 2024", "2024-01-05x", " 1/2/2024",
+                                  "2024-13-01", "0000-01-01"])
+def test_date_transforms_accept_exactly_what_strptime_accepts(fmt: str, text: str) -> None:
+    try:
+        expected: Any = datetime.strptime(text.strip(), fmt)
+    except ValueError:
+        expected = TransformError
+    for name, want in (("date", expected.date() if isinstance(expected, datetime) else expected),
+                       ("datetime", expected)):
+        fn = compile_transforms([Transform(name, fmt)])
+        assert fn is not None
+        if want is TransformError:
+            with pytest.raises(TransformError, match="does not match"):
+                fn(text)
+        else:
+            assert fn(text) == want

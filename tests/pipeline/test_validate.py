@@ -103,4 +103,20 @@ def test_unique_within_a_run() -> None:
     with pytest.raises(FieldError) as info:
         seen.check("E0001")
     assert info.value.code == "unique" and "'E0001' appears more than once" in info.value.message
-    assert len(seen.seen) == 2
+    assert seen.count == 2
+
+
+def test_unique_keeps_every_key_through_growth_and_tells_close_values_apart() -> None:
+    seen = Unique.new()
+    values: list[Any] = [*range(-3, 150_000), 2**70, 2**70 + 1, 2**61 - 1, 2**62, 2**63 - 1]
+    for v in values:
+        seen.check(v)  # -1 and -2 hash alike in CPython, as do 0 and 2**61 - 1: none is a duplicate here
+    text = Unique.new()
+    for t in ("-1", "E1", "e1", "E1 "):
+        text.check(t)
+    assert seen.count == len(values) and len(seen.table) >= seen.count / 0.7
+    for v in (-1, -2, 149_999, 2**70 + 1):
+        with pytest.raises(FieldError):
+            seen.check(v)
+    with pytest.raises(FieldError):
+        text.check("E1")
