@@ -92,10 +92,11 @@ class Daemon:
         self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
         self.spaces = spaces = Spaces(config)
         self.drops = drops = Drops(lambda: self.config, store, spaces)
-        self.http = HttpServer(config, store)
+        runner = Runner(lambda: self.config, store, spaces, workers=self.workers)
+        self.http = HttpServer(config, store, runner)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
         parts: list[Component] = [
-            Runner(lambda: self.config, store, spaces, workers=self.workers),
+            runner,
             self.http,
             self.sftp,
             Watcher(lambda: self.config, spaces, drops),

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from feedd import log
 from feedd.config import Config
@@ -32,6 +33,7 @@ class Input:
     path: Path
     pipeline: str | None  # None: choose by matching `name` against inbound pipelines
     sha256: str | None = None  # already computed while the bytes streamed in (trusted only from feedd itself)
+    meta: dict[str, Any] = field(default_factory=dict)  # kept on the run (e.g. an upload's filename, output)
 
 
 def spool_dir(config: Config) -> Path:
@@ -118,6 +120,7 @@ async def _record(store: Store, config: Config, item: Input, pipeline: str | Non
         spool_path=str(dest),
         error=error,
         duplicate_of=duplicate_of,
+        meta=dict(item.meta),
     )
     await store.insert_run(run)
     return run

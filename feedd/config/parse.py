@@ -157,7 +157,7 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
-    m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "api_keys", "tus"))
+    m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after"))
     keys: list[ApiKey] = []
@@ -180,6 +180,7 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
     return HttpConfig(
         listen=r.get(m, at, "listen", listen, (Address("127.0.0.1", 8080),)),
         max_part_size=r.get(m, at, "max_part_size", size, 64 * 1024**2),
+        upload_expire_after=r.get(m, at, "upload_expire_after", duration, 86400.0),
         api_keys=tuple(keys),
         tus=TusConfig(
             max_size=r.get(tus, tus_at, "max_size", size, 5 * 1024**3),

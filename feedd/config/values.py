@@ -93,6 +93,7 @@ class TusConfig:
 class HttpConfig:
     listen: tuple[Address, ...]
     max_part_size: int = 64 * 1024**2
+    upload_expire_after: float = 86400.0  # an outbound upload not touched for this long is aborted
     api_keys: tuple[ApiKey, ...] = ()
     tus: TusConfig = TusConfig()
 

@@ -1,13 +1,22 @@
-"""The aiohttp application and its server component: routes are added here as capabilities land."""
+"""The aiohttp application (CONTRACT §5) and its server component: every route, the error middleware,
+and the limits that keep slow or greedy clients from exhausting the daemon."""
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from feedd import log
 from feedd.config import Config
 from feedd.config.values import Address
+from feedd.http.api import errors
+from feedd.http.runs import Retrier, RunsApi
+from feedd.http.uploads import Uploads
+from feedd.http.views import Releaser, ViewsApi
 from feedd.store import Store
+
+MAX_CONNECTIONS = 256  # open client connections; more wait in the listen backlog
 
 
 class Live:
@@ -25,12 +34,38 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(config: Config, store: Store) -> web.Application:
-    app = web.Application(client_max_size=config.http.max_part_size)
-    app[LIVE] = Live(config)
+class Runs(Retrier, Releaser, Protocol):
+    """What the app needs from the runner: retry a run, release a pipeline's held runs."""
+
+
+UPLOADS = web.AppKey("uploads", Uploads)
+
+
+def build_app(config: Config, store: Store, runs: Runs | None = None) -> web.Application:
+    # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
+    app = web.Application(client_max_size=config.http.max_part_size, middlewares=[errors])
+    live = app[LIVE] = Live(config)
     app[STORE] = store
     app.router.add_get("/healthz", healthz)
+    uploads = app[UPLOADS] = Uploads(live, store)
+    uploads.routes(app)
+    RunsApi(live, store, runs).routes(app)
+    ViewsApi(live, store, runs).routes(app)
     return app
+
+
+def _cap_connections(server: web.Server | None) -> None:
+    """Close a new connection at once when MAX_CONNECTIONS are already open (aiohttp has no such limit)."""
+    if server is None:
+        return
+    accept = server.connection_made
+
+    def capped(handler: Any, transport: Any) -> None:
+        accept(handler, transport)
+        if len(server.connections) > MAX_CONNECTIONS:
+            transport.close()
+
+    setattr(server, "connection_made", capped)  # noqa: B010 - an instance hook, not a class change
 
 
 class HttpServer:
@@ -38,21 +73,24 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, runs: Runs | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store)
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        self._app = build_app(config, store, runs)
+        # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []
 
     async def start(self) -> None:
         await self._runner.setup()
+        _cap_connections(self._runner.server)
         for addr in self._config.http.listen:
-            site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True)
+            site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS)
             await site.start()
             server = site._server  # aiohttp exposes the bound sockets only here (port 0 in tests)
             for sock in getattr(server, "sockets", None) or ():
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(Address(host, port))
+        await self._app[UPLOADS].start()
         for bound in self.addresses:
             log.get().info("listening", service="http", address=str(bound))
 
@@ -63,4 +101,5 @@ class HttpServer:
         self._app[LIVE].config = config
 
     async def stop(self, deadline: float) -> None:
+        await self._app[UPLOADS].stop()
         await self._runner.cleanup()

@@ -9,7 +9,7 @@ the parent.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class Outcome:
     header_key: str | None = None
     drift: dict[str, list[str]] | None = None
     records_path: str | None = None
+    records_jsonl_path: str | None = None  # the same records as NDJSON for the API, when the output is not jsonl
     rejects_path: str | None = None
     rejects_csv_path: str | None = None
     report_path: str | None = None
@@ -117,7 +118,11 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
     rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers)
     keep_invalid = pipe.egress == "all"
-    write, errors = records.write, outcome.errors
+    api_copy = RecordWriter(out / "records.api.jsonl", "jsonl", fields) if pipe.output.format != "jsonl" else None
+    write: Callable[[dict[str, Any]], None] = records.write
+    errors = outcome.errors
+    if api_copy is not None:
+        write = _both(records.write, api_copy.write)
     count = valid = invalid = 0
     try:
         for number, cells in rows:
@@ -141,10 +146,14 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     except BaseException:
         records.discard()
         rejects.discard()
+        if api_copy is not None:
+            api_copy.discard()
         raise
     finally:
         outcome.rows, outcome.valid, outcome.invalid = count, valid, invalid
     outcome.records_path = str(records.close())
+    if api_copy is not None:
+        outcome.records_jsonl_path = str(api_copy.close())
     outcome.rejects_path, csv_path = (str(p) for p in rejects.close())
     outcome.rejects_csv_path = csv_path
     if outcome.rows and outcome.invalid / outcome.rows > pipe.max_error_rate:
@@ -152,3 +161,11 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
         outcome.error = ("too_many_errors", f"{job.source_name}: {outcome.invalid} of {outcome.rows} rows are invalid "
                                             f"({outcome.invalid / outcome.rows:.1%}, more than max_error_rate "
                                             f"{pipe.max_error_rate:.1%}); nothing is delivered")
+
+
+def _both(first: Callable[[dict[str, Any]], None], second: Callable[[dict[str, Any]], None]) -> Callable[[Any], None]:
+    def write(record: dict[str, Any]) -> None:
+        first(record)
+        second(record)
+
+    return write

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from feedd import log
 from feedd.config import Config, DestinationType
+from feedd.config.values import Pipeline
 from feedd.delivery.local import place
 from feedd.model import Counts, Delivery, DeliveryStatus, Direction, RowError, Run, RunError, RunStatus, utcnow
 from feedd.pipeline.mapping import header_key
@@ -85,7 +86,11 @@ class Runner:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def reload(self, config: Config) -> None:
-        pass  # reads the live config for each run
+        """Runs read the live config each time; a pipeline made active again releases its held runs."""
+        overrides = await self._store.pipeline_overrides()
+        for pipe in config.pipelines.values():
+            if overrides.get(pipe.name, pipe.active):
+                await self.release_held(pipe.name)
 
     async def stop(self, deadline: float) -> None:
         self._stopping = True
@@ -125,7 +130,7 @@ class Runner:
     async def _run(self, run: Run) -> None:
         config = self._config()
         logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
-        pipe = config.pipelines.get(run.pipeline or "")
+        pipe = _effective(config, run)
         if pipe is None or pipe.schema not in config.schemas:
             await self._finish(run, None, RunError("pipeline_removed", f"pipeline {run.pipeline!r} is no longer "
                                                                          "in the config"))
@@ -170,6 +175,7 @@ class Runner:
         if outcome is not None:
             meta.update(detected=outcome.detected, headers=outcome.headers, header_key=outcome.header_key,
                         drift=outcome.drift, records=outcome.records_path, rejects=outcome.rejects_path,
+                        records_jsonl=outcome.records_jsonl_path,
                         report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds)
         done = replace(
             run, status=status, finished_at=utcnow(), error=error, meta=meta,
@@ -185,7 +191,7 @@ class Runner:
                 if outcome.header_key:
                     sources = {t: c for t, c in outcome.mapping.items() if c in outcome.headers}
                     await self._store.remember_mapping(run.connection, outcome.header_key, sources)
-                done = await self._deliver_local(done, outcome, config)
+                done = await self._deliver_local(done, outcome.records_path, config)
         await self._store.update_run(done)
         logger.info("run.finished", status=str(done.status), rows=done.counts.rows, valid=done.counts.valid,
                     invalid=done.counts.invalid, error=done.error.code if done.error else None,
@@ -201,15 +207,22 @@ class Runner:
             added += place(Path(outcome.rejects_csv_path), space.outbox, f"{name}.rejects.csv").stat().st_size
         space.used += added
 
-    async def _deliver_local(self, run: Run, outcome: Outcome, config: Config) -> Run:
-        """Directory and outbox destinations (the rest belongs to the delivery dispatcher)."""
-        pipe = config.pipelines[run.pipeline or ""]
-        if not pipe.destinations or outcome.records_path is None:
+    async def _deliver_local(self, run: Run, records: str | None, config: Config,
+                             only: frozenset[str] | None = None) -> Run:
+        """Directory and outbox destinations (the rest belongs to the delivery dispatcher). `only` limits
+        delivery to those destination keys (a retry); the others keep their recorded status."""
+        pipe = _effective(config, run)
+        if pipe is None or not pipe.destinations or records is None:
             return run
-        filename = output_name(pipe, Job(run.run_id, run.spool_path, run.source.name, pipe,
-                                         config.schemas[pipe.schema], ""))
+        filename = run.meta.get("filename") or output_name(pipe, Job(run.run_id, run.spool_path, run.source.name,
+                                                                      pipe, config.schemas[pipe.schema], ""))
+        before = {d.destination: d for d in run.deliveries}
         deliveries = []
         for dest in pipe.destinations:
+            if only is not None and dest.key not in only and dest.key in before:
+                deliveries.append(before[dest.key])
+                continue
+            attempts = before[dest.key].attempts + 1 if dest.key in before else 1
             folder: Path | None = None
             if dest.type is DestinationType.DIRECTORY:
                 folder = dest.path
@@ -219,12 +232,61 @@ class Runner:
                 deliveries.append(Delivery(run.run_id, dest.key))
                 continue
             try:
-                await asyncio.to_thread(place, Path(outcome.records_path), folder, filename)
-                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.DELIVERED, 1, None, utcnow()))
+                placed = await asyncio.to_thread(place, Path(records), folder, filename)
+                if dest.type is DestinationType.OUTBOX and (space := self._spaces.get(run.connection)) is not None:
+                    space.used += placed.stat().st_size
+                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.DELIVERED, attempts, None, utcnow()))
             except OSError as exc:
-                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.FAILED, 1, str(exc)))
+                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.FAILED, attempts, str(exc)))
         for d in deliveries:
             await self._store.save_delivery(d)
         delivered = all(d.status is DeliveryStatus.DELIVERED for d in deliveries)
         return replace(run, deliveries=tuple(deliveries),
                        status=RunStatus.DELIVERED if delivered else RunStatus.COMPLETED)
+
+    async def retry(self, run: Run, *, reprocess: bool) -> Run:
+        """Re-deliver a completed run's failed destinations, or queue the run's input to be processed again
+        (`reprocess`, or a failed run). Raises ValueError when the run's state allows neither."""
+        if run.status in (RunStatus.QUEUED, RunStatus.PROCESSING, RunStatus.HELD):
+            raise ValueError(f"run {run.run_id} is {run.status}: nothing to retry yet")
+        if reprocess or run.status is RunStatus.FAILED:
+            if run.pipeline is None:
+                raise ValueError(f"run {run.run_id} matches no pipeline: add one, then drop the file again")
+            if not await asyncio.to_thread(Path(run.spool_path).is_file):
+                raise ValueError(f"run {run.run_id}: its input is no longer in the spool")
+            again = replace(run, status=RunStatus.QUEUED, error=None, counts=Counts(), errors=(), mapping={},
+                            started_at=None, finished_at=None, acknowledged_at=None, duplicate_of=None)
+            if not await self._store.update_run(again, expect=run.status):
+                raise ValueError(f"run {run.run_id} changed meanwhile; look again")
+            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.reprocess")
+            return again
+        failed = frozenset(d.destination for d in run.deliveries if d.status is not DeliveryStatus.DELIVERED)
+        if not failed:
+            raise ValueError(f"run {run.run_id} is {run.status} with nothing left to deliver; "
+                             "use {\"reprocess\": true} to run it again")
+        done = await self._deliver_local(run, run.meta.get("records"), self._config(), only=failed)
+        await self._store.update_run(done)
+        return done
+
+    async def release_held(self, pipeline: str) -> int:
+        """Queue the pipeline's held runs again in arrival order (the claim loop takes oldest first)."""
+        released = 0
+        while True:
+            held, _ = await self._store.list_runs(RunQuery(pipeline=pipeline, statuses=(RunStatus.HELD,),
+                                                           oldest_first=True, limit=500))
+            if not held:
+                return released
+            for run in held:
+                if await self._store.update_run(replace(run, status=RunStatus.QUEUED), expect=RunStatus.HELD):
+                    released += 1
+            if released:
+                log.get(pipeline=pipeline).info("runs.released", count=released)
+
+
+def _effective(config: Config, run: Run) -> Pipeline | None:
+    """The run's pipeline, with the output format an upload asked for."""
+    pipe = config.pipelines.get(run.pipeline or "")
+    output = run.meta.get("output")
+    if pipe is not None and output in ("csv", "json", "jsonl"):
+        pipe = replace(pipe, output=replace(pipe.output, format=output))
+    return pipe

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
-from feedd.model import Delivery, Run, RunStatus, Upload
+from feedd.model import Delivery, Run, RunStatus, Upload, UploadState
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,10 @@ class Store(Protocol):
     async def save_upload(self, upload: Upload) -> None: ...
 
     async def get_upload(self, upload_id: str) -> Upload | None: ...
+
+    async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
+                            limit: int = 100) -> list[Upload]:
+        """Uploads in one of `states` not updated since `updated_before`, oldest first."""
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None: ...
 

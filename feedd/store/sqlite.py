@@ -310,26 +310,17 @@ class SqliteStore:
     async def get_upload(self, upload_id: str) -> Upload | None:
         async with self._lock, self._db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)) as cur:
             row = await cur.fetchone()
-        if row is None:
-            return None
-        return Upload(
-            upload_id=row["upload_id"],
-            kind=SourceKind(row["kind"]),
-            state=UploadState(row["state"]),
-            connection=row["connection"],
-            pipeline=row["pipeline"],
-            total_parts=row["total_parts"],
-            parts={int(k): v for k, v in json.loads(row["parts"]).items()},
-            records=row["records"],
-            offset=row["offset"],
-            length=row["length"],
-            filename=row["filename"],
-            run_id=row["run_id"],
-            meta=json.loads(row["meta"]),
-            created_at=_dt(row["created_at"]) or utcnow(),
-            updated_at=_dt(row["updated_at"]) or utcnow(),
-            expires_at=_dt(row["expires_at"]),
-        )
+        return None if row is None else _upload(row)
+
+    async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
+                            limit: int = 100) -> list[Upload]:
+        marks = ", ".join("?" * len(states))
+        async with self._lock, self._db.execute(
+            f"SELECT * FROM uploads WHERE state IN ({marks}) AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (*(str(st) for st in states), _ts(updated_before), limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_upload(row) for row in rows]
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
         await self._write((
@@ -364,3 +355,24 @@ class SqliteStore:
             await asyncio.gather(self._flusher, return_exceptions=True)
         async with self._lock:
             await self._db.close()
+
+
+def _upload(row: Any) -> Upload:
+    return Upload(
+        upload_id=row["upload_id"],
+        kind=SourceKind(row["kind"]),
+        state=UploadState(row["state"]),
+        connection=row["connection"],
+        pipeline=row["pipeline"],
+        total_parts=row["total_parts"],
+        parts={int(k): v for k, v in json.loads(row["parts"]).items()},
+        records=row["records"],
+        offset=row["offset"],
+        length=row["length"],
+        filename=row["filename"],
+        run_id=row["run_id"],
+        meta=json.loads(row["meta"]),
+        created_at=_dt(row["created_at"]) or utcnow(),
+        updated_at=_dt(row["updated_at"]) or utcnow(),
+        expires_at=_dt(row["expires_at"]),
+    )

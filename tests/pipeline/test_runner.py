@@ -97,3 +97,25 @@ async def test_an_unreadable_file_fails_with_a_clear_error(start_feedd: Callable
     [run] = await finished(feedd, 1)
     assert run.status is RunStatus.FAILED and run.error is not None
     assert run.error.code == "unreadable_input" and run.error.message.startswith("inbox/blob.csv: ")
+
+
+async def test_sftp_stays_responsive_while_a_big_file_is_processed(start_feedd: Callable[..., Any]) -> None:
+    feedd: Feedd = await start_feedd(workers=1)
+    big = b"email\n" + b"".join(b"user%d@example.org\n" % i for i in range(1_500_000))
+    await upload(feedd, "/inbox/big.csv", big)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        runs = await feedd.runs()
+        if runs and runs[0].status is RunStatus.PROCESSING:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the big run never started processing")
+    started = time.monotonic()
+    await upload(feedd, "/inbox/small.csv", b"email\nann@example.org\n")  # connect, log in, write, close
+    took = time.monotonic() - started
+    big_run = next(r for r in await feedd.runs() if r.source.name.endswith("big.csv"))
+    assert big_run.status is RunStatus.PROCESSING, "the big run ended before the small upload: not a fair test"
+    assert took < 1.0, f"a small upload took {took:.2f} s while a run was processing"
+    runs = await finished(feedd, 2, within=60)
+    assert {r.source.name.rsplit("/", 1)[-1]: r.counts.valid for r in runs} == {"big.csv": 1_500_000, "small.csv": 1}

@@ -1,0 +1,122 @@
+"""What every route shares: the error body, API-key auth, and reading a small JSON body safely.
+
+Errors are `{"error": {"code", "message"}}` with the statuses of CONTRACT §5, whatever went wrong,
+including aiohttp's own (unknown route, wrong method). Keys are compared as sha256 digests in constant
+time, every configured key is tried (no early exit), and every failure answers the same 401.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from feedd import log
+from feedd.config import Config
+from feedd.config.values import ApiKey
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_JSON_BODY = 1024 * 1024  # bodies other than parts are small documents
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(code, message), status=status, headers=headers)
+
+
+_AIOHTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                  413: "too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error in the contract's shape; an unexpected one is logged and answered 500 without detail."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _AIOHTTP_CODES.get(exc.status, "error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, code, exc.reason if exc.status != 413 else "the body is too large",
+                              headers)
+    except Exception:
+        log.get().exception("http.error", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "the request failed inside feedd; see its log")
+
+
+UNAUTHORIZED = ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer <key>)",
+                        {"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(request: web.Request, config: Config) -> ApiKey:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UNAUTHORIZED
+    digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).hexdigest()
+    found: ApiKey | None = None
+    for key in config.http.api_keys:
+        if hmac.compare_digest(digest, key.key_sha256.lower()) and found is None:
+            found = key
+    if found is None:
+        raise UNAUTHORIZED
+    return found
+
+
+def require_connection(key: ApiKey, connection: str) -> None:
+    if not key.allows(connection):
+        raise ApiError(403, "forbidden", f"this API key may not use connection {connection!r}")
+
+
+async def json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """A JSON object body of at most MAX_JSON_BODY bytes (400 otherwise; an empty optional body is {})."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"the body is larger than {MAX_JSON_BODY} bytes")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"the body is larger than {MAX_JSON_BODY} bytes")
+    if not raw.strip():
+        if optional:
+            return {}
+        raise ApiError(400, "invalid_body", "a JSON object body is required")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_body", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    return value
+
+
+def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    """`body[name]` checked against `kind` (400 naming the field); None when absent and not required."""
+    if name not in body or body[name] is None:
+        if required:
+            raise ApiError(400, "invalid_body", f"{name}: required")
+        return None
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(400, "invalid_body", f"{name}: expected {_KIND_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "an array", dict: "an object"}

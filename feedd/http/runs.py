@@ -1,0 +1,142 @@
+"""The runs API: list (filters, cursor pages), get, records and rejects (streamed files), ack, retry.
+
+A key sees only the runs of its connections. Records and rejects are files the worker wrote; they are
+sent as they are (sendfile), so memory stays the same whatever their size. Status changes (retry,
+reprocess) are the runner's business: this module asks it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from feedd.config import Config
+from feedd.config.values import ApiKey
+from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
+from feedd.model import Run, RunStatus, utcnow
+from feedd.store import RunQuery, Store
+
+MAX_LIMIT = 1000
+_ID = re.compile(r"[0-9A-Z]{26}")
+NDJSON = "application/x-ndjson"
+
+
+class Retrier(Protocol):
+    async def retry(self, run: Run, *, reprocess: bool) -> Run:
+        """Re-deliver what failed, or process the input again; raises ValueError when the state forbids it."""
+
+
+class RunsApi:
+    def __init__(self, live: Any, store: Store, retrier: Retrier | None) -> None:
+        self._live = live
+        self._store = store
+        self._retrier = retrier
+
+    @property
+    def config(self) -> Config:
+        return self._live.config  # type: ignore[no-any-return]
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/runs", self.list)
+        app.router.add_get("/runs/{runId}", self.get)
+        app.router.add_get("/runs/{runId}/records", self.records)
+        app.router.add_get("/runs/{runId}/rejects", self.rejects)
+        app.router.add_post("/runs/{runId}/ack", self.ack)
+        app.router.add_post("/runs/{runId}/retry", self.retry)
+
+    async def list(self, request: web.Request) -> web.Response:
+        key = authenticate(request, self.config)
+        q = request.query
+        statuses: tuple[RunStatus, ...] = ()
+        if q.get("status"):
+            try:
+                statuses = tuple(RunStatus(s.strip()) for s in q["status"].split(",") if s.strip())
+            except ValueError:
+                raise ApiError(400, "invalid_query", f"status: expected one or more of "
+                                                     f"{', '.join(RunStatus)} (comma-separated)") from None
+        acknowledged = _boolean(q.get("acknowledged"), "acknowledged")
+        limit = _integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
+        cursor = q.get("cursor") or None
+        if cursor is not None and not _ID.fullmatch(cursor):
+            raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
+        connection = q.get("connection") or None
+        if connection is not None:
+            require_connection(key, connection)
+        runs, next_cursor = await self._store.list_runs(RunQuery(
+            connection=connection, pipeline=q.get("pipeline") or None, statuses=statuses, acknowledged=acknowledged,
+            connections=_visible(key), limit=limit, cursor=cursor))
+        return web.json_response({"data": [r.to_json() for r in runs], "nextCursor": next_cursor})
+
+    async def _run(self, request: web.Request) -> Run:
+        key = authenticate(request, self.config)
+        run_id = request.match_info["runId"]
+        run = await self._store.get_run(run_id) if _ID.fullmatch(run_id) else None
+        if run is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        require_connection(key, run.connection)
+        return run
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.json_response((await self._run(request)).to_json())
+
+    async def records(self, request: web.Request) -> web.StreamResponse:
+        run = await self._run(request)
+        return _file(run, run.meta.get("records_jsonl") or run.meta.get("records"), "records")
+
+    async def rejects(self, request: web.Request) -> web.StreamResponse:
+        run = await self._run(request)
+        return _file(run, run.meta.get("rejects"), "rejects")
+
+    async def ack(self, request: web.Request) -> web.Response:
+        run = await self._run(request)
+        if run.acknowledged_at is None:
+            run = replace(run, acknowledged_at=utcnow())
+            await self._store.update_run(run)
+        return web.json_response(run.to_json())
+
+    async def retry(self, request: web.Request) -> web.Response:
+        run = await self._run(request)
+        body = await json_body(request, optional=True)
+        reprocess = bool(field(body, "reprocess", bool, required=False))
+        if self._retrier is None:
+            raise ApiError(409, "wrong_state", "this daemon runs no workers, so nothing can be retried")
+        try:
+            run = await self._retrier.retry(run, reprocess=reprocess)
+        except ValueError as exc:
+            raise ApiError(409, "wrong_state", str(exc)) from None
+        return web.json_response(run.to_json())
+
+
+def _file(run: Run, path: Any, what: str) -> web.StreamResponse:
+    if run.status not in (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED) or not path \
+            or not Path(path).is_file():
+        raise ApiError(409, "not_ready", f"run {run.run_id} is {run.status} and has no {what} to read")
+    if what == "records" and run.status is RunStatus.FAILED:
+        raise ApiError(409, "not_ready", f"run {run.run_id} failed: its records are not output")
+    return web.FileResponse(Path(path), headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
+
+
+def _visible(key: ApiKey) -> frozenset[str] | None:
+    return None if "*" in key.connections else frozenset(key.connections)
+
+
+def _boolean(text: str | None, name: str) -> bool | None:
+    if text is None or text == "":
+        return None
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(400, "invalid_query", f"{name}: expected true or false")
+
+
+def _integer(text: str | None, name: str, low: int, high: int, default: int) -> int:
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ApiError(400, "invalid_query", f"{name}: expected an integer from {low} to {high}")
+    return int(text)

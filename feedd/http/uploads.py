@@ -1,0 +1,342 @@
+"""Outbound multipart uploads (CONTRACT §5): init, parts, complete, abort, status, and the expiry sweep.
+
+A part is streamed to its own file under `<state_dir>/uploads/<uploadId>/` while its sha256 (the etag) is
+computed, then checked as a JSON array of objects: off the event loop, in a worker process when it is
+large. Complete splices the parts' arrays into one JSON array file without parsing them again and hands it
+to `intake.accept`, like every other way in. Work on one upload is serialised by a lock of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import weakref
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from feedd import intake, log
+from feedd.config import Config
+from feedd.durable import fsync_dir
+from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
+from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
+from feedd.store import Store
+
+READ_DEADLINE = 300.0  # seconds to receive one part's body
+IN_PROCESS_CHECK = 256 * 1024  # parts up to this size are checked in a thread; larger ones in a worker process
+MAX_PARTS = 10_000
+SWEEP_SECONDS = 60.0
+_ID = re.compile(r"[0-9A-Z]{26}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
+OUTPUTS = ("csv", "json", "jsonl")
+OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
+
+
+def check_part(path: str) -> tuple[int, str | None]:
+    """(records, problem): a part must be a JSON array of objects; the problem names the first bad element."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return 0, f"the part is not valid JSON: {exc}"
+    if not isinstance(value, list):
+        return 0, "the part must be a JSON array of objects"
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            return 0, f"element {index} is not an object (a {type(item).__name__.replace('NoneType', 'null')})"
+    return len(value), None
+
+
+def splice(parts: list[Path], out: Path) -> None:
+    """Join the parts' arrays into one array at `out`: `[a, b] + [c]` -> `[a, b, c]`, bytes only."""
+    with open(out, "wb") as dest:
+        dest.write(b"[")
+        first = True
+        for path in parts:
+            inner = path.read_bytes().strip()[1:-1].strip()  # each part was checked to be an array
+            if inner:
+                dest.write(inner if first else b",\n" + inner)
+                first = False
+        dest.write(b"]\n")
+        dest.flush()
+        os.fsync(dest.fileno())
+
+
+def view(upload: Upload) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "uploadId": upload.upload_id, "state": str(upload.state), "connectionName": upload.connection,
+        "pipelineId": upload.pipeline, "totalParts": upload.total_parts, "partsReceived": sorted(upload.parts),
+        "records": upload.records, "createdAt": iso(upload.created_at), "updatedAt": iso(upload.updated_at),
+    }
+    if upload.filename:
+        out["filename"] = upload.filename
+    if upload.meta.get("output"):
+        out["output"] = upload.meta["output"]
+    if upload.run_id:
+        out["runId"] = upload.run_id
+    return out
+
+
+class Uploads:
+    """The routes and their state: where parts live, the per-upload locks, the checking pool, the sweep."""
+
+    def __init__(self, config: Any, store: Store) -> None:
+        self._live = config  # has `.config`, replaced on reload
+        self._store = store
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._pool: ProcessPoolExecutor | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._live.config  # type: ignore[no-any-return]
+
+    def folder(self, upload_id: str) -> Path:
+        return self.config.state_dir / "uploads" / upload_id
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/outbound/uploads", self.init)
+        app.router.add_put("/outbound/uploads/{uploadId}/parts/{partNumber}", self.put_part)
+        app.router.add_post("/outbound/uploads/{uploadId}/complete", self.complete)
+        app.router.add_post("/outbound/uploads/{uploadId}/abort", self.abort)
+        app.router.add_get("/outbound/uploads/{uploadId}", self.status)
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _lock(self, upload_id: str) -> asyncio.Lock:
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        return lock
+
+    async def _owned(self, request: web.Request) -> Upload:
+        key = authenticate(request, self.config)
+        upload_id = request.match_info["uploadId"]
+        upload = await self._store.get_upload(upload_id) if _ID.fullmatch(upload_id) else None
+        if upload is None or upload.kind is not SourceKind.UPLOAD:
+            raise ApiError(404, "not_found", f"no upload {upload_id!r}")
+        require_connection(key, upload.connection)
+        return upload
+
+    async def init(self, request: web.Request) -> web.Response:
+        key = authenticate(request, self.config)
+        body = await json_body(request)
+        connection = field(body, "connectionName", str)
+        pipeline_name = field(body, "pipelineId", str)
+        total = field(body, "totalParts", int)
+        filename = field(body, "filename", str, required=False)
+        output = field(body, "output", str, required=False)
+        if not 1 <= total <= MAX_PARTS:
+            raise ApiError(400, "invalid_body", f"totalParts: expected 1 to {MAX_PARTS}, got {total}")
+        if filename is not None and (not _NAME.fullmatch(filename) or ".." in filename):
+            raise ApiError(400, "invalid_body", "filename: letters, digits, '.', '_', '-' and spaces, up to 200, "
+                                                "not starting with a dot")
+        if output is not None and output not in OUTPUTS:
+            raise ApiError(400, "invalid_body", f"output: expected one of {', '.join(OUTPUTS)}")
+        require_connection(key, connection)
+        config = self.config
+        if connection not in config.connections:
+            raise ApiError(404, "not_found", f"no connection {connection!r}")
+        pipeline = config.pipelines.get(pipeline_name)
+        if pipeline is None:
+            raise ApiError(404, "not_found", f"no pipeline {pipeline_name!r}")
+        if pipeline.connection != connection:
+            raise ApiError(422, "pipeline_mismatch",
+                           f"pipeline {pipeline_name!r} belongs to connection {pipeline.connection!r}, "
+                           f"not {connection!r}")
+        if pipeline.direction is not Direction.OUTBOUND:
+            raise ApiError(422, "pipeline_not_outbound", f"pipeline {pipeline_name!r} is inbound; uploads go to "
+                                                         "outbound pipelines")
+        now = utcnow()
+        upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, connection, pipeline_name,
+                        total_parts=total, filename=filename, meta={"output": output} if output else {},
+                        created_at=now, updated_at=now,
+                        expires_at=now + timedelta(seconds=config.http.upload_expire_after))
+        await self._store.save_upload(upload)
+        log.get(connection=connection, pipeline=pipeline_name).info("upload.initiated", upload_id=upload.upload_id,
+                                                                    total_parts=total)
+        return web.json_response(view(upload), status=201)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(view(await self._owned(request)))
+
+    async def put_part(self, request: web.Request) -> web.Response:
+        upload = await self._owned(request)
+        text = request.match_info["partNumber"]
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
+        if not 1 <= number <= upload.total_parts:
+            raise ApiError(400, "invalid_part_number",
+                           f"partNumber must be 1 to {upload.total_parts}, got {text[:20]!r}")
+        _require_open(upload)
+        limit = self.config.http.max_part_size
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "too_large", f"a part may be at most {limit} bytes")
+        folder = self.folder(upload.upload_id)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        tmp = folder / f".{number}.{secrets.token_hex(4)}.tmp"
+        try:
+            etag, size = await self._receive(request, tmp, limit)
+            records, problem = await self._check(tmp, size)
+            if problem is not None:
+                raise ApiError(400, "invalid_part", f"part {number}: {problem}")
+            async with self._lock(upload.upload_id):
+                current = await self._store.get_upload(upload.upload_id)
+                assert current is not None
+                _require_open(current)
+                await asyncio.to_thread(_settle, tmp, folder / f"{number}.json")
+                counts = {**current.meta.get("records", {}), str(number): records}
+                updated = replace(current, state=UploadState.UPLOADING, parts={**current.parts, number: etag},
+                                  records=sum(counts.values()), meta={**current.meta, "records": counts},
+                                  updated_at=utcnow())
+                await self._store.save_upload(updated)
+        finally:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        return web.json_response({"partNumber": number, "records": records, "etag": etag})
+
+    async def _receive(self, request: web.Request, tmp: Path, limit: int) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        try:
+            async with asyncio.timeout(READ_DEADLINE):
+                with open(tmp, "wb") as f:  # noqa: ASYNC230 - small buffered writes; the fsync runs in a thread
+                    async for chunk in request.content.iter_chunked(256 * 1024):
+                        size += len(chunk)
+                        if size > limit:
+                            raise ApiError(413, "too_large", f"a part may be at most {limit} bytes")
+                        digest.update(chunk)
+                        f.write(chunk)
+                    await asyncio.to_thread(_sync, f)
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"the part did not arrive within {READ_DEADLINE:.0f} s") from None
+        return digest.hexdigest(), size
+
+    async def _check(self, path: Path, size: int) -> tuple[int, str | None]:
+        if size <= IN_PROCESS_CHECK:
+            return await asyncio.to_thread(check_part, str(path))
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, check_part, str(path))
+
+    async def complete(self, request: web.Request) -> web.Response:
+        upload = await self._owned(request)
+        body = await json_body(request)
+        listed = field(body, "parts", list)
+        wanted: dict[int, str | None] = {}
+        for i, item in enumerate(listed):
+            if not isinstance(item, dict):
+                raise ApiError(400, "invalid_body", f"parts[{i}]: expected an object {{partNumber, etag?}}")
+            number = field(item, "partNumber", int)
+            etag = field(item, "etag", str, required=False)
+            wanted[number] = etag.strip('"') if etag else None
+        async with self._lock(upload.upload_id):
+            current = await self._store.get_upload(upload.upload_id)
+            assert current is not None
+            _require_open(current)
+            _check_parts(current, wanted)
+            return web.json_response(await self._finish(current))
+
+    async def _finish(self, upload: Upload) -> dict[str, Any]:
+        config = self.config
+        folder = self.folder(upload.upload_id)
+        assembled = folder / "assembled.json"
+        parts = [folder / f"{n}.json" for n in range(1, upload.total_parts + 1)]
+        await asyncio.to_thread(splice, parts, assembled)
+        name = upload.filename or f"{upload.upload_id}.json"
+        meta = {"upload_id": upload.upload_id, "filename": upload.filename, **upload.meta}
+        meta.pop("records", None)
+        item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline, meta=meta)
+        run = await intake.accept(self._store, config, item, pipeline=upload.pipeline)
+        done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())
+        await self._store.save_upload(done)
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        log.get(connection=upload.connection, pipeline=upload.pipeline, run_id=run.run_id).info(
+            "upload.completed", upload_id=upload.upload_id, parts=upload.total_parts, records=upload.records)
+        return {"uploadId": done.upload_id, "state": str(done.state), "runId": run.run_id, "records": done.records}
+
+    async def abort(self, request: web.Request) -> web.Response:
+        upload = await self._owned(request)
+        async with self._lock(upload.upload_id):
+            current = await self._store.get_upload(upload.upload_id)
+            assert current is not None
+            _require_open(current)
+            await self._abort(current, "aborted by the client")
+        return web.json_response({"uploadId": upload.upload_id, "state": str(UploadState.ABORTED)})
+
+    async def _abort(self, upload: Upload, why: str) -> None:
+        await self._store.save_upload(replace(upload, state=UploadState.ABORTED, updated_at=utcnow()))
+        await asyncio.to_thread(shutil.rmtree, self.folder(upload.upload_id), True)
+        log.get(connection=upload.connection, pipeline=upload.pipeline).info(
+            "upload.aborted", upload_id=upload.upload_id, reason=why)
+
+    async def sweep(self) -> int:
+        """Abort uploads not touched for `http.upload_expire_after`; their parts are deleted."""
+        before = utcnow() - timedelta(seconds=self.config.http.upload_expire_after)
+        stale = await self._store.stale_uploads(OPEN, before)
+        swept = 0
+        for upload in stale:
+            if upload.kind is not SourceKind.UPLOAD:
+                continue
+            async with self._lock(upload.upload_id):
+                current = await self._store.get_upload(upload.upload_id)
+                if current is not None and current.state in OPEN and current.updated_at < before:
+                    await self._abort(current, "expired")
+                    swept += 1
+        return swept
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.get().exception("upload.sweep_failed")
+            await asyncio.sleep(min(SWEEP_SECONDS, max(1.0, self.config.http.upload_expire_after / 10)))
+
+
+def _require_open(upload: Upload) -> None:
+    if upload.state not in OPEN:
+        raise ApiError(409, "wrong_state", f"upload {upload.upload_id} is {upload.state}; parts, complete and "
+                                           "abort need an initiated or uploading upload")
+
+
+def _check_parts(upload: Upload, wanted: dict[int, str | None]) -> None:
+    expected = range(1, upload.total_parts + 1)
+    if unknown := sorted(n for n in wanted if n not in expected):
+        raise ApiError(422, "invalid_parts", f"part {unknown[0]} is outside 1..{upload.total_parts}")
+    if missing := [n for n in expected if n not in upload.parts]:
+        raise ApiError(422, "missing_parts", f"part(s) {', '.join(map(str, missing[:20]))} never uploaded")
+    if unlisted := [n for n in expected if n not in wanted]:
+        raise ApiError(422, "missing_parts", f"part(s) {', '.join(map(str, unlisted[:20]))} not listed in 'parts'")
+    for number, etag in sorted(wanted.items()):
+        if etag is not None and etag != upload.parts[number]:
+            raise ApiError(422, "etag_mismatch", f"part {number}: etag {etag!r} differs from the stored part's "
+                                                 f"{upload.parts[number]!r}")
+
+
+def _sync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _settle(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    fsync_dir(final.parent)

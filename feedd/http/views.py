@@ -1,0 +1,120 @@
+"""Config views: connections and pipelines as an app may see them (never a secret), the `active` switch,
+and mapping suggestions made by the pipeline's own auto-map code."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from feedd.config import Config
+from feedd.config.values import ApiKey, Connection, Destination, Pipeline
+from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
+from feedd.pipeline.mapping import header_key, plan
+from feedd.store import Store
+
+MAX_HEADERS = 1000
+
+
+class Releaser(Protocol):
+    async def release_held(self, pipeline: str) -> int:
+        """Queue the pipeline's held runs again, oldest first; returns how many."""
+
+
+def connection_view(c: Connection) -> dict[str, Any]:
+    return {"name": c.name, "enabled": c.enabled, "quota": c.quota, "maxFileSize": c.max_file_size,
+            "allowedIps": [str(n) for n in c.allowed_ips], "password": c.password_hash is not None,
+            "authorizedKeys": len(c.authorized_keys) + (1 if c.authorized_keys_file else 0)}
+
+
+def _destination_view(d: Destination) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": str(d.type), "key": d.key}
+    for name, value in (("path", str(d.path) if d.path else None), ("url", d.url), ("bucket", d.bucket),
+                        ("prefix", d.prefix or None), ("endpointUrl", d.endpoint_url), ("host", d.host)):
+        if value is not None:
+            out[name] = value  # webhook secrets, keys and passwords are never shown
+    return out
+
+
+def pipeline_view(p: Pipeline, active: bool) -> dict[str, Any]:
+    return {
+        "name": p.name, "connection": p.connection, "schema": p.schema, "direction": str(p.direction),
+        "active": active, "match": list(p.match), "autoMap": p.auto_map, "egress": p.egress,
+        "maxErrorRate": p.max_error_rate, "reports": p.reports,
+        "format": {"type": p.format.type, "delimiter": p.format.delimiter, "encoding": p.format.encoding,
+                   "header": p.format.header, "skipRows": p.format.skip_rows},
+        "output": {"format": p.output.format, "filename": p.output.filename},
+        "mappings": {m.target: m.source or (f"{{template: {m.template}}}" if m.template else "<value>")
+                     for m in p.mappings},
+        "destinations": [_destination_view(d) for d in p.destinations],
+    }
+
+
+class ViewsApi:
+    def __init__(self, live: Any, store: Store, releaser: Releaser | None) -> None:
+        self._live = live
+        self._store = store
+        self._releaser = releaser
+
+    @property
+    def config(self) -> Config:
+        return self._live.config  # type: ignore[no-any-return]
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/connections", self.connections)
+        app.router.add_get("/pipelines", self.pipelines)
+        app.router.add_get("/pipelines/{name}", self.pipeline)
+        app.router.add_patch("/pipelines/{name}", self.patch)
+        app.router.add_get("/pipelines/{name}/mapping-suggestions", self.suggestions)
+
+    async def connections(self, request: web.Request) -> web.Response:
+        key = authenticate(request, self.config)
+        return web.json_response({"data": [connection_view(c) for c in self.config.connections.values()
+                                           if key.allows(c.name)]})
+
+    async def pipelines(self, request: web.Request) -> web.Response:
+        key = authenticate(request, self.config)
+        overrides = await self._store.pipeline_overrides()
+        return web.json_response({"data": [pipeline_view(p, overrides.get(p.name, p.active))
+                                           for p in self.config.pipelines.values() if key.allows(p.connection)]})
+
+    def _find(self, key: ApiKey, name: str) -> Pipeline:
+        pipe = self.config.pipelines.get(name)
+        if pipe is None:
+            raise ApiError(404, "not_found", f"no pipeline {name!r}")
+        require_connection(key, pipe.connection)
+        return pipe
+
+    async def pipeline(self, request: web.Request) -> web.Response:
+        pipe = self._find(authenticate(request, self.config), request.match_info["name"])
+        overrides = await self._store.pipeline_overrides()
+        return web.json_response(pipeline_view(pipe, overrides.get(pipe.name, pipe.active)))
+
+    async def patch(self, request: web.Request) -> web.Response:
+        pipe = self._find(authenticate(request, self.config), request.match_info["name"])
+        body = await json_body(request)
+        if unknown := sorted(set(body) - {"active"}):
+            raise ApiError(400, "invalid_body", f"{unknown[0]}: unknown field (only 'active' can be changed)")
+        active = field(body, "active", bool)
+        await self._store.set_pipeline_active(pipe.name, active)
+        released = await self._releaser.release_held(pipe.name) if active and self._releaser else 0
+        view = pipeline_view(pipe, active)
+        view["released"] = released
+        return web.json_response(view)
+
+    async def suggestions(self, request: web.Request) -> web.Response:
+        pipe = self._find(authenticate(request, self.config), request.match_info["name"])
+        text = request.query.get("headers", "")
+        headers = [h.strip() for h in next(csv.reader([text]), []) if h.strip()] if text else []
+        if not headers:
+            raise ApiError(400, "invalid_query", "headers: a comma-separated list of column names is required")
+        if len(headers) > MAX_HEADERS:
+            raise ApiError(400, "invalid_query", f"headers: at most {MAX_HEADERS}")
+        memory = await self._store.recall_mapping(pipe.connection, header_key(headers))
+        chosen = plan(pipe, self.config.schemas[pipe.schema], headers, memory)
+        return web.json_response({
+            "suggestions": {t: {"source": c.source, "score": c.score, "reason": c.reason}
+                            for t, c in chosen.choices.items()},
+            "unmapped": {f: {"candidates": cands} for f, cands in chosen.unmapped_required.items()},
+        })

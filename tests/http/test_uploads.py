@@ -1,0 +1,189 @@
+"""Outbound multipart uploads over real HTTP, ending with the partner downloading the file over SFTP."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import paramiko
+
+from tests.helpers import DEMO_PASSWORD
+from tests.http.conftest import DEMO_KEY, Api
+
+
+def orders(first: int, count: int) -> list[dict[str, Any]]:
+    return [{"order_id": f"O{i:05d}", "amount": f"{i}.50", "placed": f"2026-11-0{1 + i % 9}"}
+            for i in range(first, first + count)]
+
+
+async def init(api: Api, total: int = 2, **extra: Any) -> dict[str, Any]:
+    status, body = await api.call("POST", "/outbound/uploads", json={
+        "connectionName": "demo", "pipelineId": "demo-orders-out", "totalParts": total, **extra})
+    assert status == 201, body
+    return body  # type: ignore[no-any-return]
+
+
+def fetch_outbox(port: int) -> dict[str, bytes]:
+    transport = paramiko.Transport(("127.0.0.1", port))
+    try:
+        transport.connect(username="demo", password=DEMO_PASSWORD)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        files = {}
+        for name in sftp.listdir("/outbox"):
+            with sftp.open(f"/outbox/{name}", "rb") as f:
+                files[name] = f.read()
+        return files
+    finally:
+        transport.close()
+
+
+async def test_the_whole_flow_ends_as_a_csv_the_partner_downloads(api: Api) -> None:
+    upload = await init(api, 2)
+    assert upload["state"] == "initiated" and upload["totalParts"] == 2 and upload["partsReceived"] == []
+    uid = upload["uploadId"]
+    part2 = json.dumps(orders(3, 2)).encode()
+    status, body = await api.call("PUT", f"/outbound/uploads/{uid}/parts/2", data=part2)
+    assert (status, body) == (200, {"partNumber": 2, "records": 2, "etag": hashlib.sha256(part2).hexdigest()})
+    # a part sent again replaces the first try
+    await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 1)))
+    status, body = await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 3)))
+    assert status == 200 and body["records"] == 3
+    status, state = await api.call("GET", f"/outbound/uploads/{uid}")
+    assert status == 200
+    assert {k: state[k] for k in ("state", "partsReceived", "records", "connectionName", "pipelineId")} == {
+        "state": "uploading", "partsReceived": [1, 2], "records": 5, "connectionName": "demo",
+        "pipelineId": "demo-orders-out"}
+    status, done = await api.call("POST", f"/outbound/uploads/{uid}/complete", json={
+        "parts": [{"partNumber": 1}, {"partNumber": 2, "etag": body_etag(part2)}]})
+    assert status == 200 and done["state"] == "completed" and done["uploadId"] == uid, done
+    run = await api.wait_run(done["runId"])
+    assert run["status"] == "delivered" and run["direction"] == "outbound", run
+    assert run["source"]["kind"] == "upload" and run["counts"] == {"rows": 5, "valid": 5, "invalid": 0}
+    files = await asyncio.to_thread(fetch_outbox, api.sftp_port)
+    name = f"orders-{done['runId']}.csv"
+    assert list(files) == [name]
+    rows = list(csv.DictReader(io.StringIO(files[name].decode())))
+    assert [r["order_id"] for r in rows] == ["O00000", "O00001", "O00002", "O00003", "O00004"]
+    assert rows[0] == {"order_id": "O00000", "amount": "0.50", "placed": "2026-11-01"}
+    status, state = await api.call("GET", f"/outbound/uploads/{uid}")
+    assert state["state"] == "completed" and state["runId"] == done["runId"]
+    # the records as NDJSON over the API, typed
+    status, text = await api.call("GET", f"/runs/{done['runId']}/records")
+    assert status == 200 and [json.loads(line)["order_id"] for line in text.splitlines()][:2] == ["O00000", "O00001"]
+
+
+def body_etag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_filename_and_output_from_the_upload(api: Api) -> None:
+    uid = (await init(api, 1, filename="daily orders.json", output="json"))["uploadId"]
+    await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 2)))
+    _, done = await api.call("POST", f"/outbound/uploads/{uid}/complete", json={"parts": [{"partNumber": 1}]})
+    run = await api.wait_run(done["runId"])
+    assert run["status"] == "delivered"
+    files = await asyncio.to_thread(fetch_outbox, api.sftp_port)
+    assert [r["order_id"] for r in json.loads(files["daily orders.json"])] == ["O00000", "O00001"]
+
+
+async def test_every_error_status(api: Api) -> None:
+    uid = (await init(api, 2))["uploadId"]
+    cases: list[tuple[str, str, dict[str, Any], int, str]] = [
+        ("POST", "/outbound/uploads", {"key": None, "json": {}}, 401, "unauthorized"),
+        ("POST", "/outbound/uploads", {"key": "wrong", "json": {}}, 401, "unauthorized"),
+        ("POST", "/outbound/uploads", {"data": b"{not json"}, 400, "invalid_body"),
+        ("POST", "/outbound/uploads", {"json": {"connectionName": "demo", "pipelineId": "demo-orders-out"}},
+         400, "totalParts: required"),
+        ("POST", "/outbound/uploads", {"json": {"connectionName": "demo", "pipelineId": "demo-orders-out",
+                                                "totalParts": "2"}}, 400, "totalParts: expected an integer"),
+        ("POST", "/outbound/uploads", {"json": {"connectionName": "acme", "pipelineId": "acme-orders-out",
+                                                "totalParts": 1}, "key": DEMO_KEY}, 403, "forbidden"),
+        ("POST", "/outbound/uploads", {"json": {"connectionName": "demo", "pipelineId": "demo-contacts",
+                                                "totalParts": 1}}, 422, "pipeline_not_outbound"),
+        ("POST", "/outbound/uploads", {"json": {"connectionName": "demo", "pipelineId": "acme-orders-out",
+                                                "totalParts": 1}}, 422, "pipeline_mismatch"),
+        ("POST", "/outbound/uploads", {"json": {"connectionName": "demo", "pipelineId": "nope",
+                                                "totalParts": 1}}, 404, "not_found"),
+        ("GET", "/outbound/uploads/01ARZ3NDEKTSV4RRFFQ69G5FAV", {}, 404, "not_found"),
+        ("GET", "/outbound/uploads/../../etc", {}, 404, "not_found"),
+        ("PUT", f"/outbound/uploads/{uid}/parts/3", {"data": b"[]"}, 400, "invalid_part_number"),
+        ("PUT", f"/outbound/uploads/{uid}/parts/0", {"data": b"[]"}, 400, "invalid_part_number"),
+        ("PUT", f"/outbound/uploads/{uid}/parts/1", {"data": b'[{"a": 1}, 2, {}]'}, 400, "element 1 is not an object"),
+        ("PUT", f"/outbound/uploads/{uid}/parts/1", {"data": b'{"a": 1}'}, 400, "must be a JSON array"),
+        ("PUT", f"/outbound/uploads/{uid}/parts/1", {"data": b"[{"}, 400, "not valid JSON"),
+        ("PUT", f"/outbound/uploads/{uid}/parts/1", {"data": io.BytesIO(b"[" + b"{}," * 400_000 + b"{}]")},
+         413, "too_large"),
+        ("POST", f"/outbound/uploads/{uid}/complete", {"json": {"parts": [{"partNumber": 1}, {"partNumber": 2}]}},
+         422, "never uploaded"),
+    ]
+    for method, path, kw, want_status, want_text in cases:
+        status, body = await api.call(method, path, **kw)
+        assert status == want_status, (method, path, status, body)
+        assert want_text in json.dumps(body), (path, body)
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    status, body = await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 1)))
+    assert status == 200
+    etag = body["etag"]
+    status, body = await api.call("POST", f"/outbound/uploads/{uid}/complete", json={"parts": [
+        {"partNumber": 1, "etag": "0" * 64}]})
+    assert status == 422 and body["error"]["code"] in ("missing_parts", "etag_mismatch")
+    await api.call("PUT", f"/outbound/uploads/{uid}/parts/2", data=json.dumps(orders(5, 1)))
+    status, body = await api.call("POST", f"/outbound/uploads/{uid}/complete", json={"parts": [
+        {"partNumber": 1, "etag": "0" * 64}, {"partNumber": 2}]})
+    assert (status, body["error"]["code"]) == (422, "etag_mismatch")
+    status, body = await api.call("POST", f"/outbound/uploads/{uid}/complete", json={"parts": [
+        {"partNumber": 1, "etag": etag}, {"partNumber": 2}]})
+    assert status == 200
+    for method, path in (("PUT", f"/outbound/uploads/{uid}/parts/1"), ("POST", f"/outbound/uploads/{uid}/abort"),
+                         ("POST", f"/outbound/uploads/{uid}/complete")):
+        status, body = await api.call(method, path, json=[] if method == "PUT" else {"parts": []})
+        assert (status, body["error"]["code"]) == (409, "wrong_state"), (path, body)
+    # a key for another connection may not touch this connection's uploads
+    status, acme = await api.call("POST", "/outbound/uploads", json={
+        "connectionName": "acme", "pipelineId": "acme-orders-out", "totalParts": 1})
+    assert status == 201
+    for method, path in (("GET", ""), ("PUT", "/parts/1"), ("POST", "/abort")):
+        status, body = await api.call(method, f"/outbound/uploads/{acme['uploadId']}{path}", key=DEMO_KEY, json=[])
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+async def test_abort_deletes_the_parts(api: Api) -> None:
+    uid = (await init(api, 3))["uploadId"]
+    await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 5)))
+    folder = api.daemon.config.state_dir / "uploads" / uid
+    assert folder.is_dir() and (folder / "1.json").is_file()
+    status, body = await api.call("POST", f"/outbound/uploads/{uid}/abort")
+    assert (status, body) == (200, {"uploadId": uid, "state": "aborted"})
+    assert not folder.exists()
+    status, body = await api.call("GET", f"/outbound/uploads/{uid}")
+    assert body["state"] == "aborted"
+    assert await api.runs() == []
+
+
+async def test_stale_uploads_expire(start_api: Callable[..., Any]) -> None:
+    api: Api = await start_api(http_extra="upload_expire_after: 1s")
+    uid = (await init(api, 2))["uploadId"]
+    await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 1)))
+    body: dict[str, Any] = {}
+    for _ in range(60):  # the sweeper runs every second here; bounded at ~6 s
+        _, body = await api.call("GET", f"/outbound/uploads/{uid}")
+        if body["state"] == "aborted":
+            break
+        await asyncio.sleep(0.1)
+    assert body["state"] == "aborted"
+    assert not (api.daemon.config.state_dir / "uploads" / uid).exists()
+
+
+async def test_concurrent_parts_are_all_kept(api: Api) -> None:
+    uid = (await init(api, 8))["uploadId"]
+    results = await asyncio.gather(*(api.call("PUT", f"/outbound/uploads/{uid}/parts/{n}",
+                                              data=json.dumps(orders(n * 10, 10))) for n in range(1, 9)))
+    assert all(status == 200 for status, _ in results)
+    _, state = await api.call("GET", f"/outbound/uploads/{uid}")
+    assert state["partsReceived"] == list(range(1, 9)) and state["records"] == 80
