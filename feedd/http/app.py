@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from feedd import log
+from feedd import log, metrics
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http.api import errors
@@ -34,6 +35,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    metrics.refresh(*await request.app[STORE].status_counts())
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 class Runs(Retrier, Releaser, Protocol):
     """What the app needs from the runner: retry a run, release a pipeline's held runs."""
 
@@ -47,6 +53,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None) -> web.App
     live = app[LIVE] = Live(config)
     app[STORE] = store
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_text)
     uploads = app[UPLOADS] = Uploads(live, store)
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)

@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from feedd import log
+from feedd import log, metrics
 from feedd.config import Config, DestinationType
 from feedd.config.values import Pipeline
 from feedd.delivery.local import place
@@ -193,6 +193,10 @@ class Runner:
                     await self._store.remember_mapping(run.connection, outcome.header_key, sources)
                 done = await self._deliver_local(done, outcome.records_path, config)
         await self._store.update_run(done)
+        if outcome is not None:
+            metrics.ROWS.labels("valid").inc(outcome.valid)
+            metrics.ROWS.labels("invalid").inc(outcome.invalid)
+            metrics.PROCESSING_SECONDS.observe(outcome.seconds)
         logger.info("run.finished", status=str(done.status), rows=done.counts.rows, valid=done.counts.valid,
                     invalid=done.counts.invalid, error=done.error.code if done.error else None,
                     seconds=outcome.seconds if outcome else None, drift=outcome.drift if outcome else None)
@@ -231,12 +235,14 @@ class Runner:
             if folder is None:
                 deliveries.append(Delivery(run.run_id, dest.key))
                 continue
+            metrics.DELIVERY_ATTEMPTS.labels(str(dest.type)).inc()
             try:
                 placed = await asyncio.to_thread(place, Path(records), folder, filename)
                 if dest.type is DestinationType.OUTBOX and (space := self._spaces.get(run.connection)) is not None:
                     space.used += placed.stat().st_size
                 deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.DELIVERED, attempts, None, utcnow()))
             except OSError as exc:
+                metrics.DELIVERY_FAILURES.labels(str(dest.type)).inc()
                 deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.FAILED, attempts, str(exc)))
         for d in deliveries:
             await self._store.save_delivery(d)

@@ -35,7 +35,7 @@ from asyncssh import (
     SFTPQuotaExceeded,
 )
 
-from feedd import log
+from feedd import log, metrics
 from feedd.drops import Digest
 from feedd.sftp.jail import Area, Jail, Op, Target
 from feedd.sftp.writer import Stream, WriteBehind
@@ -299,6 +299,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._fail_io(h)
         if h.append:
             offset = h.size
+        metrics.SFTP_BYTES.inc(len(data))
         end = offset + len(data)
         space = self._space
         if space.max_file_size is not None and end > space.max_file_size:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncssh
 from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPLimits, SFTPServerHandler
 
-from feedd import log
+from feedd import log, metrics
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.drops import Drops
@@ -104,9 +104,11 @@ class SftpService:
         assert space is not None  # spaces are made for every connection before anyone can log in
         limit = self._config.sftp.max_sessions_per_connection
         self._sessions[name] += 1
+        metrics.SFTP_SESSIONS.inc()
 
         def on_exit() -> None:
             self._sessions[name] -= 1
+            metrics.SFTP_SESSIONS.dec()
 
         server = SpaceSFTPServer(chan, Session(space, self._drops, gate, self._writer, on_exit))
         # Over the limit: the session ends at once (the client sees the subsystem close); exit() still

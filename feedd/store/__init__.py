@@ -50,6 +50,9 @@ class Store(Protocol):
                             limit: int = 100) -> list[Upload]:
         """Uploads in one of `states` not updated since `updated_before`, oldest first."""
 
+    async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(runs by status, uploads by state), for metrics."""
+
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None: ...
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None: ...

@@ -322,6 +322,14 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [_upload(row) for row in rows]
 
+    async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        async with self._lock:
+            async with self._db.execute("SELECT status, count(*) FROM runs GROUP BY status") as cur:
+                runs = {row[0]: row[1] for row in await cur.fetchall()}
+            async with self._db.execute("SELECT state, count(*) FROM uploads GROUP BY state") as cur:
+                uploads = {row[0]: row[1] for row in await cur.fetchall()}
+        return runs, uploads
+
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
         await self._write((
             "INSERT INTO mapping_memory VALUES (?, ?, ?, ?) ON CONFLICT (connection, header_key) DO UPDATE SET "

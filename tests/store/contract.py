@@ -142,6 +142,23 @@ class StoreContract:
         assert await store.get_upload(upload.upload_id) == later
         assert await store.get_upload("missing") is None
 
+    async def test_stale_uploads_and_status_counts(self, store: Store) -> None:
+        now = utcnow()
+        old = Upload(new_id(), SourceKind.UPLOAD, UploadState.UPLOADING, "acme", "acme-out", total_parts=1,
+                     updated_at=now - timedelta(hours=2))
+        fresh = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, "acme", "acme-out", total_parts=1,
+                       updated_at=now)
+        done = Upload(new_id(), SourceKind.UPLOAD, UploadState.COMPLETED, "acme", "acme-out", total_parts=1,
+                      updated_at=now - timedelta(hours=3))
+        for u in (old, fresh, done):
+            await store.save_upload(u)
+        stale = await store.stale_uploads((UploadState.INITIATED, UploadState.UPLOADING), now - timedelta(hours=1))
+        assert [u.upload_id for u in stale] == [old.upload_id]
+        await store.insert_run(make_run())
+        await store.insert_run(make_run(sha="1" * 64))
+        runs, uploads = await store.status_counts()
+        assert runs == {"queued": 2} and uploads == {"uploading": 1, "initiated": 1, "completed": 1}
+
     async def test_mapping_memory_is_per_connection_and_header_set(self, store: Store) -> None:
         await store.remember_mapping("acme", "h1", {"email": "Mail"})
         await store.remember_mapping("acme", "h1", {"email": "E-Mail"})

@@ -1,0 +1,36 @@
+"""Prometheus metrics (CONTRACT §5 `/metrics`): one registry for the daemon, counters bumped where things
+happen, and the store-derived gauges (runs by status, queue depth, open uploads) refreshed at each scrape."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from feedd.model import RunStatus, UploadState
+
+REGISTRY = CollectorRegistry()
+
+RUNS = Gauge("feedd_runs", "Runs in the store, by status", ["status"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("feedd_queue_depth", "Runs waiting for a worker (queued)", registry=REGISTRY)
+OPEN_UPLOADS = Gauge("feedd_open_uploads", "Outbound and tus uploads not yet completed or aborted",
+                     registry=REGISTRY)
+ROWS = Counter("feedd_rows", "Rows processed, by outcome", ["outcome"], registry=REGISTRY)
+SFTP_BYTES = Counter("feedd_sftp_received_bytes", "Bytes written by partners over SFTP", registry=REGISTRY)
+SFTP_SESSIONS = Gauge("feedd_sftp_sessions", "Open SFTP sessions", registry=REGISTRY)
+DELIVERY_ATTEMPTS = Counter("feedd_delivery_attempts", "Delivery attempts, by destination type", ["type"],
+                            registry=REGISTRY)
+DELIVERY_FAILURES = Counter("feedd_delivery_failures", "Failed delivery attempts, by destination type", ["type"],
+                            registry=REGISTRY)
+PROCESSING_SECONDS = Histogram("feedd_processing_seconds", "Time a worker took to process one run",
+                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+                               registry=REGISTRY)
+
+
+def refresh(runs_by_status: dict[str, int], uploads_by_state: dict[str, int]) -> None:
+    for status in RunStatus:
+        RUNS.labels(str(status)).set(runs_by_status.get(str(status), 0))
+    QUEUE_DEPTH.set(runs_by_status.get(str(RunStatus.QUEUED), 0))
+    OPEN_UPLOADS.set(sum(uploads_by_state.get(str(s), 0) for s in (UploadState.INITIATED, UploadState.UPLOADING)))
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
