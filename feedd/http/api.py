@@ -114,6 +114,8 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True)
             raise ApiError(400, "invalid_body", f"{name}: required")
         return None
     value = body[name]
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 2.0 is the integer 2
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError(400, "invalid_body", f"{name}: expected {_KIND_NAMES.get(kind, kind.__name__)}")
     return value

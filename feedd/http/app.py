@@ -8,9 +8,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from feedd import log, metrics
+from feedd import __version__, log, metrics
 from feedd.config import Config
 from feedd.config.values import Address
+from feedd.http import openapi
 from feedd.http.api import errors
 from feedd.http.runs import Retrier, RunsApi
 from feedd.http.uploads import Uploads
@@ -35,6 +36,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(__version__))
+
+
 async def metrics_text(request: web.Request) -> web.Response:
     metrics.refresh(*await request.app[STORE].status_counts())
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -54,6 +59,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None) -> web.App
     app[STORE] = store
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/openapi.json", openapi_json)
     uploads = app[UPLOADS] = Uploads(live, store)
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)

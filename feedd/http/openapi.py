@@ -1,0 +1,232 @@
+"""`GET /openapi.json`: the side API described as OpenAPI 3.1, every path, parameter, body, response and
+error. Kept next to the routes it describes; the test suite checks the running app against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from feedd.model import RunStatus, UploadState
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+def _object(required: list[str], optional: dict[str, Any] | None = None, *, extra: bool = False,
+            **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": {**props, **(optional or {})},
+            "additionalProperties": extra}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+_ERRORS = {
+    400: "The body or a parameter is not what was expected",
+    401: "No API key, or not a valid one",
+    403: "The key may not use this connection",
+    404: "No such id or name",
+    408: "The body did not arrive in time",
+    409: "The resource is in the wrong state for this",
+    413: "The body is too large",
+    422: "Valid JSON with the wrong meaning",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _json(_ref("Error"), _ERRORS[c]) for c in codes}
+
+
+def _op(summary: str, ok: dict[str, Any], *codes: int, ok_status: int = 200, body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {str(ok_status): ok, **_errors(*codes)}}
+    if auth:
+        op["responses"].update(_errors(401))
+    else:
+        op["security"] = []
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, pattern: str | None = None, kind: str = "string") -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": kind}
+    if pattern:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_ID = "^[0-9A-Z]{26}$"
+_ONE = "(" + "|".join(RunStatus) + ")"
+_STATUSES = f"^{_ONE}(,{_ONE})*$"
+_TIME = {"type": "string", "format": "date-time"}
+_NTIME = _nullable("string", format="date-time")
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(["error"], error=_object(["code", "message"], code={"type": "string"},
+                                                message={"type": "string"})),
+    "Health": _object(["status"], status={"type": "string"}),
+    "Run": _object(
+        ["runId", "pipeline", "connection", "direction", "status", "source", "counts", "mapping", "errors", "error",
+         "deliveries", "duplicateOf", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"],
+        runId={"type": "string"}, pipeline=_nullable("string"), connection={"type": "string"},
+        direction={"enum": ["inbound", "outbound"]}, status={"enum": [str(s) for s in RunStatus]},
+        source=_object(["kind", "name", "size", "sha256"], kind={"enum": ["sftp", "upload", "tus"]},
+                       name={"type": "string"}, size={"type": "integer"}, sha256={"type": "string"}),
+        counts=_object(["rows", "valid", "invalid"], rows={"type": "integer"}, valid={"type": "integer"},
+                       invalid={"type": "integer"}),
+        mapping={"type": "object", "additionalProperties": {"type": "string"}},
+        errors={"type": "array", "items": _object(["row", "field", "code", "message"], row={"type": "integer"},
+                                                  field=_nullable("string"), code={"type": "string"},
+                                                  message={"type": "string"})},
+        error={"oneOf": [{"type": "null"}, _object(["code", "message"], code={"type": "string"},
+                                                   message={"type": "string"})]},
+        deliveries={"type": "array", "items": _object(
+            ["destination", "status", "attempts", "lastError", "deliveredAt"], destination={"type": "string"},
+            status={"enum": ["pending", "delivered", "failed"]}, attempts={"type": "integer"},
+            lastError=_nullable("string"), deliveredAt=_NTIME)},
+        duplicateOf=_nullable("string"), createdAt=_TIME, startedAt=_NTIME, finishedAt=_NTIME,
+        acknowledgedAt=_NTIME,
+    ),
+    "RunPage": _object(["data", "nextCursor"], data={"type": "array", "items": _ref("Run")},
+                       nextCursor=_nullable("string")),
+    "UploadInit": _object(
+        ["connectionName", "pipelineId", "totalParts"],
+        {"filename": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$"},
+         "output": {"enum": ["csv", "json", "jsonl"]}},
+        connectionName={"type": "string"}, pipelineId={"type": "string"},
+        totalParts={"type": "integer", "minimum": 1, "maximum": 10000}),
+    "Upload": _object(
+        ["uploadId", "state", "connectionName", "pipelineId", "totalParts", "partsReceived", "records",
+         "createdAt", "updatedAt"],
+        {"runId": {"type": "string"}, "filename": {"type": "string"}, "output": {"enum": ["csv", "json", "jsonl"]}},
+        uploadId={"type": "string"}, state={"enum": [str(s) for s in UploadState]},
+        connectionName={"type": "string"}, pipelineId={"type": "string"}, totalParts={"type": "integer"},
+        partsReceived={"type": "array", "items": {"type": "integer"}}, records={"type": "integer"},
+        createdAt=_TIME, updatedAt=_TIME),
+    "Part": _object(["partNumber", "records", "etag"], partNumber={"type": "integer"},
+                    records={"type": "integer"}, etag={"type": "string"}),
+    "Complete": _object(["parts"], parts={"type": "array", "items": _object(
+        ["partNumber"], {"etag": {"type": "string"}}, partNumber={"type": "integer"})}),
+    "Completed": _object(["uploadId", "state", "runId", "records"], uploadId={"type": "string"},
+                         state={"const": "completed"}, runId={"type": "string"}, records={"type": "integer"}),
+    "Aborted": _object(["uploadId", "state"], uploadId={"type": "string"}, state={"const": "aborted"}),
+    "Connection": _object(
+        ["name", "enabled", "quota", "maxFileSize", "allowedIps", "password", "authorizedKeys"],
+        name={"type": "string"}, enabled={"type": "boolean"}, quota=_nullable("integer"),
+        maxFileSize=_nullable("integer"), allowedIps={"type": "array", "items": {"type": "string"}},
+        password={"type": "boolean", "description": "whether a password is set (never the hash)"},
+        authorizedKeys={"type": "integer", "description": "how many key sources are configured"}),
+    "Pipeline": _object(
+        ["name", "connection", "schema", "direction", "active", "match", "autoMap", "egress", "maxErrorRate",
+         "reports", "format", "output", "mappings", "destinations"],
+        {"released": {"type": "integer", "description": "held runs queued again (PATCH only)"}},
+        name={"type": "string"}, connection={"type": "string"}, schema={"type": "string"},
+        direction={"enum": ["inbound", "outbound"]}, active={"type": "boolean"},
+        match={"type": "array", "items": {"type": "string"}}, autoMap={"type": "boolean"},
+        egress={"enum": ["valid_only", "all"]}, maxErrorRate={"type": "number"}, reports={"type": "boolean"},
+        format={"type": "object"}, output={"type": "object"},
+        mappings={"type": "object", "additionalProperties": {"type": "string"}},
+        destinations={"type": "array", "items": {"type": "object"}}),
+    "PipelinePatch": _object(["active"], active={"type": "boolean"}),
+    "Suggestions": _object(
+        ["suggestions", "unmapped"],
+        suggestions={"type": "object", "additionalProperties": _object(
+            ["source", "score", "reason"], source=_nullable("string"), score={"type": "number"},
+            reason={"type": "string"})},
+        unmapped={"type": "object", "additionalProperties": _object(
+            ["candidates"], candidates={"type": "array", "items": {"type": "string"}})}),
+    "Retry": _object([], {"reprocess": {"type": "boolean"}}),
+}
+
+_UPLOAD_ID = _path_param("uploadId", _ID)
+_RUN_ID = _path_param("runId", _ID)
+_NAME = _path_param("name")
+_NDJSON = {"description": "NDJSON, one object per line, streamed",
+           "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
+
+
+def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+PATHS: dict[str, Any] = {
+    "/healthz": {"get": _op("Liveness", _json(_ref("Health"), "Up"), auth=False)},
+    "/metrics": {"get": _op("Prometheus metrics", {"description": "Prometheus text format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                            auth=False)},
+    "/openapi.json": {"get": _op("This document", _json({"type": "object"}, "OpenAPI 3.1"), auth=False)},
+    "/outbound/uploads": {"post": _op("Start an outbound multipart upload", _json(_ref("Upload"), "Started"),
+                                      400, 403, 404, 413, 422, ok_status=201, body=_body("UploadInit"))},
+    "/outbound/uploads/{uploadId}": {"get": _op("An upload's state", _json(_ref("Upload"), "The upload"), 403, 404,
+                                                params=[_UPLOAD_ID])},
+    "/outbound/uploads/{uploadId}/parts/{partNumber}": {"put": _op(
+        "Send (or replace) one part: a JSON array of objects", _json(_ref("Part"), "Stored"),
+        400, 403, 404, 408, 409, 413, params=[_UPLOAD_ID, _path_param("partNumber", kind="integer")],
+        body={"required": True, "content": {JSON: {"schema": {"type": "array", "items": {"type": "object"}}}}})},
+    "/outbound/uploads/{uploadId}/complete": {"post": _op(
+        "Join the parts and start the run", _json(_ref("Completed"), "Completed"), 400, 403, 404, 409, 413, 422,
+        params=[_UPLOAD_ID], body=_body("Complete"))},
+    "/outbound/uploads/{uploadId}/abort": {"post": _op(
+        "Abort and delete the stored parts", _json(_ref("Aborted"), "Aborted"), 403, 404, 409,
+        params=[_UPLOAD_ID])},
+    "/runs": {"get": _op("Runs, newest first", _json(_ref("RunPage"), "One page"), 400, 403, params=[
+        _query("connection", {"type": "string"}, "only this connection's runs"),
+        _query("pipeline", {"type": "string"}, "only this pipeline's runs"),
+        _query("status", {"type": "string", "pattern": _STATUSES}, "comma-separated statuses"),
+        _query("acknowledged", {"enum": ["true", "false"]}, "acknowledged or not"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
+        _query("cursor", {"type": "string", "pattern": _ID}, "nextCursor of the previous page"),
+    ])},
+    "/runs/{runId}": {"get": _op("One run", _json(_ref("Run"), "The run"), 403, 404, params=[_RUN_ID])},
+    "/runs/{runId}/records": {"get": _op("The run's output records as NDJSON", _NDJSON, 403, 404, 409,
+                                         params=[_RUN_ID])},
+    "/runs/{runId}/rejects": {"get": _op("Rejected rows as NDJSON {row, errors, raw}", _NDJSON, 403, 404, 409,
+                                         params=[_RUN_ID])},
+    "/runs/{runId}/ack": {"post": _op("Mark the run acknowledged", _json(_ref("Run"), "The run"), 403, 404,
+                                      params=[_RUN_ID])},
+    "/runs/{runId}/retry": {"post": _op(
+        "Re-deliver failed destinations, or process the input again", _json(_ref("Run"), "The run"),
+        400, 403, 404, 409, 413, params=[_RUN_ID], body=_body("Retry", required=False))},
+    "/connections": {"get": _op("Connections this key may use (no secrets)", _json(
+        _object(["data"], data={"type": "array", "items": _ref("Connection")}), "Connections"))},
+    "/pipelines": {"get": _op("Pipelines of those connections", _json(
+        _object(["data"], data={"type": "array", "items": _ref("Pipeline")}), "Pipelines"))},
+    "/pipelines/{name}": {
+        "get": _op("One pipeline", _json(_ref("Pipeline"), "The pipeline"), 403, 404, params=[_NAME]),
+        "patch": _op("Switch a pipeline on or off (kept across restarts; on releases held runs)",
+                     _json(_ref("Pipeline"), "The pipeline"), 400, 403, 404, 413, params=[_NAME],
+                     body=_body("PipelinePatch")),
+    },
+    "/pipelines/{name}/mapping-suggestions": {"get": _op(
+        "How the pipeline would map these headers", _json(_ref("Suggestions"), "Suggestions"), 400, 403, 404,
+        params=[_NAME, {"name": "headers", "in": "query", "required": True,
+                        "schema": {"type": "string", "pattern": "[^,\\s]"},
+                        "description": "comma-separated column names"}])},
+}
+
+
+def document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "feedd side API", "version": version,
+                 "description": "Outbound multipart uploads, runs, config views. Errors are "
+                                "{\"error\": {\"code\", \"message\"}}."},
+        "security": [{"bearer": []}],
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
