@@ -30,13 +30,42 @@ def build_parser() -> argparse.ArgumentParser:
     hk = sub.add_parser("hostkey", help="print the SFTP host key fingerprints (made on first use)")
     _config_arg(hk)
     hk.add_argument("--generate", action="store_true", help="replace the host keys with new ones")
+    push = sub.add_parser("push", help="upload a JSONL or JSON array file to an outbound pipeline")
+    _api_args(push)
+    push.add_argument("--connection", required=True)
+    push.add_argument("--pipeline", required=True)
+    push.add_argument("--part-size", type=int, default=10_000, help="records per part (default %(default)s)")
+    push.add_argument("--filename", help="name of the file the partner gets (default: the pipeline's template)")
+    push.add_argument("--wait", action="store_true", help="wait for the run and exit 1 if it fails")
+    push.add_argument("file")
+    runs = sub.add_parser("runs", help="list, show, acknowledge or retry runs over the side API")
+    runs_sub = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = runs_sub.add_parser("list", help="newest runs first")
+    _api_args(ls)
+    for name in ("connection", "pipeline", "status"):
+        ls.add_argument(f"--{name}")
+    ls.add_argument("--unacknowledged", action="store_true")
+    ls.add_argument("--limit", type=int, default=20)
+    for action, text in (("show", "one run as JSON"), ("ack", "mark a run acknowledged"),
+                         ("retry", "re-deliver what failed (--reprocess: process the input again)")):
+        p = runs_sub.add_parser(action, help=text)
+        _api_args(p)
+        p.add_argument("run_id")
+        if action == "retry":
+            p.add_argument("--reprocess", action="store_true")
     return parser
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("FEEDD_URL", "http://127.0.0.1:8080"),
+                   help="side API URL (default: $FEEDD_URL, else %(default)s)")
+    p.add_argument("--key", default=os.environ.get("FEEDD_API_KEY"), help="API key (default: $FEEDD_API_KEY)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey,
-               "try": _try}
+               "try": _try, "push": _push, "runs": _runs}
     return handler[args.command](args)
 
 
@@ -127,3 +156,67 @@ def _try(args: argparse.Namespace) -> int:
     if not isinstance(config, Config):
         return 1
     return try_file(config, args.pipeline, args.file)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from feedd.client import Client, ClientError, read_records
+
+    if not args.key:
+        print("feedd push: an API key is needed (--key or $FEEDD_API_KEY)", file=sys.stderr)
+        return 2
+    tty = sys.stderr.isatty()
+
+    def progress(sent: int, total: int, records: int) -> None:
+        if tty:
+            width = 30
+            bar = "#" * (width * sent // total)
+            print(f"\r[{bar:<{width}}] part {sent}/{total}, {records:,} records", end="", file=sys.stderr)
+
+    client = Client(args.url, args.key)
+    try:
+        done = client.upload_json(args.connection, args.pipeline, read_records(Path(args.file)), args.part_size,
+                                  filename=args.filename, progress=progress)
+        if tty:
+            print(file=sys.stderr)
+        print(f"upload {done['uploadId']} completed: {done['records']} records, run {done['runId']}")
+        if args.wait:
+            run = client.wait_for_run(done["runId"])
+            print(f"run {run['runId']}: {run['status']}")
+            return 0 if run["status"] != "failed" else 1
+    except (ClientError, ValueError, OSError, TimeoutError) as exc:
+        print(f"\nfeedd push: {exc}" if tty else f"feedd push: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import json
+
+    from feedd.client import Client, ClientError
+
+    if not args.key:
+        print(f"feedd runs {args.action}: an API key is needed (--key or $FEEDD_API_KEY)", file=sys.stderr)
+        return 2
+    client = Client(args.url, args.key)
+    try:
+        if args.action == "list":
+            page = client.runs(connection=args.connection, pipeline=args.pipeline, status=args.status,
+                               acknowledged="false" if args.unacknowledged else None, limit=args.limit)
+            print(f"{'RUN':26}  {'STATUS':10}  {'PIPELINE':24}  {'ROWS':>8}  {'INVALID':>7}  SOURCE")
+            for r in page["data"]:
+                print(f"{r['runId']:26}  {r['status']:10}  {(r['pipeline'] or '-'):24}  {r['counts']['rows']:>8}  "
+                      f"{r['counts']['invalid']:>7}  {r['source']['name']}")
+            return 0
+        if args.action == "show":
+            result = client.run(args.run_id)
+        elif args.action == "ack":
+            result = client.ack(args.run_id)
+        else:
+            result = client.retry(args.run_id, reprocess=args.reprocess)
+        print(json.dumps(result, indent=2))
+    except ClientError as exc:
+        print(f"feedd runs {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0

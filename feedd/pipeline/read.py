@@ -275,7 +275,7 @@ def _csv_rows(text: IO[str], delimiter: str, fmt: FormatConfig) -> tuple[list[st
     return headers, rows()
 
 
-def _json_objects(text: IO[str], kind: str) -> Iterator[tuple[int, Any]]:
+def json_objects(text: IO[str], kind: str) -> Iterator[tuple[int, Any]]:
     if kind == "jsonl":
         for number, line in enumerate(_lines(text), 1):
             if line.strip():
@@ -337,7 +337,7 @@ class _Bad:
 
 
 def _json_rows(text: IO[str], kind: str) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
-    objects = _json_objects(text, kind)
+    objects = json_objects(text, kind)
     buffered: list[tuple[int, Any]] = []
     headers: dict[str, None] = {}
     for number, obj in objects:  # headers from the first records (up to 100) that are objects

@@ -24,7 +24,18 @@ from feedd import log, metrics
 from feedd.config import Config, DestinationType
 from feedd.config.values import Pipeline
 from feedd.delivery.local import place
-from feedd.model import Counts, Delivery, DeliveryStatus, Direction, RowError, Run, RunError, RunStatus, utcnow
+from feedd.model import (
+    Counts,
+    Delivery,
+    DeliveryStatus,
+    Direction,
+    RowError,
+    Run,
+    RunError,
+    RunStatus,
+    SourceKind,
+    utcnow,
+)
 from feedd.pipeline.mapping import header_key
 from feedd.pipeline.process import Job, Outcome, output_name, process
 from feedd.pipeline.read import open_rows
@@ -48,8 +59,8 @@ def runs_dir(config: Config) -> Path:
     return config.state_dir / "runs"
 
 
-def _headers_of(path: str, config: Config, pipeline: str) -> list[str]:
-    _, headers, rows = open_rows(Path(path), config.pipelines[pipeline].format)
+def _headers_of(path: str, pipeline: Pipeline) -> list[str]:
+    _, headers, rows = open_rows(Path(path), pipeline.format)
     rows.close()
     return headers
 
@@ -136,7 +147,7 @@ class Runner:
                                                                          "in the config"))
             return
         try:
-            headers = await asyncio.to_thread(_headers_of, run.spool_path, config, pipe.name)
+            headers = await asyncio.to_thread(_headers_of, run.spool_path, pipe)
             memory = await self._store.recall_mapping(run.connection, header_key(headers)) if headers else None
         except Exception:
             memory = None
@@ -290,9 +301,13 @@ class Runner:
 
 
 def _effective(config: Config, run: Run) -> Pipeline | None:
-    """The run's pipeline, with the output format an upload asked for."""
+    """The run's pipeline as this run needs it: an upload's input is always the JSON array its parts made
+    (whatever its file name says), and its output has the format the upload asked for."""
     pipe = config.pipelines.get(run.pipeline or "")
+    if pipe is None or run.source.kind is not SourceKind.UPLOAD:
+        return pipe
+    pipe = replace(pipe, format=replace(pipe.format, type="json"))
     output = run.meta.get("output")
-    if pipe is not None and output in ("csv", "json", "jsonl"):
+    if output in ("csv", "json", "jsonl"):
         pipe = replace(pipe, output=replace(pipe.output, format=output))
     return pipe
