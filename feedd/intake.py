@@ -104,7 +104,10 @@ async def _record(store: Store, config: Config, item: Input, pipeline: str | Non
                          f"{item.name}: no {direction} pipeline of connection {item.connection!r} matches this name")
     else:
         active = (overrides if overrides is not None else await store.pipeline_overrides()).get(pipe.name, pipe.active)
-        if pipe.skip_duplicates and (original := await store.find_run_by_content(item.connection, sha)) is not None:
+        # An outbound upload is an app's explicit request (with an id of its own): the same records sent
+        # again are meant to be sent again. A re-dropped file is usually a partner's retry.
+        check = pipe.skip_duplicates and item.kind is not SourceKind.UPLOAD
+        if check and (original := await store.find_run_by_content(item.connection, sha)) is not None:
             status, duplicate_of = RunStatus.FAILED, original.run_id
             error = RunError("duplicate_input", f"{item.name}: same content (sha256 {sha[:12]}...) as run "
                                                 f"{original.run_id}; not processed again")

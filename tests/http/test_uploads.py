@@ -187,3 +187,14 @@ async def test_concurrent_parts_are_all_kept(api: Api) -> None:
     assert all(status == 200 for status, _ in results)
     _, state = await api.call("GET", f"/outbound/uploads/{uid}")
     assert state["partsReceived"] == list(range(1, 9)) and state["records"] == 80
+
+
+async def test_the_same_records_uploaded_twice_are_delivered_twice(api: Api) -> None:
+    runs = []
+    for _ in range(2):
+        uid = (await init(api, 1))["uploadId"]
+        await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 2)))
+        _, done = await api.call("POST", f"/outbound/uploads/{uid}/complete", json={"parts": [{"partNumber": 1}]})
+        runs.append(await api.wait_run(done["runId"]))
+    assert [r["status"] for r in runs] == ["delivered", "delivered"]
+    assert runs[0]["source"]["sha256"] == runs[1]["source"]["sha256"]
