@@ -91,8 +91,8 @@ class Daemon:
                            algorithm=key.algorithm, path=str(key.path))
         self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
         self.spaces = spaces = Spaces(config)
-        self.drops = drops = Drops(lambda: self.config, store, spaces)
         runner = Runner(lambda: self.config, store, spaces, workers=self.workers)
+        self.drops = drops = Drops(lambda: self.config, store, spaces, runner.wake)
         self.http = HttpServer(config, store, runner)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
         parts: list[Component] = [

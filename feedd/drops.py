@@ -71,9 +71,11 @@ class Digest:
 
 
 class Drops:
-    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces) -> None:
+    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces,
+                 accepted: Callable[[], None] = lambda: None) -> None:
         self._config = config
         self._store = store
+        self._accepted = accepted  # tells the runner there is work, so it need not wait for its next poll
         self.spaces = spaces
         self.taking: set[tuple[str, str]] = set()  # (connection, rel) being moved into the spool
         self._scheduled: set[tuple[str, str]] = set()  # offered, waiting for CLOSE_GRACE
@@ -162,6 +164,7 @@ class Drops:
             pipeline = match_pipeline(config, space.name, rel)
             run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline, trusted),
                                pipeline=pipeline)
+            self._accepted()
             space.used = max(0, space.used - run.source.size)
             space.forget(rel)
             if config.sftp.done_marker:

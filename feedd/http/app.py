@@ -46,7 +46,9 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 
 class Runs(Retrier, Releaser, Protocol):
-    """What the app needs from the runner: retry a run, release a pipeline's held runs."""
+    """What the app needs from the runner: retry a run, release a pipeline's held runs, wake it up."""
+
+    def wake(self) -> None: ...
 
 
 UPLOADS = web.AppKey("uploads", Uploads)
@@ -60,7 +62,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None) -> web.App
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi_json)
-    uploads = app[UPLOADS] = Uploads(live, store)
+    uploads = app[UPLOADS] = Uploads(live, store, runs.wake if runs is not None else lambda: None)
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)
     ViewsApi(live, store, runs).routes(app)

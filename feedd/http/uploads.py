@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -92,9 +93,10 @@ def view(upload: Upload) -> dict[str, Any]:
 class Uploads:
     """The routes and their state: where parts live, the per-upload locks, the checking pool, the sweep."""
 
-    def __init__(self, config: Any, store: Store) -> None:
+    def __init__(self, config: Any, store: Store, accepted: Callable[[], None] = lambda: None) -> None:
         self._live = config  # has `.config`, replaced on reload
         self._store = store
+        self._accepted = accepted
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool: ProcessPoolExecutor | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -266,6 +268,7 @@ class Uploads:
         meta.pop("records", None)
         item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline, meta=meta)
         run = await intake.accept(self._store, config, item, pipeline=upload.pipeline)
+        self._accepted()
         done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())
         await self._store.save_upload(done)
         await asyncio.to_thread(shutil.rmtree, folder, True)

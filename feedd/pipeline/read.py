@@ -351,11 +351,12 @@ def _json_rows(text: IO[str], kind: str) -> tuple[list[str], Iterator[tuple[int,
         raise ReadError("too_many_columns", f"records have {len(names)} keys; at most {MAX_COLUMNS}")
 
     def cells(obj: Any) -> list[Any]:
-        if isinstance(obj, _Bad):
-            return [obj]
-        if not isinstance(obj, dict):
-            return [_Bad("not a JSON object")]
-        return [_flat(obj.get(name)) for name in names]
+        if obj.__class__ is not dict:
+            return [obj if isinstance(obj, _Bad) else _Bad("not a JSON object")]
+        values = list(map(obj.get, names))
+        if _NESTED.isdisjoint(map(type, values)):  # the usual flat record: no Python-level loop per value
+            return values
+        return [_flat(v) for v in values]
 
     def rows() -> Iterator[tuple[int, list[Any]]]:
         for number, obj in buffered:
@@ -364,6 +365,9 @@ def _json_rows(text: IO[str], kind: str) -> tuple[list[str], Iterator[tuple[int,
             yield number, cells(obj)
 
     return names, rows()
+
+
+_NESTED = frozenset({dict, list})
 
 
 def _flat(value: Any) -> Any:

@@ -78,6 +78,11 @@ class Runner:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._work = asyncio.Event()
+
+    def wake(self) -> None:
+        """New work was recorded: claim it now rather than at the next poll."""
+        self._work.set()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent has threads (SQLite, writes, hashing) whose locks a fork could copy held.
@@ -120,6 +125,7 @@ class Runner:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            self._work.clear()  # before looking: a wake-up while claiming makes the wait below return at once
             free = self._workers - len(self._inflight)
             if free > 0:
                 queued, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True,
@@ -130,11 +136,13 @@ class Runner:
                         task = asyncio.get_running_loop().create_task(self._run(claimed))
                         self._inflight[run.run_id] = task
                         task.add_done_callback(self._forget(run.run_id))
-            await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), POLL_SECONDS)
 
     def _forget(self, run_id: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
             self._inflight.pop(run_id, None)
+            self._work.set()  # a worker is free
 
         return done
 

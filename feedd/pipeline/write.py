@@ -123,10 +123,9 @@ class RecordWriter:
         self.count += 1
 
     def _write_csv(self, record: dict[str, Any]) -> None:
-        values = [record.get(f) for f in self.fields]
-        if self._human:
-            values = [neutralize(v) for v in values]
-        self._csv.writerow(["" if v is None else v for v in values])  # type: ignore[union-attr]
+        # csv writes None as an empty cell; records hold the schema's fields in order
+        values = map(record.get, self.fields)
+        self._csv.writerow(map(neutralize, values) if self._human else values)  # type: ignore[union-attr]
 
     def close(self) -> Path:
         if self.fmt == "json":
