@@ -20,6 +20,7 @@ import orjson
 
 from feedd.durable import fsync_dir
 
+_BOOL_TEXT = {True: "true", False: "false"}
 _BUFFER = 1024 * 1024  # bytes per write() of records: fewer system calls
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
@@ -123,8 +124,8 @@ class RecordWriter:
         self.count += 1
 
     def _write_csv(self, record: dict[str, Any]) -> None:
-        # csv writes None as an empty cell; records hold the schema's fields in order
-        values = map(record.get, self.fields)
+        # csv writes None as an empty cell; booleans are written as JSON and most tools spell them
+        values = [_BOOL_TEXT[v] if v.__class__ is bool else v for v in map(record.get, self.fields)]
         self._csv.writerow(map(neutralize, values) if self._human else values)  # type: ignore[union-attr]
 
     def close(self) -> Path:

@@ -80,3 +80,17 @@ def test_unreadable_input_is_a_run_error_not_a_traceback(config: Config, tmp_pat
     outcome = process(job(config, tmp_path, "", input_path=str(src)))
     assert outcome.status == "failed" and outcome.error is not None and outcome.error[0] == "unreadable_input"
     assert Path(outcome.report_path or "").exists()
+
+
+def test_csv_records_spell_booleans_and_empty_cells_like_other_tools(tmp_path: Path) -> None:
+    from feedd.pipeline.write import RecordWriter
+
+    out = RecordWriter(tmp_path / "r.csv", "csv", ["id", "active", "note"])
+    out.write({"id": 1, "active": True, "note": None})
+    out.write({"id": 2, "active": False, "note": "=cmd"})
+    assert (tmp_path / "r.csv").exists() is False  # appears only when closed
+    path = out.close()
+    assert path.read_text().splitlines() == ["id,active,note", "1,true,", "2,false,=cmd"]
+    human = RecordWriter(tmp_path / "h.csv", "csv", ["note"], for_humans=True)
+    human.write({"note": "=cmd|' /C calc'!A0"})
+    assert human.close().read_text().splitlines()[1] == "'=cmd|' /C calc'!A0"
