@@ -118,6 +118,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
     rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers)
     keep_invalid = pipe.egress == "all"
+    json_input = detected.get("format") in ("json", "jsonl")  # only JSON has rows that cannot be read at all
     api_copy = RecordWriter(out / "records.api.jsonl", "jsonl", fields) if pipe.output.format != "jsonl" else None
     write: Callable[[dict[str, Any]], None] = records.write
     errors = outcome.errors
@@ -127,7 +128,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     try:
         for number, cells in rows:
             count += 1
-            unreadable = bad_row(cells)
+            unreadable = bad_row(cells) if json_input else None
             row_errors: Sequence[tuple[str | None, str, str]] | None
             if unreadable is None:
                 record, row_errors = row_fn(cells)

@@ -217,11 +217,7 @@ class Rows:
         self._text = text
 
     def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
-        try:
-            with _read_errors():
-                yield from self._rows
-        finally:
-            self.close()
+        return self._rows  # the readers' own generators (errors already translated): no layer per row
 
     def close(self) -> None:
         self._text.close()
@@ -252,12 +248,14 @@ def _csv_rows(text: IO[str], delimiter: str, fmt: FormatConfig) -> tuple[list[st
     def rows() -> Iterator[tuple[int, list[Any]]]:
         # Rows are numbered by the line they start on, as a partner would find them in an editor.
         number = reader.line_num + 1
-        for row in reader:
-            if len(row) > MAX_COLUMNS:
-                raise ReadError("too_many_columns", f"line {number} has {len(row)} columns; at most {MAX_COLUMNS}")
-            if row:
-                yield number, row
-            number = reader.line_num + 1
+        with _read_errors():
+            for row in reader:
+                if len(row) > MAX_COLUMNS:
+                    raise ReadError("too_many_columns",
+                                    f"line {number} has {len(row)} columns; at most {MAX_COLUMNS}")
+                if row:
+                    yield number, row
+                number = reader.line_num + 1
 
     if not fmt.header:
         # headerless: columns are named 1, 2, 3... from the first row
@@ -269,7 +267,7 @@ def _csv_rows(text: IO[str], delimiter: str, fmt: FormatConfig) -> tuple[list[st
 
         def with_first() -> Iterator[tuple[int, list[Any]]]:
             yield first_line, first_row
-            yield from rows()
+            yield from rows()  # headerless files only: one more layer here costs nothing that matters
 
         return headers, with_first()
     return headers, rows()
@@ -359,10 +357,11 @@ def _json_rows(text: IO[str], kind: str) -> tuple[list[str], Iterator[tuple[int,
         return [_flat(v) for v in values]
 
     def rows() -> Iterator[tuple[int, list[Any]]]:
-        for number, obj in buffered:
-            yield number, cells(obj)
-        for number, obj in objects:
-            yield number, cells(obj)
+        with _read_errors():
+            for number, obj in buffered:
+                yield number, cells(obj)
+            for number, obj in objects:
+                yield number, cells(obj)
 
     return names, rows()
 

@@ -103,8 +103,16 @@ def _parser(fmt: str, *, date_only: bool) -> Callable[[str], Any]:
             return lambda s: datetime.strptime(s, fmt).date()
         return lambda s: datetime.strptime(s, fmt)
     match = compiled(fmt).match
+    iso = fmt == "%Y-%m-%d"
     if directives == {"Y", "m", "d"}:
         def parse_date(s: str) -> Any:
+            if iso and len(s) == 10 and s[4] == "-" == s[7] and s.isascii():
+                # dddd-dd-dd: date.fromisoformat agrees with strptime here and is ten times faster
+                try:
+                    made = date.fromisoformat(s)
+                    return made if date_only else datetime(made.year, made.month, made.day)
+                except ValueError:
+                    pass  # not a valid date: strptime's way below gives the same answer and error
             found = match(s)
             if found is None or found.end() != len(s):
                 raise ValueError(s)

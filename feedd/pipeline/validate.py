@@ -14,7 +14,6 @@ import math
 import re
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -87,6 +86,8 @@ def _to_boolean(value: Any) -> bool:
 
 
 def _to_date(value: Any) -> str:
+    if value.__class__ is date:  # what a date transform gives: the common case first
+        return value.isoformat()
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
@@ -246,18 +247,24 @@ _MINUS_ONE = 0x6A09E667F3BCC909  # CPython hashes -1.0 like -2.0: give it a valu
 _HALF = 1 << 63
 
 
-@dataclass(slots=True)
 class Unique:
     """Seen values of one `unique` field within a run: an open-addressing table of 64-bit hashes in one
     array, 8 bytes a slot, so 4 million keys take 64 MiB rather than the ~300 MiB a `set` would."""
 
-    table: array[int]
-    bits: int
-    count: int
+    __slots__ = ("bits", "count", "limit", "mask", "shift", "table")
+
+    def __init__(self, bits: int = 16) -> None:
+        self.count = 0
+        self._size(bits)
+
+    def _size(self, bits: int) -> None:
+        self.table = array("Q", bytes(8 << bits))
+        self.bits, self.shift, self.mask = bits, 64 - bits, (1 << bits) - 1
+        self.limit = (7 << bits) // 10  # grow past 70% full
 
     @classmethod
     def new(cls) -> Unique:
-        return cls(array("Q", bytes(8 << 16)), 16, 0)
+        return cls()
 
     def check(self, value: Any) -> None:
         if value is None:
@@ -268,24 +275,21 @@ class Unique:
         else:
             h = hash(value) if value != -1 else _MINUS_ONE
         key = (h * _MIX) & _MASK or 1
-        table, shift, mask = self.table, 64 - self.bits, (1 << self.bits) - 1
-        i = key >> shift
-        while True:
-            slot = table[i]
-            if slot == 0:
-                table[i] = key
-                self.count += 1
-                if self.count * 10 > 7 * len(table):
-                    self._grow()
-                return
+        table, mask = self.table, self.mask
+        i = key >> self.shift
+        while slot := table[i]:
             if slot == key:
                 raise FieldError("unique", f"{show(value)} appears more than once in this file")
             i = (i + 1) & mask
+        table[i] = key
+        self.count += 1
+        if self.count > self.limit:
+            self._grow()
 
     def _grow(self) -> None:
-        old, self.bits = self.table, self.bits + 1
-        self.table = table = array("Q", bytes(8 << self.bits))
-        shift, mask = 64 - self.bits, (1 << self.bits) - 1
+        old = self.table
+        self._size(self.bits + 1)
+        table, shift, mask = self.table, self.shift, self.mask
         for key in old:
             if key:
                 i = key >> shift

@@ -45,6 +45,7 @@ def dumps(record: Any) -> str:
 
 _ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_json_default)
 _LINE = orjson.OPT_APPEND_NEWLINE
+_orjson_dumps = orjson.dumps
 
 
 def dump_line(record: Any) -> bytes:
@@ -117,7 +118,10 @@ class RecordWriter:
         """Replaced per format in __init__: the per-record path takes no branch."""
 
     def _write_line(self, record: dict[str, Any]) -> None:
-        self._bytes(dump_line(record))  # type: ignore[misc]
+        try:  # dump_line inlined: this runs once per record
+            self._bytes(_orjson_dumps(record, default=_json_default, option=_LINE))  # type: ignore[misc]
+        except orjson.JSONEncodeError:
+            self._bytes(dump_line(record))  # type: ignore[misc]
 
     def _write_array(self, record: dict[str, Any]) -> None:
         self._bytes((b"\n" if self.count == 0 else b",\n") + dump_line(record)[:-1])  # type: ignore[misc]

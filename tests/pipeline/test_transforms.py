@@ -77,7 +77,9 @@ def test_errors_say_what_was_expected(transform: Transform, value: str, message:
 @pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%m/%d/%Y", "%d.%m.%Y", "%Y-%m-%d %H:%M:%S", "%Y%m%d", "%d %b %Y"])
 @pytest.mark.parametrize("text", ["2024-02-29", "2024-2-9", "02/29/2024", "2/9/2024", "29.02.2024", "31.02.2024",
                                   "2024-01-05 3:04:05", "20240105", "05 Jan 2024", "2024-01-05x", " 1/2/2024",
-                                  "2024-13-01", "0000-01-01"])
+                                  "2024-13-01", "0000-01-01", "2024-02-30", "2024-1-051", "2024-01-5 ", "2024-W01-1",
+                                  "1999-12-31", "2024-00-10", "2024-01-00", "2024-+1-05", "2024-01-+5", "2024_01_05",
+                                  "２０２４-01-05"])
 def test_date_transforms_accept_exactly_what_strptime_accepts(fmt: str, text: str) -> None:
     try:
         expected: Any = datetime.strptime(text.strip(), fmt)
