@@ -18,7 +18,7 @@ from typing import Any
 
 from feedd.config.values import FieldMapping, Pipeline, Schema
 from feedd.pipeline.transforms import TransformError, compile_transforms
-from feedd.pipeline.validate import Unique, build, field_code
+from feedd.pipeline.validate import build, field_code, unique_code
 
 SIMILARITY_THRESHOLD = 0.8
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -127,8 +127,7 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
             body += _transform_code(m, key, ns)
         body += field_code(field, key, ns)
         if field.unique:
-            ns[f"_unique_{key}"] = Unique.new().check
-            body.append(f"if v is not None: _unique_{key}(v)")
+            body += unique_code(key, ns)
         name = repr(field.name)
         lines += [
             "    try:",

@@ -133,13 +133,18 @@ _CONVERT: dict[FieldType, Callable[[Any], Any]] = {
 _FAST: dict[FieldType, list[str]] = {
     FieldType.STRING: [],
     FieldType.ENUM: [],
-    FieldType.INTEGER: ["if len(s) > 30 or not _INT(s): raise _FE('type', f'{_show(v)} is not an integer')",
+    # isdecimal() is exactly the digits `\\d` matches and int() reads; the regex then handles signs
+    FieldType.INTEGER: ["if not (s.isdecimal() and len(s) <= 30) and (len(s) > 30 or not _INT(s)):",
+                        "    raise _FE('type', f'{_show(v)} is not an integer')",
                         "v = int(s)"],
     FieldType.DECIMAL: ["try: d = _Decimal(s)",
                         "except _InvalidOperation: raise _FE('type', f'{_show(v)} is not a decimal number') from None",
                         "if not d.is_finite(): raise _FE('type', f'{_show(v)} is not a decimal number')",
                         "v = d"],
-    FieldType.NUMBER: ["v = _to_number(v)"],
+    FieldType.NUMBER: ["try: n = float(s)",
+                       "except ValueError: n = _nan",
+                       "if not _isfinite(n): raise _FE('type', f'{_show(v)} is not a number')",
+                       "v = n"],
     FieldType.BOOLEAN: ["b = _BOOL(s.lower())",
                         "if b is None: raise _FE('type', f'{_show(v)} is not a boolean (true/false, yes/no, 1/0)')",
                         "v = b"],
@@ -154,7 +159,8 @@ _FAST: dict[FieldType, list[str]] = {
 BASE_NAMESPACE: dict[str, Any] = {
     "_FE": FieldError, "_show": show, "_INT": _INTEGER.fullmatch, "_EMAIL": _EMAIL.fullmatch,
     "_BOOL": _BOOLEANS.get, "_Decimal": Decimal, "_InvalidOperation": InvalidOperation,
-    "_date": date.fromisoformat, "_datetime": datetime.fromisoformat, "_to_number": _to_number,
+    "_date": date.fromisoformat, "_datetime": datetime.fromisoformat, "_nan": math.nan, "_isfinite": math.isfinite,
+    "_date_type": date, "_HALF": 1 << 63, "_MIX": 0x9E3779B97F4A7C15, "_MASK": (1 << 64) - 1,
 }
 
 
@@ -171,13 +177,40 @@ def field_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
         blank = ["raise _FE('required', 'is required')"]
     else:
         blank = ["v = None"]
+    # What a date transform makes, taken without a call (datetime is a subclass: it goes the long way)
+    dates = ["elif v.__class__ is _date_type:", *_indent(["v = v.isoformat()", *rules])] \
+        if spec.type is FieldType.DATE else []
     return [
         "if v.__class__ is str and (s := v.strip()):",
         *_indent(_FAST[spec.type] + rules + finish),
         "elif v is None or v.__class__ is str:",
         *_indent(blank),
+        *dates,
         "else:",
         *_indent([f"v = _conv_{key}(v)", *rules, *finish]),
+    ]
+
+
+def unique_code(key: str, ns: dict[str, Any]) -> list[str]:
+    """Lines that record `v` in a new `Unique` table (its name suffixed with `key`) or raise FieldError
+    when it was seen before. Compiled rows inline them: one call fewer per row."""
+    ns[f"_unique_{key}"] = table = Unique()
+    ns[f"_unique_key_{key}"] = table.key
+    return _unique_lines(f"_unique_{key}", f"_unique_key_{key}")
+
+
+def _unique_lines(table: str, key_fn: str) -> list[str]:
+    return [
+        "if v is not None:",
+        # ints within 64 bits are their own hash (exact); everything else goes through Unique.key()
+        f"    k = (v * _MIX) & _MASK or 1 if v.__class__ is int and -_HALF <= v < _HALF else {key_fn}(v)",
+        f"    t, i = {table}.table, k >> {table}.shift",
+        "    while x := t[i]:",
+        "        if x == k: raise _FE('unique', f'{_show(v)} appears more than once in this file')",
+        f"        i = (i + 1) & {table}.mask",
+        "    t[i] = k",
+        f"    {table}.count += 1",
+        f"    if {table}.count > {table}.limit: {table}.grow()",
     ]
 
 
@@ -266,27 +299,21 @@ class Unique:
     def new(cls) -> Unique:
         return cls()
 
-    def check(self, value: Any) -> None:
-        if value is None:
-            return
+    def key(self, value: Any) -> int:
+        """The nonzero 64-bit slot key of `value` (never None)."""
         if value.__class__ is int:
             # exact within 64 bits: CPython folds ints into 61 bits (and -1 onto -2) when hashing them
             h = value if -_HALF <= value < _HALF else hash(str(value))
         else:
             h = hash(value) if value != -1 else _MINUS_ONE
-        key = (h * _MIX) & _MASK or 1
-        table, mask = self.table, self.mask
-        i = key >> self.shift
-        while slot := table[i]:
-            if slot == key:
-                raise FieldError("unique", f"{show(value)} appears more than once in this file")
-            i = (i + 1) & mask
-        table[i] = key
-        self.count += 1
-        if self.count > self.limit:
-            self._grow()
+        return (h * _MIX) & _MASK or 1
 
-    def _grow(self) -> None:
+    def check(self, value: Any) -> None:
+        """Record `value`, or raise FieldError if it was recorded before (None is never a duplicate).
+        Replaced below by code built from `_unique_lines`, the same lines compiled rows inline."""
+        raise NotImplementedError
+
+    def grow(self) -> None:
         old = self.table
         self._size(self.bits + 1)
         table, shift, mask = self.table, self.shift, self.mask
@@ -296,3 +323,8 @@ class Unique:
                 while table[i]:
                     i = (i + 1) & mask
                 table[i] = key
+
+
+# Unique.check is the very code compiled rows inline.
+Unique.check = build("\n".join(["def check(self, v):", *_indent(_unique_lines("self", "self.key"))]),  # type: ignore[method-assign]
+                     {}, "check")
