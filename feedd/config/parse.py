@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from feedd.config import pipelines as pl
 from feedd.config.reader import (
     At,
@@ -226,6 +224,8 @@ def _password_hash(r: Reader, v: Any, at: At) -> str:
 
 
 def _public_keys(r: Reader, v: Any, at: At) -> tuple[str, ...]:
+    import asyncssh  # here, not at the top: worker processes import the config types without it (~0.3 s)
+
     out = []
     for item, sub in r.items(v, at):
         text = string(r, item, sub).strip()
@@ -239,6 +239,8 @@ def _public_keys(r: Reader, v: Any, at: At) -> tuple[str, ...]:
 
 
 def _keys_file(r: Reader, v: Any, at: At) -> Path:
+    import asyncssh
+
     p = path(r, v, at)
     try:
         asyncssh.read_authorized_keys(str(p))
