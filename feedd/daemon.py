@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 from feedd import hostkeys, log, sdnotify
 from feedd.config import Config, load_config
+from feedd.delivery.dispatcher import Dispatcher
 from feedd.drops import Drops
 from feedd.errors import ConfigError, FeeddError
+from feedd.events import EventSender
 from feedd.http.app import HttpServer
 from feedd.pipeline.runner import Runner
 from feedd.sftp.service import SftpService
@@ -91,11 +93,21 @@ class Daemon:
                            algorithm=key.algorithm, path=str(key.path))
         self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
         self.spaces = spaces = Spaces(config)
-        runner = Runner(lambda: self.config, store, spaces, workers=self.workers)
-        self.drops = drops = Drops(lambda: self.config, store, spaces, runner.wake)
-        self.http = HttpServer(config, store, runner)
+        sender = EventSender(lambda: self.config, store)
+        dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake)
+        runner = Runner(lambda: self.config, store, spaces, workers=self.workers, deliver=dispatcher.wake,
+                        notify=sender.wake)
+
+        def accepted() -> None:  # a new run (and its event) is in the store
+            runner.wake()
+            sender.wake()
+
+        self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
+        self.http = HttpServer(config, store, runner, accepted)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
         parts: list[Component] = [
+            sender,
+            dispatcher,
             runner,
             self.http,
             self.sftp,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedd import log
+from feedd import events, log
 from feedd.config import Config
 from feedd.durable import fsync_dir, hash_and_sync, move_into, sync_file
 from feedd.model import Direction, Run, RunError, RunStatus, Source, SourceKind, new_id
@@ -125,5 +125,6 @@ async def _record(store: Store, config: Config, item: Input, pipeline: str | Non
         duplicate_of=duplicate_of,
         meta=dict(item.meta),
     )
-    await store.insert_run(run)
+    # run.queued / run.held / run.failed, queued in the same transaction as the run itself
+    await store.insert_run(run, events.make(config, f"run.{status}", run.to_json()))
     return run

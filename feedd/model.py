@@ -122,6 +122,22 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """One event for one subscriber, queued durably until its webhook answers 2xx (or attempts run out).
+    `event_id` is the `webhook-id`: the same on every retry, and for every subscriber of the event."""
+
+    event_id: str
+    url: str
+    type: str
+    body: str  # the JSON document POSTed, fixed when the event happened
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     run_id: str
     pipeline: str | None

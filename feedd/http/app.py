@@ -3,6 +3,7 @@ and the limits that keep slow or greedy clients from exhausting the daemon."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -54,7 +55,8 @@ class Runs(Retrier, Releaser, Protocol):
 UPLOADS = web.AppKey("uploads", Uploads)
 
 
-def build_app(config: Config, store: Store, runs: Runs | None = None) -> web.Application:
+def build_app(config: Config, store: Store, runs: Runs | None = None,
+              accepted: Callable[[], None] | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     app = web.Application(client_max_size=config.http.max_part_size, middlewares=[errors])
     live = app[LIVE] = Live(config)
@@ -62,7 +64,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None) -> web.App
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi_json)
-    uploads = app[UPLOADS] = Uploads(live, store, runs.wake if runs is not None else lambda: None)
+    uploads = app[UPLOADS] = Uploads(live, store, accepted or (runs.wake if runs is not None else lambda: None))
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)
     ViewsApi(live, store, runs).routes(app)
@@ -88,9 +90,10 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, config: Config, store: Store, runs: Runs | None = None) -> None:
+    def __init__(self, config: Config, store: Store, runs: Runs | None = None,
+                 accepted: Callable[[], None] | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs)
+        self._app = build_app(config, store, runs, accepted)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from feedd import intake, log
+from feedd import events, intake, log
 from feedd.config import Config
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
@@ -271,6 +271,7 @@ class Uploads:
         self._accepted()
         done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())
         await self._store.save_upload(done)
+        await self._store.add_events(events.make(config, "upload.completed", {**view(done), "runId": run.run_id}))
         await asyncio.to_thread(shutil.rmtree, folder, True)
         log.get(connection=upload.connection, pipeline=upload.pipeline, run_id=run.run_id).info(
             "upload.completed", upload_id=upload.upload_id, parts=upload.total_parts, records=upload.records)
@@ -286,7 +287,10 @@ class Uploads:
         return web.json_response({"uploadId": upload.upload_id, "state": str(UploadState.ABORTED)})
 
     async def _abort(self, upload: Upload, why: str) -> None:
-        await self._store.save_upload(replace(upload, state=UploadState.ABORTED, updated_at=utcnow()))
+        aborted = replace(upload, state=UploadState.ABORTED, updated_at=utcnow())
+        await self._store.save_upload(aborted)
+        await self._store.add_events(events.make(self.config, "upload.aborted", {**view(aborted), "reason": why}))
+        self._accepted()
         await asyncio.to_thread(shutil.rmtree, self.folder(upload.upload_id), True)
         log.get(connection=upload.connection, pipeline=upload.pipeline).info(
             "upload.aborted", upload_id=upload.upload_id, reason=why)

@@ -20,8 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from feedd import log, metrics
-from feedd.config import Config, DestinationType
+from feedd import events, log, metrics
+from feedd.config import Config
 from feedd.config.values import Pipeline
 from feedd.delivery.local import place
 from feedd.model import (
@@ -68,10 +68,13 @@ def _headers_of(path: str, pipeline: Pipeline) -> list[str]:
 class Runner:
     name = "runner"
 
-    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces, workers: int | None = None) -> None:
+    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces, workers: int | None = None,
+                 deliver: Callable[[], None] = lambda: None, notify: Callable[[], None] = lambda: None) -> None:
         self._config = config
         self._store = store
         self._spaces = spaces
+        self._deliver = deliver  # deliveries were queued: wake the dispatcher
+        self._notify = notify  # events were queued: wake the event sender
         # 0 workers: runs are recorded but never processed (intake-only setups and tests)
         self._workers = workers if workers is not None else os.cpu_count() or 1
         self._pool: ProcessPoolExecutor | None = None
@@ -202,7 +205,8 @@ class Runner:
             mapping=outcome.mapping if outcome else run.mapping,
             errors=tuple(RowError(*e) for e in outcome.errors) if outcome else run.errors,
         )
-        pipe = config.pipelines.get(run.pipeline or "")
+        pipe = _effective(config, run)
+        deliveries: list[Delivery] = []
         if outcome is not None and pipe is not None:
             if pipe.reports and run.direction is Direction.INBOUND:
                 await asyncio.to_thread(self._partner_reports, run, outcome)
@@ -210,8 +214,21 @@ class Runner:
                 if outcome.header_key:
                     sources = {t: c for t, c in outcome.mapping.items() if c in outcome.headers}
                     await self._store.remember_mapping(run.connection, outcome.header_key, sources)
-                done = await self._deliver_local(done, outcome.records_path, config)
-        await self._store.update_run(done)
+                # The name the output gets everywhere is fixed now: a redelivery days later uses the same.
+                meta["output_name"] = run.meta.get("filename") or output_name(pipe, Job(
+                    run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema], ""))
+                now = utcnow()
+                deliveries = [Delivery(run.run_id, d.key, next_attempt_at=now) for d in pipe.destinations]
+                done = replace(done, meta=meta, deliveries=tuple(deliveries))
+        queued = events.make(config, f"run.{done.status}", done.to_json())
+        if outcome is not None and outcome.drift:
+            queued += events.make(config, "schema.drift", {
+                "runId": run.run_id, "connection": run.connection, "pipeline": run.pipeline, **outcome.drift})
+        await self._store.update_run(done, events=queued, deliveries=deliveries)
+        if deliveries:
+            self._deliver()
+        if queued:
+            self._notify()
         if outcome is not None:
             metrics.ROWS.labels("valid").inc(outcome.valid)
             metrics.ROWS.labels("invalid").inc(outcome.invalid)
@@ -230,45 +247,6 @@ class Runner:
             added += place(Path(outcome.rejects_csv_path), space.outbox, f"{name}.rejects.csv").stat().st_size
         space.used += added
 
-    async def _deliver_local(self, run: Run, records: str | None, config: Config,
-                             only: frozenset[str] | None = None) -> Run:
-        """Directory and outbox destinations (the rest belongs to the delivery dispatcher). `only` limits
-        delivery to those destination keys (a retry); the others keep their recorded status."""
-        pipe = _effective(config, run)
-        if pipe is None or not pipe.destinations or records is None:
-            return run
-        filename = run.meta.get("filename") or output_name(pipe, Job(run.run_id, run.spool_path, run.source.name,
-                                                                      pipe, config.schemas[pipe.schema], ""))
-        before = {d.destination: d for d in run.deliveries}
-        deliveries = []
-        for dest in pipe.destinations:
-            if only is not None and dest.key not in only and dest.key in before:
-                deliveries.append(before[dest.key])
-                continue
-            attempts = before[dest.key].attempts + 1 if dest.key in before else 1
-            folder: Path | None = None
-            if dest.type is DestinationType.DIRECTORY:
-                folder = dest.path
-            elif dest.type is DestinationType.OUTBOX and (space := self._spaces.get(run.connection)) is not None:
-                folder = space.outbox
-            if folder is None:
-                deliveries.append(Delivery(run.run_id, dest.key))
-                continue
-            metrics.DELIVERY_ATTEMPTS.labels(str(dest.type)).inc()
-            try:
-                placed = await asyncio.to_thread(place, Path(records), folder, filename)
-                if dest.type is DestinationType.OUTBOX and (space := self._spaces.get(run.connection)) is not None:
-                    space.used += placed.stat().st_size
-                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.DELIVERED, attempts, None, utcnow()))
-            except OSError as exc:
-                metrics.DELIVERY_FAILURES.labels(str(dest.type)).inc()
-                deliveries.append(Delivery(run.run_id, dest.key, DeliveryStatus.FAILED, attempts, str(exc)))
-        for d in deliveries:
-            await self._store.save_delivery(d)
-        delivered = all(d.status is DeliveryStatus.DELIVERED for d in deliveries)
-        return replace(run, deliveries=tuple(deliveries),
-                       status=RunStatus.DELIVERED if delivered else RunStatus.COMPLETED)
-
     async def retry(self, run: Run, *, reprocess: bool) -> Run:
         """Re-deliver a completed run's failed destinations, or queue the run's input to be processed again
         (`reprocess`, or a failed run). Raises ValueError when the run's state allows neither."""
@@ -285,13 +263,18 @@ class Runner:
                 raise ValueError(f"run {run.run_id} changed meanwhile; look again")
             log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.reprocess")
             return again
-        failed = frozenset(d.destination for d in run.deliveries if d.status is not DeliveryStatus.DELIVERED)
+        failed = [d for d in run.deliveries if d.status is DeliveryStatus.FAILED]
         if not failed:
-            raise ValueError(f"run {run.run_id} is {run.status} with nothing left to deliver; "
+            raise ValueError(f"run {run.run_id} is {run.status} with nothing that failed to deliver; "
                              "use {\"reprocess\": true} to run it again")
-        done = await self._deliver_local(run, run.meta.get("records"), self._config(), only=failed)
-        await self._store.update_run(done)
-        return done
+        pending = {d.destination: replace(d, status=DeliveryStatus.PENDING, next_attempt_at=utcnow()) for d in failed}
+        retried = replace(run, deliveries=tuple(pending.get(d.destination, d) for d in run.deliveries))
+        if not await self._store.update_run(retried, expect=run.status, deliveries=list(pending.values())):
+            raise ValueError(f"run {run.run_id} changed meanwhile; look again")
+        log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info(
+            "run.redeliver", destinations=sorted(pending))
+        self._deliver()
+        return retried
 
     async def release_held(self, pipeline: str) -> int:
         """Queue the pipeline's held runs again in arrival order (the claim loop takes oldest first)."""

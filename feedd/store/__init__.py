@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from feedd.model import Delivery, Run, RunStatus, Upload, UploadState
+from feedd.model import Delivery, Event, Run, RunStatus, Upload, UploadState
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +27,13 @@ class RunQuery:
 class Store(Protocol):
     """Durable state. Every method is atomic; a returned call has reached stable storage."""
 
-    async def insert_run(self, run: Run) -> None:
-        """Record a new run with its deliveries. Raises ConflictError if the id exists."""
+    async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
+        """Record a new run with its deliveries and `events`, in one transaction. ConflictError if the id exists."""
 
-    async def update_run(self, run: Run, *, expect: RunStatus | None = None) -> bool:
-        """Write the run's mutable fields; with `expect`, only if the stored status is still that one."""
+    async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
+                         deliveries: Sequence[Delivery] = ()) -> bool:
+        """Write the run's mutable fields; with `expect`, only if the stored status is still that one. The
+        given deliveries (saved) and events (queued) go in the same transaction, and only if the run changed."""
 
     async def get_run(self, run_id: str) -> Run | None: ...
 
@@ -41,6 +44,24 @@ class Store(Protocol):
         """The first run of `connection` whose input had this sha256 (for duplicate detection)."""
 
     async def save_delivery(self, delivery: Delivery) -> None: ...
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, the most overdue first."""
+
+    async def add_events(self, events: Sequence[Event]) -> None:
+        """Queue events (an event already queued for the same subscriber is kept as it is)."""
+
+    async def save_event(self, event: Event) -> None:
+        """Record an attempt's outcome: status, attempts, last error, next attempt."""
+
+    async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
+        """Pending events whose next attempt is due, oldest first."""
+
+    async def events_of(self, event_type: str | None = None) -> list[Event]:
+        """Every queued, sent or failed event (of one type), oldest first."""
+
+    async def next_due(self) -> datetime | None:
+        """The earliest next attempt of any pending delivery or event."""
 
     async def save_upload(self, upload: Upload) -> None: ...
 

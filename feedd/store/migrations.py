@@ -79,4 +79,19 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         updated_at  TEXT NOT NULL
     );
     """),
+    (2, """
+    CREATE TABLE events (
+        event_id        TEXT NOT NULL,
+        url             TEXT NOT NULL,
+        type            TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at TEXT,
+        created_at      TEXT NOT NULL,
+        PRIMARY KEY (event_id, url)
+    );
+    CREATE INDEX events_due ON events (status, next_attempt_at);
+    """),
 )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from feedd.model import (
     Delivery,
     DeliveryStatus,
     Direction,
+    Event,
     RowError,
     Run,
     RunError,
@@ -42,6 +44,10 @@ _UPLOAD_COLUMNS = (
 )
 
 _INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_DELIVERY_SELECT = "INSERT INTO deliveries SELECT ?, ?, ?, ?, ?, ?, ?"
+_ON_DELIVERY_CONFLICT = ("ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
+                         "attempts = excluded.attempts, last_error = excluded.last_error, "
+                         "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -97,6 +103,22 @@ def _delivery_from(row: sqlite3.Row) -> Delivery:
         delivered_at=_dt(row["delivered_at"]),
         next_attempt_at=_dt(row["next_attempt_at"]),
     )
+
+
+_EVENT_COLUMNS = "event_id, url, type, body, status, attempts, last_error, next_attempt_at, created_at"
+_INSERT_EVENT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENT_SELECT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (e.event_id, e.url, e.type, e.body, str(e.status), e.attempts, e.last_error, _ts(e.next_attempt_at),
+            _ts(e.created_at))
+
+
+def _event_from(row: Any) -> Event:
+    return Event(event_id=row["event_id"], url=row["url"], type=row["type"], body=row["body"],
+                 status=DeliveryStatus(row["status"]), attempts=row["attempts"], last_error=row["last_error"],
+                 next_attempt_at=_dt(row["next_attempt_at"]), created_at=_dt(row["created_at"]) or utcnow())
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:
@@ -208,16 +230,18 @@ class SqliteStore:
         await self._db.execute("RELEASE w")
         return count
 
-    async def insert_run(self, run: Run) -> None:
+    async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
         placeholders = ", ".join("?" * len(_RUN_COLUMNS.split(", ")))
         statements = [(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({placeholders})", _run_row(run))]
         statements += [(_INSERT_DELIVERY, _delivery_row(d)) for d in run.deliveries]
+        statements += [(_INSERT_EVENT, _event_row(e)) for e in events]
         try:
             await self._write(*statements)
         except sqlite3.IntegrityError as exc:
             raise ConflictError(f"run {run.run_id} already exists") from exc
 
-    async def update_run(self, run: Run, *, expect: RunStatus | None = None) -> bool:
+    async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
+                         deliveries: Sequence[Delivery] = ()) -> bool:
         row = _run_row(run)
         columns = _RUN_COLUMNS.split(", ")
         sets = ", ".join(f"{c} = ?" for c in columns[1:])
@@ -226,7 +250,57 @@ class SqliteStore:
         if expect is not None:
             sql += " AND status = ?"
             params += (str(expect),)
-        return await self._write((sql, params)) == 1
+        # Deliveries and events go in only if the run changed: changes() is the count of the statement
+        # before, 1 after the update and after each insert that follows it, 0 all the way when it missed.
+        statements = [(sql, params)]
+        statements += [(f"{_UPSERT_DELIVERY_SELECT} WHERE changes() = 1 {_ON_DELIVERY_CONFLICT}", _delivery_row(d))
+                       for d in deliveries]
+        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1", _event_row(e)) for e in events]
+        return await self._write(*statements) == 1
+
+    async def add_events(self, events: Sequence[Event]) -> None:
+        if events:
+            await self._write(*((_INSERT_EVENT, _event_row(e)) for e in events))
+
+    async def save_event(self, event: Event) -> None:
+        await self._write(("UPDATE events SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ? "
+                           "WHERE event_id = ? AND url = ?",
+                           (str(event.status), event.attempts, event.last_error, _ts(event.next_attempt_at),
+                            event.event_id, event.url)))
+
+    async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
+        async with self._lock, self._db.execute(
+            "SELECT * FROM events WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "ORDER BY created_at, rowid LIMIT ?", (_ts(now), limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_event_from(r) for r in rows]
+
+    async def events_of(self, event_type: str | None = None) -> list[Event]:
+        sql = "SELECT * FROM events"
+        params: tuple[str, ...] = ()
+        if event_type is not None:
+            sql, params = sql + " WHERE type = ?", (event_type,)
+        async with self._lock, self._db.execute(sql + " ORDER BY created_at, rowid", params) as cur:
+            rows = await cur.fetchall()
+        return [_event_from(r) for r in rows]
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        async with self._lock, self._db.execute(
+            "SELECT * FROM deliveries WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "ORDER BY next_attempt_at, rowid LIMIT ?", (_ts(now), limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_delivery_from(r) for r in rows]
+
+    async def next_due(self) -> datetime | None:
+        """The earliest `next_attempt_at` of any pending delivery or event."""
+        async with self._lock, self._db.execute(
+            "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending' "
+            "UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending')",
+        ) as cur:
+            row = await cur.fetchone()
+        return _dt(row[0]) if row else None
 
     async def _deliveries(self, run_ids: list[str]) -> dict[str, list[Delivery]]:
         out: dict[str, list[Delivery]] = {r: [] for r in run_ids}
@@ -288,9 +362,7 @@ class SqliteStore:
 
     async def save_delivery(self, delivery: Delivery) -> None:
         await self._write((
-            f"{_INSERT_DELIVERY} ON CONFLICT (run_id, destination) DO UPDATE SET "
-            "status = excluded.status, attempts = excluded.attempts, last_error = excluded.last_error, "
-            "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at",
+            f"{_INSERT_DELIVERY} {_ON_DELIVERY_CONFLICT}",
             _delivery_row(delivery),
         ))
 

@@ -103,7 +103,8 @@ class Api:
         while time.monotonic() < deadline:
             status, run = await self.call("GET", f"/runs/{run_id}")
             assert status == 200, run
-            if run["status"] in TERMINAL:
+            pending = any(d["status"] == "pending" for d in run["deliveries"])
+            if run["status"] in TERMINAL and not pending:
                 return run  # type: ignore[no-any-return]
             await asyncio.sleep(0.05)
         raise AssertionError(f"run {run_id} not finished: {run}")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+from aiohttp import web
 
 from feedd.config import load_config
 from feedd.daemon import Daemon
@@ -78,26 +79,58 @@ async def test_run_errors_and_scoping(api: Api) -> None:
     assert [r["runId"] for r in page["data"]] == [rid]
 
 
-async def test_retry_reprocesses_and_redelivers(start_api: Callable[..., Any], tmp_path: Any) -> None:
-    out = tmp_path / "out"
-    api: Api = await start_api(pipeline_extra=f'destinations: [{{type: directory, path: "{out}"}}]')
-    out.write_text("a file where a folder should be: delivery fails")
-    await drop(api, "a.csv", "email\nann@example.org\n")
-    [rid] = await run_ids(api, 1)
-    _, run = await api.call("GET", f"/runs/{rid}")
-    assert run["status"] == "completed" and run["deliveries"][0]["status"] == "failed"
-    out.unlink()
-    status, run = await api.call("POST", f"/runs/{rid}/retry")
-    assert status == 200 and run["status"] == "delivered", run
-    assert run["deliveries"][0]["attempts"] == 2 and len(list(out.iterdir())) == 1
-    status, body = await api.call("POST", f"/runs/{rid}/retry")
-    assert (status, body["error"]["code"]) == (409, "wrong_state")
-    status, run = await api.call("POST", f"/runs/{rid}/retry", json={"reprocess": True})
-    assert status == 200 and run["status"] == "queued"
-    run = await api.wait_run(rid)
-    assert run["status"] == "delivered" and run["counts"]["valid"] == 1
-    status, body = await api.call("POST", f"/runs/{rid}/retry", json={"reprocess": "yes"})
-    assert status == 400
+async def test_retry_reprocesses_and_redelivers(start_api: Callable[..., Any]) -> None:
+    answers = [410]  # the receiver first says Gone (a permanent failure), then accepts
+    got: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response(status=answers[0])
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        api: Api = await start_api(pipeline_extra=f'destinations: [{{type: webhook, url: "http://127.0.0.1:{port}/hook"}}]')
+        await drop(api, "a.csv", "email\nann@example.org\n")
+        [rid] = await run_ids(api, 1)
+        run: dict[str, Any] = {}
+        for _ in range(200):
+            _, run = await api.call("GET", f"/runs/{rid}")
+            if run["deliveries"] and run["deliveries"][0]["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        assert run["status"] == "completed" and run["deliveries"][0]["status"] == "failed"
+        assert "410" in run["deliveries"][0]["lastError"]
+        answers[0] = 200
+        status, run = await api.call("POST", f"/runs/{rid}/retry")
+        assert status == 200 and run["deliveries"][0]["status"] == "pending", run
+        run = await api.wait_run(rid)
+        for _ in range(200):
+            _, run = await api.call("GET", f"/runs/{rid}")
+            if run["status"] == "delivered":
+                break
+            await asyncio.sleep(0.05)
+        assert run["status"] == "delivered" and run["deliveries"][0]["attempts"] == 2
+        assert [json.loads(line) for line in got[-1].splitlines()] == [{"email": "ann@example.org"}]
+        status, body = await api.call("POST", f"/runs/{rid}/retry")
+        assert (status, body["error"]["code"]) == (409, "wrong_state")
+        status, run = await api.call("POST", f"/runs/{rid}/retry", json={"reprocess": True})
+        assert status == 200 and run["status"] == "queued"
+        for _ in range(200):
+            _, run = await api.call("GET", f"/runs/{rid}")
+            if run["status"] == "delivered":
+                break
+            await asyncio.sleep(0.05)
+        assert run["status"] == "delivered" and run["counts"]["valid"] == 1
+        status, body = await api.call("POST", f"/runs/{rid}/retry", json={"reprocess": "yes"})
+        assert status == 400
+    finally:
+        await runner.cleanup()
 
 
 async def test_config_views_show_no_secrets(api: Api) -> None:

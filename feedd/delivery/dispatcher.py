@@ -1,0 +1,172 @@
+"""The dispatcher: every pending delivery of every completed run, to its destination, with retries.
+
+Deliveries are rows in the store (`pending | delivered | failed`, attempts, last error, next attempt),
+so a restart resumes them. Each delivery is its own task: a destination that hangs or fails never holds
+up another. A failure is retried with exponential backoff and jitter (`Retry-After` honoured) up to
+MAX_ATTEMPTS; a permanent refusal (410, 4xx, a wrong host key) fails at once. A run becomes `delivered`
+when all of its deliveries are, and `run.delivered` is queued in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+
+from feedd import events, log, metrics
+from feedd.config import Config, DestinationType
+from feedd.config.values import Destination
+from feedd.delivery.local import place
+from feedd.delivery.targets import PermanentDeliveryError, Shipment, send_s3, send_sftp, send_webhook
+from feedd.errors import RetryableDeliveryError
+from feedd.model import Delivery, DeliveryStatus, Run, RunStatus, utcnow
+from feedd.spaces import Spaces
+from feedd.store import Store
+
+MAX_ATTEMPTS = 10
+MAX_IN_FLIGHT = 32
+ATTEMPT_TIMEOUT = 900.0  # one attempt at one destination, whatever its kind
+
+
+class Dispatcher:
+    name = "delivery"
+
+    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces,
+                 notify: Callable[[], None] = lambda: None) -> None:
+        self._config = config
+        self._store = store
+        self._spaces = spaces
+        self._notify = notify  # events were queued: the event sender should look
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def reload(self, config: Config) -> None:
+        self.wake()
+
+    async def stop(self, deadline: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()),
+                               timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        for task in self._inflight.values():
+            task.cancel()  # what is cut off stays pending and is tried again at the next start
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                for d in await self._store.due_deliveries(utcnow(), limit=MAX_IN_FLIGHT * 2):
+                    key = (d.run_id, d.destination)
+                    if key not in self._inflight and len(self._inflight) < MAX_IN_FLIGHT:
+                        task = asyncio.get_running_loop().create_task(self._attempt(d))
+                        self._inflight[key] = task
+                        task.add_done_callback(self._done(key))
+            except Exception:
+                log.get().exception("delivery.loop_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), await self._pause())
+
+    def _done(self, key: tuple[str, str]) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._inflight.pop(key, None)
+            self.wake()
+
+        return forget
+
+    async def _pause(self) -> float:
+        nxt = await self._store.next_due()
+        return 5.0 if nxt is None else min(5.0, max(0.05, (nxt - utcnow()).total_seconds()))
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        run = await self._store.get_run(delivery.run_id)
+        if run is None:
+            return
+        logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline,
+                         destination=delivery.destination)
+        attempts = delivery.attempts + 1
+        dest = _destination(self._config(), run, delivery.destination)
+        try:
+            if dest is None:
+                raise PermanentDeliveryError(f"destination {delivery.destination!r} is no longer in the pipeline")
+            metrics.DELIVERY_ATTEMPTS.labels(str(dest.type)).inc()
+            async with asyncio.timeout(ATTEMPT_TIMEOUT):
+                await self._send(run, dest)
+        except Exception as exc:
+            if dest is not None:
+                metrics.DELIVERY_FAILURES.labels(str(dest.type)).inc()
+            permanent = not isinstance(exc, RetryableDeliveryError | OSError | TimeoutError)
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            if permanent or attempts >= MAX_ATTEMPTS:
+                logger.warning("delivery.failed", attempts=attempts, error=message)
+                failed = replace(delivery, status=DeliveryStatus.FAILED, attempts=attempts, last_error=message,
+                                 next_attempt_at=None)
+                await self._store.save_delivery(failed)
+                await self._settle(run.run_id)
+                return
+            wait = events.backoff(attempts, getattr(exc, "retry_after", None))
+            logger.info("delivery.retry", attempts=attempts, error=message, retry_in=round(wait, 1))
+            await self._store.save_delivery(replace(delivery, attempts=attempts, last_error=message,
+                                                    next_attempt_at=utcnow() + timedelta(seconds=wait)))
+            return
+        logger.info("delivery.done", attempts=attempts)
+        await self._store.save_delivery(replace(delivery, status=DeliveryStatus.DELIVERED, attempts=attempts,
+                                                last_error=None, delivered_at=utcnow(), next_attempt_at=None))
+        await self._settle(run.run_id)
+
+    async def _send(self, run: Run, dest: Destination) -> None:
+        records = Path(run.meta["records"])
+        shipment = Shipment(run.run_id, dest, records, Path(run.meta.get("records_jsonl") or records),
+                            run.meta.get("output_name") or records.name)
+        if dest.type is DestinationType.DIRECTORY:
+            assert dest.path is not None
+            await asyncio.to_thread(place, records, dest.path, shipment.filename)
+        elif dest.type is DestinationType.OUTBOX:
+            space = self._spaces.get(run.connection)
+            if space is None:
+                raise PermanentDeliveryError(f"connection {run.connection!r} has no space")
+            placed = await asyncio.to_thread(place, records, space.outbox, shipment.filename)
+            space.used += placed.stat().st_size
+        elif dest.type is DestinationType.WEBHOOK:
+            assert self._session is not None
+            await send_webhook(self._session, shipment)
+        elif dest.type is DestinationType.S3:
+            await send_s3(shipment)
+        else:
+            await send_sftp(shipment)
+
+    async def _settle(self, run_id: str) -> None:
+        """A run whose deliveries are all delivered becomes `delivered` (with its event)."""
+        run = await self._store.get_run(run_id)
+        if run is None or run.status is not RunStatus.COMPLETED or not run.deliveries:
+            return
+        if all(d.status is DeliveryStatus.DELIVERED for d in run.deliveries):
+            done = replace(run, status=RunStatus.DELIVERED)
+            queued = events.make(self._config(), "run.delivered", done.to_json())
+            if await self._store.update_run(done, expect=RunStatus.COMPLETED, events=queued):
+                log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.delivered")
+                if queued:
+                    self._notify()
+
+
+def _destination(config: Config, run: Run, key: str) -> Destination | None:
+    pipe = config.pipelines.get(run.pipeline or "")
+    return next((d for d in pipe.destinations if d.key == key), None) if pipe else None

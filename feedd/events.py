@@ -1,0 +1,177 @@
+"""Webhook events (CONTRACT §6): what happened, for whom, and the sender that retries until a 2xx.
+
+`make()` turns one happening into one queued `Event` per subscriber whose globs match its type; callers
+hand them to the store in the same transaction as the change they describe, so a crash loses none.
+`EventSender` POSTs due events, signed as Standard Webhooks (`webhook-id` stable across retries,
+`webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), with
+backoff, jitter and `Retry-After`. `sign()` is shared with the webhook destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fnmatch
+import hashlib
+import hmac
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from feedd import log
+from feedd.config import Config
+from feedd.model import DeliveryStatus, Event, iso, new_id, utcnow
+from feedd.store import Store
+
+MAX_ATTEMPTS = 12
+BACKOFF_BASE = 1.0  # seconds before the first retry; doubles each time, with jitter
+BACKOFF_MAX = 3600.0
+TIMEOUT = 10.0
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<signature>` for the `webhook-signature` header. A `whsec_` secret is base64 after the prefix;
+    any other secret is used as its UTF-8 bytes."""
+    key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signed_headers(secret: str | None, msg_id: str, body: bytes) -> dict[str, str]:
+    now = int(time.time())
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(now), "Content-Type": "application/json"}
+    if secret:
+        headers["webhook-signature"] = sign(secret, msg_id, now, body)
+    return headers
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before the next try: exponential with full jitter, at least what the server asked for."""
+    delay = random.uniform(0.5, 1.0) * min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, attempts - 1))  # noqa: S311
+    return float(max(delay, retry_after or 0.0))
+
+
+def retry_after(value: str | None) -> float | None:
+    """`Retry-After` in seconds (delta form only; a date is rare from webhook receivers and is ignored)."""
+    if value and value.strip().isdigit():
+        return min(float(value.strip()), BACKOFF_MAX)
+    return None
+
+
+def make(config: Config, event_type: str, data: dict[str, Any]) -> list[Event]:
+    """One queued event per subscriber of `event_type` (glob match on `events`), sharing one id."""
+    subscribers = [s for s in config.webhooks if any(fnmatch.fnmatchcase(event_type, g) for g in s.events)]
+    if not subscribers:
+        return []
+    now = utcnow()
+    body = json.dumps({"type": event_type, "timestamp": iso(now), "data": data}, separators=(",", ":"),
+                      ensure_ascii=False, default=str)
+    msg_id = f"msg_{new_id()}"
+    return [Event(msg_id, s.url, event_type, body, created_at=now, next_attempt_at=now) for s in subscribers]
+
+
+class EventSender:
+    """Sends due events; a component of the daemon. `wake()` after queueing makes it look at once."""
+
+    name = "events"
+
+    def __init__(self, config: Callable[[], Config], store: Store) -> None:
+        self._config = config
+        self._store = store
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._sending: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def reload(self, config: Config) -> None:
+        self.wake()
+
+    async def stop(self, deadline: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        for task in self._tasks:
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                for event in await self._store.due_events(utcnow(), limit=100):
+                    key = (event.event_id, event.url)
+                    if key not in self._sending and len(self._sending) < 32:
+                        self._sending.add(key)
+                        task = asyncio.get_running_loop().create_task(self._send(event))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+            except Exception:
+                log.get().exception("events.loop_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), await self._pause())
+
+    async def _pause(self) -> float:
+        nxt = await self._store.next_due()
+        if nxt is None:
+            return 5.0
+        return min(5.0, max(0.05, (nxt - utcnow()).total_seconds()))
+
+    async def _send(self, event: Event) -> None:
+        try:
+            subscriber = next((s for s in self._config().webhooks if s.url == event.url), None)
+            attempts = event.attempts + 1
+            if subscriber is None:
+                await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts,
+                                                      "the subscription is no longer in the config", None))
+                return
+            error, wait = await self._post(event, subscriber.secret)
+            if error is None:
+                await self._store.save_event(_replace(event, DeliveryStatus.DELIVERED, attempts, None, None))
+                return
+            if attempts >= MAX_ATTEMPTS:
+                log.get().warning("event.failed", event_id=event.event_id, url=event.url, type=event.type,
+                                  attempts=attempts, error=error)
+                await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts, error, None))
+                return
+            nxt = utcnow() + timedelta(seconds=backoff(attempts, wait))
+            await self._store.save_event(_replace(event, DeliveryStatus.PENDING, attempts, error, nxt))
+        finally:
+            self._sending.discard((event.event_id, event.url))
+            self.wake()
+
+    async def _post(self, event: Event, secret: str | None) -> tuple[str | None, float | None]:
+        """(None, None) on a 2xx; else (what went wrong, Retry-After seconds or None)."""
+        assert self._session is not None
+        body = event.body.encode()
+        try:
+            async with self._session.post(event.url, data=body,
+                                          headers=signed_headers(secret, event.event_id, body)) as resp:
+                if 200 <= resp.status < 300:
+                    return None, None
+                return f"HTTP {resp.status}", retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
+
+
+def _replace(event: Event, status: DeliveryStatus, attempts: int, error: str | None,
+             nxt: datetime | None) -> Event:
+    return replace(event, status=status, attempts=attempts, last_error=error, next_attempt_at=nxt)
