@@ -126,8 +126,11 @@ class EventSender:
                         task.add_done_callback(self._tasks.discard)
             except Exception:
                 log.get().exception("events.loop_failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
+            # event is set, and this loop would then never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), await self._pause())
+                async with asyncio.timeout(await self._pause()):
+                    await self._wake.wait()
 
     async def _pause(self) -> float:
         nxt = await self._store.next_due()

@@ -82,8 +82,11 @@ class Dispatcher:
                         task.add_done_callback(self._done(key))
             except Exception:
                 log.get().exception("delivery.loop_failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
+            # event is set, and this loop would then never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), await self._pause())
+                async with asyncio.timeout(await self._pause()):
+                    await self._wake.wait()
 
     def _done(self, key: tuple[str, str]) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:

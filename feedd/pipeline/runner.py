@@ -139,8 +139,11 @@ class Runner:
                         task = asyncio.get_running_loop().create_task(self._run(claimed))
                         self._inflight[run.run_id] = task
                         task.add_done_callback(self._forget(run.run_id))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
+            # event is set, and this loop would then never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._work.wait()
 
     def _forget(self, run_id: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
