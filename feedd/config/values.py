@@ -178,6 +178,8 @@ class Destination:
     path: Path | None = None  # directory
     url: str | None = None  # webhook
     secret: str | None = None  # webhook
+    timeout: float = 30.0  # webhook: seconds for one POST
+    batch_size: int = 1000  # webhook: records per POST
     bucket: str | None = None  # s3
     prefix: str = ""  # s3
     endpoint_url: str | None = None  # s3

@@ -20,8 +20,6 @@ from feedd.config.values import Destination
 from feedd.errors import FeeddError, RetryableDeliveryError
 from feedd.events import retry_after, signed_headers
 
-WEBHOOK_BATCH = 1000  # records per POST
-WEBHOOK_TIMEOUT = 30.0
 S3_PART = 16 * 1024 * 1024  # multipart above this size, in parts of this size
 
 
@@ -62,25 +60,25 @@ async def send_webhook(session: aiohttp.ClientSession, s: Shipment) -> None:
     f = await asyncio.to_thread(open, s.records_jsonl, "rb")
     try:
         number = 0
-        while batch := await asyncio.to_thread(_next_batch, f, WEBHOOK_BATCH):
+        while batch := await asyncio.to_thread(_next_batch, f, dest.batch_size):
             number += 1
             body = b"".join(batch)
             headers = signed_headers(dest.secret, f"{s.run_id}.{dest.key}.{number}", body)
             headers.update({"Content-Type": "application/x-ndjson", "Idempotency-Key": f"{s.key}:{number}",
                             "feedd-run-id": s.run_id, "feedd-batch": str(number)})
-            await _post(session, dest.url, body, headers)
+            await _post(session, dest.url, body, headers, dest.timeout)
         if number == 0:  # no records: still tell the receiver the run finished, with an empty body
             await _post(session, dest.url, b"", {**signed_headers(dest.secret, f"{s.run_id}.{dest.key}.0", b""),
                                                  "Content-Type": "application/x-ndjson", "Idempotency-Key": s.key,
-                                                 "feedd-run-id": s.run_id, "feedd-batch": "0"})
+                                                 "feedd-run-id": s.run_id, "feedd-batch": "0"}, dest.timeout)
     finally:
         f.close()
 
 
-async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> None:
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
+                timeout: float) -> None:  # noqa: ASYNC109 - a per-request aiohttp timeout, not a wait
     try:
-        async with session.post(url, data=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT)) as resp:
+        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if 200 <= resp.status < 300:
                 return
             if resp.status == 410:
