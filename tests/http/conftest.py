@@ -121,8 +121,8 @@ class Api:
 async def start_api(tmp_path: Path, host_key: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[tuple[Daemon, aiohttp.ClientSession]] = []
 
-    async def start(workers: int = 1, http_extra: str = "", pipeline_extra: str = "") -> Api:
-        text = CONFIG
+    async def start(workers: int = 1, http_extra: str = "", pipeline_extra: str = "", extra: str = "") -> Api:
+        text = CONFIG + extra
         for name, value in {"host_key": str(host_key), "hash": DEMO_HASH, "admin": sha(ADMIN_KEY),
                             "demo": sha(DEMO_KEY), "http_extra": http_extra, "pipeline_extra": pipeline_extra}.items():
             text = text.replace(f"@{name}@", value)
