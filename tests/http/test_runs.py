@@ -188,3 +188,18 @@ async def test_inactive_pipeline_holds_runs_and_reactivation_releases_them_in_or
         status, _ = await api.call("PATCH", "/pipelines/demo-contacts", json=body)
         assert status == 400, body
     await api.daemon.stop()
+
+
+async def test_a_config_reload_that_activates_a_pipeline_releases_its_held_runs(
+        start_api: Callable[..., Any]) -> None:
+    api: Api = await start_api(pipeline_extra="active: false")
+    await drop(api, "h.csv", "email\nh@example.org\n")
+    await run_ids(api, 1)
+    assert [r.status for r in await api.runs()] == ["held"]
+    api.config_path.write_text(api.config_path.read_text().replace("active: false", "active: true"))
+    assert await api.daemon.reload()
+    for _ in range(200):
+        if [r.status for r in await api.runs()] == ["completed"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [r.status for r in await api.runs()] == ["completed"]
