@@ -57,7 +57,7 @@ DESTINATION_KEYS: dict[DestinationType, tuple[tuple[str, ...], tuple[str, ...]]]
     # type: (required keys, optional keys)
     DestinationType.DIRECTORY: (("path",), ()),
     DestinationType.OUTBOX: ((), ()),
-    DestinationType.WEBHOOK: (("url",), ("secret", "timeout", "batch_size")),
+    DestinationType.WEBHOOK: (("url",), ("secret", "timeout", "batch_size", "body")),
     DestinationType.S3: (("bucket",), ("prefix", "endpoint_url", "region")),
     DestinationType.SFTP: (("host", "username", "path"), ("port", "key_file", "password", "known_hosts")),
 }
@@ -403,6 +403,7 @@ def _destination(r: Reader, dtype: DestinationType, m: LocMap, at: At) -> Destin
         secret=r.get(m, at, "secret", nonempty, None),
         timeout=r.get(m, at, "timeout", duration, 30.0),
         batch_size=r.get(m, at, "batch_size", integer(1, 100_000), 1000),
+        body=r.get(m, at, "body", choice("ndjson", "json"), "ndjson"),
         bucket=r.get(m, at, "bucket", _bucket, None),
         prefix=r.get(m, at, "prefix", string, ""),
         endpoint_url=r.get(m, at, "endpoint_url", http_url, None),

@@ -180,6 +180,7 @@ class Destination:
     secret: str | None = None  # webhook
     timeout: float = 30.0  # webhook: seconds for one POST
     batch_size: int = 1000  # webhook: records per POST
+    body: str = "ndjson"  # webhook: ndjson | json (an array)
     bucket: str | None = None  # s3
     prefix: str = ""  # s3
     endpoint_url: str | None = None  # s3

@@ -21,6 +21,7 @@ from feedd.errors import FeeddError, RetryableDeliveryError
 from feedd.events import retry_after, signed_headers
 
 S3_PART = 16 * 1024 * 1024  # multipart above this size, in parts of this size
+_TYPES = {"ndjson": "application/x-ndjson", "json": "application/json"}
 
 
 class PermanentDeliveryError(FeeddError):
@@ -62,15 +63,17 @@ async def send_webhook(session: aiohttp.ClientSession, s: Shipment) -> None:
         number = 0
         while batch := await asyncio.to_thread(_next_batch, f, dest.batch_size):
             number += 1
-            body = b"".join(batch)
+            body = b"".join(batch) if dest.body == "ndjson" else b"[" + b",".join(x.rstrip(b"\n") for x in batch) + b"]"
             headers = signed_headers(dest.secret, f"{s.run_id}.{dest.key}.{number}", body)
-            headers.update({"Content-Type": "application/x-ndjson", "Idempotency-Key": f"{s.key}:{number}",
+            headers.update({"Content-Type": _TYPES[dest.body], "Idempotency-Key": f"{s.key}:{number}",
                             "feedd-run-id": s.run_id, "feedd-batch": str(number)})
             await _post(session, dest.url, body, headers, dest.timeout)
-        if number == 0:  # no records: still tell the receiver the run finished, with an empty body
-            await _post(session, dest.url, b"", {**signed_headers(dest.secret, f"{s.run_id}.{dest.key}.0", b""),
-                                                 "Content-Type": "application/x-ndjson", "Idempotency-Key": s.key,
-                                                 "feedd-run-id": s.run_id, "feedd-batch": "0"}, dest.timeout)
+        if number == 0:  # no records: still tell the receiver the run finished, with an empty batch
+            empty = b"" if dest.body == "ndjson" else b"[]"
+            headers = {**signed_headers(dest.secret, f"{s.run_id}.{dest.key}.0", empty),
+                       "Content-Type": _TYPES[dest.body], "Idempotency-Key": s.key, "feedd-run-id": s.run_id,
+                       "feedd-batch": "0"}
+            await _post(session, dest.url, empty, headers, dest.timeout)
     finally:
         f.close()
 

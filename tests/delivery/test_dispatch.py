@@ -182,3 +182,15 @@ async def test_sftp_push_to_a_remote_server(start_api: Callable[..., Any], tmp_p
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_webhook_json_batches(start_api: Callable[..., Any], receiver: Receiver) -> None:
+    api: Api = await start_api(pipeline_extra=f"""destinations:
+      - {{type: webhook, url: "{receiver.url('/json')}", body: json, batch_size: 2}}""")
+    await drop(api, "c.csv", "email\na@example.org\nb@example.org\nc@example.org\n")
+    run = await settled(api)
+    assert run["status"] == "delivered"
+    posts = receiver.at("/json")
+    assert [json.loads(p.body) for p in posts] == [[{"email": "a@example.org"}, {"email": "b@example.org"}],
+                                                   [{"email": "c@example.org"}]]
+    assert all(p.headers["Content-Type"] == "application/json" for p in posts)
