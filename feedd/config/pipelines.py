@@ -383,7 +383,7 @@ def _destinations(r: Reader, pm: LocMap, pat: At) -> tuple[Destination, ...]:
             continue
         dtype = DestinationType(dtype_s)
         required, optional = DESTINATION_KEYS[dtype]
-        m = r.mapping(item, sub, ("type", "name", *required, *optional))
+        m = r.mapping(item, sub, ("type", "name", "max_attempts", *required, *optional))
         for key in required:
             if m is not None and m.get(key) is None:
                 r.issue(sub, f"a {dtype} destination needs {key!r}")
@@ -398,6 +398,7 @@ def _destination(r: Reader, dtype: DestinationType, m: LocMap, at: At) -> Destin
     d = Destination(
         type=dtype,
         key="",
+        max_attempts=r.get(m, at, "max_attempts", integer(1, 1000), 10),
         path=r.get(m, at, "path", path, None) if dtype is DestinationType.DIRECTORY else None,
         url=r.get(m, at, "url", http_url, None),
         secret=r.get(m, at, "secret", nonempty, None),

@@ -175,6 +175,7 @@ class Destination:
 
     type: DestinationType
     key: str
+    max_attempts: int = 10  # then the delivery is `failed` (a permanent refusal fails at the first)
     path: Path | None = None  # directory
     url: str | None = None  # webhook
     secret: str | None = None  # webhook

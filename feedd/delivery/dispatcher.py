@@ -2,9 +2,10 @@
 
 Deliveries are rows in the store (`pending | delivered | failed`, attempts, last error, next attempt),
 so a restart resumes them. Each delivery is its own task: a destination that hangs or fails never holds
-up another. A failure is retried with exponential backoff and jitter (`Retry-After` honoured) up to
-MAX_ATTEMPTS; a permanent refusal (410, 4xx, a wrong host key) fails at once. A run becomes `delivered`
-when all of its deliveries are, and `run.delivered` is queued in the same transaction.
+up another. A failure is retried with exponential backoff and jitter (`Retry-After` honoured) up to the
+destination's `max_attempts` (default 10); a permanent refusal (410, 4xx, a wrong host key) fails at
+once. A run becomes `delivered` when all of its deliveries are, in the same transaction as the last one,
+with its `run.delivered` event.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from feedd.model import Delivery, DeliveryStatus, Run, RunStatus, utcnow
 from feedd.spaces import Spaces
 from feedd.store import Store
 
-MAX_ATTEMPTS = 10
 MAX_IN_FLIGHT = 32
 ATTEMPT_TIMEOUT = 900.0  # one attempt at one destination, whatever its kind
 
@@ -118,7 +118,7 @@ class Dispatcher:
                 metrics.DELIVERY_FAILURES.labels(str(dest.type)).inc()
             permanent = not isinstance(exc, RetryableDeliveryError | OSError | TimeoutError)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            if permanent or attempts >= MAX_ATTEMPTS:
+            if permanent or dest is None or attempts >= dest.max_attempts:
                 logger.warning("delivery.failed", attempts=attempts, error=message)
                 failed = replace(delivery, status=DeliveryStatus.FAILED, attempts=attempts, last_error=message,
                                  next_attempt_at=None)
@@ -131,9 +131,11 @@ class Dispatcher:
                                                     next_attempt_at=utcnow() + timedelta(seconds=wait)))
             return
         logger.info("delivery.done", attempts=attempts)
-        await self._store.save_delivery(replace(delivery, status=DeliveryStatus.DELIVERED, attempts=attempts,
-                                                last_error=None, delivered_at=utcnow(), next_attempt_at=None))
-        await self._settle(run.run_id)
+        done = replace(delivery, status=DeliveryStatus.DELIVERED, attempts=attempts, last_error=None,
+                       delivered_at=utcnow(), next_attempt_at=None)
+        if not await self._settle(run.run_id, done):
+            await self._store.save_delivery(done)
+            await self._settle(run.run_id)  # another delivery of the run may have finished meanwhile
 
     async def _send(self, run: Run, dest: Destination) -> None:
         records = Path(run.meta["records"])
@@ -156,18 +158,25 @@ class Dispatcher:
         else:
             await send_sftp(shipment)
 
-    async def _settle(self, run_id: str) -> None:
-        """A run whose deliveries are all delivered becomes `delivered` (with its event)."""
+    async def _settle(self, run_id: str, done: Delivery | None = None) -> bool:
+        """Mark the run `delivered` (with its event) if all its deliveries are, counting `done`, which is
+        then saved in the same transaction: nobody ever sees every delivery done and the run not."""
         run = await self._store.get_run(run_id)
         if run is None or run.status is not RunStatus.COMPLETED or not run.deliveries:
-            return
-        if all(d.status is DeliveryStatus.DELIVERED for d in run.deliveries):
-            done = replace(run, status=RunStatus.DELIVERED)
-            queued = events.make(self._config(), "run.delivered", done.to_json())
-            if await self._store.update_run(done, expect=RunStatus.COMPLETED, events=queued):
-                log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.delivered")
-                if queued:
-                    self._notify()
+            return False
+        deliveries = tuple(done if done is not None and d.destination == done.destination else d
+                           for d in run.deliveries)
+        if not all(d.status is DeliveryStatus.DELIVERED for d in deliveries):
+            return False
+        delivered = replace(run, status=RunStatus.DELIVERED, deliveries=deliveries)
+        queued = events.make(self._config(), "run.delivered", delivered.to_json())
+        if not await self._store.update_run(delivered, expect=RunStatus.COMPLETED, events=queued,
+                                            deliveries=[done] if done is not None else []):
+            return False
+        log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.delivered")
+        if queued:
+            self._notify()
+        return True
 
 
 def _destination(config: Config, run: Run, key: str) -> Destination | None:

@@ -194,3 +194,13 @@ async def test_webhook_json_batches(start_api: Callable[..., Any], receiver: Rec
     assert [json.loads(p.body) for p in posts] == [[{"email": "a@example.org"}, {"email": "b@example.org"}],
                                                    [{"email": "c@example.org"}]]
     assert all(p.headers["Content-Type"] == "application/json" for p in posts)
+
+
+async def test_max_attempts_bounds_the_retries(start_api: Callable[..., Any], receiver: Receiver) -> None:
+    receiver.script["/down"] = [503]
+    api: Api = await start_api(pipeline_extra=f"""destinations:
+      - {{type: webhook, url: "{receiver.url('/down')}", max_attempts: 2}}""")
+    await drop(api, "c.csv", "email\nann@example.org\n")
+    run = await settled(api)
+    assert run["deliveries"][0]["status"] == "failed" and run["deliveries"][0]["attempts"] == 2
+    assert "503" in run["deliveries"][0]["lastError"] and len(receiver.at("/down")) == 2
