@@ -157,7 +157,7 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
     at = root.key(top, "http")
     m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus"))
     tus_at = at.key(m, "tus") if m else at
-    tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after"))
+    tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
     if m is not None and m.get("api_keys") is not None:
         keys_at = at.key(m, "api_keys")
@@ -183,6 +183,7 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
         tus=TusConfig(
             max_size=r.get(tus, tus_at, "max_size", size, 5 * 1024**3),
             expire_after=r.get(tus, tus_at, "expire_after", duration, 86400.0),
+            cors_origins=r.get(tus, tus_at, "cors_origins", strings, ()),
         ),
     )
 

@@ -87,6 +87,7 @@ class ApiKey:
 class TusConfig:
     max_size: int = 5 * 1024**3
     expire_after: float = 86400.0
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to use /tus/ ("*" for any)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,9 @@ from feedd import __version__, log, metrics
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http import openapi
-from feedd.http.api import errors
+from feedd.http.api import Handler, errors
 from feedd.http.runs import Retrier, RunsApi
+from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
 from feedd.http.views import Releaser, ViewsApi
 from feedd.store import Store
@@ -31,6 +32,32 @@ class Live:
 
 LIVE = web.AppKey("live", Live)
 STORE = web.AppKey("store", Store)
+
+
+_CORS_METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
+_CORS_REQUEST = ("Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, "
+                 "Upload-Checksum, Upload-Defer-Length, Upload-Concat, X-HTTP-Method-Override, X-Requested-With")
+_CORS_EXPOSE = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
+                "Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata")
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for `/tus/` only, for the origins in `http.tus.cors_origins`: what a browser tus client needs."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[LIVE].config.http.tus.cors_origins
+    if origin is None or not request.path.startswith("/tus/") or not ("*" in allowed or origin in allowed):
+        return await handler(request)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers.update({"Access-Control-Allow-Methods": _CORS_METHODS,
+                                 "Access-Control-Allow-Headers": _CORS_REQUEST, "Access-Control-Max-Age": "86400"})
+    else:
+        response = await handler(request)
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -58,13 +85,16 @@ UPLOADS = web.AppKey("uploads", Uploads)
 def build_app(config: Config, store: Store, runs: Runs | None = None,
               accepted: Callable[[], None] | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
-    app = web.Application(client_max_size=config.http.max_part_size, middlewares=[errors])
+    app = web.Application(client_max_size=config.http.max_part_size, middlewares=[cors, errors])
     live = app[LIVE] = Live(config)
     app[STORE] = store
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi_json)
-    uploads = app[UPLOADS] = Uploads(live, store, accepted or (runs.wake if runs is not None else lambda: None))
+    wake = accepted or (runs.wake if runs is not None else lambda: None)
+    tus = Tus(live, store, wake)
+    tus.routes(app)
+    uploads = app[UPLOADS] = Uploads(live, store, wake, sweepers=(tus.sweep,))
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)
     ViewsApi(live, store, runs).routes(app)

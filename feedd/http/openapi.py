@@ -219,6 +219,58 @@ PATHS: dict[str, Any] = {
 }
 
 
+def _header(name: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": schema}
+
+
+_TUS_VERSION = _header("Tus-Resumable", {"const": "1.0.0"})
+_TUS_ID = _path_param("id", "^[0-9a-f]{32}$")
+
+
+def _tus(summary: str, status: int, description: str, *codes: int, params: list[dict[str, Any]] | None = None,
+         body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A tus request: answers carry tus headers, errors the usual body (460: checksum mismatch)."""
+    errors = {str(c): _json(_ref("Error"), _ERRORS.get(c, _TUS_ERRORS.get(c, ""))) for c in codes}
+    op: dict[str, Any] = {"summary": summary, "tags": ["tus"], "parameters": params or [],
+                          "responses": {str(status): {"description": description}, **errors,
+                                        **_errors(401)}}
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+_TUS_ERRORS = {410: "The upload expired or was terminated", 412: "Tus-Resumable is missing or not 1.0.0",
+               415: "Content-Type is not application/offset+octet-stream", 423: "Another PATCH is in progress",
+               460: "Upload-Checksum does not match the chunk (discarded)"}
+_OCTETS = {"required": False, "content": {"application/offset+octet-stream": {"schema": {
+    "type": "string", "format": "binary"}}}}
+
+PATHS.update({
+    "/tus/": {
+        "options": {"summary": "tus capabilities: Tus-Version, Tus-Extension, Tus-Max-Size, "
+                               "Tus-Checksum-Algorithm", "tags": ["tus"], "security": [],
+                    "responses": {"204": {"description": "Capabilities in the headers"}}},
+        "post": _tus("Create an upload (creation, creation-with-upload). Upload-Metadata must carry connection, "
+                     "pipeline and filename", 201, "Created: Location, Upload-Expires (Upload-Offset with a body)",
+                     400, 403, 404, 412, 413, 422, params=[
+                         _TUS_VERSION, _header("Upload-Length", {"type": "string", "pattern": "^[0-9]+$"}),
+                         _header("Upload-Metadata", {"type": "string"})], body=_OCTETS),
+    },
+    "/tus/{id}": {
+        "options": {"summary": "tus capabilities", "tags": ["tus"], "security": [], "parameters": [_TUS_ID],
+                    "responses": {"204": {"description": "Capabilities in the headers"}}},
+        "head": _tus("Offset and length (Cache-Control: no-store)", 200, "Upload-Offset, Upload-Length",
+                     403, 404, 410, 412, params=[_TUS_ID, _TUS_VERSION]),
+        "patch": _tus("Append bytes at Upload-Offset (checksum: Upload-Checksum)", 204, "The new Upload-Offset",
+                      400, 403, 404, 409, 410, 412, 413, 415, 423, 460, params=[
+                          _TUS_ID, _TUS_VERSION, _header("Upload-Offset", {"type": "string", "pattern": "^[0-9]+$"}),
+                          _header("Upload-Checksum", {"type": "string"}, required=False)], body=_OCTETS),
+        "delete": _tus("Terminate: the bytes are deleted", 204, "Terminated", 403, 404, 409, 410, 412, 423,
+                       params=[_TUS_ID, _TUS_VERSION]),
+    },
+})
+
+
 def document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",

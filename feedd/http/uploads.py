@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -93,10 +93,12 @@ def view(upload: Upload) -> dict[str, Any]:
 class Uploads:
     """The routes and their state: where parts live, the per-upload locks, the checking pool, the sweep."""
 
-    def __init__(self, config: Any, store: Store, accepted: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, config: Any, store: Store, accepted: Callable[[], None] = lambda: None,
+                 sweepers: tuple[Callable[[], Awaitable[int]], ...] = ()) -> None:
         self._live = config  # has `.config`, replaced on reload
         self._store = store
         self._accepted = accepted
+        self._sweepers = (self.sweep, *sweepers)  # tus uploads expire on the same beat
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool: ProcessPoolExecutor | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -312,11 +314,14 @@ class Uploads:
 
     async def _sweep_forever(self) -> None:
         while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.get().exception("upload.sweep_failed")
-            await asyncio.sleep(min(SWEEP_SECONDS, max(1.0, self.config.http.upload_expire_after / 10)))
+            for sweep in self._sweepers:
+                try:
+                    await sweep()
+                except Exception:
+                    log.get().exception("upload.sweep_failed")
+            http = self.config.http
+            shortest = min(http.upload_expire_after, http.tus.expire_after)
+            await asyncio.sleep(min(SWEEP_SECONDS, max(1.0, shortest / 10)))
 
 
 def _require_open(upload: Upload) -> None:

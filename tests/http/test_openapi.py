@@ -12,11 +12,16 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
 
 from feedd.config import load_config
 from feedd.http.app import build_app
 from tests.helpers import DEMO_HASH, Daemon
 from tests.http.conftest import ADMIN_KEY, sha
+
+# tus bodies are raw bytes: tell schemathesis how to make them
+schemathesis.openapi.media_type("application/offset+octet-stream", st.binary(max_size=64))
 
 CONFIG = f"""\
 state_dir: ./var
@@ -57,8 +62,9 @@ def test_the_document_is_openapi_3_1_and_covers_every_route(served: str, tmp_pat
     assert doc["openapi"] == "3.1.0"
     (tmp_path / "feedd.yaml").write_text(CONFIG)
     app = build_app(load_config(tmp_path / "feedd.yaml", env={}), store=None)  # type: ignore[arg-type]
-    routes = {(r.method, r.resource.canonical) for r in app.router.routes()
-              if r.resource is not None and r.method != "HEAD"}
+    every = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    # aiohttp answers HEAD for each GET by itself; only a HEAD of its own (tus) is a route to document
+    routes = {(m, p) for m, p in every if m != "HEAD" or ("GET", p) not in every}
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
     for path, ops in doc["paths"].items():
@@ -72,12 +78,17 @@ def test_every_operation_conforms(served: str) -> None:
     schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 18
+    assert len(operations) == 24
     for operation in operations:
+        # tus requests are checked for no 5xx only: their meaning lives in headers that a schema cannot
+        # pin down (base64 metadata, offsets); tests/http/test_tus.py covers them with a real tus client
+        _conforms(operation, served, headers, [not_a_server_error] if operation.path.startswith("/tus/") else None)
 
-        @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        def check(case: Any) -> None:
-            case.call_and_validate(base_url=served, headers=headers)
 
-        check()
+def _conforms(operation: Any, served: str, headers: dict[str, str], checks: list[Any] | None) -> None:
+    @given(case=operation.as_strategy())
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case: Any) -> None:
+        case.call_and_validate(base_url=served, headers=headers, checks=checks)
+
+    check()

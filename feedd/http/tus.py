@@ -1,0 +1,305 @@
+"""Resumable uploads with tus 1.0.0 at `/tus/` (CONTRACT §5): core, creation, creation-with-upload,
+termination, expiration and checksum (sha256, sha1, md5).
+
+Bytes go to `<state_dir>/tus/<id>` and the offset to the store, in that order and both durable, so a
+restart resumes at the stored offset (bytes past it, from a write cut short, are dropped at the next
+PATCH). One PATCH per upload at a time: a second gets 423. A finished upload is taken by
+`intake.accept` like an SFTP drop (source kind `tus`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+import re
+import secrets
+import weakref
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from feedd import events, intake, log
+from feedd.config import Config
+from feedd.http.api import ApiError, authenticate, require_connection
+from feedd.model import Direction, SourceKind, Upload, UploadState, utcnow
+from feedd.store import Store
+
+VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
+CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
+READ_DEADLINE = 300.0
+_ID = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(r"[^/\\\x00-\x1f]{1,200}")
+OCTETS = "application/offset+octet-stream"
+OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
+
+
+def _http_date(ts: datetime) -> str:
+    return ts.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def parse_metadata(header: str) -> dict[str, str]:
+    """`key base64,key2 base64` -> {key: value}; 400 on anything malformed."""
+    out: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in header.split(","))):
+        key, _, value = pair.partition(" ")
+        try:
+            out[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8") if value.strip() else ""
+        except (binascii.Error, UnicodeDecodeError):
+            raise ApiError(400, "invalid_metadata", f"Upload-Metadata: {key!r} is not base64 of UTF-8 text") from None
+    return out
+
+
+class Tus:
+    """The `/tus/` routes and their state (the per-upload locks)."""
+
+    def __init__(self, live: Any, store: Store, accepted: Callable[[], None]) -> None:
+        self._live = live
+        self._store = store
+        self._accepted = accepted
+        self._busy: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def config(self) -> Config:
+        return self._live.config  # type: ignore[no-any-return]
+
+    def folder(self) -> Path:
+        return self.config.state_dir / "tus"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("OPTIONS", "/tus/", self.options)
+        app.router.add_post("/tus/", self.create)
+        app.router.add_route("OPTIONS", "/tus/{id}", self.options)
+        app.router.add_head("/tus/{id}", self.head)
+        app.router.add_patch("/tus/{id}", self.patch)
+        app.router.add_delete("/tus/{id}", self.delete)
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        return {"Tus-Resumable": VERSION, **extra}
+
+    async def options(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=self._headers(
+            **{"Tus-Version": VERSION, "Tus-Extension": EXTENSIONS,
+               "Tus-Max-Size": str(self.config.http.tus.max_size),
+               "Tus-Checksum-Algorithm": ",".join(CHECKSUMS)}))
+
+    def _check_version(self, request: web.Request) -> None:
+        if request.headers.get("Tus-Resumable") != VERSION:
+            raise ApiError(412, "unsupported_version", f"Tus-Resumable must be {VERSION}",
+                           {"Tus-Version": VERSION, "Tus-Resumable": VERSION})
+
+    async def create(self, request: web.Request) -> web.Response:
+        self._check_version(request)
+        key = authenticate(request, self.config)
+        length_text = request.headers.get("Upload-Length", "")
+        if not length_text.isdigit():
+            raise ApiError(400, "invalid_length", "Upload-Length is required: the size in bytes "
+                                                  "(deferred lengths are not supported)")
+        length = int(length_text)
+        limit = self.config.http.tus.max_size
+        if length > limit:
+            raise ApiError(413, "too_large", f"Upload-Length {length} is over the limit of {limit} bytes")
+        meta = parse_metadata(request.headers.get("Upload-Metadata", ""))
+        missing = [k for k in ("connection", "pipeline", "filename") if not meta.get(k)]
+        if missing:
+            raise ApiError(400, "invalid_metadata", f"Upload-Metadata must carry {', '.join(missing)}")
+        connection, pipeline_name, filename = meta["connection"], meta["pipeline"], meta["filename"]
+        if not _NAME.fullmatch(filename) or filename in (".", ".."):
+            raise ApiError(400, "invalid_metadata", "filename: up to 200 characters, no '/', '\\' or control "
+                                                    "characters")
+        require_connection(key, connection)
+        config = self.config
+        if connection not in config.connections:
+            raise ApiError(404, "not_found", f"no connection {connection!r}")
+        pipeline = config.pipelines.get(pipeline_name)
+        if pipeline is None or pipeline.connection != connection or pipeline.direction is not Direction.INBOUND:
+            raise ApiError(422, "pipeline_mismatch", f"pipeline {pipeline_name!r} is not an inbound pipeline of "
+                                                     f"connection {connection!r}")
+        upload_id = secrets.token_hex(16)
+        now = utcnow()
+        expires = now + timedelta(seconds=config.http.tus.expire_after)
+        upload = Upload(upload_id, SourceKind.TUS, UploadState.INITIATED, connection, pipeline_name,
+                        length=length, filename=filename, created_at=now, updated_at=now, expires_at=expires)
+        await asyncio.to_thread(self.folder().mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_create, self.folder() / upload_id)
+        await self._store.save_upload(upload)
+        log.get(connection=connection, pipeline=pipeline_name).info("tus.created", upload_id=upload_id,
+                                                                    length=length, filename=filename)
+        headers = self._headers(Location=f"{request.url.origin()}/tus/{upload_id}",
+                                **{"Upload-Expires": _http_date(expires)})
+        if request.headers.get("Content-Type") == OCTETS and (request.content_length or request.body_exists):
+            upload = await self._write(request, upload)  # creation-with-upload
+            headers["Upload-Offset"] = str(upload.offset)
+        return web.Response(status=201, headers=headers)
+
+    async def _owned(self, request: web.Request) -> Upload:
+        self._check_version(request)
+        key = authenticate(request, self.config)
+        upload_id = request.match_info["id"]
+        upload = await self._store.get_upload(upload_id) if _ID.fullmatch(upload_id) else None
+        if upload is None or upload.kind is not SourceKind.TUS:
+            raise ApiError(404, "not_found", "no such upload", self._headers())
+        require_connection(key, upload.connection)
+        if upload.state is UploadState.ABORTED or (upload.state in OPEN and upload.expires_at is not None
+                                                   and upload.expires_at < utcnow()):
+            raise ApiError(410, "gone", "this upload expired or was terminated", self._headers())
+        return upload
+
+    async def head(self, request: web.Request) -> web.Response:
+        upload = await self._owned(request)
+        headers = self._headers(**{"Upload-Offset": str(upload.offset), "Cache-Control": "no-store"})
+        if upload.length is not None:
+            headers["Upload-Length"] = str(upload.length)
+        if upload.expires_at is not None and upload.state in OPEN:
+            headers["Upload-Expires"] = _http_date(upload.expires_at)
+        return web.Response(status=200, headers=headers)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        upload = await self._owned(request)
+        if request.headers.get("Content-Type") != OCTETS:
+            raise ApiError(415, "unsupported_media_type", f"Content-Type must be {OCTETS}", self._headers())
+        offset = request.headers.get("Upload-Offset", "")
+        if not offset.isdigit():
+            raise ApiError(400, "invalid_offset", "Upload-Offset is required", self._headers())
+        if int(offset) != upload.offset:
+            raise ApiError(409, "offset_mismatch", f"the upload is at offset {upload.offset}, not {offset}",
+                           self._headers(**{"Upload-Offset": str(upload.offset)}))
+        if upload.state not in OPEN:
+            raise ApiError(409, "completed", "this upload is complete", self._headers())
+        upload = await self._write(request, upload)
+        headers = self._headers(**{"Upload-Offset": str(upload.offset)})
+        if upload.expires_at is not None and upload.state in OPEN:
+            headers["Upload-Expires"] = _http_date(upload.expires_at)
+        return web.Response(status=204, headers=headers)
+
+    async def _write(self, request: web.Request, upload: Upload) -> Upload:
+        lock = self._busy.get(upload.upload_id)
+        if lock is None:
+            lock = self._busy[upload.upload_id] = asyncio.Lock()
+        if lock.locked():
+            raise ApiError(423, "locked", "another PATCH of this upload is in progress", self._headers())
+        async with lock:
+            current = await self._store.get_upload(upload.upload_id)
+            assert current is not None
+            if current.offset != upload.offset:
+                raise ApiError(409, "offset_mismatch", f"the upload is at offset {current.offset}",
+                               self._headers(**{"Upload-Offset": str(current.offset)}))
+            return await self._receive(request, current)
+
+    async def _receive(self, request: web.Request, upload: Upload) -> Upload:
+        checksum = request.headers.get("Upload-Checksum")
+        digest, expected = None, b""
+        if checksum:
+            algorithm, _, value = checksum.partition(" ")
+            if algorithm not in CHECKSUMS:
+                raise ApiError(400, "invalid_checksum", f"unsupported checksum algorithm {algorithm!r}; "
+                                                        f"supported: {', '.join(CHECKSUMS)}", self._headers())
+            try:
+                expected = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise ApiError(400, "invalid_checksum", "Upload-Checksum: the value is not base64",
+                               self._headers()) from None
+            digest = CHECKSUMS[algorithm]()
+        assert upload.length is not None
+        room = upload.length - upload.offset
+        path = self.folder() / upload.upload_id
+        fd = await asyncio.to_thread(_open_at, path, upload.offset)  # drops bytes past the stored offset
+        written = 0
+        try:
+            async with asyncio.timeout(READ_DEADLINE):
+                async for chunk in request.content.iter_chunked(256 * 1024):
+                    if written + len(chunk) > room:
+                        raise ApiError(413, "too_large", f"the body goes past Upload-Length {upload.length}",
+                                       self._headers())
+                    if digest is not None:
+                        digest.update(chunk)
+                    await asyncio.to_thread(os.write, fd, chunk)
+                    written += len(chunk)
+            if digest is not None and digest.digest() != expected:
+                raise ApiError(460, "checksum_mismatch", "Upload-Checksum does not match this chunk: discarded",
+                               self._headers())
+            await asyncio.to_thread(os.fsync, fd)
+        except BaseException:
+            # Nothing of a refused or broken chunk counts; bytes that did arrive before a disconnect are
+            # kept only up to what the store says (the client resumes from HEAD).
+            if digest is not None or written == 0:
+                await asyncio.to_thread(os.ftruncate, fd, upload.offset)
+            else:
+                await asyncio.to_thread(os.fsync, fd)
+                await self._store.save_upload(replace(upload, offset=upload.offset + written,
+                                                      state=UploadState.UPLOADING, updated_at=utcnow()))
+            raise
+        finally:
+            await asyncio.to_thread(os.close, fd)
+        now = utcnow()  # activity pushes the expiry back
+        upload = replace(upload, offset=upload.offset + written, state=UploadState.UPLOADING, updated_at=now,
+                         expires_at=now + timedelta(seconds=self.config.http.tus.expire_after))
+        await self._store.save_upload(upload)
+        if upload.offset == upload.length:
+            upload = await self._finish(upload)
+        return upload
+
+    async def _finish(self, upload: Upload) -> Upload:
+        path = self.folder() / upload.upload_id
+        item = intake.Input(upload.connection, SourceKind.TUS, upload.filename or upload.upload_id, path,
+                            upload.pipeline, meta={"upload_id": upload.upload_id})
+        run = await intake.accept(self._store, self.config, item, pipeline=upload.pipeline)
+        done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())
+        await self._store.save_upload(done)
+        await self._store.add_events(events.make(self.config, "upload.completed", {
+            "uploadId": done.upload_id, "kind": "tus", "connectionName": done.connection,
+            "pipelineId": done.pipeline, "filename": done.filename, "length": done.length, "runId": run.run_id}))
+        self._accepted()
+        log.get(connection=upload.connection, pipeline=upload.pipeline, run_id=run.run_id).info(
+            "tus.completed", upload_id=upload.upload_id, length=upload.length)
+        return done
+
+    async def delete(self, request: web.Request) -> web.Response:
+        upload = await self._owned(request)
+        if upload.state not in OPEN:
+            raise ApiError(409, "completed", "a completed upload cannot be terminated", self._headers())
+        lock = self._busy.get(upload.upload_id)
+        if lock is not None and lock.locked():
+            raise ApiError(423, "locked", "a PATCH of this upload is in progress", self._headers())
+        await self._terminate(upload, "terminated by the client")
+        return web.Response(status=204, headers=self._headers())
+
+    async def _terminate(self, upload: Upload, why: str) -> None:
+        await self._store.save_upload(replace(upload, state=UploadState.ABORTED, updated_at=utcnow()))
+        await asyncio.to_thread((self.folder() / upload.upload_id).unlink, missing_ok=True)
+        await self._store.add_events(events.make(self.config, "upload.aborted", {
+            "uploadId": upload.upload_id, "kind": "tus", "connectionName": upload.connection,
+            "pipelineId": upload.pipeline, "reason": why}))
+        log.get(connection=upload.connection, pipeline=upload.pipeline).info("tus.aborted", upload_id=upload.upload_id,
+                                                                             reason=why)
+
+    async def sweep(self) -> int:
+        """Expired uploads: files deleted, state aborted (HEAD/PATCH then answer 410)."""
+        stale = await self._store.stale_uploads(OPEN, utcnow() - timedelta(seconds=self.config.http.tus.expire_after))
+        swept = 0
+        for upload in stale:
+            if upload.kind is SourceKind.TUS and upload.expires_at is not None and upload.expires_at < utcnow():
+                lock = self._busy.get(upload.upload_id)
+                if lock is None or not lock.locked():
+                    await self._terminate(upload, "expired")
+                    swept += 1
+        return swept
+
+
+def _create(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+
+
+def _open_at(path: Path, offset: int) -> int:
+    fd = os.open(path, os.O_WRONLY)
+    os.ftruncate(fd, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
