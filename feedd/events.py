@@ -9,16 +9,14 @@ backoff, jitter and `Retry-After`. `sign()` is shared with the webhook destinati
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import fnmatch
 import hashlib
 import hmac
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +25,7 @@ import aiohttp
 
 from feedd import log
 from feedd.config import Config
+from feedd.due import DueWork
 from feedd.model import DeliveryStatus, Event, iso, new_id, utcnow
 from feedd.store import Store
 
@@ -77,89 +76,36 @@ def make(config: Config, event_type: str, data: dict[str, Any]) -> list[Event]:
     return [Event(msg_id, s.url, event_type, body, created_at=now, next_attempt_at=now) for s in subscribers]
 
 
-class EventSender:
+class EventSender(DueWork[Event]):
     """Sends due events; a component of the daemon. `wake()` after queueing makes it look at once."""
 
     name = "events"
 
     def __init__(self, config: Callable[[], Config], store: Store) -> None:
+        super().__init__(store, timeout=TIMEOUT)
         self._config = config
-        self._store = store
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._sending: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def due(self) -> list[tuple[Hashable, Event]]:
+        return [((e.event_id, e.url), e) for e in await self._store.due_events(utcnow(), limit=100)]
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def reload(self, config: Config) -> None:
-        self.wake()
-
-    async def stop(self, deadline: float) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
-        for task in self._tasks:
-            task.cancel()
-        if self._session is not None:
-            await self._session.close()
-
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                for event in await self._store.due_events(utcnow(), limit=100):
-                    key = (event.event_id, event.url)
-                    if key not in self._sending and len(self._sending) < 32:
-                        self._sending.add(key)
-                        task = asyncio.get_running_loop().create_task(self._send(event))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-            except Exception:
-                log.get().exception("events.loop_failed")
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
-            # event is set, and this loop would then never stop
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(await self._pause()):
-                    await self._wake.wait()
-
-    async def _pause(self) -> float:
-        nxt = await self._store.next_due()
-        if nxt is None:
-            return 5.0
-        return min(5.0, max(0.05, (nxt - utcnow()).total_seconds()))
-
-    async def _send(self, event: Event) -> None:
-        try:
-            subscriber = next((s for s in self._config().webhooks if s.url == event.url), None)
-            attempts = event.attempts + 1
-            if subscriber is None:
-                await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts,
-                                                      "the subscription is no longer in the config", None))
-                return
-            error, wait = await self._post(event, subscriber.secret)
-            if error is None:
-                await self._store.save_event(_replace(event, DeliveryStatus.DELIVERED, attempts, None, None))
-                return
-            if attempts >= MAX_ATTEMPTS:
-                log.get().warning("event.failed", event_id=event.event_id, url=event.url, type=event.type,
-                                  attempts=attempts, error=error)
-                await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts, error, None))
-                return
-            nxt = utcnow() + timedelta(seconds=backoff(attempts, wait))
-            await self._store.save_event(_replace(event, DeliveryStatus.PENDING, attempts, error, nxt))
-        finally:
-            self._sending.discard((event.event_id, event.url))
-            self.wake()
+    async def handle(self, event: Event) -> None:
+        subscriber = next((s for s in self._config().webhooks if s.url == event.url), None)
+        attempts = event.attempts + 1
+        if subscriber is None:
+            await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts,
+                                                  "the subscription is no longer in the config", None))
+            return
+        error, wait = await self._post(event, subscriber.secret)
+        if error is None:
+            await self._store.save_event(_replace(event, DeliveryStatus.DELIVERED, attempts, None, None))
+            return
+        if attempts >= MAX_ATTEMPTS:
+            log.get().warning("event.failed", event_id=event.event_id, url=event.url, type=event.type,
+                              attempts=attempts, error=error)
+            await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts, error, None))
+            return
+        nxt = utcnow() + timedelta(seconds=backoff(attempts, wait))
+        await self._store.save_event(_replace(event, DeliveryStatus.PENDING, attempts, error, nxt))
 
     async def _post(self, event: Event, secret: str | None) -> tuple[str | None, float | None]:
         """(None, None) on a 2xx; else (what went wrong, Retry-After seconds or None)."""

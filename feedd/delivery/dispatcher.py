@@ -11,19 +11,17 @@ with its `run.delivered` event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-
-import aiohttp
 
 from feedd import events, log, metrics
 from feedd.config import Config, DestinationType
 from feedd.config.values import Destination
 from feedd.delivery.local import place
 from feedd.delivery.targets import PermanentDeliveryError, Shipment, send_s3, send_sftp, send_webhook
+from feedd.due import DueWork
 from feedd.errors import RetryableDeliveryError
 from feedd.model import Delivery, DeliveryStatus, Run, RunStatus, utcnow
 from feedd.spaces import Spaces
@@ -33,71 +31,23 @@ MAX_IN_FLIGHT = 32
 ATTEMPT_TIMEOUT = 900.0  # one attempt at one destination, whatever its kind
 
 
-class Dispatcher:
+class Dispatcher(DueWork[Delivery]):
     name = "delivery"
+    max_in_flight = MAX_IN_FLIGHT
 
     def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces,
                  notify: Callable[[], None] = lambda: None) -> None:
+        super().__init__(store)
         self._config = config
-        self._store = store
         self._spaces = spaces
         self._notify = notify  # events were queued: the event sender should look
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def due(self) -> list[tuple[Hashable, Delivery]]:
+        due = await self._store.due_deliveries(utcnow(), limit=MAX_IN_FLIGHT * 2)
+        return [((d.run_id, d.destination), d) for d in due]
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def reload(self, config: Config) -> None:
-        self.wake()
-
-    async def stop(self, deadline: float) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._inflight:
-            await asyncio.wait(list(self._inflight.values()),
-                               timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
-        for task in self._inflight.values():
-            task.cancel()  # what is cut off stays pending and is tried again at the next start
-        if self._session is not None:
-            await self._session.close()
-
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                for d in await self._store.due_deliveries(utcnow(), limit=MAX_IN_FLIGHT * 2):
-                    key = (d.run_id, d.destination)
-                    if key not in self._inflight and len(self._inflight) < MAX_IN_FLIGHT:
-                        task = asyncio.get_running_loop().create_task(self._attempt(d))
-                        self._inflight[key] = task
-                        task.add_done_callback(self._done(key))
-            except Exception:
-                log.get().exception("delivery.loop_failed")
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
-            # event is set, and this loop would then never stop
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(await self._pause()):
-                    await self._wake.wait()
-
-    def _done(self, key: tuple[str, str]) -> Callable[[asyncio.Task[None]], None]:
-        def forget(_task: asyncio.Task[None]) -> None:
-            self._inflight.pop(key, None)
-            self.wake()
-
-        return forget
-
-    async def _pause(self) -> float:
-        nxt = await self._store.next_due()
-        return 5.0 if nxt is None else min(5.0, max(0.05, (nxt - utcnow()).total_seconds()))
+    async def handle(self, delivery: Delivery) -> None:
+        await self._attempt(delivery)
 
     async def _attempt(self, delivery: Delivery) -> None:
         run = await self._store.get_run(delivery.run_id)

@@ -56,7 +56,15 @@ def _replace(arg: tuple[str, str]) -> Fn:
 
 
 def _date(fmt: str) -> Fn:
-    parse = _parser(fmt, date_only=True)
+    return _strptime_transform(fmt, date_only=True)
+
+
+def _datetime(fmt: str) -> Fn:
+    return _strptime_transform(fmt, date_only=False)
+
+
+def _strptime_transform(fmt: str, *, date_only: bool) -> Fn:
+    parse = _parser(fmt, date_only=date_only)
 
     def apply(value: Any) -> Any:
         if value is None:
@@ -64,23 +72,6 @@ def _date(fmt: str) -> Fn:
         s = (value if value.__class__ is str else str(value)).strip()
         if not s:
             return None  # an empty cell is no value, not a parse error
-        try:
-            return parse(s)
-        except ValueError:
-            raise TransformError(f"{value!r} does not match {fmt}") from None
-
-    return apply
-
-
-def _datetime(fmt: str) -> Fn:
-    parse = _parser(fmt, date_only=False)
-
-    def apply(value: Any) -> Any:
-        if value is None:
-            return None
-        s = (value if value.__class__ is str else str(value)).strip()
-        if not s:
-            return None
         try:
             return parse(s)
         except ValueError:
