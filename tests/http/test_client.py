@@ -12,7 +12,8 @@ import pytest
 
 from feedd.client import Client, ClientError
 from tests.http.conftest import ADMIN_KEY, Api
-from tests.http.test_uploads import fetch_outbox, orders
+from tests.http.test_uploads import orders
+from tests.sftp.conftest import fetch_outbox
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -29,6 +29,16 @@ def tus_client(api: Api, key: str = ADMIN_KEY) -> tus.TusClient:
     return tus.TusClient(f"{api.url}/tus/", headers={"Authorization": f"Bearer {key}"})
 
 
+async def one_completed_run(api: Api) -> list[Any]:
+    runs: list[Any] = []
+    for _ in range(200):  # bounded: ~10 s
+        runs = await api.runs()
+        if runs and runs[0].status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    return runs
+
+
 async def test_tuspy_uploads_in_chunks_with_checksums_and_a_run_follows(api: Api) -> None:
     def upload() -> str:
         uploader = tus_client(api).uploader(file_stream=io.BytesIO(CSV), chunk_size=10_000, metadata=meta(),
@@ -38,13 +48,7 @@ async def test_tuspy_uploads_in_chunks_with_checksums_and_a_run_follows(api: Api
 
     url = await asyncio.to_thread(upload)
     assert url.startswith(f"{api.url}/tus/")
-    runs = []
-    for _ in range(200):
-        runs = await api.runs()
-        if runs and runs[0].status == "completed":
-            break
-        await asyncio.sleep(0.05)
-    [run] = runs
+    [run] = await one_completed_run(api)
     assert run.source.kind == "tus" and run.source.name == "people.csv"
     assert run.source.sha256 == hashlib.sha256(CSV).hexdigest() and run.counts.valid == 3000
     async with aiohttp.ClientSession() as s, s.head(url, headers={"Tus-Resumable": "1.0.0",
@@ -80,13 +84,7 @@ async def test_resume_after_a_restart_gives_one_run_with_the_right_sha256(
         return offset
 
     assert await asyncio.to_thread(resume) == 100_000
-    runs = []
-    for _ in range(200):
-        runs = await api.runs()
-        if runs and runs[0].status == "completed":
-            break
-        await asyncio.sleep(0.05)
-    [run] = runs
+    [run] = await one_completed_run(api)
     assert run.source.sha256 == hashlib.sha256(data).hexdigest() and run.counts.valid == 12_000
     await api.daemon.stop()
 

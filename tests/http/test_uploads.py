@@ -10,10 +10,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import paramiko
-
-from tests.helpers import DEMO_PASSWORD
 from tests.http.conftest import DEMO_KEY, Api
+from tests.sftp.conftest import fetch_outbox
 
 
 def orders(first: int, count: int) -> list[dict[str, Any]]:
@@ -26,21 +24,6 @@ async def init(api: Api, total: int = 2, **extra: Any) -> dict[str, Any]:
         "connectionName": "demo", "pipelineId": "demo-orders-out", "totalParts": total, **extra})
     assert status == 201, body
     return body  # type: ignore[no-any-return]
-
-
-def fetch_outbox(port: int) -> dict[str, bytes]:
-    transport = paramiko.Transport(("127.0.0.1", port))
-    try:
-        transport.connect(username="demo", password=DEMO_PASSWORD)
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
-        files = {}
-        for name in sftp.listdir("/outbox"):
-            with sftp.open(f"/outbox/{name}", "rb") as f:
-                files[name] = f.read()
-        return files
-    finally:
-        transport.close()
 
 
 async def test_the_whole_flow_ends_as_a_csv_the_partner_downloads(api: Api) -> None:

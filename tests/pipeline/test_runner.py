@@ -9,11 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from feedd.model import Run, RunStatus
-from tests.helpers import DEMO_PASSWORD
-from tests.sftp.conftest import Feedd
+from tests.sftp.conftest import Feedd, fetch_outbox
 
 DONE = (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED)
 
@@ -51,21 +48,7 @@ async def test_a_drop_is_processed_delivered_and_reported(start_feedd: Callable[
     assert [json.loads(line) for line in delivered.read_text().splitlines()] == [
         {"email": "ann@example.org"}, {"email": "bob@example.org"}]
 
-    def fetch() -> dict[str, bytes]:
-        transport = paramiko.Transport(("127.0.0.1", feedd.port))
-        try:
-            transport.connect(username="demo", password=DEMO_PASSWORD)
-            sftp = paramiko.SFTPClient.from_transport(transport)
-            assert sftp is not None
-            files = {}
-            for name in sftp.listdir("/outbox"):
-                with sftp.open(f"/outbox/{name}") as f:
-                    files[name] = f.read()
-            return files
-        finally:
-            transport.close()
-
-    files = await asyncio.to_thread(fetch)
+    files = await asyncio.to_thread(fetch_outbox, feedd.port)
     assert set(files) == {"contacts.csv.report.json", "contacts.csv.rejects.csv", delivered.name}
     report = json.loads(files["contacts.csv.report.json"])
     assert report["status"] == "completed" and report["counts"] == {"rows": 3, "valid": 2, "invalid": 1}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import paramiko
 import pytest
 
 from feedd.config import load_config
@@ -149,3 +150,18 @@ async def start_feedd(tmp_path: Path, demo_key: tuple[Path, str],
 @pytest.fixture
 async def feedd(start_feedd: Callable[..., Any]) -> Feedd:
     return await start_feedd()  # type: ignore[no-any-return]
+
+
+def fetch_outbox(port: int) -> dict[str, bytes]:
+    transport = paramiko.Transport(("127.0.0.1", port))
+    try:
+        transport.connect(username="demo", password=DEMO_PASSWORD)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        files = {}
+        for name in sftp.listdir("/outbox"):
+            with sftp.open(f"/outbox/{name}", "rb") as f:
+                files[name] = f.read()
+        return files
+    finally:
+        transport.close()
