@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
-from feedd import hostkeys, log, sdnotify
+from feedd import hostkeys, intake, log, sdnotify
 from feedd.config import Config, load_config
 from feedd.delivery.dispatcher import Dispatcher
 from feedd.drops import Drops
@@ -92,6 +92,7 @@ class Daemon:
             log.get().info("host key generated" if generated else "host key", fingerprint=key.fingerprint,
                            algorithm=key.algorithm, path=str(key.path))
         self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
+        await intake.recover(store, config)
         self.spaces = spaces = Spaces(config)
         sender = EventSender(lambda: self.config, store)
         dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedd import events, log
+from feedd import events, failpoints, log
 from feedd.config import Config
 from feedd.durable import fsync_dir, hash_and_sync, move_into, sync_file
 from feedd.model import Direction, Run, RunError, RunStatus, Source, SourceKind, new_id
@@ -78,14 +78,18 @@ async def accept(store: Store, config: Config, item: Input, *, pipeline: str | N
     `no_matching_pipeline`; the input stays in the spool so that it can be retried.
     """
     run_id = new_id()
-    dest = spool_dir(config) / f"{run_id}.{spool_name(item.name)}"
+    # Who it is for travels in the name: if the daemon dies between this move and the commit, `recover()`
+    # finds the file without a run and takes it in again.
+    dest = spool_dir(config) / f"{run_id}.{item.connection}.{item.kind}.{pipeline or '-'}.{spool_name(item.name)}"
     sha, size = await asyncio.to_thread(_move_and_hash, item, dest, item.sha256)
+    failpoints.hit("intake.after_spool")
     try:
         run = await _record(store, config, item, pipeline, overrides, run_id, dest, sha, size)
     except BaseException:
         # Not recorded, so not accepted: put the input back where it came from for a later try.
         await asyncio.to_thread(_put_back, dest, item.path)
         raise
+    failpoints.hit("intake.after_commit")
     log.get(connection=item.connection, pipeline=run.pipeline, run_id=run_id).info(
         "run.accepted", status=str(run.status), source=item.name, size=size, sha256=sha, kind=str(item.kind),
         error=run.error.code if run.error else None)
@@ -128,3 +132,25 @@ async def _record(store: Store, config: Config, item: Input, pipeline: str | Non
     # run.queued / run.held / run.failed, queued in the same transaction as the run itself
     await store.insert_run(run, events.make(config, f"run.{status}", run.to_json()))
     return run
+
+
+async def recover(store: Store, config: Config) -> int:
+    """Take in again every spool file that has no run: an input moved into the spool by a daemon that
+    died before recording it. Returns how many."""
+    folder = spool_dir(config)
+    names = await asyncio.to_thread(lambda: sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [])
+    taken = 0
+    for name in names:
+        parts = name.split(".", 4)
+        if len(parts) < 5 or await store.get_run(parts[0]) is not None:
+            continue
+        _, connection, kind, pipeline, base = parts
+        if connection not in config.connections or kind not in SourceKind.__members__.values():
+            log.get().warning("intake.orphan_left", file=name, reason="unknown connection or kind")
+            continue
+        chosen = pipeline if pipeline in config.pipelines else None
+        item = Input(connection, SourceKind(kind), base, folder / name, chosen, meta={"recovered": True})
+        run = await accept(store, config, item, pipeline=chosen)
+        log.get(connection=connection, run_id=run.run_id).warning("intake.recovered", file=name)
+        taken += 1
+    return taken

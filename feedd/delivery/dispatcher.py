@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from feedd import events, log, metrics
+from feedd import events, failpoints, log, metrics
 from feedd.config import Config, DestinationType
 from feedd.config.values import Destination
 from feedd.delivery.local import place
@@ -63,6 +63,7 @@ class Dispatcher(DueWork[Delivery]):
             metrics.DELIVERY_ATTEMPTS.labels(str(dest.type)).inc()
             async with asyncio.timeout(ATTEMPT_TIMEOUT):
                 await self._send(run, dest)
+            failpoints.hit("delivery.before_done")
         except Exception as exc:
             if dest is not None:
                 metrics.DELIVERY_FAILURES.labels(str(dest.type)).inc()

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import aiohttp
 
+from feedd import failpoints
 from feedd.config.values import Destination
 from feedd.errors import FeeddError, RetryableDeliveryError
 from feedd.events import retry_after, signed_headers
@@ -68,6 +69,7 @@ async def send_webhook(session: aiohttp.ClientSession, s: Shipment) -> None:
             headers.update({"Content-Type": _TYPES[dest.body], "Idempotency-Key": f"{s.key}:{number}",
                             "feedd-run-id": s.run_id, "feedd-batch": str(number)})
             await _post(session, dest.url, body, headers, dest.timeout)
+            failpoints.hit("delivery.mid")
         if number == 0:  # no records: still tell the receiver the run finished, with an empty batch
             empty = b"" if dest.body == "ndjson" else b"[]"
             headers = {**signed_headers(dest.secret, f"{s.run_id}.{dest.key}.0", empty),

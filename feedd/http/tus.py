@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from feedd import events, intake, log
+from feedd import events, failpoints, intake, log
 from feedd.config import Config
 from feedd.http.api import ApiError, authenticate, require_connection
 from feedd.model import Direction, SourceKind, Upload, UploadState, utcnow
@@ -222,6 +222,7 @@ class Tus:
                         digest.update(chunk)
                     await asyncio.to_thread(os.write, fd, chunk)
                     written += len(chunk)
+                    failpoints.hit("tus.mid_patch")
             if digest is not None and digest.digest() != expected:
                 raise ApiError(460, "checksum_mismatch", "Upload-Checksum does not match this chunk: discarded",
                                self._headers())

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from feedd import events, intake, log
+from feedd import events, failpoints, intake, log
 from feedd.config import Config
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
@@ -265,6 +265,7 @@ class Uploads:
         assembled = folder / "assembled.json"
         parts = [folder / f"{n}.json" for n in range(1, upload.total_parts + 1)]
         await asyncio.to_thread(splice, parts, assembled)
+        failpoints.hit("upload.mid_complete")
         name = upload.filename or f"{upload.upload_id}.json"
         meta = {"upload_id": upload.upload_id, "filename": upload.filename, **upload.meta}
         meta.pop("records", None)

@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from feedd import events, log, metrics
+from feedd import events, failpoints, log, metrics
 from feedd.config import Config
 from feedd.config.values import Pipeline
 from feedd.delivery.local import place
@@ -170,7 +170,11 @@ class Runner:
                   str(runs_dir(config) / run.run_id), memory, previous)
         assert self._pool is not None
         try:
-            outcome = await asyncio.get_running_loop().run_in_executor(self._pool, process, job)
+            work = asyncio.get_running_loop().run_in_executor(self._pool, process, job)
+            if failpoints.ARMED == "runner.mid_processing":
+                await asyncio.sleep(0.05)  # let the worker get going first
+                failpoints.hit("runner.mid_processing")
+            outcome = await work
         except BrokenProcessPool:
             self._pool = self._new_pool()
             logger.error("run.worker_died")
@@ -223,6 +227,7 @@ class Runner:
                 now = utcnow()
                 deliveries = [Delivery(run.run_id, d.key, next_attempt_at=now) for d in pipe.destinations]
                 done = replace(done, meta=meta, deliveries=tuple(deliveries))
+        failpoints.hit("runner.before_record")
         queued = events.make(config, f"run.{done.status}", done.to_json())
         if outcome is not None and outcome.drift:
             queued += events.make(config, "schema.drift", {

@@ -1,0 +1,31 @@
+"""Failpoints for crash tests: `FEEDD_FAILPOINT=<name>` makes the daemon SIGKILL itself at that point.
+
+Only honoured when the variable is set (read once, at import); `hit()` is then a string compare, and
+nothing at all otherwise. The names, in the order a file meets them:
+
+- `intake.after_spool`     the input is in the spool, its run not yet recorded
+- `intake.after_commit`    the run is recorded, nobody has been told
+- `runner.mid_processing`  a worker is processing the run
+- `runner.before_record`   outputs are written, the outcome not yet recorded
+- `delivery.mid`           a webhook delivery has sent its first batch, not the rest
+- `delivery.before_done`   a delivery reached its destination, not yet marked delivered
+- `tus.mid_patch`          a tus PATCH has written part of its body, the offset is not recorded
+- `upload.mid_complete`    a multipart complete has joined the parts, not yet taken them in
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+NAMES = ("intake.after_spool", "intake.after_commit", "runner.mid_processing", "runner.before_record",
+         "delivery.mid", "delivery.before_done", "tus.mid_patch", "upload.mid_complete")
+ARMED = os.environ.get("FEEDD_FAILPOINT") or None
+
+
+def hit(name: str) -> None:
+    if ARMED is not None and name == ARMED:
+        sys.stderr.write(f"feedd: failpoint {name}: SIGKILL\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,5 @@
+"""Receivers for the fault tests (the delivery tests' own)."""
+
+from tests.delivery.conftest import receiver
+
+__all__ = ["receiver"]
