@@ -187,12 +187,12 @@ class Uploads:
 
     async def put_part(self, request: web.Request) -> web.Response:
         upload = await self._owned(request)
+        _require_open(upload)  # a closed upload takes nothing, whatever the part number
         text = request.match_info["partNumber"]
         number = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
         if not 1 <= number <= upload.total_parts:
             raise ApiError(400, "invalid_part_number",
                            f"partNumber must be 1 to {upload.total_parts}, got {text[:20]!r}")
-        _require_open(upload)
         limit = self.config.http.max_part_size
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "too_large", f"a part may be at most {limit} bytes")
