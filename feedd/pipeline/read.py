@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,8 @@ def open_rows(path: Path, fmt: FormatConfig) -> tuple[Detected, list[str], Rows]
     """Detect the format and return (detected, headers, rows). Rows are (row number, cells)."""
     raw, compression, name = _unpack(path)
     try:
-        head = raw.peek(SNIFF_BYTES)[:SNIFF_BYTES] if isinstance(raw, io.BufferedReader) else b""
+        with _read_errors():
+            head = raw.peek(SNIFF_BYTES)[:SNIFF_BYTES] if isinstance(raw, io.BufferedReader) else b""
         if b"\x00" in head[:8192] and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             raise ReadError("unreadable_input", "this looks like a binary file, not CSV or JSON text")
         encoding = _encoding(head, fmt.encoding)
@@ -207,6 +209,9 @@ def _read_errors() -> Iterator[None]:
         raise ReadError("unreadable_input", f"bytes that are not valid {exc.encoding}: {exc.reason}") from None
     except csv.Error as exc:
         raise ReadError("unreadable_input", f"CSV could not be read: {exc}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile) as exc:
+        # a truncated or corrupt archive, found while unpacking it as a stream
+        raise ReadError("unreadable_input", f"the compressed file is damaged or cut short: {exc}") from None
 
 
 class Rows:

@@ -161,3 +161,13 @@ def test_a_long_line_inside_a_block_names_its_line(tmp_path: Path, monkeypatch: 
     with pytest.raises(ReadError) as info:
         rows_of(path)
     assert info.value.code == "line_too_long" and "line 4 is longer than 50" in info.value.message
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.5, 0.9])
+def test_a_truncated_gzip_is_unreadable_input_not_a_traceback(tmp_path: Path, keep: float) -> None:
+    path = tmp_path / "cut.csv.gz"
+    whole = gzip.compress(b"id,name\n" + b"".join(b"%d,name %d\n" % (i, i * 7919) for i in range(2000)))
+    path.write_bytes(whole[:int(len(whole) * keep)])
+    with pytest.raises(ReadError) as info:
+        rows_of(path)
+    assert info.value.code == "unreadable_input"
