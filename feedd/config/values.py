@@ -70,6 +70,7 @@ class SftpConfig:
     max_sessions_per_connection: int = 10
     ban: BanConfig = BanConfig()
     partial_max_age: float = 86400.0  # partial uploads (client gone mid-upload) are deleted after this
+    min_free_space: int = 64 * 1024**2  # below this free on the spaces' or state's disk, new uploads are refused
     scan_interval: float = 60.0  # reconciliation scan of every inbox
 
 

@@ -250,6 +250,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             fd = os.open(target.real, flags | os.O_RDONLY)
             return self._track(Handle(fd, target, self._space.rel(target.real)))
         rel = self._space.rel(target.real)
+        if (low := self._s.drops.low_on_space()) is not None:
+            raise SFTPNoSpaceOnFilesystem(low)
         if (self._space.name, rel) in self._s.drops.taking:
             raise SFTPFailure(f"{target.virtual} is being taken for processing; upload it again under a new name")
         flags |= os.O_RDWR if pflags & FXF_READ else os.O_WRONLY

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +16,10 @@ import pytest
 from tests.sftp.conftest import Feedd
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    mount.mkdir(exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
@@ -28,8 +29,14 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "tiny", "1m") as mount:
+        yield mount
+
+
 async def test_disk_full_mid_upload(start_feedd: Callable[..., Any], small_tmpfs: Path) -> None:
-    feedd: Feedd = await start_feedd(sftp_extra=f'spaces_dir: "{small_tmpfs}"')
+    feedd: Feedd = await start_feedd(sftp_extra=f'spaces_dir: "{small_tmpfs}"\n  min_free_space: 0')
     inbox = small_tmpfs / "demo" / "inbox"
     async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
         async with sftp.open("/inbox/early.csv.part", "wb") as f:  # a temp name: it stays in the space
@@ -48,3 +55,39 @@ async def test_disk_full_mid_upload(start_feedd: Callable[..., Any], small_tmpfs
     assert Path(run.spool_path).read_bytes() == b"email\nafter@example.org\n"
     with contextlib.suppress(FileNotFoundError):
         assert not (inbox / "after.csv").exists()
+
+
+async def test_a_low_water_mark_refuses_uploads_before_the_state_disk_fills(
+        start_feedd: Callable[..., Any], tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "var", "8m") as var:  # the whole state: database, spool, spaces, run outputs
+        feedd: Feedd = await start_feedd(workers=1, sftp_extra="min_free_space: 2MiB")
+        async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/inbox/first.csv", "wb") as f:
+                await f.write(b"email\nfirst@example.org\n")
+            [first] = await _finished(feedd, 1)
+            records = Path(first.meta["records"]).read_bytes()
+            filler = var / "filler"
+            free = shutil.disk_usage(var).free
+            filler.write_bytes(b"\0" * (free - 1024 * 1024))  # 1 MiB left: under the 2 MiB mark
+            with pytest.raises(asyncssh.SFTPError, match="low on disk space") as info:
+                async with sftp.open("/inbox/refused.csv", "wb") as f:
+                    await f.write(b"email\nrefused@example.org\n")
+            # SFTP v3 has no "no space" status: clients see a failure with the reason in its text
+            assert info.value.code in (asyncssh.FX_FAILURE, asyncssh.FX_NO_SPACE_ON_FILESYSTEM)
+            assert not (var / "spaces" / "demo" / "inbox" / "refused.csv").exists()
+            filler.unlink()  # space comes back: nothing to restart, uploads work again
+            async with sftp.open("/inbox/second.csv", "wb") as f:
+                await f.write(b"email\nsecond@example.org\n")
+        runs = await _finished(feedd, 2)
+        assert [r.status for r in runs] == ["completed", "completed"]
+        assert Path(first.meta["records"]).read_bytes() == records  # the earlier run is intact
+        await feedd.daemon.stop()
+
+
+async def _finished(feedd: Feedd, count: int) -> list[Any]:
+    for _ in range(300):  # bounded: ~15 s
+        runs = await feedd.runs()
+        if len(runs) >= count and all(r.status == "completed" for r in runs):
+            return runs
+        await asyncio.sleep(0.05)
+    raise AssertionError([(r.source.name, r.status) for r in await feedd.runs()])
