@@ -24,6 +24,7 @@ from feedd.credentials import HASHER, MAX_PASSWORD_BYTES, verify_password
 
 FAILURE_DELAY = 1.0  # seconds added to every failed password (OpenSSH and SFTPGo do the same)
 MAX_UNAUTHENTICATED = 100  # connections still in key exchange or auth, across all sources
+MAX_UNAUTHENTICATED_PER_IP = 20  # ... and from one source address
 MAX_AUTH_TRIES = 6  # failed attempts on one connection before it is closed (OpenSSH's MaxAuthTries)
 _DUMMY_HASH = HASHER.hash("feedd-dummy-password-for-unknown-users")
 
@@ -71,7 +72,9 @@ class AuthState:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.bans = Bans(config.sftp.ban)
-        self.unauthenticated = 0
+        # Connections not yet logged in, oldest first: when there are too many, the oldest makes room for
+        # the newest (idle sockets cannot lock real clients out), within a cap per source address.
+        self.waiting: dict[Gate, None] = {}
         self.verify_slots = asyncio.Semaphore(2)
         self.keys: dict[str, asyncssh.SSHAuthorizedKeys | None] = {}
         self.apply(config)
@@ -123,11 +126,18 @@ class Gate(asyncssh.SSHServer):
             log.get().warning("sftp.refused_banned", ip=self.ip)
             conn.close()
             return
-        if self._state.unauthenticated >= MAX_UNAUTHENTICATED:
+        waiting = self._state.waiting
+        if sum(1 for g in waiting if g.ip == self.ip) >= MAX_UNAUTHENTICATED_PER_IP:
             log.get().warning("sftp.refused_too_many_unauthenticated", ip=self.ip)
             conn.close()
             return
-        self._state.unauthenticated += 1
+        if len(waiting) >= MAX_UNAUTHENTICATED:
+            oldest = next(iter(waiting))
+            log.get().warning("sftp.evicted_unauthenticated", ip=oldest.ip, for_ip=self.ip)
+            oldest._uncount()
+            if oldest.conn is not None:
+                oldest.conn.close()
+        waiting[self] = None
         self._counted = True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -137,7 +147,7 @@ class Gate(asyncssh.SSHServer):
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self._state.unauthenticated -= 1
+            self._state.waiting.pop(self, None)
 
     def begin_auth(self, username: str) -> bool:
         self.username = username

@@ -82,7 +82,7 @@ class Feedd:
 
     async def runs(self, **query: Any) -> list[Run]:
         assert self.daemon.store is not None
-        runs, _ = await self.daemon.store.list_runs(RunQuery(limit=1000, oldest_first=True, **query))
+        runs, _ = await self.daemon.store.list_runs(RunQuery(limit=100_000, oldest_first=True, **query))
         return runs
 
     async def wait_runs(self, count: int, within: float = 15.0, **query: Any) -> list[Run]:
