@@ -134,12 +134,15 @@ async def test_kill_9_at_each_failpoint_loses_nothing(failpoint: str, tmp_path: 
     await feed(kind, url, tmp_path)
     code = await asyncio.to_thread(first.wait, 30)  # the failpoint must be hit: the process SIGKILLs itself
     assert code == -9, f"{failpoint} was never reached (exit {code})"
+    restarted = time.monotonic()
     second, url = await start(path)
     daemons.append(second)
     if failpoint == "intake.after_spool":  # in the spool, never recorded: found and taken in again at start
         await asyncio.to_thread(second.wait_log, "intake.recovered")
     await finish(kind, url, tmp_path)
     runs = await settled(url)
+    print(f"\nFAILPOINT {failpoint} runs={len(runs)} status={runs[0]['status']} "
+          f"recovered_s={time.monotonic() - restarted:.1f}")
     assert len(runs) == 1 and runs[0]["status"] == "delivered", runs  # accepted once, processed, delivered
     run = runs[0]
     assert run["counts"]["valid"] == (1 if kind == "upload" else 2)

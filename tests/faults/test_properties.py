@@ -28,7 +28,8 @@ __all__ = ["served"]
 
 SEGMENTS = st.sampled_from(["..", ".", "", "inbox", "outbox", "out", "link", "acme2", "a\x00b", "a\nb", "é", "x" * 300,
                             "..\\..", "%2e%2e", "~", "/"])
-PATHS = st.lists(st.one_of(SEGMENTS, st.text(max_size=12)), max_size=8).map("/".join)
+PATHS = st.lists(st.one_of(SEGMENTS, st.text(alphabet="ab.", max_size=4), st.text(max_size=12)),
+                 max_size=8).map("/".join)
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -62,6 +63,28 @@ def test_no_path_leaves_the_space(space: Path, path: str, op: Op, follow: bool) 
     assert os.path.commonpath([root, where]) == root
     assert os.path.commonpath([root, os.path.abspath(target.local)]) == root
     assert target.virtual.startswith("/") and ".." not in target.virtual.split("/")
+
+
+def test_figures_of_the_path_fuzzing(space: Path) -> None:
+    """The containment property again, counted: how many generated paths resolved, and none escaped."""
+    jail, root = Jail(space), os.path.realpath(space)
+    seen = {"paths": 0, "resolved": 0, "escapes": 0}
+
+    @FAST
+    @given(path=PATHS, op=st.sampled_from(list(Op)))
+    def count(path: str, op: Op) -> None:
+        seen["paths"] += 1
+        try:
+            target = jail.resolve(path.encode("utf-8", "surrogateescape"), op)
+        except SFTPError:
+            return
+        seen["resolved"] += 1
+        if os.path.commonpath([root, os.path.realpath(target.real)]) != root:
+            seen["escapes"] += 1
+
+    count()
+    print(f"\nFUZZ paths={seen['paths']} resolved={seen['resolved']} escapes={seen['escapes']}")
+    assert seen["escapes"] == 0 and seen["resolved"] > 0
 
 
 VALUES = st.one_of(st.none(), st.text(max_size=40), st.integers(), st.floats(allow_nan=True), st.booleans(),

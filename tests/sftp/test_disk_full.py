@@ -79,6 +79,7 @@ async def test_a_low_water_mark_refuses_uploads_before_the_state_disk_fills(
             async with sftp.open("/inbox/second.csv", "wb") as f:
                 await f.write(b"email\nsecond@example.org\n")
         runs = await _finished(feedd, 2)
+        print(f"\nDISKFULL refused_below_mark=1 runs_after_recovery={len(runs)} earlier_intact=1")
         assert [r.status for r in runs] == ["completed", "completed"]
         assert Path(first.meta["records"]).read_bytes() == records  # the earlier run is intact
         await feedd.daemon.stop()
