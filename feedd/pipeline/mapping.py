@@ -118,7 +118,10 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
     index = {h: i for i, h in enumerate(headers)}
     explicit = {m.target: m for m in pipeline.mappings}
     ns: dict[str, Any] = {"_TE": TransformError}
-    lines = ["def row_fn(row):", "    n = len(row)", "    errs = None"]
+    # A short row (fewer cells than the header) is padded once, so that each getter is a plain index.
+    width = len(headers)
+    lines = ["def row_fn(row):", f"    if len(row) < {width}: row = [*row, *([None] * ({width} - len(row)))]",
+             "    errs = None"]
     for k, field in enumerate(schema.fields):
         key = str(k)
         m = explicit.get(field.name)
@@ -157,7 +160,7 @@ def _getter_code(m: FieldMapping | None, choice: Choice | None, index: Mapping[s
     if source is None or source not in index:
         return ["v = None"]
     i = int(index[source])
-    return [f"v = row[{i}] if n > {i} else None"]
+    return [f"v = row[{i}]"]
 
 
 def _transform_code(m: FieldMapping, key: str, ns: dict[str, Any]) -> list[str]:
@@ -203,8 +206,8 @@ def _template(template: str, index: Mapping[str, int]) -> Callable[[Sequence[str
         for part in parts:
             if isinstance(part, str):
                 out.append(part)
-            elif part is not None and part < len(row):
-                out.append(row[part])
+            elif part is not None and part < len(row) and (cell := row[part]) is not None:
+                out.append(cell if isinstance(cell, str) else str(cell))  # JSON cells may be numbers
         text = "".join(out).strip()
         return text or None
 

@@ -124,16 +124,14 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     errors = outcome.errors
     if api_copy is not None:
         write = _both(records.write, api_copy.write)
-    count = valid = invalid = 0
+    count = invalid = 0
     try:
-        for number, cells in rows:
-            count += 1
+        for count, (number, cells) in enumerate(rows, 1):  # noqa: B007 - count is read after the loop
             unreadable = bad_row(cells) if json_input else None
             row_errors: Sequence[tuple[str | None, str, str]] | None
             if unreadable is None:
                 record, row_errors = row_fn(cells)
                 if row_errors is None:
-                    valid += 1
                     write(record)
                     continue
             else:
@@ -151,7 +149,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
             api_copy.discard()
         raise
     finally:
-        outcome.rows, outcome.valid, outcome.invalid = count, valid, invalid
+        outcome.rows, outcome.valid, outcome.invalid = count, count - invalid, invalid
     outcome.records_path = str(records.close())
     if api_copy is not None:
         outcome.records_jsonl_path = str(api_copy.close())

@@ -110,3 +110,11 @@ def test_short_rows_read_as_empty_cells(config: Config) -> None:
     record, errors = row_fn(["E2000"])
     assert [e[:2] for e in errors] == [("email", "required")]
     assert record["employee_id"] == "E2000"
+
+
+def test_templates_skip_missing_and_null_cells_and_show_numbers(config: Config) -> None:
+    from feedd.pipeline.mapping import _template
+
+    render = _template("{a} {b}-{c}", {"a": 0, "b": 1, "c": 2})
+    assert render(["x"]) == "x -"
+    assert render(["x", None, 7]) == "x -7"
