@@ -18,9 +18,22 @@ from aiohttp import web
 from feedd import log
 from feedd.config import Config
 from feedd.config.values import ApiKey
+from feedd.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_JSON_BODY = 1024 * 1024  # bodies other than parts are small documents
+
+
+class Routes:
+    """What every group of routes holds: the live config (replaced in place on reload) and the store."""
+
+    def __init__(self, live: Any, store: Store) -> None:
+        self._live = live  # has `.config`
+        self._store = store
+
+    @property
+    def config(self) -> Config:
+        return self._live.config  # type: ignore[no-any-return]
 
 
 class ApiError(Exception):

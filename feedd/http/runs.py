@@ -14,9 +14,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from feedd.config import Config
 from feedd.config.values import ApiKey
-from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
 from feedd.model import Run, RunStatus, utcnow
 from feedd.store import RunQuery, Store
 
@@ -30,15 +29,11 @@ class Retrier(Protocol):
         """Re-deliver what failed, or process the input again; raises ValueError when the state forbids it."""
 
 
-class RunsApi:
+class RunsApi(Routes):
     def __init__(self, live: Any, store: Store, retrier: Retrier | None) -> None:
-        self._live = live
-        self._store = store
+        super().__init__(live, store)
         self._retrier = retrier
 
-    @property
-    def config(self) -> Config:
-        return self._live.config  # type: ignore[no-any-return]
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/runs", self.list)

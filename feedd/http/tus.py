@@ -26,8 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from feedd import events, failpoints, intake, log
-from feedd.config import Config
-from feedd.http.api import ApiError, authenticate, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, require_connection
 from feedd.model import Direction, SourceKind, Upload, UploadState, utcnow
 from feedd.store import Store
 
@@ -57,18 +56,14 @@ def parse_metadata(header: str) -> dict[str, str]:
     return out
 
 
-class Tus:
+class Tus(Routes):
     """The `/tus/` routes and their state (the per-upload locks)."""
 
     def __init__(self, live: Any, store: Store, accepted: Callable[[], None]) -> None:
-        self._live = live
-        self._store = store
+        super().__init__(live, store)
         self._accepted = accepted
         self._busy: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    @property
-    def config(self) -> Config:
-        return self._live.config  # type: ignore[no-any-return]
 
     def folder(self) -> Path:
         return self.config.state_dir / "tus"

@@ -28,9 +28,8 @@ import orjson
 from aiohttp import web
 
 from feedd import events, failpoints, intake, log
-from feedd.config import Config
 from feedd.durable import fsync_dir
-from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
 from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
 from feedd.store import Store
 
@@ -90,22 +89,18 @@ def view(upload: Upload) -> dict[str, Any]:
     return out
 
 
-class Uploads:
+class Uploads(Routes):
     """The routes and their state: where parts live, the per-upload locks, the checking pool, the sweep."""
 
     def __init__(self, config: Any, store: Store, accepted: Callable[[], None] = lambda: None,
                  sweepers: tuple[Callable[[], Awaitable[int]], ...] = ()) -> None:
-        self._live = config  # has `.config`, replaced on reload
-        self._store = store
+        super().__init__(config, store)
         self._accepted = accepted
         self._sweepers = (self.sweep, *sweepers)  # tus uploads expire on the same beat
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool: ProcessPoolExecutor | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    @property
-    def config(self) -> Config:
-        return self._live.config  # type: ignore[no-any-return]
 
     def folder(self, upload_id: str) -> Path:
         return self.config.state_dir / "uploads" / upload_id

@@ -8,9 +8,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from feedd.config import Config
 from feedd.config.values import ApiKey, Connection, Destination, Pipeline
-from feedd.http.api import ApiError, authenticate, field, json_body, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
 from feedd.pipeline.mapping import header_key, plan
 from feedd.store import Store
 
@@ -51,15 +50,11 @@ def pipeline_view(p: Pipeline, active: bool) -> dict[str, Any]:
     }
 
 
-class ViewsApi:
+class ViewsApi(Routes):
     def __init__(self, live: Any, store: Store, releaser: Releaser | None) -> None:
-        self._live = live
-        self._store = store
+        super().__init__(live, store)
         self._releaser = releaser
 
-    @property
-    def config(self) -> Config:
-        return self._live.config  # type: ignore[no-any-return]
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/connections", self.connections)
