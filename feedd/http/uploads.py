@@ -31,6 +31,7 @@ from feedd import events, failpoints, intake, log
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
 from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
+from feedd.pipeline.runner import die_with_parent
 from feedd.store import Store
 
 READ_DEADLINE = 300.0  # seconds to receive one part's body
@@ -233,7 +234,8 @@ class Uploads(Routes):
         if size <= IN_PROCESS_CHECK:
             return await asyncio.to_thread(check_part, str(path))
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=die_with_parent, initargs=(os.getpid(),))
         return await asyncio.get_running_loop().run_in_executor(self._pool, check_part, str(path))
 
     async def complete(self, request: web.Request) -> web.Response:

@@ -45,7 +45,7 @@ from feedd.store import RunQuery, Store
 POLL_SECONDS = 0.2
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """In each worker: exit when the daemon does (kill -9 included), instead of working on as an orphan."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -90,7 +90,7 @@ class Runner:
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent has threads (SQLite, writes, hashing) whose locks a fork could copy held.
         return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_die_with_parent, initargs=(os.getpid(),))
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
 
     async def start(self) -> None:
         if self._workers == 0:
