@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from feedd import log
 from feedd.config import Config
+from feedd.durable import low_on_space
 from feedd.intake import Input, accept
 from feedd.model import Direction, SourceKind
 from feedd.spaces import Space, Spaces
@@ -72,18 +73,8 @@ class Digest:
 
 class Drops:
     def low_on_space(self) -> str | None:
-        """Why new uploads must wait, when the spaces' or the state's disk is below `min_free_space`:
-        refusing them early keeps room for the database, the spool and run outputs."""
         config = self._config()
-        floor = config.sftp.min_free_space
-        for folder in (config.sftp.spaces_dir, config.state_dir):
-            try:
-                st = os.statvfs(folder)
-            except OSError:
-                continue
-            if st.f_bavail * st.f_frsize < floor:
-                return f"the server is low on disk space (under {floor} bytes free); try again later"
-        return None
+        return low_on_space((config.sftp.spaces_dir, config.state_dir), config.sftp.min_free_space)
 
     def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces,
                  accepted: Callable[[], None] = lambda: None) -> None:

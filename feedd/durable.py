@@ -68,6 +68,19 @@ def move_into(src: Path, dest: Path) -> bool:
     return False
 
 
+def low_on_space(folders: tuple[Path, ...], floor: int) -> str | None:
+    """Why new uploads must wait, when one of `folders` is on a disk with less than `floor` bytes free:
+    refusing them early keeps room for the database, the spool and run outputs."""
+    for folder in folders:
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        if st.f_bavail * st.f_frsize < floor:
+            return f"the server is low on disk space (under {floor} bytes free); try again later"
+    return None
+
+
 def copy_whole(src: Path, dest: Path) -> Path:
     """Copy `src` to `dest` so that nobody ever sees half of it: a hidden temporary name in the same
     folder (its own per process, so two writers never share one), fsync, rename, fsync the folder."""

@@ -18,6 +18,7 @@ from aiohttp import web
 from feedd import log
 from feedd.config import Config
 from feedd.config.values import ApiKey
+from feedd.durable import low_on_space
 from feedd.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -93,6 +94,12 @@ def authenticate(request: web.Request, config: Config) -> ApiKey:
     if found is None:
         raise UNAUTHORIZED
     return found
+
+
+def require_space(config: Config) -> None:
+    """507 while the state's disk is under `sftp.min_free_space` (the same mark SFTP uploads obey)."""
+    if (why := low_on_space((config.state_dir,), config.sftp.min_free_space)) is not None:
+        raise ApiError(507, "insufficient_storage", why)
 
 
 def require_connection(key: ApiKey, connection: str) -> None:

@@ -37,6 +37,7 @@ _ERRORS = {
     409: "The resource is in the wrong state for this",
     413: "The body is too large",
     422: "Valid JSON with the wrong meaning",
+    507: "The server is low on disk space (sftp.min_free_space): try again later",
 }
 
 
@@ -175,7 +176,7 @@ PATHS: dict[str, Any] = {
                                                 params=[_UPLOAD_ID])},
     "/outbound/uploads/{uploadId}/parts/{partNumber}": {"put": _op(
         "Send (or replace) one part: a JSON array of objects", _json(_ref("Part"), "Stored"),
-        400, 403, 404, 408, 409, 413, params=[_UPLOAD_ID, _path_param("partNumber", kind="integer")],
+        400, 403, 404, 408, 409, 413, 507, params=[_UPLOAD_ID, _path_param("partNumber", kind="integer")],
         body={"required": True, "content": {JSON: {"schema": {"type": "array", "items": {"type": "object"}}}}})},
     "/outbound/uploads/{uploadId}/complete": {"post": _op(
         "Join the parts and start the run", _json(_ref("Completed"), "Completed"), 400, 403, 404, 409, 413, 422,
@@ -252,7 +253,7 @@ PATHS.update({
                     "responses": {"204": {"description": "Capabilities in the headers"}}},
         "post": _tus("Create an upload (creation, creation-with-upload). Upload-Metadata must carry connection, "
                      "pipeline and filename", 201, "Created: Location, Upload-Expires (Upload-Offset with a body)",
-                     400, 403, 404, 412, 413, 422, params=[
+                     400, 403, 404, 412, 413, 422, 507, params=[
                          _TUS_VERSION, _header("Upload-Length", {"type": "string", "pattern": "^[0-9]+$"}),
                          _header("Upload-Metadata", {"type": "string"})], body=_OCTETS),
     },
@@ -262,7 +263,7 @@ PATHS.update({
         "head": _tus("Offset and length (Cache-Control: no-store)", 200, "Upload-Offset, Upload-Length",
                      403, 404, 410, 412, params=[_TUS_ID, _TUS_VERSION]),
         "patch": _tus("Append bytes at Upload-Offset (checksum: Upload-Checksum)", 204, "The new Upload-Offset",
-                      400, 403, 404, 409, 410, 412, 413, 415, 423, 460, params=[
+                      400, 403, 404, 409, 410, 412, 413, 415, 423, 460, 507, params=[
                           _TUS_ID, _TUS_VERSION, _header("Upload-Offset", {"type": "string", "pattern": "^[0-9]+$"}),
                           _header("Upload-Checksum", {"type": "string"}, required=False)], body=_OCTETS),
         "delete": _tus("Terminate: the bytes are deleted", 204, "Terminated", 403, 404, 409, 410, 412, 423,

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from feedd import events, failpoints, intake, log
-from feedd.http.api import ApiError, Routes, authenticate, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, require_connection, require_space
 from feedd.model import Direction, SourceKind, Upload, UploadState, utcnow
 from feedd.store import Store
 
@@ -98,6 +98,7 @@ class Tus(Routes):
             raise ApiError(400, "invalid_length", "Upload-Length is required: the size in bytes "
                                                   "(deferred lengths are not supported)")
         length = int(length_text)
+        require_space(self.config)
         limit = self.config.http.tus.max_size
         if length > limit:
             raise ApiError(413, "too_large", f"Upload-Length {length} is over the limit of {limit} bytes")
@@ -163,6 +164,7 @@ class Tus(Routes):
         offset = request.headers.get("Upload-Offset", "")
         if not offset.isdigit():
             raise ApiError(400, "invalid_offset", "Upload-Offset is required", self._headers())
+        require_space(self.config)
         if int(offset) != upload.offset:
             raise ApiError(409, "offset_mismatch", f"the upload is at offset {upload.offset}, not {offset}",
                            self._headers(**{"Upload-Offset": str(upload.offset)}))

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from feedd import events, failpoints, intake, log
 from feedd.durable import fsync_dir
-from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection, require_space
 from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
 from feedd.pipeline.runner import die_with_parent
 from feedd.store import Store
@@ -184,6 +184,7 @@ class Uploads(Routes):
     async def put_part(self, request: web.Request) -> web.Response:
         upload = await self._owned(request)
         _require_open(upload)  # a closed upload takes nothing, whatever the part number
+        require_space(self.config)
         text = request.match_info["partNumber"]
         number = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
         if not 1 <= number <= upload.total_parts:

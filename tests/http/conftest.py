@@ -32,6 +32,7 @@ sftp:
   listen: "127.0.0.1:0"
   host_keys: ["@host_key@"]
   settle: 300ms
+  @sftp_extra@
 http:
   listen: "127.0.0.1:0"
   max_part_size: 1MiB
@@ -121,10 +122,12 @@ class Api:
 async def start_api(tmp_path: Path, host_key: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[tuple[Daemon, aiohttp.ClientSession]] = []
 
-    async def start(workers: int = 1, http_extra: str = "", pipeline_extra: str = "", extra: str = "") -> Api:
+    async def start(workers: int = 1, http_extra: str = "", pipeline_extra: str = "", extra: str = "",
+                    sftp_extra: str = "") -> Api:
         text = CONFIG + extra
         for name, value in {"host_key": str(host_key), "hash": DEMO_HASH, "admin": sha(ADMIN_KEY),
-                            "demo": sha(DEMO_KEY), "http_extra": http_extra, "pipeline_extra": pipeline_extra}.items():
+                            "demo": sha(DEMO_KEY), "http_extra": http_extra, "pipeline_extra": pipeline_extra,
+                            "sftp_extra": sftp_extra}.items():
             text = text.replace(f"@{name}@", value)
         path = write(tmp_path, "feedd.yaml", text)
         daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=workers)

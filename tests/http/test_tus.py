@@ -219,3 +219,18 @@ async def test_expired_uploads_answer_410_and_their_bytes_are_swept(start_api: C
                 break
             await asyncio.sleep(0.05)
         assert status == 410 and not stored.exists()
+
+
+async def test_uploads_over_http_wait_while_the_disk_is_low(start_api: Callable[..., Any]) -> None:
+    api: Api = await start_api(sftp_extra="min_free_space: 100000TB")  # more than any disk: always "low"
+    v = {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {ADMIN_KEY}"}
+    md = ",".join(f"{k} {base64.b64encode(x.encode()).decode()}" for k, x in meta().items())
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{api.url}/tus/", headers={**v, "Upload-Length": "10", "Upload-Metadata": md}) as r:
+            assert r.status == 507 and "low on disk space" in (await r.json())["error"]["message"]
+        async with s.post(f"{api.url}/outbound/uploads", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, json={
+                "connectionName": "demo", "pipelineId": "demo-orders-out", "totalParts": 1}) as r:
+            uid = (await r.json())["uploadId"]
+        async with s.put(f"{api.url}/outbound/uploads/{uid}/parts/1", data=b"[]",
+                         headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+            assert r.status == 507
