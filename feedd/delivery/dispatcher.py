@@ -20,7 +20,7 @@ from feedd import events, failpoints, log, metrics
 from feedd.config import Config, DestinationType
 from feedd.config.values import Destination
 from feedd.delivery.local import place
-from feedd.delivery.targets import PermanentDeliveryError, Shipment, send_s3, send_sftp, send_webhook
+from feedd.delivery.targets import GoneError, PermanentDeliveryError, Shipment, send_s3, send_sftp, send_webhook
 from feedd.due import DueWork
 from feedd.errors import RetryableDeliveryError
 from feedd.model import Delivery, DeliveryStatus, Run, RunStatus, utcnow
@@ -60,6 +60,8 @@ class Dispatcher(DueWork[Delivery]):
         try:
             if dest is None:
                 raise PermanentDeliveryError(f"destination {delivery.destination!r} is no longer in the pipeline")
+            if dest.url and (why := (await self._store.disabled_targets()).get(dest.url)) is not None:
+                raise PermanentDeliveryError(f"{dest.url} is disabled ({why}); retrying the run enables it again")
             metrics.DELIVERY_ATTEMPTS.labels(str(dest.type)).inc()
             async with asyncio.timeout(ATTEMPT_TIMEOUT):
                 await self._send(run, dest)
@@ -68,6 +70,9 @@ class Dispatcher(DueWork[Delivery]):
             if dest is not None:
                 metrics.DELIVERY_FAILURES.labels(str(dest.type)).inc()
             permanent = not isinstance(exc, RetryableDeliveryError | OSError | TimeoutError)
+            if isinstance(exc, GoneError) and dest is not None and dest.url:
+                await self._store.disable_target(dest.url, f"410 Gone at {utcnow():%Y-%m-%d %H:%M} UTC")
+                logger.warning("delivery.webhook_disabled", url=dest.url, reason="410 Gone")
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             if permanent or dest is None or attempts >= dest.max_attempts:
                 logger.warning("delivery.failed", attempts=attempts, error=message)

@@ -31,6 +31,12 @@ class PermanentDeliveryError(FeeddError):
     code = "delivery_refused"
 
 
+class GoneError(PermanentDeliveryError):
+    """The receiver answered 410 Gone: it says it wants nothing more, so it gets nothing more."""
+
+    code = "gone"
+
+
 @dataclass(frozen=True, slots=True)
 class Shipment:
     """One run's output on its way to one destination."""
@@ -87,7 +93,7 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: 
             if 200 <= resp.status < 300:
                 return
             if resp.status == 410:
-                raise PermanentDeliveryError(f"{url} answered 410 Gone: delivery to it is given up")
+                raise GoneError(f"{url} answered 410 Gone: delivery to it is given up")
             if resp.status in (408, 425, 429) or resp.status >= 500:
                 raise RetryableDeliveryError(f"{url} answered HTTP {resp.status}",
                                              retry_after=retry_after(resp.headers.get("Retry-After")))

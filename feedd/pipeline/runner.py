@@ -276,6 +276,10 @@ class Runner:
             raise ValueError(f"run {run.run_id} is {run.status} with nothing that failed to deliver; "
                              "use {\"reprocess\": true} to run it again")
         pending = {d.destination: replace(d, status=DeliveryStatus.PENDING, next_attempt_at=utcnow()) for d in failed}
+        pipe = _effective(self._config(), run)
+        for dest in pipe.destinations if pipe else ():
+            if dest.key in pending and dest.url:
+                await self._store.enable_target(dest.url)  # an operator's retry is the word to try again
         retried = replace(run, deliveries=tuple(pending.get(d.destination, d) for d in run.deliveries))
         if not await self._store.update_run(retried, expect=run.status, deliveries=list(pending.values())):
             raise ValueError(f"run {run.run_id} changed meanwhile; look again")

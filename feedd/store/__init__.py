@@ -71,6 +71,14 @@ class Store(Protocol):
                             limit: int = 100) -> list[Upload]:
         """Uploads in one of `states` not updated since `updated_before`, oldest first."""
 
+    async def disable_target(self, target: str, reason: str) -> None:
+        """Stop delivering to `target` (a webhook URL that answered 410 Gone) until it is enabled again."""
+
+    async def enable_target(self, target: str) -> None: ...
+
+    async def disabled_targets(self) -> dict[str, str]:
+        """target -> why it was disabled."""
+
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(runs by status, uploads by state), for metrics."""
 

@@ -94,4 +94,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     );
     CREATE INDEX events_due ON events (status, next_attempt_at);
     """),
+    (3, """
+    CREATE TABLE disabled_targets (
+        target      TEXT PRIMARY KEY,
+        reason      TEXT NOT NULL,
+        disabled_at TEXT NOT NULL
+    );
+    """),
 )

@@ -394,6 +394,18 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [_upload(row) for row in rows]
 
+    async def disable_target(self, target: str, reason: str) -> None:
+        await self._write(("INSERT INTO disabled_targets VALUES (?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
+                           "reason = excluded.reason, disabled_at = excluded.disabled_at",
+                           (target, reason, _ts(utcnow()))))
+
+    async def enable_target(self, target: str) -> None:
+        await self._write(("DELETE FROM disabled_targets WHERE target = ?", (target,)))
+
+    async def disabled_targets(self) -> dict[str, str]:
+        async with self._lock, self._db.execute("SELECT target, reason FROM disabled_targets") as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         async with self._lock:
             async with self._db.execute("SELECT status, count(*) FROM runs GROUP BY status") as cur:

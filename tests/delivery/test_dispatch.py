@@ -82,8 +82,8 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_the_directory(
     assert page["data"][0]["status"] == "completed"  # not delivered while one destination is still trying
 
 
-async def test_410_gone_gives_up_at_once_and_4xx_is_not_retried(start_api: Callable[..., Any],
-                                                                 receiver: Receiver) -> None:
+async def test_410_gone_disables_the_webhook_until_a_retry(start_api: Callable[..., Any],
+                                                            receiver: Receiver) -> None:
     receiver.script["/gone"] = [410]
     api: Api = await start_api(pipeline_extra=f'destinations: [{{type: webhook, url: "{receiver.url("/gone")}"}}]')
     await drop(api, "c.csv", "email\nann@example.org\n")
@@ -91,6 +91,27 @@ async def test_410_gone_gives_up_at_once_and_4xx_is_not_retried(start_api: Calla
     assert run["status"] == "completed"
     assert run["deliveries"][0]["status"] == "failed" and run["deliveries"][0]["attempts"] == 1
     assert "410" in run["deliveries"][0]["lastError"]
+    # the next run does not even try: the receiver said it wants nothing more
+    await drop(api, "d.csv", "email\nbob@example.org\n")
+    second: dict[str, Any] = {}
+    for _ in range(200):
+        _, page = await api.call("GET", "/runs")
+        second = page["data"][0]
+        if second["runId"] != run["runId"] and second["deliveries"] and \
+                second["deliveries"][0]["status"] == "failed":
+            break
+        await asyncio.sleep(0.05)
+    assert "disabled" in second["deliveries"][0]["lastError"] and len(receiver.at("/gone")) == 1
+    # an operator's retry enables it again
+    receiver.script["/gone"] = [200]
+    status, _ = await api.call("POST", f"/runs/{second['runId']}/retry")
+    assert status == 200
+    for _ in range(200):
+        _, again = await api.call("GET", f"/runs/{second['runId']}")
+        if again["status"] == "delivered":
+            break
+        await asyncio.sleep(0.05)
+    assert again["status"] == "delivered" and len(receiver.at("/gone")) == 2
 
 
 @pytest.fixture

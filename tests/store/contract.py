@@ -159,6 +159,14 @@ class StoreContract:
         runs, uploads = await store.status_counts()
         assert runs == {"queued": 2} and uploads == {"uploading": 1, "initiated": 1, "completed": 1}
 
+    async def test_disabled_targets(self, store: Store) -> None:
+        assert await store.disabled_targets() == {}
+        await store.disable_target("http://x/hook", "410 Gone")
+        await store.disable_target("http://x/hook", "410 Gone again")
+        assert await store.disabled_targets() == {"http://x/hook": "410 Gone again"}
+        await store.enable_target("http://x/hook")
+        assert await store.disabled_targets() == {}
+
     async def test_mapping_memory_is_per_connection_and_header_set(self, store: Store) -> None:
         await store.remember_mapping("acme", "h1", {"email": "Mail"})
         await store.remember_mapping("acme", "h1", {"email": "E-Mail"})
