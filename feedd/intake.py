@@ -134,16 +134,28 @@ async def _record(store: Store, config: Config, item: Input, pipeline: str | Non
     return run
 
 
+RECOVER_WINDOW = 1000  # recorded spool files in a row, newest first, after which the search stops
+
+
 async def recover(store: Store, config: Config) -> int:
     """Take in again every spool file that has no run: an input moved into the spool by a daemon that
-    died before recording it. Returns how many."""
+    died before recording it. Returns how many.
+
+    Run ids sort by time, and every start recovers what the last crash left, so orphans can only be
+    among the newest files (as many as were being taken in at once): the search goes newest first and
+    stops after RECOVER_WINDOW recorded ones in a row, so a spool of millions costs one listing."""
     folder = spool_dir(config)
-    names = await asyncio.to_thread(lambda: sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [])
-    taken = 0
+    names = await asyncio.to_thread(
+        lambda: sorted((p.name for p in folder.iterdir()), reverse=True) if folder.is_dir() else [])
+    taken = recorded = 0
     for name in names:
+        if recorded >= RECOVER_WINDOW:
+            break
         parts = name.split(".", 4)
         if len(parts) < 5 or await store.get_run(parts[0]) is not None:
+            recorded += 1
             continue
+        recorded = 0
         _, connection, kind, pipeline, base = parts
         if connection not in config.connections or kind not in SourceKind.__members__.values():
             log.get().warning("intake.orphan_left", file=name, reason="unknown connection or kind")

@@ -62,3 +62,29 @@ async def test_a_run_that_cannot_be_recorded_puts_the_input_back(tmp_path: Path)
                      pipeline="demo-contacts", overrides={})
     assert src.read_bytes() == b"email\na@b.c\n", "not accepted, so not taken: the input is where it was"
     assert list((tmp_path / "var" / "spool").iterdir()) == []
+
+
+async def test_recover_takes_in_spool_files_without_a_run_and_only_those(tmp_path: Path) -> None:
+    from feedd import intake
+    from feedd.model import new_id
+    from feedd.store import RunQuery
+
+    config = load_config(write(tmp_path, "feedd.yaml", MINIMAL), env={})
+    store = await SqliteStore.open(tmp_path / "var" / "feedd.db")
+    try:
+        source = tmp_path / "in.csv"
+        source.write_text("email\nann@example.org\n")
+        kept = await intake.accept(store, config, intake.Input("demo", SourceKind.SFTP, "inbox/in.csv", source, None))
+        spool = intake.spool_dir(config)
+        orphan = spool / f"{new_id()}.demo.sftp.-.lost.csv"  # moved in, never recorded: a crash in between
+        orphan.write_text("email\nbob@example.org\n")
+        stranger = spool / f"{new_id()}.nobody.sftp.-.x.csv"
+        stranger.write_text("x")
+        assert await intake.recover(store, config) == 1
+        runs, _ = await store.list_runs(RunQuery(limit=10, oldest_first=True))
+        assert runs[0].run_id == kept.run_id and len(runs) == 2
+        assert runs[1].source.name == "lost.csv" and runs[1].meta.get("recovered") is True
+        assert stranger.exists()  # an unknown connection is left where it is, with a log line
+        assert await intake.recover(store, config) == 0  # the second start finds nothing more
+    finally:
+        await store.close()
