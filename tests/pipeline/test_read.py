@@ -7,6 +7,7 @@ import json
 import resource
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,24 @@ def test_a_truncated_gzip_is_unreadable_input_not_a_traceback(tmp_path: Path, ke
     with pytest.raises(ReadError) as info:
         rows_of(path)
     assert info.value.code == "unreadable_input"
+
+
+def test_json_arrays_read_in_batches_agree_with_the_stdlib(tmp_path: Path) -> None:
+    # strings with braces and commas, nested objects, huge integers, non-objects: across many read chunks
+    records: list[Any] = []
+    for i in range(6000):
+        records.append({"id": i, "text": "}, {\"fake\": 1} ]" * (i % 3), "nested": {"a": [1, {"b": "}"}]},
+                        "big": 2**70 + i if i % 500 == 0 else i})
+        if i % 1000 == 0:
+            records.append(["not", "an", "object"])
+    path = tmp_path / "tricky.json"
+    path.write_text(json.dumps(records, indent=1 if len(records) % 2 else None))
+    _, headers, rows = rows_of(path)
+    assert headers == ["id", "text", "nested", "big"]
+    assert len(rows) == len(records)
+    objects = [r for r in records if isinstance(r, dict)]
+    got = [cells for _, cells in rows if not bad_row(cells)]
+    assert [c[0] for c in got] == [r["id"] for r in objects]
+    assert [c[3] for c in got] == [r["big"] for r in objects]
+    assert [c[1] for c in got] == [r["text"] for r in objects]
+    assert sum(1 for _, cells in rows if bad_row(cells)) == 6
