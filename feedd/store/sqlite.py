@@ -269,12 +269,7 @@ class SqliteStore:
                             event.event_id, event.url)))
 
     async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
-        async with self._lock, self._db.execute(
-            "SELECT * FROM events WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-            "ORDER BY created_at, rowid LIMIT ?", (_ts(now), limit),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [_event_from(r) for r in rows]
+        return [_event_from(r) for r in await self._due("events", "created_at", now, limit)]
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
         sql = "SELECT * FROM events"
@@ -286,12 +281,15 @@ class SqliteStore:
         return [_event_from(r) for r in rows]
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        return [_delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit)]
+
+    async def _due(self, table: str, order: str, now: datetime, limit: int) -> list[Any]:
+        """Pending rows of `table` (deliveries or events) whose next attempt has come."""
         async with self._lock, self._db.execute(
-            "SELECT * FROM deliveries WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-            "ORDER BY next_attempt_at, rowid LIMIT ?", (_ts(now), limit),
+            f"SELECT * FROM {table} WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            f"ORDER BY {order}, rowid LIMIT ?", (_ts(now), limit),
         ) as cur:
-            rows = await cur.fetchall()
-        return [_delivery_from(r) for r in rows]
+            return list(await cur.fetchall())
 
     async def next_due(self) -> datetime | None:
         """The earliest `next_attempt_at` of any pending delivery or event."""
