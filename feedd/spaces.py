@@ -1,16 +1,18 @@
-"""Partners' spaces on disk: the `inbox/` + `outbox/` layout, bytes used (quota), and upload markers.
+"""Partners' spaces on disk: the `inbox/` + `outbox/` layout, bytes used (quota), and partial uploads.
 
-An upload marker is a small file under `<state_dir>/partials/<connection>/` that exists while a file is
-open for writing through feedd's SFTP server. A clean CLOSE removes it; a client that vanishes, or a
-daemon that dies, leaves it behind. Whatever has a marker is a partial upload: never taken, kept so the
-client can resume, swept after `sftp.partial_max_age`. Markers cost one create and one unlink per upload
-(no fsync): cheap enough for the hot path, and they survive a restart, which memory would not.
+A file open for writing through feedd's SFTP server is a partial upload until the client's own CLOSE:
+a client that vanishes, or a daemon that dies, leaves it partial. Partial uploads are never taken, are
+kept so the client can resume, and are swept after `sftp.partial_max_age`. Which files are partial is
+kept in memory and in a journal per space, `<state_dir>/partials/<connection>/journal`, one line per
+change (`+` or `-` and the JSON-quoted path), appended without fsync: a restart replays it. An append
+costs microseconds where a marker file per upload cost a file creation, the dearest metadata operation
+on the hot path; the journal is rewritten from memory when it grows long.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from feedd import log
 from feedd.config import Config, Connection
 
 AREAS = ("inbox", "outbox")
+JOURNAL_REWRITE_AT = 4096  # journal lines; rewritten from memory past this when mostly settled changes
 
 
 @dataclass(slots=True)
@@ -34,7 +37,8 @@ class Space:
     max_file_size: int | None = None
     used: int = 0
     writers: Counter[str] = field(default_factory=Counter)  # rel path -> open write handles
-    _partial: set[str] = field(default_factory=set)  # what the marker files say, kept in memory
+    _partial: set[str] = field(default_factory=set)  # partial uploads; the journal says the same
+    _journal_lines: int = 0
 
     @property
     def inbox(self) -> Path:
@@ -47,11 +51,49 @@ class Space:
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def _marker(self, rel: str) -> str:
-        return os.path.join(self.marker_dir, hashlib.sha1(rel.encode(), usedforsecurity=False).hexdigest())
+    @property
+    def journal(self) -> Path:
+        return self.marker_dir / "journal"
 
     def load_markers(self) -> None:
-        self._partial = set(self.partials())
+        """Replay the journal (and the marker files older versions left, once), then rewrite it compactly."""
+        partial: set[str] = set()
+        with contextlib.suppress(FileNotFoundError), open(self.journal, "rb") as f:
+            for line in f:
+                try:
+                    op, rel = line[:1], json.loads(line[1:])
+                except ValueError:
+                    continue  # a line cut short by a crash mid-append
+                if op == b"+":
+                    partial.add(rel)
+                elif op == b"-":
+                    partial.discard(rel)
+        legacy = [p for p in self.marker_dir.iterdir() if p.name != "journal" and not p.name.startswith(".")] \
+            if self.marker_dir.is_dir() else []
+        for marker in legacy:
+            with contextlib.suppress(OSError):
+                partial.add(marker.read_text())
+        self._partial = partial
+        self._rewrite()
+        for marker in legacy:
+            marker.unlink(missing_ok=True)
+
+    def _rewrite(self) -> None:
+        tmp = self.marker_dir / ".journal.tmp"
+        tmp.write_bytes(b"".join(b"+" + json.dumps(rel).encode() + b"\n" for rel in sorted(self._partial)))
+        os.replace(tmp, self.journal)
+        self._journal_lines = len(self._partial)
+
+    def _append(self, op: bytes, rel: str) -> None:
+        if self._journal_lines >= JOURNAL_REWRITE_AT and self._journal_lines >= 4 * len(self._partial):
+            self._rewrite()
+            return
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, op + json.dumps(rel).encode() + b"\n")
+        finally:
+            os.close(fd)
+        self._journal_lines += 1
 
     def mark_writing(self, rel: str) -> None:
         self.writers[rel] += 1
@@ -59,15 +101,11 @@ class Space:
 
     def _mark(self, rel: str) -> None:
         if rel not in self._partial:
-            fd = os.open(self._marker(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, rel.encode())
-            finally:
-                os.close(fd)
             self._partial.add(rel)
+            self._append(b"+", rel)
 
     def done_writing(self, rel: str, *, complete: bool) -> None:
-        """One write handle closed. `complete` (a client's own CLOSE) clears the marker."""
+        """One write handle closed. `complete` (a client's own CLOSE) means the file is no longer partial."""
         self.writers[rel] -= 1
         if self.writers[rel] <= 0:
             del self.writers[rel]
@@ -75,11 +113,10 @@ class Space:
                 self.forget(rel)
 
     def forget(self, rel: str) -> None:
-        """The file is gone (removed, taken, renamed away) or complete: so is its marker."""
+        """The file is gone (removed, taken, renamed away) or complete: it is no longer a partial upload."""
         if rel in self._partial:
             self._partial.discard(rel)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._marker(rel))
+            self._append(b"-", rel)
 
     def moved(self, old: str, new: str) -> None:
         """A rename: a partial upload stays partial under its new name."""
@@ -90,15 +127,9 @@ class Space:
     def is_partial(self, rel: str) -> bool:
         return rel in self._partial
 
-    def partials(self) -> dict[str, Path]:
-        """rel path -> marker, for every upload left unfinished (read from disk)."""
-        out = {}
-        for marker in self.marker_dir.iterdir() if self.marker_dir.is_dir() else ():
-            try:
-                out[marker.read_text()] = marker
-            except OSError:
-                continue
-        return out
+    def partials(self) -> list[str]:
+        """Every upload left unfinished."""
+        return sorted(self._partial)
 
     def measure(self) -> int:
         """Recount bytes used (sum of file sizes; no sparse files can be made through feedd)."""

@@ -111,12 +111,12 @@ class Watcher:
     def _sweep_partials(self, config: Config) -> None:
         wall = time.time()
         for space in self._spaces:
-            for rel, marker in space.partials().items():
+            for rel in space.partials():
                 if space.writers.get(rel):
                     continue
                 path = space.root / rel
                 try:
-                    age = wall - max(os.lstat(path).st_mtime, os.lstat(marker).st_mtime)
+                    age = wall - os.lstat(path).st_mtime
                 except FileNotFoundError:
                     space.forget(rel)
                     continue
