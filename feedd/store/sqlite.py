@@ -1,4 +1,5 @@
-"""`SqliteStore`: the Store on one aiosqlite connection in WAL mode, writes serialised through one lock."""
+"""`SqliteStore`: the Store on one aiosqlite connection in WAL mode; each read or transaction is one call
+on the database thread."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -42,6 +44,8 @@ _UPLOAD_COLUMNS = (
     'upload_id, kind, state, connection, pipeline, total_parts, parts, records, "offset", length, filename, '
     "run_id, meta, created_at, updated_at, expires_at"
 )
+
+T = TypeVar("T")
 
 _INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_DELIVERY_SELECT = "INSERT INTO deliveries SELECT ?, ?, ?, ?, ?, ?, ?"
@@ -131,8 +135,9 @@ class SqliteStore:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-        # One connection and one lock: every statement group is serialised, so a reader never sees a
-        # half-written multi-statement change and SQLite never has to arbitrate between writers.
+        # One connection, one thread: a transaction runs there in one call, so a reader never sees a
+        # half-written change and SQLite never has to arbitrate between writers. The lock keeps one
+        # commit in flight, so writes that arrive meanwhile gather for the next.
         self._lock = asyncio.Lock()
         # Group commit: writes that arrive while a commit is in progress share the next one (one fsync
         # for many runs when many files land at once), each inside its own savepoint.
@@ -169,14 +174,25 @@ class SqliteStore:
                 raise
 
     async def schema_version(self) -> int:
-        async with self._lock, self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._read("PRAGMA user_version")
+        return int(rows[0][0]) if rows else 0
 
     async def pragma(self, name: str) -> Any:
-        async with self._lock, self._db.execute(f"PRAGMA {name}") as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = await self._read(f"PRAGMA {name}")
+        return rows[0][0] if rows else None
+
+    async def _in_db(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the database's own thread: one hand-off however many statements it runs.
+
+        Each statement through aiosqlite's public calls is a round trip between threads, and such trips
+        cost more than the statements here; `_execute` is the queue those calls use themselves.
+        """
+        db = self._db
+        execute: Callable[..., Awaitable[T]] = db._execute
+        return await execute(fn, db._conn)
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
         """Run statements atomically and durably; returns the last statement's rowcount."""
@@ -190,15 +206,11 @@ class SqliteStore:
         while self._batch:
             async with self._lock:
                 batch, self._batch = self._batch, []
-                results: list[tuple[asyncio.Future[int], int | BaseException]] = []
                 try:
-                    await self._db.execute("BEGIN IMMEDIATE")
-                    for statements, fut in batch:
-                        results.append((fut, await self._apply(statements)))
-                    await self._db.execute("COMMIT")
+                    groups = [statements for statements, _ in batch]
+                    outcomes = await self._in_db(partial(_commit_batch, batch=groups))
+                    results = list(zip((fut for _, fut in batch), outcomes, strict=True))
                 except BaseException as exc:
-                    with contextlib.suppress(Exception):
-                        await self._db.execute("ROLLBACK")
                     results = [(fut, exc) for _, fut in batch]
             for fut, outcome in results:
                 if fut.done():
@@ -207,28 +219,6 @@ class SqliteStore:
                     fut.set_exception(outcome)
                 else:
                     fut.set_result(outcome)
-
-    async def _apply(self, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> int | BaseException:
-        """One caller's statements inside a savepoint: its failure does not undo the others in the batch."""
-        if len(statements) == 1:
-            # SQLite undoes a failed statement on its own, without touching the rest of the transaction.
-            try:
-                cur = await self._db.execute(*statements[0])
-            except sqlite3.Error as exc:
-                return exc
-            return cur.rowcount
-        await self._db.execute("SAVEPOINT w")
-        try:
-            count = 0
-            for sql, params in statements:
-                cur = await self._db.execute(sql, params)
-                count = cur.rowcount
-        except sqlite3.Error as exc:
-            await self._db.execute("ROLLBACK TO w")
-            await self._db.execute("RELEASE w")
-            return exc
-        await self._db.execute("RELEASE w")
-        return count
 
     async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
         placeholders = ", ".join("?" * len(_RUN_COLUMNS.split(", ")))
@@ -276,48 +266,36 @@ class SqliteStore:
         params: tuple[str, ...] = ()
         if event_type is not None:
             sql, params = sql + " WHERE type = ?", (event_type,)
-        async with self._lock, self._db.execute(sql + " ORDER BY created_at, rowid", params) as cur:
-            rows = await cur.fetchall()
-        return [_event_from(r) for r in rows]
+        return [_event_from(r) for r in await self._read(sql + " ORDER BY created_at, rowid", params)]
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         return [_delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit)]
 
     async def _due(self, table: str, order: str, now: datetime, limit: int) -> list[Any]:
         """Pending rows of `table` (deliveries or events) whose next attempt has come."""
-        async with self._lock, self._db.execute(
+        return await self._read(
             f"SELECT * FROM {table} WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-            f"ORDER BY {order}, rowid LIMIT ?", (_ts(now), limit),
-        ) as cur:
-            return list(await cur.fetchall())
+            f"ORDER BY {order}, rowid LIMIT ?", (_ts(now), limit))
 
     async def next_due(self) -> datetime | None:
         """The earliest `next_attempt_at` of any pending delivery or event."""
-        async with self._lock, self._db.execute(
+        rows = await self._read(
             "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending' "
-            "UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending')",
-        ) as cur:
-            row = await cur.fetchone()
-        return _dt(row[0]) if row else None
-
-    async def _deliveries(self, run_ids: list[str]) -> dict[str, list[Delivery]]:
-        out: dict[str, list[Delivery]] = {r: [] for r in run_ids}
-        if not run_ids:
-            return out
-        marks = ", ".join("?" * len(run_ids))
-        async with self._db.execute(
-            f"SELECT * FROM deliveries WHERE run_id IN ({marks}) ORDER BY rowid", run_ids
-        ) as cur:
-            for row in await cur.fetchall():
-                out[row["run_id"]].append(_delivery_from(row))
-        return out
+            "UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending')")
+        return _dt(rows[0][0]) if rows else None
 
     async def _select_runs(self, where: str, params: list[Any], tail: str) -> list[Run]:
-        async with self._lock:
-            async with self._db.execute(f"SELECT * FROM runs {where} {tail}", params) as cur:
-                rows = list(await cur.fetchall())
-            deliveries = await self._deliveries([r["run_id"] for r in rows])
-        return [_run_from(r, tuple(deliveries[r["run_id"]])) for r in rows]
+        def select(conn: sqlite3.Connection) -> list[Run]:
+            rows = conn.execute(f"SELECT * FROM runs {where} {tail}", params).fetchall()
+            deliveries: dict[str, list[Delivery]] = {r["run_id"]: [] for r in rows}
+            if rows:
+                marks = ", ".join("?" * len(rows))
+                for row in conn.execute(f"SELECT * FROM deliveries WHERE run_id IN ({marks}) ORDER BY rowid",
+                                        list(deliveries)):
+                    deliveries[row["run_id"]].append(_delivery_from(row))
+            return [_run_from(r, tuple(deliveries[r["run_id"]])) for r in rows]
+
+        return await self._in_db(select)
 
     async def get_run(self, run_id: str) -> Run | None:
         runs = await self._select_runs("WHERE run_id = ?", [run_id], "")
@@ -351,12 +329,10 @@ class SqliteStore:
         return runs, (runs[-1].run_id if more else None)
 
     async def find_run_by_content(self, connection: str, sha256: str) -> Run | None:
-        async with self._lock, self._db.execute(
-            "SELECT run_id FROM runs WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL "
-            "ORDER BY run_id LIMIT 1", (connection, sha256),
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else await self.get_run(row[0])
+        runs = await self._select_runs(
+            "WHERE run_id = (SELECT run_id FROM runs WHERE connection = ? AND source_sha256 = ? "
+            "AND duplicate_of IS NULL ORDER BY run_id LIMIT 1)", [connection, sha256], "")
+        return runs[0] if runs else None
 
     async def save_delivery(self, delivery: Delivery) -> None:
         await self._write((
@@ -378,18 +354,15 @@ class SqliteStore:
         ))
 
     async def get_upload(self, upload_id: str) -> Upload | None:
-        async with self._lock, self._db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else _upload(row)
+        rows = await self._read("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
+        return _upload(rows[0]) if rows else None
 
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:
         marks = ", ".join("?" * len(states))
-        async with self._lock, self._db.execute(
+        rows = await self._read(
             f"SELECT * FROM uploads WHERE state IN ({marks}) AND updated_at < ? ORDER BY updated_at LIMIT ?",
-            (*(str(st) for st in states), _ts(updated_before), limit),
-        ) as cur:
-            rows = await cur.fetchall()
+            (*(str(st) for st in states), _ts(updated_before), limit))
         return [_upload(row) for row in rows]
 
     async def disable_target(self, target: str, reason: str) -> None:
@@ -401,16 +374,15 @@ class SqliteStore:
         await self._write(("DELETE FROM disabled_targets WHERE target = ?", (target,)))
 
     async def disabled_targets(self) -> dict[str, str]:
-        async with self._lock, self._db.execute("SELECT target, reason FROM disabled_targets") as cur:
-            return {row[0]: row[1] for row in await cur.fetchall()}
+        return {row[0]: row[1] for row in await self._read("SELECT target, reason FROM disabled_targets")}
 
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        async with self._lock:
-            async with self._db.execute("SELECT status, count(*) FROM runs GROUP BY status") as cur:
-                runs = {row[0]: row[1] for row in await cur.fetchall()}
-            async with self._db.execute("SELECT state, count(*) FROM uploads GROUP BY state") as cur:
-                uploads = {row[0]: row[1] for row in await cur.fetchall()}
-        return runs, uploads
+        def counts(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+            runs = dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+            uploads = dict(conn.execute("SELECT state, count(*) FROM uploads GROUP BY state").fetchall())
+            return runs, uploads
+
+        return await self._in_db(counts)
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
         await self._write((
@@ -420,11 +392,9 @@ class SqliteStore:
         ))
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
-        async with self._lock, self._db.execute(
-            "SELECT mapping FROM mapping_memory WHERE connection = ? AND header_key = ?", (connection, header_key)
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = ? AND header_key = ?",
+                                (connection, header_key))
+        return dict(json.loads(rows[0][0])) if rows else None
 
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
         self._overrides = None
@@ -436,8 +406,8 @@ class SqliteStore:
 
     async def pipeline_overrides(self) -> dict[str, bool]:
         if self._overrides is None:
-            async with self._lock, self._db.execute("SELECT pipeline, active FROM pipeline_overrides") as cur:
-                self._overrides = {row[0]: bool(row[1]) for row in await cur.fetchall()}
+            rows = await self._read("SELECT pipeline, active FROM pipeline_overrides")
+            self._overrides = {row[0]: bool(row[1]) for row in rows}
         return dict(self._overrides)
 
     async def close(self) -> None:
@@ -445,6 +415,41 @@ class SqliteStore:
             await asyncio.gather(self._flusher, return_exceptions=True)
         async with self._lock:
             await self._db.close()
+
+
+def _commit_batch(conn: sqlite3.Connection, *,
+                  batch: list[tuple[tuple[str, tuple[Any, ...]], ...]]) -> list[int | BaseException]:
+    """One transaction for many callers' statement groups (on the database thread), each group inside
+    its own savepoint: one group's failure does not undo the others."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = [_apply(conn, statements) for statements in batch]
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _apply(conn: sqlite3.Connection, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> int | BaseException:
+    if len(statements) == 1:
+        # SQLite undoes a failed statement on its own, without touching the rest of the transaction.
+        try:
+            return conn.execute(*statements[0]).rowcount
+        except sqlite3.Error as exc:
+            return exc
+    conn.execute("SAVEPOINT w")
+    try:
+        count = 0
+        for sql, params in statements:
+            count = conn.execute(sql, params).rowcount
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK TO w")
+        conn.execute("RELEASE w")
+        return exc
+    conn.execute("RELEASE w")
+    return count
 
 
 def _upload(row: Any) -> Upload:
