@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import heapq
+import itertools
 import os
 import re
 import stat
@@ -60,6 +62,9 @@ def match_pipeline(config: Config, connection: str, rel: str) -> str | None:
 # Time between a client's CLOSE and the take. Clients look at a file right after uploading it
 # (paramiko's put() stats it, WinSCP sets its time): the file must still be there for them.
 CLOSE_GRACE = 0.5
+# Takes that come due within this long of each other go together, so intake moves, syncs and records
+# them as one batch (a take is at most this much later than its time).
+GATHER = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,10 @@ class Drops:
         self._accepted = accepted  # tells the runner there is work, so it need not wait for its next poll
         self.spaces = spaces
         self.taking: set[tuple[str, str]] = set()  # (connection, rel) being moved into the spool
-        self._scheduled: set[tuple[str, str]] = set()  # offered, waiting for CLOSE_GRACE
+        self._scheduled: set[tuple[str, str]] = set()  # offered, waiting for their time
+        self._due: list[tuple[float, int, Space, str]] = []  # heap: (when, order, space, rel)
+        self._order = itertools.count()
+        self._timer: asyncio.Task[None] | None = None
         self._digests: dict[tuple[str, str], Digest] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -135,18 +143,30 @@ class Drops:
         if key in self._scheduled or self.waiting_reason(space, rel) is not None:
             return False
         self._scheduled.add(key)
-        task = asyncio.get_running_loop().create_task(self._take(space, rel, delay))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        heapq.heappush(self._due, (loop.time() + delay, next(self._order), space, rel))
+        if self._timer is None or self._timer.done():
+            self._timer = loop.create_task(self._tick())
         return True
 
-    async def _take(self, space: Space, rel: str, delay: float) -> None:
+    async def _tick(self) -> None:
+        """One timer for every offer: wakes a little after the earliest is due and starts every take
+        that is due by then, so that they reach intake together."""
+        loop = asyncio.get_running_loop()
+        while self._due:
+            wait = self._due[0][0] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait + GATHER)
+            now = loop.time()
+            while self._due and self._due[0][0] <= now:
+                _, _, space, rel = heapq.heappop(self._due)
+                self._scheduled.discard((space.name, rel))
+                task = loop.create_task(self._take(space, rel))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _take(self, space: Space, rel: str) -> None:
         key = (space.name, rel)
-        try:
-            if delay:
-                await asyncio.sleep(delay)
-        finally:
-            self._scheduled.discard(key)
         if self.waiting_reason(space, rel) is not None:
             return  # reopened, renamed or taken meanwhile: a later CLOSE or scan offers it again
         self.taking.add(key)
@@ -180,7 +200,13 @@ class Drops:
             self.taking.discard(key)
 
     async def drain(self, deadline: float) -> None:
-        """Wait for takes in flight (they are short) until `deadline`, event-loop time."""
+        """Wait for takes, those in flight and those coming due (they are short), until `deadline`,
+        event-loop time. What is left is found again by the reconciliation scan at the next start."""
         loop = asyncio.get_running_loop()
-        while self._tasks and (remaining := deadline - loop.time()) > 0:
-            await asyncio.wait(list(self._tasks), timeout=remaining)
+        while (self._tasks or self._due) and (remaining := deadline - loop.time()) > 0:
+            waiting = [*self._tasks, *([self._timer] if self._timer and not self._timer.done() else [])]
+            if not waiting:
+                break
+            await asyncio.wait(waiting, timeout=remaining)
+        if self._timer is not None:
+            self._timer.cancel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,27 @@ def spool_name(name: str) -> str:
 def _move_and_hash(item: Input, dest: Path, known_sha: str | None) -> tuple[str, int]:
     renamed = move_into(item.path, dest)
     if known_sha is not None and renamed:
-        size = sync_file(dest)
-        sha = known_sha
-    else:
-        sha, size = hash_and_sync(dest)
-    # The spool's entry must be durable before the run is recorded. The inbox's folder is not synced:
-    # if a crash brought the old name back, the file would be offered again and recorded as a duplicate
-    # of this run (same connection, same sha256), never processed twice.
-    fsync_dir(dest.parent)
-    return sha, size
+        return known_sha, sync_file(dest)
+    return hash_and_sync(dest)
+
+
+def _spool_all(jobs: list[tuple[Input, Path]]) -> list[tuple[str, int] | Exception]:
+    """Move, hash and fsync each input (one thread hand-off for the batch), then fsync the spool's folder
+    once: its entries must be durable before the runs are recorded. The inbox's folder is not synced: if
+    a crash brought an old name back, the file would be offered again and recorded as a duplicate of its
+    run (same connection, same sha256), never processed twice."""
+    out: list[tuple[str, int] | Exception] = []
+    for item, dest in jobs:
+        try:
+            out.append(_move_and_hash(item, dest, item.sha256))
+        except Exception as exc:  # this input stays where it was; the others go on
+            out.append(exc)
+    for folder in {dest.parent for (_, dest), res in zip(jobs, out, strict=True) if not isinstance(res, Exception)}:
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            out = [exc if dest.parent == folder else res for (_, dest), res in zip(jobs, out, strict=True)]
+    return out
 
 
 def _put_back(spooled: Path, original: Path) -> None:
@@ -69,6 +82,95 @@ def _put_back(spooled: Path, original: Path) -> None:
         log.get().error("intake.put_back_failed", spooled=str(spooled), original=str(original), error=str(exc))
 
 
+@dataclass(eq=False, slots=True)
+class _Request:
+    config: Config
+    item: Input
+    pipeline: str | None
+    overrides: dict[str, bool] | None
+    done: asyncio.Future[Run]
+    run_id: str = ""
+    dest: Path = Path()
+
+
+class _Gatherer:
+    """Inputs that arrive together are taken in together: one thread hand-off moves and syncs them all,
+    one folder fsync covers their spool entries, one transaction records their runs. Each keeps its own
+    outcome: one input's failure fails no other."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[_Request] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, request: _Request) -> Run:
+        self._pending.append(request)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        return await request.done
+
+    async def _work(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+            try:
+                await self._take(batch)
+            except Exception as exc:
+                for r in batch:
+                    if not r.done.done():
+                        r.done.set_exception(exc)
+            except BaseException:
+                for r in batch + self._pending:
+                    r.done.cancel()
+                raise
+
+    async def _take(self, batch: list[_Request]) -> None:
+        for r in batch:
+            r.run_id = new_id()
+            # Who it is for travels in the name: if the daemon dies between this move and the commit,
+            # `recover()` finds the file without a run and takes it in again.
+            r.dest = spool_dir(r.config) / (f"{r.run_id}.{r.item.connection}.{r.item.kind}.{r.pipeline or '-'}."
+                                            f"{spool_name(r.item.name)}")
+        spooled = await asyncio.to_thread(_spool_all, [(r.item, r.dest) for r in batch])
+        failpoints.hit("intake.after_spool")
+        runs: list[tuple[_Request, Run]] = []
+        seen: dict[tuple[str, str], str] = {}  # (connection, sha256) -> run id, within this batch
+        for r, res in zip(batch, spooled, strict=True):
+            if isinstance(res, Exception):
+                r.done.set_exception(res)
+                continue
+            sha, size = res
+            try:
+                run = await _decide(self._store, r, sha, size, seen)
+            except Exception as exc:
+                await asyncio.to_thread(_put_back, r.dest, r.item.path)
+                r.done.set_exception(exc)
+                continue
+            runs.append((r, run))
+            seen.setdefault((run.connection, sha), run.run_id)
+        # Recorded together: the store commits inserts that arrive at once in one transaction.
+        outcomes = await asyncio.gather(
+            *(self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json()))
+              for r, run in runs), return_exceptions=True)
+        for (r, _), outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                # Not recorded, so not accepted: put the input back where it came from for a later try.
+                await asyncio.to_thread(_put_back, r.dest, r.item.path)
+                r.done.set_exception(outcome)
+        failpoints.hit("intake.after_commit")
+        for (r, run), outcome in zip(runs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                continue
+            item = r.item
+            log.get(connection=item.connection, pipeline=run.pipeline, run_id=run.run_id).info(
+                "run.accepted", status=str(run.status), source=item.name, size=run.source.size,
+                sha256=run.source.sha256, kind=str(item.kind), error=run.error.code if run.error else None)
+            r.done.set_result(run)
+
+
+BATCH = 256  # inputs per hand-off and transaction at most
+_gatherers: weakref.WeakKeyDictionary[Store, _Gatherer] = weakref.WeakKeyDictionary()
+
+
 async def accept(store: Store, config: Config, item: Input, *, pipeline: str | None = None,
                  overrides: dict[str, bool] | None = None) -> Run:
     """Take `item` into the spool and record its run (`queued`, `held`, or `failed`). Durable on return.
@@ -77,29 +179,17 @@ async def accept(store: Store, config: Config, item: Input, *, pipeline: str | N
     matched by its path, an upload names its pipeline). None gives a `failed` run with
     `no_matching_pipeline`; the input stays in the spool so that it can be retried.
     """
-    run_id = new_id()
-    # Who it is for travels in the name: if the daemon dies between this move and the commit, `recover()`
-    # finds the file without a run and takes it in again.
-    dest = spool_dir(config) / f"{run_id}.{item.connection}.{item.kind}.{pipeline or '-'}.{spool_name(item.name)}"
-    sha, size = await asyncio.to_thread(_move_and_hash, item, dest, item.sha256)
-    failpoints.hit("intake.after_spool")
-    try:
-        run = await _record(store, config, item, pipeline, overrides, run_id, dest, sha, size)
-    except BaseException:
-        # Not recorded, so not accepted: put the input back where it came from for a later try.
-        await asyncio.to_thread(_put_back, dest, item.path)
-        raise
-    failpoints.hit("intake.after_commit")
-    log.get(connection=item.connection, pipeline=run.pipeline, run_id=run_id).info(
-        "run.accepted", status=str(run.status), source=item.name, size=size, sha256=sha, kind=str(item.kind),
-        error=run.error.code if run.error else None)
-    return run
+    gatherer = _gatherers.get(store)
+    if gatherer is None:
+        gatherer = _gatherers[store] = _Gatherer(store)
+    done: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+    return await gatherer.submit(_Request(config, item, pipeline, overrides, done))
 
 
-async def _record(store: Store, config: Config, item: Input, pipeline: str | None,
-                  overrides: dict[str, bool] | None, run_id: str, dest: Path, sha: str, size: int) -> Run:
-    """Decide the run's first status (queued, held, duplicate, unmatched) and record it in one transaction."""
-    pipe = config.pipelines.get(pipeline) if pipeline else None
+async def _decide(store: Store, r: _Request, sha: str, size: int, seen: dict[tuple[str, str], str]) -> Run:
+    """The run's first status: queued, held, duplicate or unmatched."""
+    item, config = r.item, r.config
+    pipe = config.pipelines.get(r.pipeline) if r.pipeline else None
     direction = pipe.direction if pipe else Direction.INBOUND
     status, error, duplicate_of = RunStatus.QUEUED, None, None
     if pipe is None:
@@ -107,31 +197,32 @@ async def _record(store: Store, config: Config, item: Input, pipeline: str | Non
         error = RunError("no_matching_pipeline",
                          f"{item.name}: no {direction} pipeline of connection {item.connection!r} matches this name")
     else:
-        active = (overrides if overrides is not None else await store.pipeline_overrides()).get(pipe.name, pipe.active)
+        overrides = r.overrides if r.overrides is not None else await store.pipeline_overrides()
+        active = overrides.get(pipe.name, pipe.active)
         # An outbound upload is an app's explicit request (with an id of its own): the same records sent
         # again are meant to be sent again. A re-dropped file is usually a partner's retry.
-        check = pipe.skip_duplicates and item.kind is not SourceKind.UPLOAD
-        if check and (original := await store.find_run_by_content(item.connection, sha)) is not None:
-            status, duplicate_of = RunStatus.FAILED, original.run_id
+        if pipe.skip_duplicates and item.kind is not SourceKind.UPLOAD:
+            duplicate_of = seen.get((item.connection, sha))
+            if duplicate_of is None and (original := await store.find_run_by_content(item.connection, sha)):
+                duplicate_of = original.run_id
+        if duplicate_of is not None:
+            status = RunStatus.FAILED
             error = RunError("duplicate_input", f"{item.name}: same content (sha256 {sha[:12]}...) as run "
-                                                f"{original.run_id}; not processed again")
+                                                f"{duplicate_of}; not processed again")
         elif not active:
             status = RunStatus.HELD
-    run = Run(
-        run_id=run_id,
+    return Run(
+        run_id=r.run_id,
         pipeline=pipe.name if pipe else None,
         connection=item.connection,
         direction=direction,
         status=status,
         source=Source(item.kind, item.name, size, sha),
-        spool_path=str(dest),
+        spool_path=str(r.dest),
         error=error,
         duplicate_of=duplicate_of,
         meta=dict(item.meta),
     )
-    # run.queued / run.held / run.failed, queued in the same transaction as the run itself
-    await store.insert_run(run, events.make(config, f"run.{status}", run.to_json()))
-    return run
 
 
 RECOVER_WINDOW = 1000  # recorded spool files in a row, newest first, after which the search stops
