@@ -150,6 +150,7 @@ pipelines:
     schema: blob
     match: ["inbox/**"]
     skip_duplicates: false
+    active: {os.environ.get("BENCH_ACTIVE", "true")}
 """)
         self.proc = subprocess.Popen([sys.executable, "-m", "feedd", "serve", "-c", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -181,6 +182,61 @@ pipelines:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(40)
+
+
+BARE_SERVER = """\
+import asyncio, sys
+import asyncssh
+from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPLimits, SFTPServerHandler
+
+async def limits(self, packet):
+    return SFTPLimits(MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, 261120, 64)
+
+SFTPServerHandler._packet_handlers[b"limits@openssh.com"] = limits
+port, root, pubkey, host_key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+
+async def main():
+    await asyncssh.create_server(None, "127.0.0.1", port, server_host_keys=[host_key],
+                                 authorized_client_keys=asyncssh.import_authorized_keys(pubkey),
+                                 sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
+                                 allow_scp=False)
+    await asyncio.Event().wait()
+
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+class Bare(Server):
+    """asyncssh's own SFTPServer with its lexical chroot and nothing else: the library's ceiling here."""
+
+    name = "asyncssh"
+
+    def __init__(self, work: Path, pubkey: str) -> None:
+        self.port = free_port()
+        root = work / "bare-root"
+        (root / "upload").mkdir(parents=True)
+        script = work / "bare_server.py"
+        script.write_text(BARE_SERVER)
+        host_key = work / "sshd_host_ed25519_key"
+        self.proc = subprocess.Popen([sys.executable, str(script), str(self.port), str(root), pubkey, str(host_key)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        wait_port(self.port, 60)
+        self.user = "bench"
+        self.upload_dir = "/upload"
+        self.local_dir = root / "upload"
+
+    def clear(self) -> None:
+        for p in self.local_dir.iterdir():
+            p.unlink()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 # --- clients: each uploads `paths` into server.upload_dir ------------------------------------------------
@@ -254,6 +310,9 @@ def main() -> int:
     ap.add_argument("--file-kib", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", default="openssh,asyncssh,paramiko")
+    ap.add_argument("--workloads", default="big,small")
+    ap.add_argument("--bare", action="store_true",
+                    help="also measure asyncssh's own SFTPServer with nothing added (the library's ceiling)")
     args = ap.parse_args()
     if not Path("/usr/sbin/sshd").exists() or shutil.which("sftp") is None:
         print("needs /usr/sbin/sshd and sftp (Debian: apt-get install openssh-server openssh-client)")
@@ -281,10 +340,14 @@ def main() -> int:
         p.write_bytes(os.urandom(args.file_kib * 1024))
         smalls.append(p)
     servers: list[Server] = [OpenSSH(work, pubkey), Feedd(work, pubkey)]
+    if args.bare:
+        servers.append(Bare(work, pubkey))
     results: dict[str, dict[str, object]] = {}
     try:
         for client in args.clients.split(","):
             for workload, paths, unit in (("big", [big], "MiB/s"), ("small", smalls, "files/s")):
+                if workload not in args.workloads.split(","):
+                    continue
                 row: dict[str, object] = {}
                 for server in servers:
                     times, recorded, cpus = [], [], []
@@ -304,9 +367,13 @@ def main() -> int:
                 row["unit"] = unit
                 results[f"{client}/{workload}"] = row
                 f = row["feedd"]
+                bare = ""
+                if "asyncssh" in row:
+                    b = row["asyncssh"]
+                    bare = f"  bare asyncssh {b['rate']} {unit} ({b['rate'] / openssh_rate:.2f}x, CPU s {b['server_cpu_s']})"  # type: ignore[index,operator]
                 print(f"{client:9} {workload:5}  openssh {openssh_rate:8.1f} {unit:7}  feedd {feedd_rate:8.1f} {unit:7}"
                       f"  ratio {row['ratio']:.2f}  (feedd incl. intake {f['recorded_rate']} {unit})"  # type: ignore[index]
-                      f"  server CPU s: openssh {row['openssh']['server_cpu_s']} feedd {f['server_cpu_s']}",  # type: ignore[index]
+                      f"  server CPU s: openssh {row['openssh']['server_cpu_s']} feedd {f['server_cpu_s']}{bare}",  # type: ignore[index]
                       flush=True)
         feedd_server = servers[1]
         peak = peak_rss_mib(feedd_server.pid)
