@@ -349,18 +349,18 @@ def main() -> int:
                 if workload not in args.workloads.split(","):
                     continue
                 row: dict[str, object] = {}
-                for server in servers:
-                    times, recorded, cpus = [], [], []
-                    for _ in range(args.rounds):
-                        elapsed, done, cpu = measure(server, client, key, paths, work)
-                        times.append(elapsed)
-                        recorded.append(done)
-                        cpus.append(cpu)
-                    t = statistics.median(times)
-                    amount = args.size_mib if workload == "big" else args.files
-                    row[server.name] = {"rate": round(amount / t, 1), "seconds": round(t, 2),
-                                        "recorded_rate": round(amount / statistics.median(recorded), 1),
-                                        "server_cpu_s": round(statistics.median(cpus), 2)}
+                # Rounds alternate between the servers, so that a slower spell of the machine weighs on
+                # each of them alike.
+                samples: dict[str, list[tuple[float, float, float]]] = {server.name: [] for server in servers}
+                for _ in range(args.rounds):
+                    for server in servers:
+                        samples[server.name].append(measure(server, client, key, paths, work))
+                amount = args.size_mib if workload == "big" else args.files
+                for name, got in samples.items():
+                    t = statistics.median(g[0] for g in got)
+                    row[name] = {"rate": round(amount / t, 1), "seconds": round(t, 2),
+                                 "recorded_rate": round(amount / statistics.median(g[1] for g in got), 1),
+                                 "server_cpu_s": round(statistics.median(g[2] for g in got), 2)}
                 feedd_rate = row["feedd"]["rate"]  # type: ignore[index]
                 openssh_rate = row["openssh"]["rate"]  # type: ignore[index]
                 row["ratio"] = round(feedd_rate / openssh_rate, 3)

@@ -39,6 +39,7 @@ class Space:
     writers: Counter[str] = field(default_factory=Counter)  # rel path -> open write handles
     _partial: set[str] = field(default_factory=set)  # partial uploads; the journal says the same
     _journal_lines: int = 0
+    _journal: str | None = None
 
     @property
     def inbox(self) -> Path:
@@ -52,8 +53,10 @@ class Space:
         return path.relative_to(self.root).as_posix()
 
     @property
-    def journal(self) -> Path:
-        return self.marker_dir / "journal"
+    def journal(self) -> str:
+        if self._journal is None:
+            self._journal = os.path.join(self.marker_dir, "journal")
+        return self._journal
 
     def load_markers(self) -> None:
         """Replay the journal (and the marker files older versions left, once), then rewrite it compactly."""

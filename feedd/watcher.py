@@ -1,8 +1,10 @@
 """Files that reach a space by other means than feedd's SFTP server (local copy, rsync, a mount).
 
-watchfiles reports creations and changes but has no "closed" event, so a file is taken once it has been
-quiet for `settle`. A reconciliation scan at start and every `sftp.scan_interval` catches whatever the
-events missed (downtime, overflow). The same loop sweeps partial uploads older than `partial_max_age`.
+Events come from inotify read on the event loop (`feedd.inotify`; watchfiles where inotify is not
+available). A file that another program writes may be closed and opened again, so it is taken once it
+has been quiet for `settle`. A reconciliation scan at start and every `sftp.scan_interval` catches
+whatever the events missed (downtime, overflow). The same loop sweeps partial uploads older than
+`partial_max_age`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from watchfiles import awatch
 from feedd import log
 from feedd.config import Config
 from feedd.drops import Drops
+from feedd.inotify import TreeWatch
 from feedd.spaces import Space, Spaces
 
 
@@ -32,38 +35,56 @@ class Watcher:
         self._seen: dict[tuple[str, str], float] = {}  # (connection, rel) -> last event, monotonic
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._rescan = True  # the first tick scans everything: files that arrived while we were down
+        self._tree = TreeWatch(spaces.spaces_dir, self._changed, self._lost, skip=self._outbox)
+
+    def _outbox(self, path: str) -> bool:
+        return os.path.basename(path) == "outbox" and \
+            os.path.dirname(os.path.dirname(path)) == os.fspath(self._spaces.spaces_dir)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._tick())]
+        self._tasks = [loop.create_task(self._tick())]
+        if not self._tree.start():
+            self._tasks.append(loop.create_task(self._watch()))
 
     async def reload(self, config: Config) -> None:
         pass  # reads the live config on every tick
 
     async def stop(self, deadline: float) -> None:
         self._stop.set()
+        self._tree.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _changed(self, paths: list[str]) -> None:
+        now = time.monotonic()
+        for raw in paths:
+            found = self._spaces.locate(raw)
+            if found is not None and found[1].startswith("inbox/"):
+                self._seen[(found[0].name, found[1])] = now
+
+    def _lost(self) -> None:
+        log.get().warning("watch.events_lost", action="scanning every inbox")
+        self._rescan = True
+
     async def _watch(self) -> None:
+        """watchfiles, where inotify is not available."""
         root = self._spaces.spaces_dir
         async for changes in awatch(root, stop_event=self._stop, debounce=100, step=50, recursive=True,
                                     ignore_permission_denied=True):
-            now = time.monotonic()
-            for _change, raw in changes:
-                found = self._spaces.locate(raw)
-                if found is not None and found[1].startswith("inbox/"):
-                    self._seen[(found[0].name, found[1])] = now
+            self._changed([raw for _change, raw in changes])
 
     async def _tick(self) -> None:
-        next_scan = 0.0  # the first tick scans everything: files that arrived while we were down
+        next_scan = 0.0
         while not self._stop.is_set():
             config = self._config()
             now = time.monotonic()
-            if now >= next_scan:
+            if now >= next_scan or self._rescan:
+                self._rescan = False
                 await asyncio.to_thread(self._scan_all)
                 self._sweep_partials(config)
                 next_scan = now + config.sftp.scan_interval

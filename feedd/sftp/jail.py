@@ -73,8 +73,12 @@ def check_name(name: str) -> None:
 
 
 class Jail:
+    """Paths are handled as strings on the way (this runs for every request); Path objects only in the
+    answer."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.realpath(root))
+        self._root = os.fspath(self.root)
 
     def virtual(self, path: bytes) -> str:
         """The normalised client path, `/`-rooted, `..` unable to climb above `/`."""
@@ -92,38 +96,37 @@ class Jail:
         return norm
 
     def inside(self, real: str | Path) -> bool:
-        real_s = os.fspath(real)
-        return os.path.commonpath([os.fspath(self.root), real_s]) == os.fspath(self.root)
+        return os.path.commonpath([self._root, os.fspath(real)]) == self._root
 
-    def area_of(self, real: Path) -> Area:
-        rel = real.relative_to(self.root).parts
-        if not rel:
+    def area_of(self, real: str | Path) -> Area:
+        real_s = os.fspath(real)
+        if real_s == self._root:
             return Area.ROOT
-        if rel[0] not in ("inbox", "outbox"):
+        top, _, below = real_s[len(self._root) + 1:].partition("/")
+        if top not in ("inbox", "outbox"):
             raise SFTPNoSuchFile("No such file")
-        if len(rel) == 1:
+        if not below:
             return Area.TOP
-        return Area.INBOX if rel[0] == "inbox" else Area.OUTBOX
+        return Area.INBOX if top == "inbox" else Area.OUTBOX
 
     def resolve(self, path: bytes, op: Op, *, follow: bool = True) -> Target:
         """Map and authorise. `follow=False` acts on a final link itself (lstat, remove, rename)."""
         virtual = self.virtual(path)
-        local = self.root / virtual.lstrip("/")
-        if local == self.root:
+        if virtual == "/":
             if op not in _ALLOWED[Area.ROOT]:
                 raise SFTPPermissionDenied(_denied(virtual, Area.ROOT, op))
-            return Target(virtual, local, self.root, Area.ROOT)
-        parts = virtual.lstrip("/").split("/")
+            return Target(virtual, self.root, self.root, Area.ROOT)
+        parts = virtual[1:].split("/")
         parent_real = self._real(parts[:-1])
         if not self.inside(parent_real):
             raise SFTPNoSuchFile("No such file")
         if follow:
-            real = self._real(parts, parent_real)
+            real = self._real(parts[-1:], parent_real)
             if not self.inside(real):
                 # a link leading out of the space: as if nothing were there
                 raise SFTPNoSuchFile("No such file")
         else:
-            real = Path(parent_real, parts[-1])
+            real = os.path.join(parent_real, parts[-1])
         try:
             area = self.area_of(real)
         except SFTPNoSuchFile:
@@ -132,30 +135,26 @@ class Jail:
             raise SFTPPermissionDenied(f"{virtual}: only inbox/ and outbox/ exist at the top") from None
         if op not in _ALLOWED[area]:
             raise SFTPPermissionDenied(_denied(virtual, area, op))
-        return Target(virtual, local, real, area)
+        return Target(virtual, Path(self._root + virtual), Path(real), area)
 
-    def _real(self, parts: list[str], parent: str | Path | None = None) -> Path:
+    def _real(self, parts: list[str], parent: str | None = None) -> str:
         """`realpath` of root/parts, walking only the components below the root (the root is known real).
 
         Same answer as os.path.realpath, with a few lstat calls instead of one per component from `/`.
-        `parent` is the already resolved real path of parts[:-1], when the caller has it.
+        `parent` is the already resolved real path, when the caller has it, that `parts` are below.
         """
-        if parent is not None:
-            start, rest = os.fspath(parent), parts[-1:]
-        else:
-            start, rest = os.fspath(self.root), parts
-        current = start
-        for i, part in enumerate(rest):
+        current = self._root if parent is None else parent
+        for i, part in enumerate(parts):
             candidate = os.path.join(current, part)
             try:
                 mode = os.lstat(candidate).st_mode
             except OSError:
                 # missing from here on: the rest is lexical, as realpath would leave it
-                return Path(candidate, *rest[i + 1:])
+                return os.path.join(candidate, *parts[i + 1:])
             if stat.S_ISLNK(mode):
-                return Path(os.path.realpath(os.path.join(candidate, *rest[i + 1:])))
+                return os.path.realpath(os.path.join(candidate, *parts[i + 1:]))
             current = candidate
-        return Path(current)
+        return current
 
     def reverse(self, real: Path) -> str:
         if real == self.root:

@@ -45,7 +45,7 @@ def test_the_journal_is_rewritten_when_long(tmp_path: Path) -> None:
     for i in range(spaces.JOURNAL_REWRITE_AT):
         s.mark_writing(f"inbox/f{i}.csv")
         s.done_writing(f"inbox/f{i}.csv", complete=True)
-    lines = s.journal.read_bytes().count(b"\n")
+    lines = Path(s.journal).read_bytes().count(b"\n")
     assert lines < spaces.JOURNAL_REWRITE_AT, lines
     assert space(tmp_path).partials() == ["inbox/left.csv"]
 
