@@ -50,6 +50,12 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+@lru_cache(maxsize=16)
+def _temp_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex for every temporary-name pattern (fnmatch's, case-sensitive): this runs for every CLOSE."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or r"(?!)")
+
+
 def match_pipeline(config: Config, connection: str, rel: str) -> str | None:
     """The first inbound pipeline (in config order) of `connection` whose `match` takes `rel`."""
     for pipe in config.pipelines.values():
@@ -96,8 +102,8 @@ class Drops:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def is_temp(self, rel: str) -> bool:
-        patterns = self._config().sftp.temp_patterns
-        return any(fnmatch.fnmatchcase(part, p) for part in rel.split("/")[1:] for p in patterns)
+        temp = _temp_regex(tuple(self._config().sftp.temp_patterns))
+        return any(temp.match(part) for part in rel.split("/")[1:])
 
     def waiting_reason(self, space: Space, rel: str) -> str | None:
         """Why `rel` is not (yet) a complete drop, or None when it is one."""
@@ -171,7 +177,6 @@ class Drops:
             return  # reopened, renamed or taken meanwhile: a later CLOSE or scan offers it again
         self.taking.add(key)
         config = self._config()
-        logger = log.get(connection=space.name)
         path = space.root / rel
         try:
             try:
@@ -181,7 +186,7 @@ class Drops:
             if not stat.S_ISREG(st.st_mode):
                 return  # links and special files are never taken
             if st.st_size == 0:
-                logger.info("drop.empty_ignored", file=rel)
+                log.get(connection=space.name).info("drop.empty_ignored", file=rel)
                 return
             digest = self._digests.pop(key, None)
             trusted = digest.sha256 if digest and (digest.size, digest.mtime_ns) == (st.st_size, st.st_mtime_ns) \
@@ -195,7 +200,7 @@ class Drops:
             if config.sftp.done_marker:
                 (space.root / (rel + config.sftp.done_marker)).unlink(missing_ok=True)
         except Exception:
-            logger.exception("drop.take_failed", file=rel)
+            log.get(connection=space.name).exception("drop.take_failed", file=rel)
         finally:
             self.taking.discard(key)
 

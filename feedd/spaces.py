@@ -49,8 +49,13 @@ class Space:
     def outbox(self) -> Path:
         return self.root / "outbox"
 
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+    def rel(self, path: str | Path) -> str:
+        """`inbox/a.csv` for a path below the root."""
+        text = os.fspath(path)
+        root = os.fspath(self.root)
+        if text.startswith(root) and text[len(root):len(root) + 1] == "/":
+            return text[len(root) + 1:]
+        return Path(text).relative_to(self.root).as_posix()  # raises ValueError, as it should
 
     @property
     def journal(self) -> str:

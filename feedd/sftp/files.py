@@ -15,7 +15,6 @@ import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -93,7 +92,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         return os.fsencode(self._resolve(path, Op.READ).real)
 
     def reverse_map_path(self, path: bytes) -> bytes:
-        return self._jail.reverse(Path(os.fsdecode(path))).encode()
+        return self._jail.reverse(os.fsdecode(path)).encode()
 
     def realpath(self, path: bytes) -> bytes:
         target = self._resolve(path, Op.READ) if path not in (b"", b".") else self._resolve(b"/", Op.READ)
@@ -130,7 +129,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         self._setstat(handle.fd, attrs)
 
     @staticmethod
-    def _setstat(where: Path | int, attrs: SFTPAttrs) -> None:
+    def _setstat(where: str | int, attrs: SFTPAttrs) -> None:
         # Times may change (clients preserve them); size may not (no truncation behind our accounting,
         # no sparse files); owner and mode are ignored, as an SFTP server without shell users should.
         if attrs.size is not None:
@@ -208,7 +207,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         if os.path.isdir(new.local):
             for dirpath, _dirs, files in os.walk(new.local):
                 for name in files:
-                    self._s.drops.offer(self._space, self._space.rel(Path(dirpath) / name))
+                    self._s.drops.offer(self._space, self._space.rel(os.path.join(dirpath, name)))
         else:
             self._s.drops.offer(self._space, new.rel)
 
@@ -341,7 +340,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._s.writer.close_later(h.stream)  # after the writes already queued, in the writer thread
         h.fd = -1
         with contextlib.suppress(OSError):
-            os.unlink(self._space.root / h.rel)
+            os.unlink(os.path.join(self._space.root, h.rel))
         self._space.used = max(0, self._space.used - h.size)
         self._space.done_writing(h.rel, complete=True)
         self._log.warning("sftp.upload_refused", file=h.target.virtual, reason=h.failed)
@@ -377,7 +376,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         stream = h.stream
         if stream.hasher is not None and stream.hashed == h.size:
             try:
-                st = os.lstat(self._space.root / h.rel)
+                st = os.lstat(os.path.join(self._space.root, h.rel))
                 digest = Digest(stream.hasher.hexdigest(), st.st_size, st.st_mtime_ns)
             except OSError:
                 pass

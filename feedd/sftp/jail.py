@@ -50,8 +50,8 @@ _ALLOWED = {
 @dataclass(frozen=True, slots=True)
 class Target:
     virtual: str  # what the client sees: /inbox/a.csv
-    local: Path  # lexical local path (the link itself, if it is one)
-    real: Path  # where it really is (links resolved), proven inside the space
+    local: str  # lexical local path (the link itself, if it is one)
+    real: str  # where it really is (links resolved), proven inside the space
     area: Area
 
     @property
@@ -73,8 +73,7 @@ def check_name(name: str) -> None:
 
 
 class Jail:
-    """Paths are handled as strings on the way (this runs for every request); Path objects only in the
-    answer."""
+    """Paths are strings here, not Path objects: this runs for every request."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.realpath(root))
@@ -115,7 +114,7 @@ class Jail:
         if virtual == "/":
             if op not in _ALLOWED[Area.ROOT]:
                 raise SFTPPermissionDenied(_denied(virtual, Area.ROOT, op))
-            return Target(virtual, self.root, self.root, Area.ROOT)
+            return Target(virtual, self._root, self._root, Area.ROOT)
         parts = virtual[1:].split("/")
         parent_real = self._real(parts[:-1])
         if not self.inside(parent_real):
@@ -135,7 +134,7 @@ class Jail:
             raise SFTPPermissionDenied(f"{virtual}: only inbox/ and outbox/ exist at the top") from None
         if op not in _ALLOWED[area]:
             raise SFTPPermissionDenied(_denied(virtual, area, op))
-        return Target(virtual, Path(self._root + virtual), Path(real), area)
+        return Target(virtual, self._root + virtual, real, area)
 
     def _real(self, parts: list[str], parent: str | None = None) -> str:
         """`realpath` of root/parts, walking only the components below the root (the root is known real).
@@ -156,12 +155,13 @@ class Jail:
             current = candidate
         return current
 
-    def reverse(self, real: Path) -> str:
-        if real == self.root:
+    def reverse(self, real: str | Path) -> str:
+        real_s = os.fspath(real)
+        if real_s == self._root:
             return "/"
-        if not self.inside(real):
+        if not self.inside(real_s):
             raise SFTPNoSuchFile("No such file")
-        return "/" + real.relative_to(self.root).as_posix()
+        return real_s[len(self._root):]
 
 
 def _denied(virtual: str, area: Area, op: Op) -> str:
