@@ -17,6 +17,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from feedd import log
 from feedd.config import Config
@@ -75,9 +76,11 @@ GATHER = 0.05
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """A sha256 computed while the bytes streamed in, valid while size and mtime are unchanged."""
+    """sha256 of a file's first `hashed` bytes, computed while they streamed in; valid while size and
+    mtime are unchanged. Intake hashes the rest (if any) instead of the whole file."""
 
-    sha256: str
+    hasher: Any  # a hashlib sha256 object, no longer updated by anyone else
+    hashed: int
     size: int
     mtime_ns: int
 
@@ -189,11 +192,11 @@ class Drops:
                 log.get(connection=space.name).info("drop.empty_ignored", file=rel)
                 return
             digest = self._digests.pop(key, None)
-            trusted = digest.sha256 if digest and (digest.size, digest.mtime_ns) == (st.st_size, st.st_mtime_ns) \
-                else None
+            fresh = digest is not None and (digest.size, digest.mtime_ns) == (st.st_size, st.st_mtime_ns)
+            partial = (digest.hasher, digest.hashed) if digest is not None and fresh else None
             pipeline = match_pipeline(config, space.name, rel)
-            run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline, trusted),
-                               pipeline=pipeline)
+            run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline,
+                                                          hashed=partial), pipeline=pipeline)
             self._accepted()
             space.used = max(0, space.used - run.source.size)
             space.forget(rel)

@@ -34,6 +34,7 @@ class Input:
     path: Path
     pipeline: str | None  # None: choose by matching `name` against inbound pipelines
     sha256: str | None = None  # already computed while the bytes streamed in (trusted only from feedd itself)
+    hashed: tuple[Any, int] | None = None  # or begun: a sha256 object fed the first n bytes (from feedd itself)
     meta: dict[str, Any] = field(default_factory=dict)  # kept on the run (e.g. an upload's filename, output)
 
 
@@ -52,6 +53,8 @@ def _move_and_hash(item: Input, dest: Path, known_sha: str | None) -> tuple[str,
     renamed = move_into(item.path, dest)
     if known_sha is not None and renamed:
         return known_sha, sync_file(dest)
+    if item.hashed is not None and renamed:
+        return hash_and_sync(dest, *item.hashed)
     return hash_and_sync(dest)
 
 

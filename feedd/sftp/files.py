@@ -374,10 +374,10 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             return
         digest = None
         stream = h.stream
-        if stream.hasher is not None and stream.hashed == h.size:
+        if stream.hasher is not None and stream.frontier == h.size and stream.hashed <= h.size:
             try:
                 st = os.lstat(os.path.join(self._space.root, h.rel))
-                digest = Digest(stream.hasher.hexdigest(), st.st_size, st.st_mtime_ns)
+                digest = Digest(stream.hasher, stream.hashed, st.st_size, st.st_mtime_ns)
             except OSError:
                 pass
         self._s.drops.closed(self._space, h.rel, digest)

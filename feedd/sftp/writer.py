@@ -30,7 +30,8 @@ class Stream:
 
     fd: int
     hasher: Any = None  # hashlib sha256 while writes arrive in order from offset 0; None once they don't
-    hashed: int = 0
+    hashed: int = 0  # bytes fed to the hasher (the thread's to write)
+    frontier: int = 0  # end of the writes so far, while they come in order (the loop's to write)
     submitted: int = 0  # jobs queued (the loop's to count)
     completed: int = 0  # jobs done (the thread's to count)
     error: OSError | None = None
@@ -69,9 +70,15 @@ class WriteBehind:
 
         A small write while nothing at all is queued is done at once instead: the page cache takes it in
         microseconds, and small files then skip two thread hand-offs (the write and the flush at CLOSE).
+        Such a write is not hashed here, on the loop that answers the client: the thread catches up on it
+        from the file with its next write, or intake does, off the loop, with the rest.
         """
+        if s.hasher is not None:
+            if offset != s.frontier:
+                s.hasher = None
+            s.frontier = offset + len(data)
         if len(data) <= INLINE_MAX and self._pending == 0 and not s.pending:
-            self._do_write(s, [data], offset, len(data))
+            self._do_write(s, [data], offset, len(data), hash_it=False)
             return False
         self._ensure()
         s.submitted += 1
@@ -143,7 +150,7 @@ class WriteBehind:
                 loop.call_soon_threadsafe(_resolve, job)
 
     @staticmethod
-    def _do_write(s: Stream, bufs: list[bytes], offset: int, size: int) -> None:
+    def _do_write(s: Stream, bufs: list[bytes], offset: int, size: int, *, hash_it: bool = True) -> None:
         if s.error is not None:
             return
         try:
@@ -160,10 +167,21 @@ class WriteBehind:
         except OSError as exc:
             s.error = exc
             return
-        if s.hasher is not None:
+        hasher = s.hasher
+        if hash_it and hasher is not None:
+            try:
+                while s.hashed < offset:  # written at once on the loop earlier: on disk before this one
+                    chunk = os.pread(s.fd, min(offset - s.hashed, 1 << 20), s.hashed)
+                    if not chunk:
+                        raise OSError("short read")
+                    hasher.update(chunk)
+                    s.hashed += len(chunk)
+            except OSError:
+                s.hasher = None
+                return
             if offset == s.hashed:
                 for b in bufs:
-                    s.hasher.update(b)
+                    hasher.update(b)
                 s.hashed += size
             else:
                 s.hasher = None
