@@ -133,12 +133,14 @@ class Runner:
             if free > 0:
                 queued, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True,
                                                                  limit=free))
-                for run in queued:
-                    claimed = replace(run, status=RunStatus.PROCESSING, started_at=utcnow())
-                    if await self._store.update_run(claimed, expect=RunStatus.QUEUED):
+                claims = [replace(run, status=RunStatus.PROCESSING, started_at=utcnow()) for run in queued]
+                # claimed together: the store commits updates that arrive at once in one transaction
+                won = await asyncio.gather(*(self._store.update_run(c, expect=RunStatus.QUEUED) for c in claims))
+                for claimed, ok in zip(claims, won, strict=True):
+                    if ok:
                         task = asyncio.get_running_loop().create_task(self._run(claimed))
-                        self._inflight[run.run_id] = task
-                        task.add_done_callback(self._forget(run.run_id))
+                        self._inflight[claimed.run_id] = task
+                        task.add_done_callback(self._forget(claimed.run_id))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
             # event is set, and this loop would then never stop
             with contextlib.suppress(TimeoutError):
