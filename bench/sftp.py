@@ -209,7 +209,7 @@ async def main():
     await asyncssh.create_server(None, "127.0.0.1", port, server_host_keys=[host_key],
                                  authorized_client_keys=asyncssh.import_authorized_keys(pubkey),
                                  sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
-                                 allow_scp=False)
+                                 allow_scp=False, max_pktsize=256 * 1024)
     await asyncio.Event().wait()
 
 try:
@@ -221,7 +221,8 @@ except ImportError:
 
 
 class Bare(Server):
-    """asyncssh's own SFTPServer with its lexical chroot and nothing else: the library's ceiling here."""
+    """asyncssh's own SFTPServer with its lexical chroot and nothing else: the library's ceiling here.
+    Configured as feedd configures asyncssh: 255 KiB writes advertised, 256 KiB channel packets."""
 
     name = "asyncssh"
 

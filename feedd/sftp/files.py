@@ -315,6 +315,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         full = self._s.writer.write(h.stream, data, offset)
         h.size = max(h.size, end)
         space.used += growth
+        if h.stream.error is not None:
+            self._fail_io(h)
         if full:
             return self._written_when_room(len(data))
         return len(data)

@@ -39,6 +39,11 @@ KEEPALIVE_SECONDS = 30.0
 # What OpenSSH's sftp-server advertises. asyncssh advertises 4 MiB, which makes asyncssh clients send
 # 4 MiB writes that cost about half the throughput to reassemble; 255 KiB keeps the pipeline full.
 MAX_WRITE = 261120
+# SSH channel packets: asyncssh offers 32 KiB, so a client splits each 255 KiB write into 8 packets, and
+# the per-packet work in Python (decrypt call, channel bookkeeping, reassembly) is what limits an upload.
+# 256 KiB lets a whole write travel in one packet (OpenSSH's own limit for a packet is 256 KiB).
+# Measured with OpenSSH's client on 1 GiB: 12% faster, 10% less server CPU.
+MAX_PKTSIZE = 256 * 1024
 
 
 async def _process_limits(self: SFTPServerHandler, packet: Any) -> SFTPLimits:
@@ -86,6 +91,7 @@ class SftpService:
                 mac_algs=MAC_ALGS,
                 signature_algs=SIGNATURE_ALGS,
                 server_version="feedd",
+                max_pktsize=MAX_PKTSIZE,
                 reuse_address=True,
             )
             self._servers.append(server)
