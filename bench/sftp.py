@@ -78,6 +78,13 @@ class Server:
     def clear(self) -> None:
         raise NotImplementedError
 
+    def spawn(self, cmd: list[str], user: str, upload_dir: str, local_dir: Path) -> None:
+        """Start the server process and wait for its port; `local_dir` is where uploads to `upload_dir` land."""
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        wait_port(self.port, 60)
+        self.user, self.upload_dir, self.local_dir = user, upload_dir, local_dir
+
 
 class OpenSSH(Server):
     name = "openssh"
@@ -157,13 +164,7 @@ pipelines:
     skip_duplicates: false
     active: {"true" if process else "false"}
 """)
-        self.proc = subprocess.Popen([sys.executable, "-m", "feedd", "serve", "-c", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.pid = self.proc.pid
-        wait_port(self.port, 60)
-        self.user = "bench"
-        self.upload_dir = "/inbox"
-        self.local_dir = state / "spool"
+        self.spawn([sys.executable, "-m", "feedd", "serve", "-c", str(config)], "bench", "/inbox", state / "spool")
         self.db = state / "feedd.db"
         self.inbox = state / "spaces" / "bench" / "inbox"
 
@@ -233,13 +234,8 @@ class Bare(Server):
         script = work / "bare_server.py"
         script.write_text(BARE_SERVER)
         host_key = work / "sshd_host_ed25519_key"
-        self.proc = subprocess.Popen([sys.executable, str(script), str(self.port), str(root), pubkey, str(host_key)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.pid = self.proc.pid
-        wait_port(self.port, 60)
-        self.user = "bench"
-        self.upload_dir = "/upload"
-        self.local_dir = root / "upload"
+        self.spawn([sys.executable, str(script), str(self.port), str(root), pubkey, str(host_key)],
+                   "bench", "/upload", root / "upload")
 
     def clear(self) -> None:
         for p in self.local_dir.iterdir():
