@@ -37,7 +37,7 @@ from asyncssh import (
 from feedd import log, metrics
 from feedd.drops import Digest
 from feedd.sftp.jail import Area, Jail, Op, Target
-from feedd.sftp.writer import Stream, WriteBehind
+from feedd.sftp.writer import Stream, Writer
 
 if TYPE_CHECKING:
     from feedd.drops import Drops
@@ -69,7 +69,7 @@ class Session:
     space: Space
     drops: Drops
     gate: Gate
-    writer: WriteBehind
+    writer: Writer
     on_exit: Callable[[], None] = field(default=lambda: None)
 
 

@@ -17,7 +17,7 @@ from feedd.config.values import Address
 from feedd.drops import Drops
 from feedd.sftp.auth import AuthState, Gate
 from feedd.sftp.files import MAX_HANDLES, Session, SpaceSFTPServer
-from feedd.sftp.writer import WriteBehind
+from feedd.sftp.writer import Writer
 from feedd.spaces import Spaces
 
 # Modern algorithms only: no SHA-1 signatures (`ssh-rsa`), no SHA-1 or NIST-curve key exchange.
@@ -66,7 +66,7 @@ class SftpService:
         self._servers: list[asyncssh.SSHAcceptor] = []
         self._gates: set[Gate] = set()
         self._sessions: Counter[str] = Counter()
-        self._writer = WriteBehind()
+        self._writer = Writer()
         self._idle_task: asyncio.Task[None] | None = None
         self.addresses: list[Address] = []
 

@@ -49,7 +49,7 @@ class Stream:
 _CLOSE = object()
 
 
-class WriteBehind:
+class Writer:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Stream, object, int]] = queue.SimpleQueue()
         self._pending = 0  # bytes queued, all streams
@@ -63,7 +63,7 @@ class WriteBehind:
             self._loop = asyncio.get_running_loop()
             self._room = asyncio.Event()
             self._room.set()
-            self._thread = threading.Thread(target=self._run, name="feedd-writer", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="feedd-hasher", daemon=True)
             self._thread.start()
 
     def write(self, s: Stream, data: bytes, offset: int) -> bool:
