@@ -64,13 +64,15 @@ def retry_after(value: str | None) -> float | None:
     return None
 
 
-def make(config: Config, event_type: str, data: dict[str, Any]) -> list[Event]:
-    """One queued event per subscriber of `event_type` (glob match on `events`), sharing one id."""
+def make(config: Config, event_type: str, data: dict[str, Any] | Callable[[], dict[str, Any]]) -> list[Event]:
+    """One queued event per subscriber of `event_type` (glob match on `events`), sharing one id. `data`
+    may be a function, called only when someone subscribes (it runs for every file taken in)."""
     subscribers = [s for s in config.webhooks if any(fnmatch.fnmatchcase(event_type, g) for g in s.events)]
     if not subscribers:
         return []
     now = utcnow()
-    body = json.dumps({"type": event_type, "timestamp": iso(now), "data": data}, separators=(",", ":"),
+    payload = data() if callable(data) else data
+    body = json.dumps({"type": event_type, "timestamp": iso(now), "data": payload}, separators=(",", ":"),
                       ensure_ascii=False, default=str)
     msg_id = f"msg_{new_id()}"
     return [Event(msg_id, s.url, event_type, body, created_at=now, next_attempt_at=now) for s in subscribers]

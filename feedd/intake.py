@@ -152,7 +152,7 @@ class _Gatherer:
             seen.setdefault((run.connection, sha), run.run_id)
         # Recorded together: the store commits inserts that arrive at once in one transaction.
         outcomes = await asyncio.gather(
-            *(self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json()))
+            *(self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json))
               for r, run in runs), return_exceptions=True)
         for (r, _), outcome in zip(runs, outcomes, strict=True):
             if isinstance(outcome, BaseException):

@@ -84,6 +84,7 @@ class SftpService:
                 agent_forwarding=False,
                 x11_forwarding=False,
                 allow_pty=False,
+                line_editor=False,  # no shells here; the editor is a layer every SFTP reply went through
                 login_timeout=self._config.sftp.login_grace,
                 keepalive_interval=KEEPALIVE_SECONDS,
                 kex_algs=KEX_ALGS,
