@@ -8,6 +8,7 @@ the parent.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ def process(job: Job) -> Outcome:
         _run(job, out, outcome)
     except ReadError as exc:
         outcome.status, outcome.error = "failed", (exc.code, f"{job.source_name}: {exc.message}")
+    except FileNotFoundError:
+        if os.path.exists(job.input_path):
+            raise  # something else is missing: a crash to look into, not the input
+        outcome.status, outcome.error = "failed", (
+            "input_missing", f"{job.source_name}: the input is no longer in the spool ({job.input_path})")
     outcome.seconds = round(time.monotonic() - started, 3)
     report = {
         "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,

@@ -94,3 +94,12 @@ def test_csv_records_spell_booleans_and_empty_cells_like_other_tools(tmp_path: P
     human = RecordWriter(tmp_path / "h.csv", "csv", ["note"], for_humans=True)
     human.write({"note": "=cmd|' /C calc'!A0"})
     assert human.close().read_text().splitlines()[1] == "'=cmd|' /C calc'!A0"
+
+
+def test_an_input_gone_from_the_spool_fails_the_run_plainly(config: Config, tmp_path: Path) -> None:
+    j = job(config, tmp_path, HEADER + GOOD)
+    Path(j.input_path).unlink()
+    outcome = process(j)
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error[0] == "input_missing"
+    assert outcome.error[1].startswith("inbox/staff.csv: the input is no longer in the spool")
