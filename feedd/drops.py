@@ -8,6 +8,7 @@ is taken once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import heapq
 import itertools
@@ -101,6 +102,7 @@ class Drops:
         self._due: list[tuple[float, int, Space, str]] = []  # heap: (when, order, space, rel)
         self._order = itertools.count()
         self._timer: asyncio.Task[None] | None = None
+        self._sooner = asyncio.Event()  # an offer came due before the one the timer waits for
         self._digests: dict[tuple[str, str], Digest] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -153,9 +155,12 @@ class Drops:
             return False
         self._scheduled.add(key)
         loop = asyncio.get_running_loop()
-        heapq.heappush(self._due, (loop.time() + delay, next(self._order), space, rel))
+        entry = (loop.time() + delay, next(self._order), space, rel)
+        heapq.heappush(self._due, entry)
         if self._timer is None or self._timer.done():
             self._timer = loop.create_task(self._tick())
+        elif self._due[0] is entry:
+            self._sooner.set()  # e.g. a rename while other files wait out their grace
         return True
 
     async def _tick(self) -> None:
@@ -165,7 +170,10 @@ class Drops:
         while self._due:
             wait = self._due[0][0] - loop.time()
             if wait > 0:
-                await asyncio.sleep(wait + GATHER)
+                self._sooner.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait + GATHER):
+                        await self._sooner.wait()
             now = loop.time()
             while self._due and self._due[0][0] <= now:
                 _, _, space, rel = heapq.heappop(self._due)

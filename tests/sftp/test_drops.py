@@ -51,6 +51,21 @@ async def test_temp_name_is_taken_only_after_rename(feedd: Feedd) -> None:
     assert inbox(feedd) == [".hidden.csv", "~lock.csv"]
 
 
+async def test_a_rename_is_taken_at_once_while_other_files_wait_out_their_grace(feedd: Feedd) -> None:
+    """Drops come due on one timer: a rename (due now) must not wait for the file closed before it
+    (due after the close grace)."""
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/inbox/a.csv.part", "wb") as f:
+            await f.write(CSV + b"renamed\n")
+        async with sftp.open("/inbox/closed.csv", "wb") as f:
+            await f.write(CSV)
+        await sftp.rename("/inbox/a.csv.part", "/inbox/a.csv")
+    runs = {r.source.name: r for r in await feedd.wait_runs(2)}
+    renamed, closed = runs["inbox/a.csv"], runs["inbox/closed.csv"]
+    # taken apart, not together once the closed file's grace is over
+    assert (closed.created_at - renamed.created_at).total_seconds() > 0.25, (renamed.created_at, closed.created_at)
+
+
 async def test_a_temp_folder_renamed_to_a_final_one_releases_its_files(feedd: Feedd) -> None:
     async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
         await sftp.mkdir("/inbox/.batch")
