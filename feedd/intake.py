@@ -49,10 +49,10 @@ def spool_name(name: str) -> str:
     return safe[:200]
 
 
-def _move_and_hash(item: Input, dest: Path, known_sha: str | None) -> tuple[str, int]:
+def _move_and_hash(item: Input, dest: Path) -> tuple[str, int]:
     renamed = move_into(item.path, dest)
-    if known_sha is not None and renamed:
-        return known_sha, sync_file(dest)
+    if item.sha256 is not None and renamed:
+        return item.sha256, sync_file(dest)
     if item.hashed is not None and renamed:
         return hash_and_sync(dest, *item.hashed)
     return hash_and_sync(dest)
@@ -66,7 +66,7 @@ def _spool_all(jobs: list[tuple[Input, Path]]) -> list[tuple[str, int] | Excepti
     out: list[tuple[str, int] | Exception] = []
     for item, dest in jobs:
         try:
-            out.append(_move_and_hash(item, dest, item.sha256))
+            out.append(_move_and_hash(item, dest))
         except Exception as exc:  # this input stays where it was; the others go on
             out.append(exc)
     for folder in {dest.parent for (_, dest), res in zip(jobs, out, strict=True) if not isinstance(res, Exception)}:
