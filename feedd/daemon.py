@@ -126,19 +126,23 @@ class Daemon:
         """Stop the parts in reverse order, giving work in flight until the drain deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_seconds
-        for component in reversed(self.components):
-            try:
-                await component.stop(deadline)
-            except Exception:
-                log.get().exception("stop failed", component=component.name)
-        self.components = []
-        if self.drops is not None:
-            await self.drops.drain(deadline)
-        for task in list(self._tasks):
-            task.cancel()
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
+        try:
+            for component in reversed(self.components):
+                try:
+                    await component.stop(deadline)
+                except Exception:
+                    log.get().exception("stop failed", component=component.name)
+            self.components = []
+            if self.drops is not None:
+                await self.drops.drain(deadline)
+        finally:
+            # Even when stopping is itself interrupted: the store's thread would otherwise keep the
+            # process from exiting, and its last commits must reach the disk.
+            for task in list(self._tasks):
+                task.cancel()
+            if self.store is not None:
+                store, self.store = self.store, None
+                await store.close()
 
     def request_stop(self) -> None:
         self._stop.set()

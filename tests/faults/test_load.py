@@ -22,12 +22,14 @@ __all__ = ["demo_key", "host_key", "start_feedd"]
 
 CLIENTS = 200
 SECONDS = 6.0
+FILES_PER_CLIENT = 20  # bounds the work whatever the daemon's speed: at most 4,000 files
 
 # The clients run in a process of their own, so that the lag measured in this one is the daemon's.
 CLIENT_SCRIPT = """
 import asyncio, json, sys, time
 import asyncssh
-port, key, clients, seconds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+port, key, clients, seconds, most = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), \
+    int(sys.argv[5])
 async def client(n, sent, errors):
     await asyncio.sleep(n * 0.015)  # ramp up over 3 s, from 50 source addresses (partners are many hosts)
     try:
@@ -35,7 +37,7 @@ async def client(n, sent, errors):
                                     login_timeout=60, local_addr=(f"127.0.0.{2 + n % 50}", 0)) as conn, \
                 conn.start_sftp_client() as sftp:
             end, i = time.monotonic() + seconds, 0
-            while time.monotonic() < end and i < 50:
+            while time.monotonic() < end and i < most:
                 name = f"/inbox/c{n:03d}-{i:02d}.csv"
                 async with sftp.open(name, "wb") as f:
                     await f.write(b"email\\nc%d-%d@example.org\\n" % (n, i))
@@ -64,17 +66,19 @@ async def test_200_clients_upload_at_once_and_nothing_is_lost(start_feedd: Calla
     stop, lag = asyncio.Event(), []
     probe = asyncio.create_task(lag_probe(stop, lag))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT_SCRIPT, str(feedd.port),
-                                                str(demo_key[0]), str(CLIENTS), str(SECONDS),
+                                                str(demo_key[0]), str(CLIENTS), str(SECONDS), str(FILES_PER_CLIENT),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     result = json.loads(out or b"{}") if out else {"sent": [], "errors": [err.decode()[-2000:]]}
     sent = set(result["sent"])
-    runs = []
-    for _ in range(600):  # bounded: ~30 s for the watcher and intake to take the last ones
-        runs = await feedd.runs()
-        if len(runs) >= len(sent):
+    assert feedd.daemon.store is not None
+    deadline = time.monotonic() + 30  # bounded: for the watcher and intake to take the last ones
+    while time.monotonic() < deadline:
+        # a count, not the list: polling must not compete with intake for the store
+        if sum((await feedd.daemon.store.status_counts())[0].values()) >= len(sent):
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+    runs = await feedd.runs()
     stop.set()
     await probe
     taken = [r.source.name for r in runs]
