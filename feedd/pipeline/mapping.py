@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from feedd.config.values import FieldMapping, Pipeline, Schema
+from feedd.config.values import FieldMapping, FieldType, Pipeline, Schema
 from feedd.pipeline.transforms import TransformError, compile_transforms
 from feedd.pipeline.validate import build, field_code, unique_code
 
@@ -130,7 +130,7 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
             body += _transform_code(m, key, ns)
         body += field_code(field, key, ns)
         if field.unique:
-            body += unique_code(key, ns)
+            body += unique_code(key, ns, ints=field.type == FieldType.INTEGER)
         name = repr(field.name)
         lines += [
             "    try:",

@@ -191,27 +191,43 @@ def field_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
     ]
 
 
-def unique_code(key: str, ns: dict[str, Any]) -> list[str]:
+def unique_code(key: str, ns: dict[str, Any], ints: bool = False) -> list[str]:
     """Lines that record `v` in a new `Unique` table (its name suffixed with `key`) or raise FieldError
-    when it was seen before. Compiled rows inline them: one call fewer per row."""
-    ns[f"_unique_{key}"] = table = Unique()
+    when it was seen before. Compiled rows inline them: one call fewer per row. `ints`: the field's
+    values are all ints, so dense ones can go into bitmaps."""
+    ns[f"_unique_{key}"] = table = Unique(ints=ints)
     ns[f"_unique_key_{key}"] = table.key
-    return _unique_lines(f"_unique_{key}", f"_unique_key_{key}")
+    return _unique_lines(f"_unique_{key}", f"_unique_key_{key}", ints)
 
 
-def _unique_lines(table: str, key_fn: str) -> list[str]:
+def _unique_lines(table: str, key_fn: str, ints: bool) -> list[str]:
+    hashed = [
+        # ints within 64 bits are their own hash (exact); everything else goes through Unique.key()
+        f"k = (v * _MIX) & _MASK or 1 if v.__class__ is int and -_HALF <= v < _HALF else {key_fn}(v)",
+        f"t, i = {table}.table, k >> {table}.shift",
+        "while x := t[i]:",
+        f"    if x == k: {_DUPLICATE}",
+        f"    i = (i + 1) & {table}.mask",
+        "t[i] = k",
+        f"{table}.count += 1",
+        f"if {table}.count > {table}.limit: {table}.grow()",
+    ]
+    if not ints:
+        return ["if v is not None:", *_indent(hashed)]
     return [
         "if v is not None:",
-        # ints within 64 bits are their own hash (exact); everything else goes through Unique.key()
-        f"    k = (v * _MIX) & _MASK or 1 if v.__class__ is int and -_HALF <= v < _HALF else {key_fn}(v)",
-        f"    t, i = {table}.table, k >> {table}.shift",
-        "    while x := t[i]:",
-        "        if x == k: raise _FE('unique', f'{_show(v)} appears more than once in this file')",
-        f"        i = (i + 1) & {table}.mask",
-        "    t[i] = k",
-        f"    {table}.count += 1",
-        f"    if {table}.count > {table}.limit: {table}.grow()",
+        f"    c = ({table}.chunks.get(v >> 16) or {table}.chunk(v >> 16)) if {table}.dense else None",
+        "    if c is not None:",
+        "        j, m = (v >> 3) & 8191, 1 << (v & 7)",
+        f"        if c[j] & m: {_DUPLICATE}",
+        "        c[j] |= m",
+        f"        {table}.count += 1",
+        "    else:",
+        *_indent(hashed, "        "),
     ]
+
+
+_DUPLICATE = "raise _FE('unique', f'{_show(v)} appears more than once in this file')"
 
 
 def _rule_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
@@ -282,12 +298,19 @@ _HALF = 1 << 63
 
 class Unique:
     """Seen values of one `unique` field within a run: an open-addressing table of 64-bit hashes in one
-    array, 8 bytes a slot, so 4 million keys take 64 MiB rather than the ~300 MiB a `set` would."""
+    array, 8 bytes a slot, so 4 million keys take 64 MiB rather than the ~300 MiB a `set` would.
 
-    __slots__ = ("bits", "count", "limit", "mask", "shift", "table")
+    Integer fields start with bitmaps instead, one bit per value in blocks of 65,536 values: sequential
+    ids (the usual kind) then take 8 KiB per 65,536 rows, so memory stays flat as files grow. Once the
+    bitmaps would take more room than the hash table (the ints are sparse), every int seen moves into it.
+    """
 
-    def __init__(self, bits: int = 16) -> None:
+    __slots__ = ("bits", "chunks", "count", "dense", "limit", "mask", "shift", "table")
+
+    def __init__(self, bits: int = 16, ints: bool = False) -> None:
         self.count = 0
+        self.dense = ints
+        self.chunks: dict[int, bytearray] = {}
         self._size(bits)
 
     def _size(self, bits: int) -> None:
@@ -313,6 +336,39 @@ class Unique:
         Replaced below by code built from `_unique_lines`, the same lines compiled rows inline."""
         raise NotImplementedError
 
+    def check_int(self, value: int | None) -> None:
+        """`check` for a table made with `ints=True` (the lines of an integer field)."""
+        raise NotImplementedError
+
+    def chunk(self, n: int) -> bytearray | None:
+        """A new bitmap for the ints `n << 16` to `(n + 1) << 16`, or None (and no more bitmaps) once
+        bitmaps would outgrow a hash table of the same ints (about 16 bytes each) by more than 2 MiB."""
+        if (len(self.chunks) + 1) * CHUNK_BYTES > DENSE_FREE + 16 * self.count:
+            self._spread()
+            return None
+        block = self.chunks[n] = bytearray(CHUNK_BYTES)
+        return block
+
+    def _spread(self) -> None:
+        self.dense = False
+        chunks, self.chunks, self.count = self.chunks, {}, 0
+        for n, block in chunks.items():
+            base = n << 16
+            for j in range(CHUNK_BYTES):
+                if byte := block[j]:
+                    for b in range(8):
+                        if byte >> b & 1:
+                            self._add(self.key(base | j << 3 | b))
+
+    def _add(self, key: int) -> None:
+        table, i = self.table, key >> self.shift
+        while table[i]:
+            i = (i + 1) & self.mask
+        table[i] = key
+        self.count += 1
+        if self.count > self.limit:
+            self.grow()
+
     def grow(self) -> None:
         old = self.table
         self._size(self.bits + 1)
@@ -325,6 +381,10 @@ class Unique:
                 table[i] = key
 
 
-# Unique.check is the very code compiled rows inline.
-Unique.check = build("\n".join(["def check(self, v):", *_indent(_unique_lines("self", "self.key"))]),  # type: ignore[method-assign]
-                     {}, "check")
+CHUNK_BYTES = 8192  # one bit for each of 65,536 ints
+DENSE_FREE = 2 << 20  # bitmaps may use this much more than hashes would before ints move to hashes
+
+# Unique.check and check_int are the very code compiled rows inline.
+for _name, _ints in (("check", False), ("check_int", True)):
+    _lines = [f"def {_name}(self, v):", *_indent(_unique_lines("self", "self.key", _ints))]
+    setattr(Unique, _name, build("\n".join(_lines), {}, _name))

@@ -103,3 +103,18 @@ def test_an_input_gone_from_the_spool_fails_the_run_plainly(config: Config, tmp_
     assert outcome.status == "failed" and outcome.error is not None
     assert outcome.error[0] == "input_missing"
     assert outcome.error[1].startswith("inbox/staff.csv: the input is no longer in the spool")
+
+
+def test_duplicate_integer_ids_are_rejected_across_a_long_file(tmp_path: Path) -> None:
+    text = CONFIG.replace('employee_id: {type: string, required: true, unique: true, pattern: "^E[0-9]{4,}$"}',
+                          "employee_id: {type: integer, required: true, unique: true}")
+    assert text != CONFIG
+    config = load_config((tmp_path / "feedd.yaml").write_text(text) and tmp_path / "feedd.yaml", env={})
+    ids = [*range(1, 150_001), 70_000, 149_999, -5, -5]  # past two 65,536 blocks, then repeats
+    rows = "".join(f"{i},a{i}@example.org,A,B,01/15/2024,1,A,yes\n" for i in ids)
+    outcome = process(job(config, tmp_path, HEADER + rows, pipeline=config.pipelines["acme-employees"],
+                          schema=config.schemas["employee"]))
+    assert outcome.status == "completed" and (outcome.valid, outcome.invalid) == (150_001, 3)
+    assert [(e[0], e[1], e[2]) for e in outcome.errors] == [
+        (150_002, "employee_id", "unique"), (150_003, "employee_id", "unique"), (150_005, "employee_id", "unique")]
+    assert "employee_id: '70000' appears more than once in this file" in outcome.errors[0]

@@ -120,3 +120,31 @@ def test_unique_keeps_every_key_through_growth_and_tells_close_values_apart() ->
             seen.check(v)
     with pytest.raises(FieldError):
         text.check("E1")
+
+
+def test_unique_integers_in_bitmaps_stay_small_and_exact() -> None:
+    ids = Unique(ints=True)
+    values = [*range(-70_000, 1_000_000), 2**70, -(2**70)]
+    for v in values:
+        ids.check_int(v)
+    ids.check_int(None)
+    ids.check_int(None)
+    assert ids.dense and ids.count == len(values)
+    assert len(ids.chunks) * 8192 < 200_000 and ids.table.itemsize * len(ids.table) < 600_000  # not 16 MiB
+    for v in (-70_000, -1, 0, 65_535, 65_536, 999_999, 2**70, -(2**70)):
+        with pytest.raises(FieldError) as info:
+            ids.check_int(v)
+        assert f"'{v}' appears more than once" in info.value.message
+
+
+def test_unique_sparse_integers_move_from_bitmaps_to_hashes_and_keep_every_key() -> None:
+    ids = Unique(ints=True)
+    sparse = [n * 1_000_003 + 17 for n in range(2_000)]  # a new 65,536 block for nearly every value
+    for v in sparse:
+        ids.check_int(v)
+    assert not ids.dense and not ids.chunks and ids.count == len(sparse)
+    for v in (sparse[0], sparse[300], sparse[-1]):  # seen while in bitmaps, then after the move
+        with pytest.raises(FieldError):
+            ids.check_int(v)
+    ids.check_int(sparse[-1] + 1)
+    assert ids.count == len(sparse) + 1
