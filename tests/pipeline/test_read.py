@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import resource
 import zipfile
 from pathlib import Path
@@ -174,16 +175,22 @@ def test_a_truncated_gzip_is_unreadable_input_not_a_traceback(tmp_path: Path, ke
     assert info.value.code == "unreadable_input"
 
 
-def test_json_arrays_read_in_batches_agree_with_the_stdlib(tmp_path: Path) -> None:
-    # strings with braces and commas, nested objects, huge integers, non-objects: across many read chunks
+@pytest.mark.parametrize("indent", [None, 1])
+def test_json_arrays_read_in_batches_agree_with_the_stdlib(tmp_path: Path, indent: int | None) -> None:
+    # strings with braces and commas, nested objects, huge integers, non-objects: across many read chunks;
+    # and what orjson would read differently or refuse: NaN, infinity, lone surrogates, 19-digit runs
     records: list[Any] = []
     for i in range(6000):
         records.append({"id": i, "text": "}, {\"fake\": 1} ]" * (i % 3), "nested": {"a": [1, {"b": "}"}]},
-                        "big": 2**70 + i if i % 500 == 0 else i})
+                        "big": 2**70 + i if i % 500 == 0 else -(2**64) - i if i % 700 == 0 else i})
         if i % 1000 == 0:
             records.append(["not", "an", "object"])
+        if i % 900 == 0:
+            records.append({"id": i, "text": "\ud800 lone", "nested": float("nan"), "big": float("inf")})
+        if i % 800 == 0:
+            records.append({"id": i, "text": "1234567890123456789012", "nested": None, "big": 9223372036854775807})
     path = tmp_path / "tricky.json"
-    path.write_text(json.dumps(records, indent=1 if len(records) % 2 else None))
+    path.write_text(json.dumps(records, indent=indent), encoding="utf-8", errors="surrogatepass")
     _, headers, rows = rows_of(path)
     assert headers == ["id", "text", "nested", "big"]
     assert len(rows) == len(records)
@@ -191,5 +198,7 @@ def test_json_arrays_read_in_batches_agree_with_the_stdlib(tmp_path: Path) -> No
     got = [cells for _, cells in rows if not bad_row(cells)]
     assert [c[0] for c in got] == [r["id"] for r in objects]
     assert [c[3] for c in got] == [r["big"] for r in objects]
+    assert all(type(c[3]) is type(r["big"]) for c, r in zip(got, objects, strict=True))  # ints stay exact ints
     assert [c[1] for c in got] == [r["text"] for r in objects]
+    assert [math.isnan(c[2]) for c in got if isinstance(c[2], float)] == [True] * 7
     assert sum(1 for _, cells in rows if bad_row(cells)) == 6
