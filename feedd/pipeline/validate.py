@@ -202,8 +202,10 @@ def unique_code(key: str, ns: dict[str, Any], ints: bool = False) -> list[str]:
 
 def _unique_lines(table: str, key_fn: str, ints: bool) -> list[str]:
     hashed = [
-        # ints within 64 bits are their own hash (exact); everything else goes through Unique.key()
-        f"k = (v * _MIX) & _MASK or 1 if v.__class__ is int and -_HALF <= v < _HALF else {key_fn}(v)",
+        # strs as Unique.key() would hash them, without the call; ints within 64 bits are their own hash
+        # (exact); everything else goes through Unique.key()
+        "k = (hash(v) * _MIX) & _MASK or 1 if v.__class__ is str else "
+        f"(v * _MIX) & _MASK or 1 if v.__class__ is int and -_HALF <= v < _HALF else {key_fn}(v)",
         f"t, i = {table}.table, k >> {table}.shift",
         "while x := t[i]:",
         f"    if x == k: {_DUPLICATE}",
