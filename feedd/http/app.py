@@ -102,15 +102,27 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
 
 
 def _cap_connections(server: web.Server | None) -> None:
-    """Close a new connection at once when MAX_CONNECTIONS are already open (aiohttp has no such limit)."""
+    """At most MAX_CONNECTIONS open connections (aiohttp has no such limit). A new connection past it
+    evicts the oldest one that has no request in progress (idle between requests, or still sending its
+    headers), so that slow or silent clients cannot lock everyone else out; a request being handled,
+    such as a part's body arriving, is never cut. Only when every connection is busy is the new one
+    closed. (aiohttp itself closes a connection that has not sent whole headers within the keep-alive
+    timeout.)"""
     if server is None:
         return
     accept = server.connection_made
 
     def capped(handler: Any, transport: Any) -> None:
         accept(handler, transport)
-        if len(server.connections) > MAX_CONNECTIONS:
+        if len(server.connections) <= MAX_CONNECTIONS:
+            return
+        # oldest first; aiohttp sets `_current_request` while it handles one (unknown: taken as busy)
+        idle = next((h for h in server.connections
+                     if h is not handler and getattr(h, "_current_request", handler) is None), None)
+        if idle is None:
             transport.close()
+        else:
+            idle.force_close()
 
     setattr(server, "connection_made", capped)  # noqa: B010 - an instance hook, not a class change
 
