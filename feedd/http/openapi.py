@@ -106,7 +106,7 @@ SCHEMAS: dict[str, Any] = {
                        nextCursor=_nullable("string")),
     "UploadInit": _object(
         ["connectionName", "pipelineId", "totalParts"],
-        {"filename": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$"},
+        {"filename": {"type": "string", "pattern": "^(?!.*\\.\\.)[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$"},
          "output": {"enum": ["csv", "json", "jsonl"]}},
         connectionName={"type": "string"}, pipelineId={"type": "string"},
         totalParts={"type": "integer", "minimum": 1, "maximum": 10000}),
