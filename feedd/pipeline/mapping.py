@@ -18,7 +18,7 @@ from typing import Any
 
 from feedd.config.values import FieldMapping, FieldType, Pipeline, Schema
 from feedd.pipeline.transforms import TransformError, compile_transforms
-from feedd.pipeline.validate import build, field_code, unique_code
+from feedd.pipeline.validate import Unique, build, field_code, unique_code
 
 SIMILARITY_THRESHOLD = 0.8
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -146,6 +146,12 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
     record = ", ".join(f"{field.name!r}: v{k}" for k, field in enumerate(schema.fields))
     lines.append(f"    return {{{record}}}, errs")
     return build("\n".join(lines), ns, "row_fn")  # type: ignore[no-any-return]
+
+
+def unique_tables(row_fn: RowFn, schema: Schema) -> dict[str, Unique]:
+    """The `unique` tables a compiled row function has filled so far, by field name."""
+    ns = row_fn.__globals__
+    return {f.name: ns[f"_unique_{k}"] for k, f in enumerate(schema.fields) if f.unique}
 
 
 def _getter_code(m: FieldMapping | None, choice: Choice | None, index: Mapping[str, int], key: str,

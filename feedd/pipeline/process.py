@@ -9,6 +9,7 @@ the parent.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from feedd.config.values import Pipeline, Schema
-from feedd.pipeline.mapping import Plan, compile_row, header_key, plan
-from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows
+from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables
+from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
+from feedd.pipeline.validate import Unique, repeats
 from feedd.pipeline.write import RecordWriter, RejectWriter, write_json
 
 MAX_ERRORS = 100  # row errors kept on the run (all of them are in the rejects)
@@ -34,6 +36,16 @@ class Job:
     out_dir: str
     memory: dict[str, str] | None = None
     previous_headers: list[str] | None = None
+    span: Span | None = None  # one stretch of the input (see `process_stretch`), or the whole of it
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes `start` to `end` of a JSON array input hold whole elements; `before` elements come earlier."""
+
+    start: int
+    end: int
+    before: int
 
 
 @dataclass(slots=True)
@@ -56,6 +68,7 @@ class Outcome:
     rejects_csv_path: str | None = None
     report_path: str | None = None
     seconds: float = 0.0
+    stretches: int = 1  # workers that processed a stretch of the input each
 
 
 def output_name(pipeline: Pipeline, job: Job) -> str:
@@ -74,8 +87,15 @@ def process(job: Job) -> Outcome:
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     outcome = Outcome("completed")
+    _attempt(job, outcome, lambda: _run(job, out, outcome))
+    outcome.seconds = round(time.monotonic() - started, 3)
+    _report(job, out, outcome)
+    return outcome
+
+
+def _attempt(job: Job, outcome: Outcome, work: Callable[[], object]) -> None:
     try:
-        _run(job, out, outcome)
+        work()
     except ReadError as exc:
         outcome.status, outcome.error = "failed", (exc.code, f"{job.source_name}: {exc.message}")
     except FileNotFoundError:
@@ -83,7 +103,84 @@ def process(job: Job) -> Outcome:
             raise  # something else is missing: a crash to look into, not the input
         outcome.status, outcome.error = "failed", (
             "input_missing", f"{job.source_name}: the input is no longer in the spool ({job.input_path})")
-    outcome.seconds = round(time.monotonic() - started, 3)
+
+
+@dataclass(slots=True)
+class Stretch:
+    """What `process_stretch` made of one stretch: its outcome (paths are record and reject bodies, without
+    headers) and the `unique` tables the merge compares."""
+
+    outcome: Outcome
+    unique: dict[str, Unique] = field(default_factory=dict)
+    probe: int = 0  # hash(PROBE) in that worker: string keys compare only between workers that agree on it
+
+
+PROBE = "feedd unique probe"
+
+
+def process_stretch(job: Job) -> Stretch:
+    """One stretch (`job.span`) of a large input, mapped and validated like a whole run but without the
+    checks that need every row (the error rate, `unique` across stretches): `merge` does those."""
+    assert job.span is not None
+    started = time.monotonic()
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stretch = Stretch(Outcome("completed"), probe=hash(PROBE))
+
+    def run() -> None:
+        span, path = job.span, Path(job.input_path)
+        assert span is not None
+        detected, headers, rows = open_rows(path, job.pipeline.format)
+        rows.close()  # only the whole file's detection and headers
+        with open_span(path, span.start, span.end, span.before, headers) as stretch_rows:
+            stretch.unique = _map_rows(job, out, stretch.outcome, detected.as_dict(), headers, stretch_rows,
+                                       body=True)
+
+    _attempt(job, stretch.outcome, run)
+    stretch.outcome.seconds = time.monotonic() - started
+    return stretch
+
+
+def merge(job: Job, stretches: list[Stretch]) -> Outcome | None:
+    """The run's outputs joined from its stretches', in order; or None when one pass over the whole input
+    must decide instead: a stretch failed, or a `unique` value appears in two stretches (which of its rows
+    is the repeat depends on every row before it)."""
+    started = time.monotonic()
+    outcomes = [s.outcome for s in stretches]
+    if any(o.status != "completed" for o in outcomes) or len({s.probe for s in stretches}) > 1:
+        return None
+    if any(repeats([s.unique[name] for s in stretches]) for name in stretches[0].unique):
+        return None
+    out, pipe, first = Path(job.out_dir), job.pipeline, outcomes[0]
+    outcome = Outcome("completed", mapping=first.mapping, reasons=first.reasons, detected=first.detected,
+                      headers=first.headers, header_key=first.header_key, drift=first.drift,
+                      stretches=len(stretches))
+    for o in outcomes:
+        outcome.rows += o.rows
+        outcome.valid += o.valid
+        outcome.invalid += o.invalid
+        outcome.errors.extend(o.errors[:MAX_ERRORS - len(outcome.errors)])
+    fields = [f.name for f in job.schema.fields]
+    records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
+    records.join([Path(o.records_path or "") for o in outcomes])
+    outcome.records_path = str(records.close())
+    if pipe.output.format != "jsonl":
+        api_copy = RecordWriter(out / "records.api.jsonl", "jsonl", fields)
+        api_copy.join([Path(o.records_jsonl_path or "") for o in outcomes])
+        outcome.records_jsonl_path = str(api_copy.close())
+    rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", outcome.headers)
+    rejects.join([(Path(o.rejects_path or ""), Path(o.rejects_csv_path or "")) for o in outcomes])
+    outcome.rejects_path, outcome.rejects_csv_path = (str(p) for p in rejects.close())
+    _error_rate(job, outcome)
+    outcome.seconds = round(max(o.seconds for o in outcomes) + time.monotonic() - started, 3)
+    _report(job, out, outcome)
+    for o in outcomes:
+        if o.records_path:
+            shutil.rmtree(Path(o.records_path).parent, ignore_errors=True)
+    return outcome
+
+
+def _report(job: Job, out: Path, outcome: Outcome) -> None:
     report = {
         "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,
         "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid},
@@ -92,7 +189,6 @@ def process(job: Job) -> Outcome:
         "errors": [{"row": r, "field": f, "code": c, "message": m} for r, f, c, m in outcome.errors],
     }
     outcome.report_path = str(write_json(out / "report.json", report))
-    return outcome
 
 
 def _run(job: Job, out: Path, outcome: Outcome) -> None:
@@ -103,7 +199,9 @@ def _run(job: Job, out: Path, outcome: Outcome) -> None:
 
 
 def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], headers: list[str],
-              rows: Rows) -> None:
+              rows: Rows, *, body: bool = False) -> dict[str, Unique]:
+    """Map, validate and write `rows`; the `unique` tables filled on the way are returned. `body`: write
+    record and reject bodies for `merge`, and leave the error rate to it."""
     pipe, schema = job.pipeline, job.schema
     outcome.detected, outcome.headers, outcome.header_key = detected, headers, header_key(headers)
     if job.previous_headers is not None and set(job.previous_headers) != set(headers):
@@ -118,14 +216,16 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
         outcome.status = "failed"
         outcome.error = ("unmapped_required_field",
                          f"{job.source_name}: required field(s) with no column: {'; '.join(parts)}")
-        return
+        return {}
     row_fn = compile_row(pipe, schema, headers, chosen)
     fields = [f.name for f in schema.fields]
-    records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
-    rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers)
+    records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields,
+                           body=body)
+    rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers, body=body)
     keep_invalid = pipe.egress == "all"
     json_input = detected.get("format") in ("json", "jsonl")  # only JSON has rows that cannot be read at all
-    api_copy = RecordWriter(out / "records.api.jsonl", "jsonl", fields) if pipe.output.format != "jsonl" else None
+    api_copy = (RecordWriter(out / "records.api.jsonl", "jsonl", fields, body=body)
+                if pipe.output.format != "jsonl" else None)
     write: Callable[[dict[str, Any]], None] = records.write
     errors = outcome.errors
     if api_copy is not None:
@@ -161,6 +261,13 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
         outcome.records_jsonl_path = str(api_copy.close())
     outcome.rejects_path, csv_path = (str(p) for p in rejects.close())
     outcome.rejects_csv_path = csv_path
+    if not body:
+        _error_rate(job, outcome)
+    return unique_tables(row_fn, schema)
+
+
+def _error_rate(job: Job, outcome: Outcome) -> None:
+    pipe = job.pipeline
     if outcome.rows and outcome.invalid / outcome.rows > pipe.max_error_rate:
         outcome.status = "failed"
         outcome.error = ("too_many_errors", f"{job.source_name}: {outcome.invalid} of {outcome.rows} rows are invalid "

@@ -216,6 +216,47 @@ def _read_errors() -> Iterator[None]:
         raise ReadError("unreadable_input", f"the compressed file is damaged or cut short: {exc}") from None
 
 
+class _Span(io.RawIOBase):
+    """Bytes `start` to `end` of a file, read as the JSON array `[` + those bytes + `]`."""
+
+    def __init__(self, path: Path, start: int, end: int) -> None:
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._file.seek(start)
+        self._left = end - start
+        self._pending = b"["
+        self._closing = b"]"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._pending:
+            if self._left > 0:
+                self._pending = self._file.read(min(self._left, len(buffer)))
+                if not self._pending:
+                    raise ReadError("input_missing", "the input is shorter than its recorded span")
+                self._left -= len(self._pending)
+            else:
+                self._pending, self._closing = self._closing, b""
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_span(path: Path, start: int, end: int, before: int, headers: list[str]) -> Rows:
+    """The rows of one stretch of a UTF-8 JSON array of objects: bytes `start` to `end` hold whole
+    elements, `before` elements come earlier in the file (rows are numbered as in the whole file) and
+    `headers` are the whole file's, so each stretch maps its cells exactly as one pass over the file would."""
+    text = io.TextIOWrapper(io.BufferedReader(_Span(path, start, end), _BLOCK), encoding="utf-8", newline="")
+    _, rows = _json_rows(text, "json", headers, before)
+    return Rows(rows, text)
+
+
 class Rows:
     """The rows of an open input; iterate, then `close()` (or use `with`), even when stopping early."""
 
@@ -280,14 +321,14 @@ def _csv_rows(text: IO[str], delimiter: str, fmt: FormatConfig) -> tuple[list[st
     return headers, rows()
 
 
-def json_objects(text: IO[str], kind: str) -> Iterator[tuple[int, Any]]:
+def json_objects(text: IO[str], kind: str, before: int = 0) -> Iterator[tuple[int, Any]]:
     if kind == "jsonl":
         for number, line in enumerate(_lines(text), 1):
             if line.strip():
                 yield number, _decode(line, number)
         return
     decoder = json.JSONDecoder()
-    buffer, pos, number = "", 0, 0
+    buffer, pos, number = "", 0, before
     started = False
     exact_until = 0  # elements before this position go one at a time through the standard library
     while True:
@@ -383,17 +424,18 @@ class _Bad:
         self.message = message
 
 
-def _json_rows(text: IO[str], kind: str) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
-    objects = json_objects(text, kind)
+def _json_rows(text: IO[str], kind: str, known: list[str] | None = None,
+               before: int = 0) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
+    objects = json_objects(text, kind, before)
     buffered: list[tuple[int, Any]] = []
     headers: dict[str, None] = {}
-    for number, obj in objects:  # headers from the first records (up to 100) that are objects
+    for number, obj in objects if known is None else ():  # headers from the first records (up to 100)
         buffered.append((number, obj))
         if isinstance(obj, dict):
             headers.update(dict.fromkeys(str(k) for k in obj))
         if len(buffered) >= 100:
             break
-    names = list(headers)
+    names = list(headers) if known is None else known
     if len(names) > MAX_COLUMNS:
         raise ReadError("too_many_columns", f"records have {len(names)} keys; at most {MAX_COLUMNS}")
 

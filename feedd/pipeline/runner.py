@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from feedd.model import (
     utcnow,
 )
 from feedd.pipeline.mapping import header_key
-from feedd.pipeline.process import Job, Outcome, output_name, process
+from feedd.pipeline.process import Job, Outcome, Span, merge, output_name, process, process_stretch
 from feedd.pipeline.read import open_rows
 from feedd.spaces import Spaces
 from feedd.store import RunQuery, Store
@@ -79,6 +80,7 @@ class Runner:
         self._workers = workers if workers is not None else os.cpu_count() or 1
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._lent = 0  # workers processing a stretch of a run that already holds one
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._work = asyncio.Event()
@@ -88,6 +90,10 @@ class Runner:
         self._work.set()
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # One string hash seed for every worker, random per daemon: the stretches of one run, processed
+        # in different workers, then hash `unique` strings alike and the merge can compare them.
+        if not os.environ.get("PYTHONHASHSEED", "").isdigit():
+            os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(2**32 - 1) + 1)
         # spawn, not fork: the parent has threads (SQLite, writes, hashing) whose locks a fork could copy held.
         return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=die_with_parent, initargs=(os.getpid(),))
@@ -129,7 +135,7 @@ class Runner:
     async def _loop(self) -> None:
         while not self._stopping:
             self._work.clear()  # before looking: a wake-up while claiming makes the wait below return at once
-            free = self._workers - len(self._inflight)
+            free = self._workers - len(self._inflight) - self._lent
             if free > 0:
                 queued, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True,
                                                                  limit=free))
@@ -172,7 +178,7 @@ class Runner:
                   str(runs_dir(config) / run.run_id), memory, previous)
         assert self._pool is not None
         try:
-            work = asyncio.get_running_loop().run_in_executor(self._pool, process, job)
+            work = asyncio.ensure_future(self._process(job, run))
             if failpoints.ARMED == "runner.mid_processing":
                 await asyncio.sleep(0.05)  # let the worker get going first
                 failpoints.hit("runner.mid_processing")
@@ -188,6 +194,28 @@ class Runner:
             await self._finish(run, None, RunError("internal_error", f"processing failed: {exc}"))
             return
         await self._finish(run, outcome, None)
+
+    async def _process(self, job: Job, run: Run) -> Outcome:
+        """The run processed by one worker, or a large upload by as many idle workers as there are, each
+        taking a stretch of its parts: a run alone on the machine then uses every core."""
+        loop = asyncio.get_running_loop()
+        idle = self._workers - len(self._inflight) - self._lent
+        spans = stretches(run.meta.get("parts"), 1 + idle) if run.source.kind is SourceKind.UPLOAD else []
+        if not spans:
+            return await loop.run_in_executor(self._pool, process, job)
+        self._lent += len(spans) - 1
+        try:
+            pieces = await asyncio.gather(*(
+                loop.run_in_executor(self._pool, process_stretch,
+                                     replace(job, out_dir=f"{job.out_dir}/stretch-{i}", span=span))
+                for i, span in enumerate(spans)))
+            outcome = await loop.run_in_executor(self._pool, merge, job, pieces)
+        finally:
+            self._lent -= len(spans) - 1
+            self._work.set()
+        if outcome is None:  # one pass over the whole input decides instead
+            return await loop.run_in_executor(self._pool, process, job)
+        return outcome
 
     async def _previous_headers(self, run: Run) -> list[str] | None:
         done, _ = await self._store.list_runs(RunQuery(connection=run.connection, pipeline=run.pipeline,
@@ -207,7 +235,8 @@ class Runner:
             meta.update(detected=outcome.detected, headers=outcome.headers, header_key=outcome.header_key,
                         drift=outcome.drift, records=outcome.records_path, rejects=outcome.rejects_path,
                         records_jsonl=outcome.records_jsonl_path,
-                        report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds)
+                        report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds,
+                        stretches=outcome.stretches)
         done = replace(
             run, status=status, finished_at=utcnow(), error=error, meta=meta,
             counts=Counts(outcome.rows, outcome.valid, outcome.invalid) if outcome else run.counts,
@@ -303,6 +332,29 @@ class Runner:
                     released += 1
             if released:
                 log.get(pipeline=pipeline).info("runs.released", count=released)
+
+
+MIN_STRETCH = 10_000  # records: below this, joining the outputs costs more than a second worker gains
+
+
+def stretches(parts: object, most: int) -> list[Span]:
+    """An upload's parts (`[start, end, records]` each, in file order) grouped into up to `most` stretches
+    of about equal records, at least MIN_STRETCH each; [] when one worker should take the whole run."""
+    if not isinstance(parts, list) or not all(isinstance(p, list) and len(p) == 3 for p in parts):
+        return []
+    total = sum(int(p[2]) for p in parts)
+    count = min(most, total // MIN_STRETCH)
+    if count < 2:
+        return []
+    spans: list[Span] = []
+    start, before, taken = int(parts[0][0]), 0, 0
+    for i, (_, end, records) in enumerate(parts):
+        taken += int(records)
+        if i == len(parts) - 1 or (len(spans) < count - 1 and taken * count >= total * (len(spans) + 1)):
+            spans.append(Span(start, int(end), before))
+            if i + 1 < len(parts):
+                start, before = int(parts[i + 1][0]), taken
+    return spans if len(spans) > 1 else []
 
 
 def _effective(config: Config, run: Run) -> Pipeline | None:

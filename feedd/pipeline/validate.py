@@ -362,6 +362,15 @@ class Unique:
                         if byte >> b & 1:
                             self._add(self.key(base | j << 3 | b))
 
+    def has(self, key: int) -> bool:
+        """Whether the slot key `key` (see `key`) is in the hash table."""
+        table, i = self.table, key >> self.shift
+        while x := table[i]:
+            if x == key:
+                return True
+            i = (i + 1) & self.mask
+        return False
+
     def _add(self, key: int) -> None:
         table, i = self.table, key >> self.shift
         while table[i]:
@@ -381,6 +390,36 @@ class Unique:
                 while table[i]:
                     i = (i + 1) & mask
                 table[i] = key
+
+
+def repeats(tables: list[Unique]) -> bool:
+    """Whether a value is in two of `tables` (one `unique` field's, each filled from a stretch of one
+    file by workers that hash strings alike). True also when that cannot be told cheaply: some tables
+    hold ints as bitmaps and others as hashes."""
+    if len({t.dense for t in tables}) > 1:
+        return True
+    if tables[0].dense:
+        union: dict[int, int] = {}
+        for t in tables:
+            for n, block in t.chunks.items():
+                bits = int.from_bytes(block, "little")
+                if union.get(n, 0) & bits:
+                    return True
+                union[n] = union.get(n, 0) | bits
+        return False
+    for j, later in enumerate(tables[1:], 1):
+        earlier = tables[:j]
+        if sum(t.count for t in earlier) <= SET_KEYS:  # a set of the earlier keys: every lookup at C speed
+            seen = set().union(*(t.table for t in earlier))
+            seen.discard(0)
+            if not seen.isdisjoint(later.table):
+                return True
+        elif any(key and t.has(key) for key in later.table for t in earlier):  # memory stays flat
+            return True
+    return False
+
+
+SET_KEYS = 500_000  # keys put in a set to compare tables (about 32 MiB); past that, probe one at a time
 
 
 CHUNK_BYTES = 8192  # one bit for each of 65,536 ints

@@ -61,8 +61,9 @@ def dump_line(record: Any) -> bytes:
 class AtomicFile:
     """A text file that appears at `path` only on a clean `close()` (temp, fsync, rename, fsync folder)."""
 
-    def __init__(self, path: Path, *, binary: bool = False) -> None:
+    def __init__(self, path: Path, *, binary: bool = False, sync: bool = True) -> None:
         self.path = path
+        self.sync = sync  # False for a run's scratch files: a crash redoes the whole run anyway
         # A name of its own per writer: an earlier worker of the same run (orphaned by a crash) must
         # never share, or rename away, this writer's temporary file.
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -74,11 +75,26 @@ class AtomicFile:
 
     def close(self) -> Path:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.sync:
+            os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
+        if self.sync:
+            fsync_dir(self.path.parent)
         return self.path
+
+    def append(self, path: Path) -> None:
+        """The bytes of the file at `path` added at the end, copied by the kernel."""
+        self.file.flush()
+        out = self.file.fileno()
+        with open(path, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(out, source.fileno(), offset, size - offset)
+                if sent == 0:
+                    raise OSError(f"{path} shrank while being copied")
+                offset += sent
 
     def discard(self) -> None:
         if not self.file.closed:
@@ -98,8 +114,11 @@ class AtomicFile:
 class RecordWriter:
     """Records in the pipeline's output format: jsonl, csv (header = schema fields) or a json array."""
 
-    def __init__(self, path: Path, fmt: str, fields: list[str], *, for_humans: bool = False) -> None:
-        self.out = AtomicFile(path, binary=fmt != "csv")
+    def __init__(self, path: Path, fmt: str, fields: list[str], *, for_humans: bool = False,
+                 body: bool = False) -> None:
+        # body: only the records, without a header or brackets, to be joined by `join` (one stretch of a run)
+        self.out = AtomicFile(path, binary=fmt != "csv", sync=not body)
+        self.body = body
         self.fmt = fmt
         self.fields = fields
         self.count = 0
@@ -108,10 +127,12 @@ class RecordWriter:
         self._bytes = self.out.binary.write if self.out.binary is not None else None
         self._pending: list[bytes] = []
         if self._csv is not None:
-            self._csv.writerow(fields)
+            if not body:
+                self._csv.writerow(fields)
             self.write = self._write_csv  # type: ignore[method-assign]
         elif fmt == "json":
-            self._bytes(b"[")  # type: ignore[misc]
+            if not body:
+                self._bytes(b"[")  # type: ignore[misc]
             self.write = self._write_array  # type: ignore[method-assign]
         else:
             self.write = self._write_line  # type: ignore[method-assign]
@@ -143,9 +164,20 @@ class RecordWriter:
         values = [_BOOL_TEXT[v] if v.__class__ is bool else v for v in map(record.get, self.fields)]
         self._csv.writerow(map(neutralize, values) if self._human else values)  # type: ignore[union-attr]
 
+    def join(self, bodies: list[Path]) -> None:
+        """Add the records of `body` writers' files, in order."""
+        for path in bodies:
+            if not path.stat().st_size:
+                continue
+            if self.fmt == "json" and self.count:
+                self._bytes(b",")  # type: ignore[misc]
+            self._flush()
+            self.out.append(path)
+            self.count += 1  # json: a comma goes before the next body
+
     def close(self) -> Path:
         self._flush()
-        if self.fmt == "json":
+        if self.fmt == "json" and not self.body:
             self._bytes(b"\n]\n" if self.count else b"]\n")  # type: ignore[misc]
         return self.out.close()
 
@@ -157,12 +189,13 @@ class RejectWriter:
     """Rejected rows twice: NDJSON `{row, errors, raw}` for the API, and CSV for the partner (original
     columns + `_row` + `_errors`, formulas neutralised)."""
 
-    def __init__(self, ndjson: Path, csv_path: Path, headers: list[str]) -> None:
-        self.ndjson = AtomicFile(ndjson)
-        self.csv_file = AtomicFile(csv_path)
+    def __init__(self, ndjson: Path, csv_path: Path, headers: list[str], *, body: bool = False) -> None:
+        self.ndjson = AtomicFile(ndjson, sync=not body)
+        self.csv_file = AtomicFile(csv_path, sync=not body)
         self.headers = headers
         self._csv = csv.writer(self.csv_file.file)
-        self._csv.writerow([*headers, "_row", "_errors"])
+        if not body:
+            self._csv.writerow([*headers, "_row", "_errors"])
         self.count = 0
 
     def write(self, row: int, errors: list[dict[str, Any]], cells: list[Any]) -> None:
@@ -172,6 +205,12 @@ class RejectWriter:
         padded = list(cells) + [""] * (len(self.headers) - len(cells))
         self._csv.writerow([neutralize("" if c is None else c) for c in padded[: len(self.headers)]] + [row, text])
         self.count += 1
+
+    def join(self, bodies: list[tuple[Path, Path]]) -> None:
+        """Add the rejects of `body` writers' files (ndjson, csv), in order."""
+        for ndjson, csv_path in bodies:
+            self.ndjson.append(ndjson)
+            self.csv_file.append(csv_path)
 
     def close(self) -> tuple[Path, Path]:
         return self.ndjson.close(), self.csv_file.close()

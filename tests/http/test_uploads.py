@@ -181,3 +181,34 @@ async def test_the_same_records_uploaded_twice_are_delivered_twice(api: Api) -> 
         runs.append(await api.wait_run(done["runId"]))
     assert [r["status"] for r in runs] == ["delivered", "delivered"]
     assert runs[0]["source"]["sha256"] == runs[1]["source"]["sha256"]
+
+
+async def test_a_large_upload_is_processed_by_every_idle_worker(start_api: Callable[..., Any]) -> None:
+    api = await start_api(workers=2)
+    first, second = orders(0, 10_000), orders(10_000, 10_000)
+    first[5]["amount"] = second[9_000]["amount"] = "-1.00"
+    clash = [*orders(20_000, 9_999), orders(7, 1)[0]]  # repeats an id of part 1
+    run_ids = []
+    for parts in ([first, second], [first, clash]):
+        uid = (await init(api, 2))["uploadId"]
+        for n, records in enumerate(parts, 1):
+            status, _ = await api.call("PUT", f"/outbound/uploads/{uid}/parts/{n}", data=json.dumps(records))
+            assert status == 200
+        _, done = await api.call("POST", f"/outbound/uploads/{uid}/complete",
+                                 json={"parts": [{"partNumber": 1}, {"partNumber": 2}]})
+        run_ids.append(done["runId"])
+        run = await api.wait_run(done["runId"])
+        assert run["status"] == "delivered", run
+        assert run["counts"] == {"rows": 20_000, "valid": 19_998, "invalid": 2}, run
+    assert api.daemon.store is not None
+    split, whole = [await api.daemon.store.get_run(r) for r in run_ids]
+    assert split is not None and whole is not None
+    assert split.meta["stretches"] == 2, "two idle workers took a part each"
+    assert whole.meta["stretches"] == 1, "an id in both parts: one pass decides which row repeats it"
+    assert [(e.row, e.field, e.code) for e in split.errors] == [(6, "amount", "min"), (19_001, "amount", "min")]
+    assert [(e.row, e.field, e.code) for e in whole.errors] == [(6, "amount", "min"), (20_000, "order_id", "unique")]
+    files = await asyncio.to_thread(fetch_outbox, api.sftp_port)
+    rows = list(csv.DictReader(io.StringIO(files[f"orders-{run_ids[0]}.csv"].decode())))
+    expected = [r["order_id"] for r in first + second if not r["amount"].startswith("-")]
+    assert [r["order_id"] for r in rows] == expected
+    assert rows[10_000] == {"order_id": "O10001", "amount": "10001.50", "placed": "2026-11-03"}
