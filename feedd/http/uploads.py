@@ -60,28 +60,35 @@ def check_part(path: str) -> tuple[int, str | None]:
     return len(value), None
 
 
-def splice(parts: list[Path], out: Path) -> list[tuple[int, int]]:
+def splice(parts: list[Path], out: Path) -> tuple[list[tuple[int, int]], str]:
     """Join the parts' arrays into one array at `out`: `[a, b] + [c]` -> `[a, b, c]`, bytes only. Returns
-    where each part's elements landed (start, end): the runner may process a large upload in stretches."""
+    where each part's elements landed (start, end), for the runner to process a large upload in stretches,
+    and the file's sha256, computed on the way so that intake need not read it again."""
     spans: list[tuple[int, int]] = []
+    digest = hashlib.sha256()
     with open(out, "wb") as dest:
-        dest.write(b"[")
+
+        def write(data: bytes) -> None:
+            dest.write(data)
+            digest.update(data)
+
+        write(b"[")
         at, first = 1, True
         for path in parts:
             inner = path.read_bytes().strip()[1:-1].strip()  # each part was checked to be an array
             if inner:
                 if not first:
-                    dest.write(b",\n")
+                    write(b",\n")
                     at += 2
-                dest.write(inner)
+                write(inner)
                 spans.append((at, at + len(inner)))
                 at, first = at + len(inner), False
             else:
                 spans.append((at, at))
-        dest.write(b"]\n")
+        write(b"]\n")
         dest.flush()
         os.fsync(dest.fileno())
-    return spans
+    return spans, digest.hexdigest()
 
 
 def view(upload: Upload) -> dict[str, Any]:
@@ -271,14 +278,15 @@ class Uploads(Routes):
         folder = self.folder(upload.upload_id)
         assembled = folder / "assembled.json"
         parts = [folder / f"{n}.json" for n in range(1, upload.total_parts + 1)]
-        spans = await asyncio.to_thread(splice, parts, assembled)
+        spans, sha256 = await asyncio.to_thread(splice, parts, assembled)
         failpoints.hit("upload.mid_complete")
         name = upload.filename or f"{upload.upload_id}.json"
         meta = {"upload_id": upload.upload_id, "filename": upload.filename, **upload.meta}
         counts = meta.pop("records", None) or {}
         # each part's place in the file and its records: [start, end, records]
         meta["parts"] = [[start, end, int(counts.get(str(n), 0))] for n, (start, end) in enumerate(spans, 1)]
-        item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline, meta=meta)
+        item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline, sha256=sha256,
+                            meta=meta)
         run = await intake.accept(self._store, config, item, pipeline=upload.pipeline)
         self._accepted()
         done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())

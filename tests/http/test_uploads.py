@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.http.conftest import DEMO_KEY, Api
@@ -204,6 +205,9 @@ async def test_a_large_upload_is_processed_by_every_idle_worker(start_api: Calla
     split, whole = [await api.daemon.store.get_run(r) for r in run_ids]
     assert split is not None and whole is not None
     assert split.meta["stretches"] == 2, "two idle workers took a part each"
+    spooled = Path(split.spool_path).read_bytes()
+    assert (split.source.sha256, split.source.size) == (hashlib.sha256(spooled).hexdigest(), len(spooled))
+    assert json.loads(spooled) == first + second
     assert whole.meta["stretches"] == 1, "an id in both parts: one pass decides which row repeats it"
     assert [(e.row, e.field, e.code) for e in split.errors] == [(6, "amount", "min"), (19_001, "amount", "min")]
     assert [(e.row, e.field, e.code) for e in whole.errors] == [(6, "amount", "min"), (20_000, "order_id", "unique")]

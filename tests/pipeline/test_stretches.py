@@ -3,6 +3,7 @@ over the whole file makes, and anything only one pass can decide goes back to on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -53,7 +54,8 @@ def part(first: int, count: int, bad: tuple[int, ...] = ()) -> list[dict[str, An
 def upload(tmp_path: Path, parts: list[list[dict[str, Any]]]) -> tuple[Path, list[list[int]]]:
     paths = [write(tmp_path, f"part{k}.json", json.dumps(p, indent=1 if k % 2 else None))
              for k, p in enumerate(parts)]
-    spans = splice(paths, tmp_path / "assembled.json")
+    spans, digest = splice(paths, tmp_path / "assembled.json")
+    assert digest == hashlib.sha256((tmp_path / "assembled.json").read_bytes()).hexdigest()
     return tmp_path / "assembled.json", [[s, e, len(p)] for (s, e), p in zip(spans, parts, strict=True)]
 
 
