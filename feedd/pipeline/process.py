@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedd.config.values import Pipeline, Schema
+from feedd.config.values import FieldType, Pipeline, Schema
 from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
 from feedd.pipeline.validate import Unique, repeats
@@ -220,7 +220,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     row_fn = compile_row(pipe, schema, headers, chosen)
     fields = [f.name for f in schema.fields]
     records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields,
-                           body=body)
+                           body=body, ordered=all(f.type != FieldType.BOOLEAN for f in schema.fields))
     rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", headers, body=body)
     keep_invalid = pipe.egress == "all"
     json_input = detected.get("format") in ("json", "jsonl")  # only JSON has rows that cannot be read at all

@@ -115,7 +115,9 @@ class RecordWriter:
     """Records in the pipeline's output format: jsonl, csv (header = schema fields) or a json array."""
 
     def __init__(self, path: Path, fmt: str, fields: list[str], *, for_humans: bool = False,
-                 body: bool = False) -> None:
+                 body: bool = False, ordered: bool = False) -> None:
+        # ordered: every record has exactly `fields` as keys, in that order, and no booleans (as a compiled
+        # row function makes them for a schema without boolean fields): CSV rows are then the values as-is
         # body: only the records, without a header or brackets, to be joined by `join` (one stretch of a run)
         self.out = AtomicFile(path, binary=fmt != "csv", sync=not body)
         self.body = body
@@ -129,7 +131,7 @@ class RecordWriter:
         if self._csv is not None:
             if not body:
                 self._csv.writerow(fields)
-            self.write = self._write_csv  # type: ignore[method-assign]
+            self.write = self._write_values if ordered and not for_humans else self._write_csv  # type: ignore[method-assign]
         elif fmt == "json":
             if not body:
                 self._bytes(b"[")  # type: ignore[misc]
@@ -174,6 +176,9 @@ class RecordWriter:
             self._flush()
             self.out.append(path)
             self.count += 1  # json: a comma goes before the next body
+
+    def _write_values(self, record: dict[str, Any]) -> None:
+        self._csv.writerow(record.values())  # type: ignore[union-attr]
 
     def close(self) -> Path:
         self._flush()
