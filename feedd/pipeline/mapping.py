@@ -112,9 +112,10 @@ RowFn = Callable[[Sequence[str]], tuple[dict[str, Any], RowErrors | None]]
 _TEXT_METHODS = {"trim": "strip", "lower": "lower", "upper": "upper", "title": "title"}
 
 
-def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan) -> RowFn:
+def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan, rows: int = 0) -> RowFn:
     """One function: a row of source cells -> (typed record, errors or None). Built once per file, as
-    generated code: per field, the getter, the transforms, the type and every rule in one straight line."""
+    generated code: per field, the getter, the transforms, the type and every rule in one straight line.
+    `rows`: how many rows are expected, when known (sizes the `unique` tables)."""
     index = {h: i for i, h in enumerate(headers)}
     explicit = {m.target: m for m in pipeline.mappings}
     ns: dict[str, Any] = {"_TE": TransformError}
@@ -130,7 +131,7 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
             body += _transform_code(m, key, ns)
         body += field_code(field, key, ns)
         if field.unique:
-            body += unique_code(key, ns, ints=field.type == FieldType.INTEGER)
+            body += unique_code(key, ns, ints=field.type == FieldType.INTEGER, rows=rows)
         name = repr(field.name)
         lines += [
             "    try:",

@@ -46,6 +46,7 @@ class Span:
     start: int
     end: int
     before: int
+    rows: int = 0  # the elements in it, when known
 
 
 @dataclass(slots=True)
@@ -217,7 +218,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
         outcome.error = ("unmapped_required_field",
                          f"{job.source_name}: required field(s) with no column: {'; '.join(parts)}")
         return {}
-    row_fn = compile_row(pipe, schema, headers, chosen)
+    row_fn = compile_row(pipe, schema, headers, chosen, job.span.rows if job.span else 0)
     fields = [f.name for f in schema.fields]
     records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields,
                            body=body, ordered=all(f.type != FieldType.BOOLEAN for f in schema.fields))

@@ -351,7 +351,7 @@ def stretches(parts: object, most: int) -> list[Span]:
     for i, (_, end, records) in enumerate(parts):
         taken += int(records)
         if i == len(parts) - 1 or (len(spans) < count - 1 and taken * count >= total * (len(spans) + 1)):
-            spans.append(Span(start, int(end), before))
+            spans.append(Span(start, int(end), before, taken - before))
             if i + 1 < len(parts):
                 start, before = int(parts[i + 1][0]), taken
     return spans if len(spans) > 1 else []

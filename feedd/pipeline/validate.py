@@ -191,11 +191,13 @@ def field_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
     ]
 
 
-def unique_code(key: str, ns: dict[str, Any], ints: bool = False) -> list[str]:
+def unique_code(key: str, ns: dict[str, Any], ints: bool = False, rows: int = 0) -> list[str]:
     """Lines that record `v` in a new `Unique` table (its name suffixed with `key`) or raise FieldError
     when it was seen before. Compiled rows inline them: one call fewer per row. `ints`: the field's
-    values are all ints, so dense ones can go into bitmaps."""
-    ns[f"_unique_{key}"] = table = Unique(ints=ints)
+    values are all ints, so dense ones can go into bitmaps. `rows`: how many rows are expected, when
+    known: the table starts at that size instead of growing (each growth rehashes every key)."""
+    bits = 16 if ints else max(16, min(24, (rows * 10 // 7).bit_length()))  # up to 128 MiB up front
+    ns[f"_unique_{key}"] = table = Unique(bits, ints=ints)
     ns[f"_unique_key_{key}"] = table.key
     return _unique_lines(f"_unique_{key}", f"_unique_key_{key}", ints)
 

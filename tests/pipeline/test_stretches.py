@@ -162,3 +162,23 @@ def test_parts_are_grouped_into_even_stretches(monkeypatch: Any) -> None:
     assert len(stretches(parts, 16)) == 10, "never more stretches than parts"
     assert stretches([[1, 10, 15_000]] * 2 + [[11, 20, 4_999]], 4) != [] and stretches([[1, 10, 19_999]] * 1, 4) == []
     assert stretches("not parts", 2) == [] and stretches([[1, 2]], 2) == []
+
+
+def test_unique_tables_start_at_the_size_the_rows_need(config: Config) -> None:
+    from feedd.pipeline.mapping import compile_row, plan, unique_tables
+
+    pipe, schema = config.pipelines["orders-out"], config.schemas["order"]
+    headers = ["order_id", "n", "amount", "note"]
+
+    def sizes(rows: int) -> tuple[int, int]:
+        tables = unique_tables(compile_row(pipe, schema, headers, plan(pipe, schema, headers), rows), schema)
+        return tables["order_id"].bits, tables["n"].bits
+
+    assert sizes(0) == (16, 16)
+    assert sizes(100_000) == (18, 16), "strings: room for 100,000 keys under 70% full; ints start as bitmaps"
+    row_fn = compile_row(pipe, schema, headers, plan(pipe, schema, headers), 100_000)
+    table = unique_tables(row_fn, schema)["order_id"]
+    for i in range(100_000):
+        assert row_fn([f"O{i}", i, "1", None])[1] is None
+    assert table.bits == 18 and table.count == 100_000, "no growth on the way"
+    assert sizes(10**9) == (24, 16), "a huge hint takes at most 128 MiB up front"
