@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,36 +149,50 @@ def merge(job: Job, stretches: list[Stretch]) -> Outcome | None:
     is the repeat depends on every row before it)."""
     started = time.monotonic()
     outcomes = [s.outcome for s in stretches]
-    if any(o.status != "completed" for o in outcomes) or len({s.probe for s in stretches}) > 1:
-        return None
+    try:
+        if any(o.status != "completed" for o in outcomes) or len({s.probe for s in stretches}) > 1:
+            return None
+        return _join(job, stretches, started)
+    finally:
+        for o in outcomes:
+            if o.records_path:
+                shutil.rmtree(Path(o.records_path).parent, ignore_errors=True)
+
+
+def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
+    out, pipe, outcomes = Path(job.out_dir), job.pipeline, [s.outcome for s in stretches]
+    fields = [f.name for f in job.schema.fields]
+
+    def join(name: str, fmt: str, bodies: list[str | None]) -> str:
+        writer = RecordWriter(out / name, fmt, fields)
+        writer.join([Path(b or "") for b in bodies])
+        return str(writer.close())
+
     if any(repeats([s.unique[name] for s in stretches]) for name in stretches[0].unique):
         return None
-    out, pipe, first = Path(job.out_dir), job.pipeline, outcomes[0]
-    outcome = Outcome("completed", mapping=first.mapping, reasons=first.reasons, detected=first.detected,
-                      headers=first.headers, header_key=first.header_key, drift=first.drift,
-                      stretches=len(stretches))
-    for o in outcomes:
-        outcome.rows += o.rows
-        outcome.valid += o.valid
-        outcome.invalid += o.invalid
-        outcome.errors.extend(o.errors[:MAX_ERRORS - len(outcome.errors)])
-    fields = [f.name for f in job.schema.fields]
-    records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields)
-    records.join([Path(o.records_path or "") for o in outcomes])
-    outcome.records_path = str(records.close())
-    if pipe.output.format != "jsonl":
-        api_copy = RecordWriter(out / "records.api.jsonl", "jsonl", fields)
-        api_copy.join([Path(o.records_jsonl_path or "") for o in outcomes])
-        outcome.records_jsonl_path = str(api_copy.close())
-    rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", outcome.headers)
-    rejects.join([(Path(o.rejects_path or ""), Path(o.rejects_csv_path or "")) for o in outcomes])
-    outcome.rejects_path, outcome.rejects_csv_path = (str(p) for p in rejects.close())
+    # Syncing waits on the disk: the two record files are joined and synced side by side.
+    with ThreadPoolExecutor(2) as threads:
+        records = threads.submit(join, f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format,
+                                 [o.records_path for o in outcomes])
+        api_copy = (threads.submit(join, "records.api.jsonl", "jsonl", [o.records_jsonl_path for o in outcomes])
+                    if pipe.output.format != "jsonl" else None)
+        first = outcomes[0]
+        outcome = Outcome("completed", mapping=first.mapping, reasons=first.reasons, detected=first.detected,
+                          headers=first.headers, header_key=first.header_key, drift=first.drift,
+                          stretches=len(stretches))
+        for o in outcomes:
+            outcome.rows += o.rows
+            outcome.valid += o.valid
+            outcome.invalid += o.invalid
+            outcome.errors.extend(o.errors[:MAX_ERRORS - len(outcome.errors)])
+        rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", outcome.headers)
+        rejects.join([(Path(o.rejects_path or ""), Path(o.rejects_csv_path or "")) for o in outcomes])
+        outcome.rejects_path, outcome.rejects_csv_path = (str(p) for p in rejects.close())
+        outcome.records_path = records.result()
+        outcome.records_jsonl_path = api_copy.result() if api_copy is not None else None
     _error_rate(job, outcome)
     outcome.seconds = round(max(o.seconds for o in outcomes) + time.monotonic() - started, 3)
     _report(job, out, outcome)
-    for o in outcomes:
-        if o.records_path:
-            shutil.rmtree(Path(o.records_path).parent, ignore_errors=True)
     return outcome
 
 
