@@ -88,6 +88,8 @@ def process(job: Job) -> Outcome:
     started = time.monotonic()
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for scratch in out.glob("stretch-*"):  # left by an earlier try in stretches that a crash cut short
+        shutil.rmtree(scratch, ignore_errors=True)
     outcome = Outcome("completed")
     _attempt(job, outcome, lambda: _run(job, out, outcome))
     outcome.seconds = round(time.monotonic() - started, 3)

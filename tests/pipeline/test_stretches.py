@@ -104,7 +104,9 @@ def test_a_value_in_two_stretches_goes_back_to_one_pass(config: Config, tmp_path
     assert all(p.outcome.invalid == 0 for p in pieces), "no stretch sees the repeat on its own"
     assert merge(whole, pieces) is None
     assert not [p for p in os.listdir(tmp_path / "many") if p.startswith("stretch-")], "scratch is removed"
+    (tmp_path / "many" / "stretch-7").mkdir()  # as a crash mid-stretch would leave it
     one = process(whole)
+    assert not (tmp_path / "many" / "stretch-7").exists(), "one pass clears what an earlier try left"
     assert [(e[0], e[1], e[2]) for e in one.errors] == [(46, "order_id", "unique"), (46, "n", "unique")]
 
 
