@@ -35,3 +35,50 @@ async def test_stop_closes_the_store_even_when_stopping_is_interrupted(feedd: Fe
     for thread in store_threads:
         thread.join(5)
         assert not thread.is_alive()
+
+
+async def test_asyncssh_debug_logging_does_no_work_when_off_and_all_of_it_when_on(
+        feedd: Feedd, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import asyncssh
+    from asyncssh.logging import logger
+    from asyncssh.packet import SSHPacketLogger
+
+    class Probe(bytes):
+        touched = 0
+
+        def __str__(self) -> str:
+            Probe.touched += 1
+            return "probe"
+
+        def __len__(self) -> int:
+            Probe.touched += 1
+            return 5
+
+    class Handler(SSHPacketLogger):
+        @property
+        def logger(self) -> object:
+            return logger
+
+    std = logging.getLogger("asyncssh")
+    level = std.level
+    std.setLevel(logging.INFO)
+    try:
+        logger.debug1("args %s", [object(), Probe(b"x")])
+        Handler().log_received_packet(94, None, Probe(b"x"))
+    finally:
+        std.setLevel(level)
+    assert Probe.touched == 0, "nothing formatted for a log line that is off"
+
+    asyncssh.set_debug_level(3)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+            async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+                async with sftp.open("/inbox/logged.csv", "wb") as f:
+                    await f.write(b"email\na@b.c\n")
+    finally:
+        asyncssh.set_debug_level(1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("Received" in line and "bytes" in line for line in lines), lines[:20]
+    assert any("Sending" in line or "Sent" in line for line in lines)
