@@ -16,9 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from feedd import log
 from feedd.config import Config
@@ -75,17 +73,6 @@ CLOSE_GRACE = 0.5
 GATHER = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
-    """sha256 of a file's first `hashed` bytes, computed while they streamed in; valid while size and
-    mtime are unchanged. Intake hashes the rest (if any) instead of the whole file."""
-
-    hasher: Any  # a hashlib sha256 object, no longer updated by anyone else
-    hashed: int
-    size: int
-    mtime_ns: int
-
-
 class Drops:
     def low_on_space(self) -> str | None:
         config = self._config()
@@ -103,7 +90,6 @@ class Drops:
         self._order = itertools.count()
         self._timer: asyncio.Task[None] | None = None
         self._sooner = asyncio.Event()  # an offer came due before the one the timer waits for
-        self._digests: dict[tuple[str, str], Digest] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def is_temp(self, rel: str) -> bool:
@@ -129,18 +115,9 @@ class Drops:
             return "being taken"
         return None
 
-    def closed(self, space: Space, rel: str, digest: Digest | None) -> None:
+    def closed(self, space: Space, rel: str) -> None:
         """A client's CLOSE finished writing `rel`: offer it after the grace period."""
-        key = (space.name, rel)
-        if digest is None:
-            self._digests.pop(key, None)
-        else:
-            self._digests[key] = digest
         self.offer(space, rel, delay=CLOSE_GRACE)
-
-    def writing(self, space: Space, rel: str) -> None:
-        """`rel` is open for writing again: a digest from an earlier CLOSE no longer describes it."""
-        self._digests.pop((space.name, rel), None)
 
     def offer(self, space: Space, rel: str, *, delay: float = 0.0) -> bool:
         """Take `rel` in the background if it is complete (now, and again after `delay`).
@@ -199,12 +176,9 @@ class Drops:
             if st.st_size == 0:
                 log.get(connection=space.name).info("drop.empty_ignored", file=rel)
                 return
-            digest = self._digests.pop(key, None)
-            fresh = digest is not None and (digest.size, digest.mtime_ns) == (st.st_size, st.st_mtime_ns)
-            partial = (digest.hasher, digest.hashed) if digest is not None and fresh else None
             pipeline = match_pipeline(config, space.name, rel)
-            run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline,
-                                                          hashed=partial), pipeline=pipeline)
+            run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline),
+                               pipeline=pipeline)
             self._accepted()
             space.used = max(0, space.used - run.source.size)
             space.forget(rel)

@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 CHUNK = 1024 * 1024
 
@@ -20,19 +19,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def hash_and_sync(path: Path, begun: Any = None, start: int = 0) -> tuple[str, int]:
+def hash_and_sync(path: Path) -> tuple[str, int]:
     """sha256 and size of the file at `path`, read through one fd which is then fsynced.
 
     Hashing the fd we keep is what makes the digest describe the bytes we own: the caller has already
-    moved the file where no partner can reach it. `begun`, a sha256 object already fed the first `start`
-    bytes (while they streamed in), is carried on from there.
+    moved the file where no partner can reach it.
     """
-    digest = hashlib.sha256() if begun is None else begun
-    size = 0 if begun is None else start
+    digest, size = hashlib.sha256(), 0
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        if size:
-            os.lseek(fd, size, os.SEEK_SET)
         while chunk := os.read(fd, CHUNK):
             digest.update(chunk)
             size += len(chunk)

@@ -34,7 +34,6 @@ class Input:
     path: Path
     pipeline: str | None  # None: choose by matching `name` against inbound pipelines
     sha256: str | None = None  # already computed while the bytes streamed in (trusted only from feedd itself)
-    hashed: tuple[Any, int] | None = None  # or begun: a sha256 object fed the first n bytes (from feedd itself)
     meta: dict[str, Any] = field(default_factory=dict)  # kept on the run (e.g. an upload's filename, output)
 
 
@@ -53,8 +52,6 @@ def _move_and_hash(item: Input, dest: Path) -> tuple[str, int]:
     renamed = move_into(item.path, dest)
     if item.sha256 is not None and renamed:
         return item.sha256, sync_file(dest)
-    if item.hashed is not None and renamed:
-        return hash_and_sync(dest, *item.hashed)
     return hash_and_sync(dest)
 
 

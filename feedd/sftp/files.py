@@ -35,9 +35,8 @@ from asyncssh import (
 )
 
 from feedd import log, metrics
-from feedd.drops import Digest
 from feedd.sftp.jail import Area, Jail, Op, Target
-from feedd.sftp.writer import Stream, Writer
+from feedd.sftp.writer import Stream, write
 
 if TYPE_CHECKING:
     from feedd.drops import Drops
@@ -69,7 +68,6 @@ class Session:
     space: Space
     drops: Drops
     gate: Gate
-    writer: Writer
     on_exit: Callable[[], None] = field(default=lambda: None)
 
 
@@ -231,12 +229,10 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         return file_obj
 
     async def _flushed(self, file_obj: object) -> Handle:
-        """The handle, once the writes queued on it are done (and their errors known)."""
+        """The handle, for operations that ask after a write's outcome (a failed write fails them too)."""
         h = self._handle(file_obj)
-        if h.stream is not None:
-            await self._s.writer.flush(h.stream)
-            if h.stream.error is not None:
-                self._fail_io(h)
+        if h.stream is not None and h.stream.error is not None:
+            self._fail_io(h)
         return h
 
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Handle:
@@ -269,8 +265,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             os.close(fd)
             raise
         self._space.mark_writing(rel)
-        self._s.drops.writing(self._space, rel)
-        handle = Handle(fd, target, rel, stream=Stream.fresh(fd, empty=st.st_size == 0),
+        handle = Handle(fd, target, rel, stream=Stream(fd),
                         append=bool(pflags & FXF_APPEND), size=st.st_size)
         return self._track(handle)
 
@@ -280,14 +275,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes | Awaitable[bytes]:
         self._s.gate.touch()
-        h = self._handle(file_obj)
-        if h.stream is not None and h.stream.pending:
-            return self._read_flushed(h, offset, size)
-        return os.pread(h.fd, size, offset)
-
-    async def _read_flushed(self, h: Handle, offset: int, size: int) -> bytes:
-        await self._flushed(h)
-        return os.pread(h.fd, size, offset)
+        return os.pread(self._handle(file_obj).fd, size, offset)
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int | Awaitable[int]:
         self._s.gate.touch()
@@ -312,18 +300,12 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._fail(h, SFTPQuotaExceeded(
                 f"{h.target.virtual}: quota exceeded ({space.used} of {space.quota} bytes used, this write needs "
                 f"{growth} more); the upload was removed"))
-        full = self._s.writer.write(h.stream, data, offset)
+        write(h.stream, data, offset)
         h.size = max(h.size, end)
         space.used += growth
         if h.stream.error is not None:
             self._fail_io(h)
-        if full:
-            return self._written_when_room(len(data))
         return len(data)
-
-    async def _written_when_room(self, n: int) -> int:
-        await self._s.writer.wait_room()
-        return n
 
     def _fail_io(self, h: Handle) -> None:
         assert h.stream is not None
@@ -339,7 +321,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         """Give up on an upload: close it, remove the partial file, keep refusing this handle."""
         h.failed = str(error.reason)
         if h.stream is not None and h.fd >= 0:
-            self._s.writer.close_later(h.stream)  # after the writes already queued, in the writer thread
+            with contextlib.suppress(OSError):
+                os.close(h.fd)
         h.fd = -1
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self._space.root, h.rel))
@@ -359,10 +342,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         self._handles.discard(h)
         if h.failed:
             return
-        if h.stream is not None:
-            await self._s.writer.flush(h.stream)
-            if h.stream.error is not None:
-                self._fail_io(h)
+        if h.stream is not None and h.stream.error is not None:
+            self._fail_io(h)
         os.close(h.fd)
         h.fd = -1
         if h.stream is None:
@@ -374,15 +355,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         if abrupt:
             self._log.info("sftp.partial_upload_kept", file=h.target.virtual, size=h.size)
             return
-        digest = None
-        stream = h.stream
-        if stream.hasher is not None and stream.frontier == h.size and stream.hashed <= h.size:
-            try:
-                st = os.lstat(os.path.join(self._space.root, h.rel))
-                digest = Digest(stream.hasher, stream.hashed, st.st_size, st.st_mtime_ns)
-            except OSError:
-                pass
-        self._s.drops.closed(self._space, h.rel, digest)
+        self._s.drops.closed(self._space, h.rel)
 
     def exit(self) -> None:
         self._s.on_exit()

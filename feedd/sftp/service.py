@@ -20,7 +20,6 @@ from feedd.config.values import Address
 from feedd.drops import Drops
 from feedd.sftp.auth import AuthState, Gate
 from feedd.sftp.files import MAX_HANDLES, Session, SpaceSFTPServer
-from feedd.sftp.writer import Writer
 from feedd.spaces import Spaces
 
 # Modern algorithms only: no SHA-1 signatures (`ssh-rsa`), no SHA-1 or NIST-curve key exchange.
@@ -90,7 +89,6 @@ class SftpService:
         self._servers: list[asyncssh.SSHAcceptor] = []
         self._gates: set[Gate] = set()
         self._sessions: Counter[str] = Counter()
-        self._writer = Writer()
         self._idle_task: asyncio.Task[None] | None = None
         self.addresses: list[Address] = []
 
@@ -148,7 +146,7 @@ class SftpService:
             self._sessions[name] -= 1
             metrics.SFTP_SESSIONS.dec()
 
-        server = SpaceSFTPServer(chan, Session(space, self._drops, gate, self._writer, on_exit))
+        server = SpaceSFTPServer(chan, Session(space, self._drops, gate, on_exit))
         # Over the limit: the session ends at once (the client sees the subsystem close); exit() still
         # runs, so the count stays right.
         if self._sessions[name] > limit:
