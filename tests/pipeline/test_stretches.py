@@ -185,3 +185,22 @@ def test_unique_tables_start_at_the_size_the_rows_need(config: Config) -> None:
         assert row_fn([f"O{i}", i, "1", None])[1] is None
     assert table.bits == 18 and table.count == 100_000, "no growth on the way"
     assert sizes(10**9) == (24, 16), "a huge hint takes at most 128 MiB up front"
+
+
+@pytest.mark.parametrize(("egress", "max_error_rate"), [("all", 1.0), ("valid_only", 0.02)])
+def test_the_error_rate_and_egress_apply_to_the_whole_run(config: Config, tmp_path: Path, egress: str,
+                                                          max_error_rate: float) -> None:
+    path, parts = upload(tmp_path, [part(0, 50, bad=(1, 2)), part(50, 50, bad=(60,))])
+    spans = [Span(p[0], p[1], 50 * k, 50) for k, p in enumerate(parts)]
+    whole = job(config, path, tmp_path / "many")
+    whole = replace(whole, pipeline=replace(whole.pipeline, egress=egress, max_error_rate=max_error_rate))
+    one = process(replace(whole, out_dir=str(tmp_path / "one")))
+    joined = merge(whole, in_stretches(whole, spans))
+    assert joined is not None
+    assert (joined.status, joined.error) == (one.status, one.error)
+    assert outputs(joined)["records"] == outputs(one)["records"]
+    if egress == "all":
+        assert joined.status == "completed" and outputs(joined)["records"].count(b"\n") == 101, "invalid kept"
+    else:
+        assert joined.status == "failed" and joined.error is not None and joined.error[0] == "too_many_errors"
+        assert "3 of 100 rows are invalid" in joined.error[1], "counted over every stretch, not per stretch"
