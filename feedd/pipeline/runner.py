@@ -1,7 +1,9 @@
 """The runner: claims queued runs, processes them in worker processes, records the outcome.
 
 Parsing and validation never run on the event loop that serves SFTP: each run goes to a process pool
-(one worker per core by default). A run whose worker dies fails with `worker_died` instead of hanging.
+(one worker per core by default). A large upload that finds workers idle is processed in stretches, one
+per idle worker, then joined (see `process.merge`). A run whose worker dies fails with `worker_died`
+instead of hanging.
 Runs left `processing` by a crash are queued again at start: a restart resumes every unfinished run.
 """
 
@@ -94,7 +96,7 @@ class Runner:
         # in different workers, then hash `unique` strings alike and the merge can compare them.
         if not os.environ.get("PYTHONHASHSEED", "").isdigit():
             os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(2**32 - 1) + 1)
-        # spawn, not fork: the parent has threads (SQLite, writes, hashing) whose locks a fork could copy held.
+        # spawn, not fork: the parent has threads (SQLite, intake) whose locks a fork could copy held.
         return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=die_with_parent, initargs=(os.getpid(),))
 

@@ -110,8 +110,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._jail.resolve(path, Op.READ)  # a link leading out of the space does not exist
         return st
 
-    async def fstat(self, file_obj: object) -> os.stat_result:
-        handle = await self._flushed(file_obj)
+    def fstat(self, file_obj: object) -> os.stat_result:
+        handle = self._checked(file_obj)
         return os.fstat(handle.fd)
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
@@ -120,8 +120,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
     def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         self._setstat(self._resolve(path, Op.SETSTAT).real, attrs)
 
-    async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
-        handle = await self._flushed(file_obj)
+    def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        handle = self._checked(file_obj)
         if not handle.writable:
             raise SFTPPermissionDenied("file not open for writing")
         self._setstat(handle.fd, attrs)
@@ -228,7 +228,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPInvalidHandle("invalid handle")
         return file_obj
 
-    async def _flushed(self, file_obj: object) -> Handle:
+    def _checked(self, file_obj: object) -> Handle:
         """The handle, for operations that ask after a write's outcome (a failed write fails them too)."""
         h = self._handle(file_obj)
         if h.stream is not None and h.stream.error is not None:
@@ -332,7 +332,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         raise error
 
     async def fsync(self, file_obj: object) -> None:
-        h = await self._flushed(file_obj)
+        h = self._checked(file_obj)
         await asyncio.to_thread(os.fsync, h.fd)
 
     async def close(self, file_obj: object) -> None:

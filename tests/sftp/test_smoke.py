@@ -37,8 +37,7 @@ async def test_stop_closes_the_store_even_when_stopping_is_interrupted(feedd: Fe
         assert not thread.is_alive()
 
 
-async def test_asyncssh_debug_logging_does_no_work_when_off_and_all_of_it_when_on(
-        feedd: Feedd, caplog: pytest.LogCaptureFixture) -> None:
+async def test_asyncssh_debug_logging_does_no_work_when_off_and_all_of_it_when_on(feedd: Feedd) -> None:
     import logging
 
     import asyncssh
@@ -71,14 +70,28 @@ async def test_asyncssh_debug_logging_does_no_work_when_off_and_all_of_it_when_o
         std.setLevel(level)
     assert Probe.touched == 0, "nothing formatted for a log line that is off"
 
+    class Lines(logging.Handler):
+        """Attached to asyncssh's own logger: whatever the root logger's handlers are meanwhile."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    handler = Lines()
     asyncssh.set_debug_level(3)
+    std.setLevel(logging.DEBUG)
+    std.addHandler(handler)
     try:
-        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
-            async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
-                async with sftp.open("/inbox/logged.csv", "wb") as f:
-                    await f.write(b"email\na@b.c\n")
+        async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/inbox/logged.csv", "wb") as f:
+                await f.write(b"email\na@b.c\n")
     finally:
+        std.removeHandler(handler)
+        std.setLevel(level)
         asyncssh.set_debug_level(1)
-    lines = [r.getMessage() for r in caplog.records]
+    lines = handler.lines
     assert any("Received" in line and "bytes" in line for line in lines), lines[:20]
     assert any("Sending" in line or "Sent" in line for line in lines)
