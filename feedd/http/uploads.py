@@ -91,6 +91,18 @@ def splice(parts: list[Path], out: Path) -> tuple[list[tuple[int, int]], str]:
     return spans, digest.hexdigest()
 
 
+MAX_SPANS = 64  # kept with the run: enough to share out among workers, small enough to load with it
+
+
+def coarse(parts: list[list[int]], most: int = MAX_SPANS) -> list[list[int]]:
+    """Where the parts landed, `[start, end, records]` each, as at most `most` runs of adjacent parts."""
+    if len(parts) <= most:
+        return parts
+    per = -(-len(parts) // most)
+    return [[group[0][0], group[-1][1], sum(p[2] for p in group)]
+            for group in (parts[i:i + per] for i in range(0, len(parts), per))]
+
+
 def view(upload: Upload) -> dict[str, Any]:
     out: dict[str, Any] = {
         "uploadId": upload.upload_id, "state": str(upload.state), "connectionName": upload.connection,
@@ -283,8 +295,7 @@ class Uploads(Routes):
         name = upload.filename or f"{upload.upload_id}.json"
         meta = {"upload_id": upload.upload_id, "filename": upload.filename, **upload.meta}
         counts = meta.pop("records", None) or {}
-        # each part's place in the file and its records: [start, end, records]
-        meta["parts"] = [[start, end, int(counts.get(str(n), 0))] for n, (start, end) in enumerate(spans, 1)]
+        meta["parts"] = coarse([[start, end, int(counts.get(str(n), 0))] for n, (start, end) in enumerate(spans, 1)])
         item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline, sha256=sha256,
                             meta=meta)
         run = await intake.accept(self._store, config, item, pipeline=upload.pipeline)

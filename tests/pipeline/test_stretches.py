@@ -4,6 +4,7 @@ over the whole file makes, and anything only one pass can decide goes back to on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import replace
@@ -204,3 +205,15 @@ def test_the_error_rate_and_egress_apply_to_the_whole_run(config: Config, tmp_pa
     else:
         assert joined.status == "failed" and joined.error is not None and joined.error[0] == "too_many_errors"
         assert "3 of 100 rows are invalid" in joined.error[1], "counted over every stretch, not per stretch"
+
+
+def test_many_parts_are_kept_with_the_run_as_a_few_adjacent_groups() -> None:
+    from feedd.http.uploads import coarse
+
+    parts = [[1 + 10 * k, 9 + 10 * k, 100] for k in range(1000)]
+    groups = coarse(parts)
+    assert len(groups) <= 64 and sum(g[2] for g in groups) == 100_000
+    assert groups[0][0] == 1 and groups[-1][1] == parts[-1][1]
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(groups)), "in order, not overlapping"
+    assert coarse(parts[:10]) == parts[:10]
+    assert [s.before for s in stretches(groups, 2)] == [0, 51_200], "split at the group nearest half"
