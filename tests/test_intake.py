@@ -88,3 +88,74 @@ async def test_recover_takes_in_spool_files_without_a_run_and_only_those(tmp_pat
         assert await intake.recover(store, config) == 0  # the second start finds nothing more
     finally:
         await store.close()
+
+
+async def test_inputs_taken_together_are_made_durable_by_one_filesystem_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import os
+
+    from feedd import durable, intake
+    from feedd.store import RunQuery
+
+    assert durable.can_sync_filesystem(), "syncfs(2) is in every Linux libc feedd runs on"
+    calls = {"fsync": 0, "syncfs": 0}
+    real_fsync, real_syncfs = os.fsync, durable._SYNCFS
+    assert real_syncfs is not None
+
+    def fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> int:
+        calls["syncfs"] += 1
+        return real_syncfs(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    monkeypatch.setattr(durable, "_SYNCFS", syncfs)
+    config = load_config(write(tmp_path, "feedd.yaml", MINIMAL), env={})
+    store = await SqliteStore.open(tmp_path / "var" / "feedd.db")
+
+    def inputs(tag: str, n: int) -> list[Input]:
+        out = []
+        for i in range(n):
+            src = tmp_path / f"{tag}{i}.csv"
+            src.write_bytes(f"email\n{tag}{i}@example.org\n".encode())
+            out.append(Input("demo", SourceKind.SFTP, f"inbox/{tag}{i}.csv", src, "demo-contacts"))
+        return out
+
+    try:
+        # One input alone: its own fsync, then its folder's.
+        await accept(store, config, inputs("one", 1)[0], pipeline="demo-contacts", overrides={})
+        assert calls == {"fsync": 2, "syncfs": 0}
+
+        # Five at once: one journal commit for all of them, and each is recorded with the right hash.
+        calls.update(fsync=0, syncfs=0)
+        batch = inputs("many", 5)
+        runs = await asyncio.gather(*(accept(store, config, item, pipeline="demo-contacts", overrides={})
+                                      for item in batch))
+        assert calls == {"fsync": 0, "syncfs": 1}
+        for i, run in enumerate(runs):
+            assert run.source.sha256 == hashlib.sha256(f"email\nmany{i}@example.org\n".encode()).hexdigest()
+            assert Path(run.spool_path).is_file()
+
+        # The sync fails (an I/O error on the disk): none of the batch is accepted, nothing is recorded,
+        # and the files already in the spool are taken in again at the next start.
+        def failing(fd: int) -> int:
+            import ctypes
+            ctypes.set_errno(5)
+            return -1
+
+        monkeypatch.setattr(durable, "_SYNCFS", failing)
+        results = await asyncio.gather(*(accept(store, config, item, pipeline="demo-contacts", overrides={})
+                                         for item in inputs("bad", 3)), return_exceptions=True)
+        assert all(isinstance(r, OSError) and "syncfs" in str(r) for r in results), results
+        listed, _ = await store.list_runs(RunQuery(limit=50))
+        assert len(listed) == 6
+        monkeypatch.setattr(durable, "_SYNCFS", syncfs)
+        assert await intake.recover(store, config) == 3
+        listed, _ = await store.list_runs(RunQuery(limit=50))
+        assert sorted(r.source.name for r in listed if r.meta.get("recovered")) == ["bad0.csv", "bad1.csv",
+                                                                                      "bad2.csv"]
+    finally:
+        await store.close()
