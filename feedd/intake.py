@@ -83,14 +83,6 @@ def _spool_all(jobs: list[tuple[Input, Path]]) -> list[tuple[str, int] | Excepti
     return out
 
 
-def _put_back(spooled: Path, original: Path) -> None:
-    try:
-        if not original.exists():
-            os.rename(spooled, original)
-    except OSError as exc:
-        log.get().error("intake.put_back_failed", spooled=str(spooled), original=str(original), error=str(exc))
-
-
 @dataclass(eq=False, slots=True)
 class _Request:
     config: Config
@@ -102,9 +94,20 @@ class _Request:
     dest: Path = Path()
 
 
+def _put_back(requests: list[_Request]) -> None:
+    """Not recorded, so not accepted: each input goes back where it came from, for a later try."""
+    for r in requests:
+        try:
+            if not r.item.path.exists():
+                os.rename(r.dest, r.item.path)
+        except OSError as exc:
+            log.get().error("intake.put_back_failed", spooled=str(r.dest), original=str(r.item.path),
+                            error=str(exc))
+
+
 class _Gatherer:
     """Inputs that arrive together are taken in together: one thread hand-off moves and syncs them all,
-    one folder fsync covers their spool entries, one transaction records their runs. Each keeps its own
+    one filesystem sync makes them durable, one transaction records their runs. Each keeps its own
     outcome: one input's failure fails no other."""
 
     def __init__(self, store: Store) -> None:
@@ -141,30 +144,37 @@ class _Gatherer:
                                             f"{spool_name(r.item.name)}")
         spooled = await asyncio.to_thread(_spool_all, [(r.item, r.dest) for r in batch])
         failpoints.hit("intake.after_spool")
-        runs: list[tuple[_Request, Run]] = []
-        seen: dict[tuple[str, str], str] = {}  # (connection, sha256) -> run id, within this batch
+        taken = [(r, res) for r, res in zip(batch, spooled, strict=True) if not isinstance(res, Exception)]
         for r, res in zip(batch, spooled, strict=True):
             if isinstance(res, Exception):
                 r.done.set_exception(res)
-                continue
-            sha, size = res
-            try:
-                run = await _decide(self._store, r, sha, size, seen)
-            except Exception as exc:
-                await asyncio.to_thread(_put_back, r.dest, r.item.path)
+        runs: list[tuple[_Request, Run]] = []
+        try:
+            # What every run of the batch needs from the store, asked once for the batch.
+            overrides = await self._store.pipeline_overrides() if any(r.overrides is None for r in batch) else {}
+            originals = await self._store.originals({(r.item.connection, sha) for r, (sha, _) in taken
+                                                     if _checks_duplicates(r)})
+        except Exception as exc:
+            await asyncio.to_thread(_put_back, [r for r, _ in taken])
+            for r, _ in taken:
                 r.done.set_exception(exc)
-                continue
+            return
+        first: dict[tuple[str, str], str] = {}  # (connection, sha256) -> run id, the first of this batch
+        for r, (sha, size) in taken:
+            run = _decide(r, sha, size, r.overrides if r.overrides is not None else overrides,
+                          originals.get((r.item.connection, sha)) or first.get((r.item.connection, sha)))
             runs.append((r, run))
-            seen.setdefault((run.connection, sha), run.run_id)
+            first.setdefault((run.connection, sha), run.run_id)
         # Recorded together: the store commits inserts that arrive at once in one transaction.
         outcomes = await asyncio.gather(
             *(self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json))
               for r, run in runs), return_exceptions=True)
-        for (r, _), outcome in zip(runs, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                # Not recorded, so not accepted: put the input back where it came from for a later try.
-                await asyncio.to_thread(_put_back, r.dest, r.item.path)
-                r.done.set_exception(outcome)
+        unrecorded = [(r, error) for (r, _), error in zip(runs, outcomes, strict=True)
+                      if isinstance(error, BaseException)]
+        if unrecorded:
+            await asyncio.to_thread(_put_back, [r for r, _ in unrecorded])
+            for r, error in unrecorded:
+                r.done.set_exception(error)
         failpoints.hit("intake.after_commit")
         for (r, run), outcome in zip(runs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -195,8 +205,16 @@ async def accept(store: Store, config: Config, item: Input, *, pipeline: str | N
     return await gatherer.submit(_Request(config, item, pipeline, overrides, done))
 
 
-async def _decide(store: Store, r: _Request, sha: str, size: int, seen: dict[tuple[str, str], str]) -> Run:
-    """The run's first status: queued, held, duplicate or unmatched."""
+def _checks_duplicates(r: _Request) -> bool:
+    # An outbound upload is an app's explicit request (with an id of its own): the same records sent
+    # again are meant to be sent again. A re-dropped file is usually a partner's retry.
+    pipe = r.config.pipelines.get(r.pipeline) if r.pipeline else None
+    return pipe is not None and pipe.skip_duplicates and r.item.kind is not SourceKind.UPLOAD
+
+
+def _decide(r: _Request, sha: str, size: int, overrides: dict[str, bool], original: str | None) -> Run:
+    """The run's first status: queued, held, duplicate (of `original`, an earlier run with the same
+    content) or unmatched."""
     item, config = r.item, r.config
     pipe = config.pipelines.get(r.pipeline) if r.pipeline else None
     direction = pipe.direction if pipe else Direction.INBOUND
@@ -205,21 +223,12 @@ async def _decide(store: Store, r: _Request, sha: str, size: int, seen: dict[tup
         status = RunStatus.FAILED
         error = RunError("no_matching_pipeline",
                          f"{item.name}: no {direction} pipeline of connection {item.connection!r} matches this name")
-    else:
-        overrides = r.overrides if r.overrides is not None else await store.pipeline_overrides()
-        active = overrides.get(pipe.name, pipe.active)
-        # An outbound upload is an app's explicit request (with an id of its own): the same records sent
-        # again are meant to be sent again. A re-dropped file is usually a partner's retry.
-        if pipe.skip_duplicates and item.kind is not SourceKind.UPLOAD:
-            duplicate_of = seen.get((item.connection, sha))
-            if duplicate_of is None and (original := await store.find_run_by_content(item.connection, sha)):
-                duplicate_of = original.run_id
-        if duplicate_of is not None:
-            status = RunStatus.FAILED
-            error = RunError("duplicate_input", f"{item.name}: same content (sha256 {sha[:12]}...) as run "
-                                                f"{duplicate_of}; not processed again")
-        elif not active:
-            status = RunStatus.HELD
+    elif original is not None and _checks_duplicates(r):
+        status, duplicate_of = RunStatus.FAILED, original
+        error = RunError("duplicate_input", f"{item.name}: same content (sha256 {sha[:12]}...) as run "
+                                            f"{original}; not processed again")
+    elif not overrides.get(pipe.name, pipe.active):
+        status = RunStatus.HELD
     return Run(
         run_id=r.run_id,
         pipeline=pipe.name if pipe else None,

@@ -159,3 +159,43 @@ async def test_inputs_taken_together_are_made_durable_by_one_filesystem_sync(
                                                                                       "bad2.csv"]
     finally:
         await store.close()
+
+
+async def test_a_batch_asks_the_store_once_and_still_finds_every_duplicate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    config = load_config(write(tmp_path, "feedd.yaml", MINIMAL), env={})
+    store = await SqliteStore.open(tmp_path / "var" / "feedd.db")
+    asked: list[str] = []
+    for name in ("pipeline_overrides", "originals"):
+        real = getattr(store, name)
+
+        def counted(*args: object, _real: object = real, _name: str = name) -> object:
+            asked.append(_name)
+            return _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(store, name, counted)
+
+    def item(name: str, body: str) -> Input:
+        src = tmp_path / name
+        src.write_text(body)
+        return Input("demo", SourceKind.SFTP, f"inbox/{name}", src, "demo-contacts")
+
+    try:
+        original = await accept(store, config, item("a.csv", "email\na@example.org\n"), pipeline="demo-contacts")
+        asked.clear()
+        bodies = {"b.csv": "email\na@example.org\n", "c.csv": "email\nc@example.org\n",
+                  "d.csv": "email\nc@example.org\n", "e.csv": "email\ne@example.org\n"}
+        runs = await asyncio.gather(*(accept(store, config, item(n, b), pipeline="demo-contacts")
+                                      for n, b in bodies.items()))
+        assert sorted(asked) == ["originals", "pipeline_overrides"], "one question of each kind for the batch"
+        by_name = {r.source.name: r for r in runs}
+        assert by_name["inbox/b.csv"].duplicate_of == original.run_id  # the same as an earlier run
+        assert by_name["inbox/c.csv"].status is RunStatus.QUEUED
+        assert by_name["inbox/d.csv"].duplicate_of == by_name["inbox/c.csv"].run_id  # within the batch
+        assert by_name["inbox/d.csv"].error is not None
+        assert by_name["inbox/d.csv"].error.code == "duplicate_input"
+        assert by_name["inbox/e.csv"].status is RunStatus.QUEUED
+    finally:
+        await store.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -40,8 +40,9 @@ class Store(Protocol):
     async def list_runs(self, query: RunQuery) -> tuple[list[Run], str | None]:
         """Runs newest first (or oldest first), and the cursor for the next page or None."""
 
-    async def find_run_by_content(self, connection: str, sha256: str) -> Run | None:
-        """The first run of `connection` whose input had this sha256 (for duplicate detection)."""
+    async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """For each (connection, sha256) in `keys`, the id of that connection's first run whose input had
+        this sha256 and which is not itself a duplicate; keys without one are left out."""
 
     async def save_delivery(self, delivery: Delivery) -> None: ...
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -328,11 +328,17 @@ class SqliteStore:
         runs = runs[:limit]
         return runs, (runs[-1].run_id if more else None)
 
-    async def find_run_by_content(self, connection: str, sha256: str) -> Run | None:
-        runs = await self._select_runs(
-            "WHERE run_id = (SELECT run_id FROM runs WHERE connection = ? AND source_sha256 = ? "
-            "AND duplicate_of IS NULL ORDER BY run_id LIMIT 1)", [connection, sha256], "")
-        return runs[0] if runs else None
+    async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        def lookup(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
+            found = {}
+            for key in keys:  # one indexed lookup each (runs_by_content), all in one hand-off
+                row = conn.execute("SELECT min(run_id) FROM runs WHERE connection = ? AND source_sha256 = ? "
+                                   "AND duplicate_of IS NULL", key).fetchone()
+                if row[0] is not None:
+                    found[key] = str(row[0])
+            return found
+
+        return await self._in_db(lookup) if keys else {}
 
     async def save_delivery(self, delivery: Delivery) -> None:
         await self._write((

@@ -109,14 +109,16 @@ class StoreContract:
         oldest, _ = await store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True, limit=2))
         assert [r.run_id for r in oldest] == [ids[0], ids[1]]
 
-    async def test_find_run_by_content_returns_the_original(self, store: Store) -> None:
+    async def test_originals_are_the_first_runs_with_that_content(self, store: Store) -> None:
         first = make_run(sha="a" * 64)
         await store.insert_run(first)
         await store.insert_run(make_run(sha="a" * 64, duplicate_of=first.run_id))
-        await store.insert_run(make_run(connection="other", sha="b" * 64))
-        found = await store.find_run_by_content("acme", "a" * 64)
-        assert found is not None and found.run_id == first.run_id
-        assert await store.find_run_by_content("acme", "b" * 64) is None
+        await store.insert_run(make_run(sha="a" * 64))  # a later one, processed again on request
+        other = make_run(connection="other", sha="b" * 64)
+        await store.insert_run(other)
+        found = await store.originals({("acme", "a" * 64), ("acme", "b" * 64), ("other", "b" * 64)})
+        assert found == {("acme", "a" * 64): first.run_id, ("other", "b" * 64): other.run_id}
+        assert await store.originals(set()) == {}
 
     async def test_deliveries_are_saved_and_updated(self, store: Store) -> None:
         run = make_run()
