@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.connection import SSHConnection, SSHServerConnection
+from asyncssh.constants import MSG_IGNORE
 from asyncssh.logging import SSHLogger
-from asyncssh.packet import SSHPacketLogger
+from asyncssh.packet import SSHPacketLogger, String
 from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPLimits, SFTPServerHandler
 
 from feedd import log, metrics
@@ -75,6 +77,24 @@ def _log_packet_if_enabled(self: SSHPacketLogger, msg: str, pkttype: int, pktid:
 
 SSHLogger.log = _log_if_enabled  # type: ignore[method-assign]
 SSHPacketLogger._log_packet = _log_packet_if_enabled  # type: ignore[method-assign]
+
+# Once encryption is on, asyncssh sends an empty SSH_MSG_IGNORE ahead of every packet: the countermeasure
+# for CBC-mode ciphers (CVE-2008-5161). No CBC cipher is offered here (ENCRYPTION_ALGS), and for the
+# ciphers that are, it only doubles what the server sends: two encryptions and two socket writes on
+# the server, two decryptions in the client, for every SFTP reply. The server leaves them out; client
+# connections (delivery to a remote SFTP server) are not changed.
+_send_packet = SSHConnection.send_packet
+_EMPTY = String(b"")
+
+
+def _send_packet_without_cbc_padding(self: SSHServerConnection, pkttype: int, *args: bytes,
+                                     handler: SSHPacketLogger | None = None) -> None:
+    if pkttype == MSG_IGNORE and args == (_EMPTY,) and b"-cbc" not in self._enc_alg_sc:
+        return
+    _send_packet(self, pkttype, *args, handler=handler)
+
+
+SSHServerConnection.send_packet = _send_packet_without_cbc_padding  # type: ignore[method-assign,assignment]
 
 
 class SftpService:

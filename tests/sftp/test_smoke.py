@@ -95,3 +95,27 @@ async def test_asyncssh_debug_logging_does_no_work_when_off_and_all_of_it_when_o
     lines = handler.lines
     assert any("Received" in line and "bytes" in line for line in lines), lines[:20]
     assert any("Sending" in line or "Sent" in line for line in lines)
+
+
+async def test_the_server_sends_no_cbc_padding_packets(feedd: Feedd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncssh puts an empty SSH_MSG_IGNORE before every encrypted packet, a defence that only CBC
+    ciphers need; feedd offers none, so its server leaves them out. Its clients keep them."""
+    from asyncssh.connection import SSHConnection
+    from asyncssh.constants import MSG_IGNORE
+
+    received = {"client": 0, "server": 0}
+    real = SSHConnection._packet_handlers[MSG_IGNORE]
+
+    def counting(conn: SSHConnection, *args: object) -> None:
+        received["client" if conn.is_client() else "server"] += 1
+        real(conn, *args)
+
+    monkeypatch.setitem(SSHConnection._packet_handlers, MSG_IGNORE, counting)
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        for i in range(5):
+            async with sftp.open(f"/inbox/p{i}.csv", "wb") as f:
+                await f.write(f"email\np{i}@example.org\n".encode())
+    runs = await feedd.wait_runs(5)
+    assert sorted(r.source.name for r in runs) == [f"inbox/p{i}.csv" for i in range(5)]
+    assert received["client"] == 0
+    assert received["server"] >= 15, received  # asyncssh's client still sends its own
