@@ -70,18 +70,27 @@ def can_sync_filesystem() -> bool:
     return _SYNCFS is not None
 
 
-def sync_filesystem(folder: Path) -> None:
+def sync_filesystem(folder: Path) -> bool:
     """Make everything written to `folder`'s filesystem durable, data and names, with one journal commit
     (syncfs(2)). For many new files this is far cheaper than a commit per file's fsync; the price is
-    that it also writes back whatever else is dirty on that filesystem."""
-    assert _SYNCFS is not None
+    that it also writes back whatever else is dirty on that filesystem.
+
+    False, from then on, where the system does not let us call it (a seccomp filter, a kernel or
+    sandbox without it): the caller then fsyncs file by file."""
+    global _SYNCFS
+    if _SYNCFS is None:
+        return False
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         if _SYNCFS(fd) != 0:
             err = ctypes.get_errno()
+            if err in (errno.ENOSYS, errno.EPERM):
+                _SYNCFS = None
+                return False
             raise OSError(err, f"syncfs: {os.strerror(err)}", str(folder))
     finally:
         os.close(fd)
+    return True
 
 
 def move_into(src: Path, dest: Path) -> bool:

@@ -74,9 +74,12 @@ def _spool_all(jobs: list[tuple[Input, Path]]) -> list[tuple[str, int] | Excepti
             out.append(exc)
     for folder in {dest.parent for (_, dest), res in zip(jobs, out, strict=True) if not isinstance(res, Exception)}:
         try:
-            if whole:
-                sync_filesystem(folder)
-            else:
+            if not whole:
+                fsync_dir(folder)
+            elif not sync_filesystem(folder):  # not allowed here after all: file by file
+                for (_, dest), res in zip(jobs, out, strict=True):
+                    if dest.parent == folder and not isinstance(res, Exception):
+                        sync_file(dest)
                 fsync_dir(folder)
         except OSError as exc:
             out = [exc if dest.parent == folder else res for (_, dest), res in zip(jobs, out, strict=True)]

@@ -154,6 +154,21 @@ async def test_inputs_taken_together_are_made_durable_by_one_filesystem_sync(
         assert len(listed) == 6
         monkeypatch.setattr(durable, "_SYNCFS", syncfs)
         assert await intake.recover(store, config) == 3
+
+        # Where the system does not allow syncfs (a seccomp filter), files are fsynced one by one, and
+        # syncfs is not tried again.
+        def refused(fd: int) -> int:
+            import ctypes
+            ctypes.set_errno(1)  # EPERM
+            calls["syncfs"] += 1
+            return -1
+
+        monkeypatch.setattr(durable, "_SYNCFS", refused)
+        calls.update(fsync=0, syncfs=0)
+        runs = await asyncio.gather(*(accept(store, config, item, pipeline="demo-contacts", overrides={})
+                                      for item in inputs("sandboxed", 3)))
+        assert [r.status for r in runs] == [RunStatus.QUEUED] * 3
+        assert calls == {"fsync": 4, "syncfs": 1} and not durable.can_sync_filesystem()
         listed, _ = await store.list_runs(RunQuery(limit=50))
         assert sorted(r.source.name for r in listed if r.meta.get("recovered")) == ["bad0.csv", "bad1.csv",
                                                                                       "bad2.csv"]
