@@ -73,17 +73,30 @@ def _spool_all(jobs: list[tuple[Input, Path]]) -> list[tuple[str, int] | Excepti
         except Exception as exc:  # this input stays where it was; the others go on
             out.append(exc)
     for folder in {dest.parent for (_, dest), res in zip(jobs, out, strict=True) if not isinstance(res, Exception)}:
+        if whole and _synced_together(folder):
+            continue
+        for i, ((_, dest), res) in enumerate(zip(jobs, out, strict=True)):
+            if whole and dest.parent == folder and not isinstance(res, Exception):
+                try:
+                    sync_file(dest)
+                except OSError as exc:
+                    out[i] = exc
         try:
-            if not whole:
-                fsync_dir(folder)
-            elif not sync_filesystem(folder):  # not allowed here after all: file by file
-                for (_, dest), res in zip(jobs, out, strict=True):
-                    if dest.parent == folder and not isinstance(res, Exception):
-                        sync_file(dest)
-                fsync_dir(folder)
+            fsync_dir(folder)
         except OSError as exc:
             out = [exc if dest.parent == folder else res for (_, dest), res in zip(jobs, out, strict=True)]
     return out
+
+
+def _synced_together(folder: Path) -> bool:
+    """One syncfs for the batch; False when the batch must be synced file by file instead."""
+    try:
+        return sync_filesystem(folder)  # False: not allowed here after all
+    except OSError as exc:
+        # The error may be another file's on the same filesystem: each file's own fsync tells.
+        log.get().warning("intake.syncfs_failed", folder=str(folder), error=str(exc),
+                          action="syncing the batch file by file")
+        return False
 
 
 @dataclass(eq=False, slots=True)
