@@ -93,7 +93,9 @@ def _synced_together(folder: Path) -> bool:
     try:
         return sync_filesystem(folder)  # False: not allowed here after all
     except OSError as exc:
-        # The error may be another file's on the same filesystem: each file's own fsync tells.
+        # The error may be another file's on the same filesystem: each file's own fsync tells. That is a
+        # first fsync of each, not a retry: a write-back error stays recorded on the file until an fsync
+        # of it reports it, which syncfs (reporting the filesystem's) does not do.
         log.get().warning("intake.syncfs_failed", folder=str(folder), error=str(exc),
                           action="syncing the batch file by file")
         return False
