@@ -33,6 +33,7 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 MASK = IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
+PAUSE = 0.1  # seconds between reads of the event queue
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
 
@@ -61,6 +62,7 @@ class TreeWatch:
         self._dirs: dict[int, str] = {}  # watch descriptor -> folder
         self._warned = False
         self._libc = _libc()
+        self._resume: asyncio.TimerHandle | None = None
 
     def start(self) -> bool:
         """False where inotify is not available: the caller's periodic scans are then all there is."""
@@ -76,6 +78,9 @@ class TreeWatch:
         return True
 
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._fd >= 0:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._fd)
@@ -107,7 +112,18 @@ class TreeWatch:
                 found += (os.path.join(dirpath, name) for name in files)
         return found
 
+    def _wake(self) -> None:
+        self._resume = None
+        if self._fd >= 0:
+            asyncio.get_running_loop().add_reader(self._fd, self._read)
+
     def _read(self) -> None:
+        # Every file an SFTP client uploads makes two events. Reading them as they come would wake the
+        # loop twice per file; what they start waits for `settle` anyway, so after a read the queue is
+        # left to fill for PAUSE (the kernel holds 16,384 events by default, an overflow is noticed).
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._fd)
+        self._resume = loop.call_later(PAUSE, self._wake)
         paths: list[str] = []
         while True:
             try:

@@ -68,3 +68,24 @@ async def test_writes_to_a_file_held_open_are_not_events(tmp_path: Path) -> None
         assert got == [str(tmp_path / "slow.csv")]
     finally:
         watch.close()
+
+
+async def test_a_stream_of_files_is_read_in_a_few_batches(tmp_path: Path) -> None:
+    """A busy inbox wakes the loop about every PAUSE, not twice per file, and nothing is missed."""
+    from feedd.inotify import PAUSE
+
+    batches: list[list[str]] = []
+    watch = TreeWatch(tmp_path, lambda paths: batches.append(list(paths)), lambda: None)
+    assert watch.start()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(40):  # one file every 5 ms: 80 events over about 0.2 s
+            (tmp_path / f"f{i:02d}.csv").write_bytes(b"x\n")
+            await asyncio.sleep(0.005)
+        took = loop.time() - started
+        await asyncio.sleep(PAUSE * 3)
+        assert {p for batch in batches for p in batch} == {str(tmp_path / f"f{i:02d}.csv") for i in range(40)}
+        assert len(batches) <= took / PAUSE + 3, (len(batches), took)
+    finally:
+        watch.close()
