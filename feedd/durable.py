@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -128,13 +130,42 @@ def low_on_space(folders: tuple[Path, ...], floor: int) -> str | None:
 
 def copy_whole(src: Path, dest: Path) -> Path:
     """Copy `src` to `dest` so that nobody ever sees half of it: a hidden temporary name in the same
-    folder (its own per process, so two writers never share one), fsync, rename, fsync the folder."""
+    folder, fsync, rename, fsync the folder.
+
+    The temporary name is the same on every try, so a copy cut short by a crash is overwritten by the
+    next one rather than left behind (in a partner's outbox, or a destination folder). An exclusive lock
+    on it keeps two live writers apart: one that finds it locked uses a name of its own."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.copying")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, CHUNK)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dest)
+    tmp = dest.with_name(f".{dest.name}.copying")
+    fd = _lock_name(tmp)
+    if fd is None:
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.copying")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "wb") as fout:
+        try:
+            with open(src, "rb") as fin:
+                fout.truncate(0)
+                shutil.copyfileobj(fin, fout, CHUNK)
+            fout.flush()
+            os.fsync(fout.fileno())
+            os.replace(tmp, dest)  # while the lock is held: the next writer of this name gets a new file
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fsync_dir(dest.parent)
     return dest
+
+
+def _lock_name(path: Path) -> int | None:
+    """An fd on `path` (created if need be) holding its exclusive lock, or None when another writer holds
+    it, or the file it opened was renamed away meanwhile (it may be that writer's finished copy)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held, named = os.fstat(fd), os.lstat(path)
+        if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    os.close(fd)
+    return None
