@@ -44,12 +44,11 @@ def hash_and_sync(path: Path, *, sync: bool = True) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def sync_file(path: Path, *, sync: bool = True) -> int:
+def sync_file(path: Path) -> int:
     """fsync the file's data; returns its size. A failed fsync is not retried (the data may be gone)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        if sync:
-            os.fsync(fd)
+        os.fsync(fd)
         return os.fstat(fd).st_size
     finally:
         os.close(fd)

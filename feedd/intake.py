@@ -51,7 +51,7 @@ def spool_name(name: str) -> str:
 def _move_and_hash(item: Input, dest: Path, *, sync: bool) -> tuple[str, int]:
     renamed = move_into(item.path, dest)
     if item.sha256 is not None and renamed:
-        return item.sha256, sync_file(dest, sync=sync)
+        return item.sha256, sync_file(dest) if sync else os.lstat(dest).st_size
     return hash_and_sync(dest, sync=sync)
 
 
