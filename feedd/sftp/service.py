@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import asyncssh
-from asyncssh.connection import SSHConnection, SSHServerConnection
-from asyncssh.constants import MSG_IGNORE
-from asyncssh.logging import SSHLogger
-from asyncssh.packet import SSHPacketLogger, String
-from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPLimits, SFTPServerHandler
 
 from feedd import log, metrics
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.drops import Drops
 from feedd.sftp.auth import AuthState, Gate
-from feedd.sftp.files import MAX_HANDLES, Session, SpaceSFTPServer
+from feedd.sftp.files import Session, SpaceSFTPServer
+from feedd.sftp.wire import MAX_PKTSIZE
 from feedd.spaces import Spaces
 
 # Modern algorithms only: no SHA-1 signatures (`ssh-rsa`), no SHA-1 or NIST-curve key exchange.
@@ -40,64 +34,6 @@ SIGNATURE_ALGS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nis
 HOST_KEY_ALGS = {b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256", b"ecdsa-sha2-nistp256",
                  b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521"}
 KEEPALIVE_SECONDS = 30.0
-# What OpenSSH's sftp-server advertises. asyncssh advertises 4 MiB, which makes asyncssh clients send
-# 4 MiB writes that cost about half the throughput to reassemble; 255 KiB keeps the pipeline full.
-MAX_WRITE = 261120
-# SSH channel packets: asyncssh offers 32 KiB, so a client splits each 255 KiB write into 8 packets, and
-# the per-packet work in Python (decrypt call, channel bookkeeping, reassembly) is what limits an upload.
-# 256 KiB lets a whole write travel in one packet (OpenSSH's own limit for a packet is 256 KiB).
-# Measured with OpenSSH's client on 1 GiB: 12% faster, 10% less server CPU.
-MAX_PKTSIZE = 256 * 1024
-
-
-async def _process_limits(self: SFTPServerHandler, packet: Any) -> SFTPLimits:
-    packet.check_end()
-    return SFTPLimits(MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, MAX_WRITE, MAX_HANDLES)
-
-
-SFTPServerHandler._packet_handlers[b"limits@openssh.com"] = _process_limits
-
-# asyncssh turns every debug message's arguments into text, and names and sizes every packet for its
-# packet log, before asking whether debug logging is on: about 5% of the loop's time serving uploads.
-# That work is skipped when its result would be thrown away; enabled debug logging is unchanged.
-_ssh_log = SSHLogger.log
-_log_packet = SSHPacketLogger._log_packet
-
-
-def _log_if_enabled(self: SSHLogger, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-    if self.isEnabledFor(level):
-        _ssh_log(self, level, msg, *args, **kwargs)
-
-
-def _log_packet_if_enabled(self: SSHPacketLogger, msg: str, pkttype: int, pktid: Any, packet: Any,
-                           note: str) -> None:
-    if self.logger._debug_level >= 3 and self.logger.isEnabledFor(logging.DEBUG):  # as SSHLogger.packet asks
-        _log_packet(self, msg, pkttype, pktid, packet, note)
-
-
-SSHLogger.log = _log_if_enabled  # type: ignore[method-assign]
-SSHPacketLogger._log_packet = _log_packet_if_enabled  # type: ignore[method-assign]
-
-# Once encryption is on, asyncssh sends an empty SSH_MSG_IGNORE ahead of every packet: the countermeasure
-# for CBC-mode ciphers (CVE-2008-5161). No CBC cipher is offered here (ENCRYPTION_ALGS), and for the
-# ciphers that are, it only doubles what the server sends: two encryptions and two socket writes on
-# the server, two decryptions in the client, for every SFTP reply. The server leaves them out; client
-# connections (delivery to a remote SFTP server) are not changed.
-_send_packet = SSHConnection.send_packet
-_EMPTY = String(b"")
-
-
-def _send_packet_without_cbc_padding(self: SSHServerConnection, pkttype: int, *args: bytes,
-                                     handler: SSHPacketLogger | None = None) -> None:
-    # (Should asyncssh stop naming the cipher there, the packets are sent as before.)
-    if pkttype == MSG_IGNORE and args == (_EMPTY,) and b"-cbc" not in getattr(self, "_enc_alg_sc", b"-cbc"):
-        return
-    _send_packet(self, pkttype, *args, handler=handler)
-
-
-SSHServerConnection.send_packet = _send_packet_without_cbc_padding  # type: ignore[method-assign,assignment]
-
-
 class SftpService:
     name = "sftp"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -165,3 +167,18 @@ def fetch_outbox(port: int) -> dict[str, bytes]:
         return files
     finally:
         transport.close()
+
+
+needs_sftp = pytest.mark.skipif(shutil.which("sftp") is None, reason="OpenSSH sftp client not installed")
+
+
+def openssh_batch(feedd: Feedd, batch: str, tmp_path: Path, user: str = "demo",
+                  options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "batch.txt"
+    script.write_text(batch)
+    return subprocess.run(
+        ["sftp", "-b", str(script), "-P", str(feedd.port), "-i", str(feedd.key_path),
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+         "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", *options, f"{user}@127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )

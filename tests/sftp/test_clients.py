@@ -4,26 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.sftp.conftest import Feedd
-
-needs_sftp = pytest.mark.skipif(shutil.which("sftp") is None, reason="OpenSSH sftp client not installed")
-
-
-def openssh_batch(feedd: Feedd, batch: str, tmp_path: Path, user: str = "demo") -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "batch.txt"
-    script.write_text(batch)
-    return subprocess.run(
-        ["sftp", "-b", str(script), "-P", str(feedd.port), "-i", str(feedd.key_path),
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-         "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
-    )
+from tests.sftp.conftest import Feedd, needs_sftp, openssh_batch
 
 
 @needs_sftp

@@ -1,0 +1,51 @@
+"""The SSH receive path as feedd changes it: every cipher it offers carries a big upload intact, and with
+AES-GCM each read is handed to the cipher as views into it rather than as copies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from asyncssh.encryption import GCMEncryption
+
+from feedd.sftp.service import ENCRYPTION_ALGS
+from tests.sftp.conftest import Feedd, needs_sftp, openssh_batch
+
+
+@pytest.mark.parametrize("cipher", ENCRYPTION_ALGS)
+async def test_every_cipher_carries_a_big_upload_intact(feedd: Feedd, cipher: str) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 12345)  # not a whole number of packets or of writes
+    async with await feedd.connect(encryption_algs=[cipher]) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/inbox/big.csv", "wb") as f:
+            await f.write(data)
+    [run] = await feedd.wait_runs(1)
+    assert run.source.sha256 == hashlib.sha256(data).hexdigest()
+    assert run.source.size == len(data)
+
+
+@needs_sftp
+async def test_an_openssh_upload_reaches_the_cipher_as_views_of_each_read(
+        feedd: Feedd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSH's client sends 32 KiB packets; the server reads up to 256 KiB at a time. Each packet is
+    cut out of the read as a view (no copy of everything behind it), and the upload arrives intact."""
+    given: Counter[str] = Counter()
+    real = GCMEncryption.decrypt_packet
+
+    def spy(self: GCMEncryption, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes) -> bytes | None:
+        given[type(rest).__name__] += 1
+        return real(self, seq, first, rest, header_len, mac)
+
+    monkeypatch.setattr(GCMEncryption, "decrypt_packet", spy)
+    data = os.urandom(8 * 1024 * 1024 + 999)
+    (tmp_path / "big.bin").write_bytes(data)
+    result = await asyncio.to_thread(openssh_batch, feedd, "put big.bin /inbox/big.csv\n", tmp_path,
+                                     options=("-c", "aes128-gcm@openssh.com"))
+    assert result.returncode == 0, result.stderr
+    [run] = await feedd.wait_runs(1)
+    assert run.source.sha256 == hashlib.sha256(data).hexdigest()
+    assert given["memoryview"] >= 64, given  # 8 MiB is about 256 packets
+    assert given["memoryview"] > given["bytes"], given
