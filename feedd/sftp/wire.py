@@ -6,16 +6,18 @@ asyncssh's behaviour where the step it replaces would have acted differently.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
+from asyncssh.channel import SSHChannel, SSHServerChannel
 from asyncssh.connection import SSHConnection, SSHServerConnection
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import FXP_WRITE, MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.encryption import GCMEncryption
 from asyncssh.logging import SSHLogger
-from asyncssh.misc import DisconnectError
-from asyncssh.packet import SSHPacketLogger, String
-from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPLimits, SFTPServerHandler
+from asyncssh.misc import DisconnectError, ProtocolError
+from asyncssh.packet import PacketDecodeError, SSHPacket, SSHPacketLogger, String
+from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -144,3 +146,53 @@ def _gcm_decrypt_packet(self: GCMEncryption, seq: int, first: bytes, rest: bytes
 
 SSHServerConnection.data_received = _data_received_by_packet  # type: ignore[method-assign,assignment]
 GCMEncryption.decrypt_packet = _gcm_decrypt_packet  # type: ignore[method-assign]
+
+
+# Two more copies of every uploaded byte, made only to be copied again: the channel's data field and
+# the SFTP write's data field are each cut out of their packet (`get_string`), then joined into the
+# SFTP packet and written. Here both are views into the packet they came in; the SFTP packet is still
+# assembled with one join, and the write takes the view as it is. Only server channels without a text
+# encoding (SFTP sessions: the only channels feedd serves) are changed.
+def _string_view(packet: SSHPacket) -> memoryview:
+    """A length-prefixed string of `packet` as a view into it (`get_string` copies it)."""
+    size = packet.get_uint32()
+    start = packet._idx
+    if start + size > packet._len:
+        raise PacketDecodeError("Incomplete packet")
+    packet._idx = start + size
+    return memoryview(packet._packet)[start:start + size]
+
+
+_process_data = SSHChannel._packet_handlers[MSG_CHANNEL_DATA]
+
+
+def _process_data_as_view(self: SSHChannel[Any], pkttype: int, pktid: int, packet: SSHPacket) -> None:
+    if not isinstance(self, SSHServerChannel) or self._encoding:
+        _process_data(self, pkttype, pktid, packet)
+        return
+    if self._recv_state != "open":  # as asyncssh's _process_data
+        raise ProtocolError("Channel not open for sending")
+    data = _string_view(packet)
+    packet.check_end()
+    if len(data) > self._recv_window:
+        raise ProtocolError("Window exceeded")
+    self._accept_data(data)  # type: ignore[arg-type]
+
+
+async def _process_write_view(self: SFTPServerHandler, packet: SSHPacket) -> int:
+    handle = packet.get_string()  # as asyncssh's _process_write, with the data as a view
+    offset = packet.get_uint64()
+    data = _string_view(packet)
+    if self._version < 6:
+        packet.check_end()
+    file_obj = self._file_handles.get(handle)
+    if not file_obj:
+        raise SFTPInvalidHandle("Invalid file handle")
+    result = self._server.write(file_obj, offset, data)  # type: ignore[arg-type]
+    if inspect.isawaitable(result):
+        result = await result
+    return int(result)
+
+
+SSHChannel._packet_handlers[MSG_CHANNEL_DATA] = _process_data_as_view
+SFTPServerHandler._packet_handlers[FXP_WRITE] = _process_write_view

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from asyncssh.encryption import GCMEncryption
+from asyncssh.stream import SSHServerStreamSession
 
+from feedd.sftp.files import SpaceSFTPServer
 from feedd.sftp.service import ENCRYPTION_ALGS
 from tests.sftp.conftest import Feedd, needs_sftp, openssh_batch
 
@@ -31,7 +33,8 @@ async def test_every_cipher_carries_a_big_upload_intact(feedd: Feedd, cipher: st
 async def test_an_openssh_upload_reaches_the_cipher_as_views_of_each_read(
         feedd: Feedd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenSSH's client sends 32 KiB packets; the server reads up to 256 KiB at a time. Each packet is
-    cut out of the read as a view (no copy of everything behind it), and the upload arrives intact."""
+    cut out of the read as a view (no copy of everything behind it), the channel's data and the SFTP
+    write's data are views into their packets, and the upload arrives intact."""
     given: Counter[str] = Counter()
     real = GCMEncryption.decrypt_packet
 
@@ -40,6 +43,20 @@ async def test_an_openssh_upload_reaches_the_cipher_as_views_of_each_read(
         return real(self, seq, first, rest, header_len, mac)
 
     monkeypatch.setattr(GCMEncryption, "decrypt_packet", spy)
+    received: Counter[str] = Counter()  # what the SFTP session is handed, and what each write is given
+    real_received = SSHServerStreamSession.data_received
+    real_write = SpaceSFTPServer.write
+
+    def spy_received(self: SSHServerStreamSession[bytes], data: bytes, datatype: int | None) -> None:
+        received["channel " + type(data).__name__] += 1
+        real_received(self, data, datatype)
+
+    def spy_write(self: SpaceSFTPServer, file_obj: object, offset: int, data: bytes) -> object:
+        received["write " + type(data).__name__] += 1
+        return real_write(self, file_obj, offset, data)
+
+    monkeypatch.setattr(SSHServerStreamSession, "data_received", spy_received)
+    monkeypatch.setattr(SpaceSFTPServer, "write", spy_write)
     data = os.urandom(8 * 1024 * 1024 + 999)
     (tmp_path / "big.bin").write_bytes(data)
     result = await asyncio.to_thread(openssh_batch, feedd, "put big.bin /inbox/big.csv\n", tmp_path,
@@ -49,3 +66,6 @@ async def test_an_openssh_upload_reaches_the_cipher_as_views_of_each_read(
     assert run.source.sha256 == hashlib.sha256(data).hexdigest()
     assert given["memoryview"] >= 64, given  # 8 MiB is about 256 packets
     assert given["memoryview"] > given["bytes"], given
+    # and the data is not cut out of each packet again on its way to the file
+    assert received["channel memoryview"] >= 200 and received["channel bytes"] == 0, received
+    assert received["write memoryview"] >= 32 and received["write bytes"] == 0, received
