@@ -28,8 +28,9 @@ from feedd.sftp.files import MAX_HANDLES
 MAX_WRITE = 261120
 # SSH channel packets: asyncssh offers 32 KiB, so a client splits each 255 KiB write into 8 packets, and
 # the per-packet work in Python (decrypt call, channel bookkeeping, reassembly) is what limits an upload.
-# 256 KiB lets a whole write travel in one packet (OpenSSH's own limit for a packet is 256 KiB).
-# Measured with OpenSSH's client on 1 GiB: 12% faster, 10% less server CPU.
+# 256 KiB lets a whole write travel in one packet (OpenSSH's own limit for a packet is 256 KiB). asyncssh's
+# client takes the offer; OpenSSH's and paramiko's clients send 32 KiB packets whatever is offered
+# (measured), which is what the receive path below is shaped for.
 MAX_PKTSIZE = 256 * 1024
 
 
@@ -152,7 +153,9 @@ GCMEncryption.decrypt_packet = _gcm_decrypt_packet  # type: ignore[method-assign
 # the SFTP write's data field are each cut out of their packet (`get_string`), then joined into the
 # SFTP packet and written. Here both are views into the packet they came in; the SFTP packet is still
 # assembled with one join, and the write takes the view as it is. Only server channels without a text
-# encoding (SFTP sessions: the only channels feedd serves) are changed.
+# encoding (SFTP sessions: the only channels feedd serves) are changed; asyncssh's debug lines for these
+# two packets are left out. Measured on 1 GiB with OpenSSH's client, on top of the change above, 10
+# interleaved rounds: 408 -> 433 MiB/s and 3.43 -> 3.29 s of CPU, within this machine's noise.
 def _string_view(packet: SSHPacket) -> memoryview:
     """A length-prefixed string of `packet` as a view into it (`get_string` copies it)."""
     size = packet.get_uint32()
