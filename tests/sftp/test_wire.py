@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from asyncssh.connection import SSHConnection
 from asyncssh.encryption import GCMEncryption
 from asyncssh.stream import SSHServerStreamSession
 
@@ -27,6 +28,29 @@ async def test_every_cipher_carries_a_big_upload_intact(feedd: Feedd, cipher: st
     [run] = await feedd.wait_runs(1)
     assert run.source.sha256 == hashlib.sha256(data).hexdigest()
     assert run.source.size == len(data)
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+async def test_keys_renewed_in_the_middle_of_an_upload_change_nothing(
+        feedd: Feedd, cipher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client renews the keys every 512 KiB: new keys take effect between two packets of one read."""
+    kexinits: Counter[str] = Counter()
+    real = SSHConnection._send_kexinit
+
+    def counting(self: SSHConnection) -> None:
+        kexinits["server" if self.is_server() else "client"] += 1
+        real(self)
+
+    monkeypatch.setattr(SSHConnection, "_send_kexinit", counting)
+    data = os.urandom(6 * 1024 * 1024 + 777)
+    async with await feedd.connect(encryption_algs=[cipher], rekey_bytes=512 * 1024) as conn, \
+            conn.start_sftp_client() as sftp:
+        async with sftp.open("/inbox/rekeyed.csv", "wb") as f:
+            for at in range(0, len(data), 1 << 20):
+                await f.write(data[at:at + (1 << 20)], at)
+    [run] = await feedd.wait_runs(1)
+    assert run.source.sha256 == hashlib.sha256(data).hexdigest()
+    assert kexinits["server"] >= 5, kexinits  # the first exchange and at least four renewals
 
 
 @needs_sftp
