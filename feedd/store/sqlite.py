@@ -130,6 +130,11 @@ def _delivery_row(d: Delivery) -> tuple[Any, ...]:
             _ts(d.next_attempt_at))
 
 
+# Runs with a content of a connection, found by runs_by_content: a handful, however many runs there are.
+_ORIGINALS = ("SELECT run_id FROM runs INDEXED BY runs_by_content "
+              "WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL")
+
+
 class SqliteStore:
     """Open with `await SqliteStore.open(path)`; migrations run before it returns."""
 
@@ -331,11 +336,13 @@ class SqliteStore:
     async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
         def lookup(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
             found = {}
-            for key in keys:  # one indexed lookup each (runs_by_content), all in one hand-off
-                row = conn.execute("SELECT min(run_id) FROM runs WHERE connection = ? AND source_sha256 = ? "
-                                   "AND duplicate_of IS NULL", key).fetchone()
-                if row[0] is not None:
-                    found[key] = str(row[0])
+            for key in keys:  # one indexed lookup each, all in one hand-off
+                # The first is picked here, not with min(run_id): for that SQLite walks the connection's
+                # runs in run_id order (runs_by_connection) until one has this content, which for new
+                # content, the usual case, is every run the connection ever had: 0.15 ms per 1,000.
+                ids = [row[0] for row in conn.execute(_ORIGINALS, key)]
+                if ids:
+                    found[key] = str(min(ids))
             return found
 
         return await self._in_db(lookup) if keys else {}

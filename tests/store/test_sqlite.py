@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -55,3 +56,25 @@ async def test_committed_run_is_visible_to_another_process_reader(tmp_path: Path
     with contextlib.closing(sqlite3.connect(path)) as other:
         assert other.execute("SELECT status FROM runs WHERE run_id = ?", (run.run_id,)).fetchone() == ("queued",)
     await s.close()
+
+
+async def test_new_content_is_checked_against_its_own_runs_not_every_run_of_the_connection(
+        store: SqliteStore) -> None:
+    # Every new file of a connection asks whether its content came before. That must cost the same with
+    # 3,000 runs as with none: SQLite counts the steps of its virtual machine for us, 100 at a time.
+    runs = [make_run(sha=f"{i:064x}") for i in range(3000)]
+    await asyncio.gather(*(store.insert_run(run) for run in runs))
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    await store._in_db(lambda conn: conn.set_progress_handler(step, 100))
+    try:
+        found = await store.originals({("acme", "f" * 64), ("acme", f"{17:064x}")})
+    finally:
+        await store._in_db(lambda conn: conn.set_progress_handler(None, 100))
+    assert found == {("acme", f"{17:064x}"): runs[17].run_id}
+    assert steps <= 2, f"{steps * 100}+ steps for two lookups: the lookup reads more than its content's runs"
