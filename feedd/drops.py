@@ -71,6 +71,12 @@ CLOSE_GRACE = 0.5
 # Takes that come due within this long of each other go together, so intake moves, syncs and records
 # them as one batch (a take is at most this much later than its time).
 GATHER = 0.05
+# While drops keep coming due (a client uploading file after file), takes start together at most this
+# often. Each batch costs a filesystem sync, a transaction and their hand-offs between threads, on the
+# cores that serve the uploads: with OpenSSH's client putting 1,000 files of 100 KiB, 10 interleaved
+# rounds, 603 files/s with a batch every 50 ms or so, 636 with one every 0.5 s, and 4% less CPU. A drop
+# after a quiet spell is taken at its time, as before.
+STREAM_GATHER = 0.5
 
 
 class Drops:
@@ -90,6 +96,7 @@ class Drops:
         self._order = itertools.count()
         self._timer: asyncio.Task[None] | None = None
         self._sooner = asyncio.Event()  # an offer came due before the one the timer waits for
+        self._started = -STREAM_GATHER  # event-loop time the last takes were started
         self._tasks: set[asyncio.Task[None]] = set()
 
     def is_temp(self, rel: str) -> bool:
@@ -141,17 +148,20 @@ class Drops:
         return True
 
     async def _tick(self) -> None:
-        """One timer for every offer: wakes a little after the earliest is due and starts every take
-        that is due by then, so that they reach intake together."""
+        """One timer for every offer: wakes a little after the earliest is due (and not sooner than
+        STREAM_GATHER after the last takes started) and starts every take that is due by then, so that
+        they reach intake together."""
         loop = asyncio.get_running_loop()
         while self._due:
-            wait = self._due[0][0] - loop.time()
+            wait = max(self._due[0][0], self._started + STREAM_GATHER) - loop.time()
             if wait > 0:
                 self._sooner.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait + GATHER):
                         await self._sooner.wait()
             now = loop.time()
+            if self._due and self._due[0][0] <= now:
+                self._started = now
             while self._due and self._due[0][0] <= now:
                 _, _, space, rel = heapq.heappop(self._due)
                 self._scheduled.discard((space.name, rel))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import time
 from pathlib import Path
@@ -65,6 +66,33 @@ async def test_a_rename_is_taken_at_once_while_other_files_wait_out_their_grace(
     # taken apart, not together once the closed file's grace is over
     assert (closed.created_at - renamed.created_at).total_seconds() > 0.25, (renamed.created_at, closed.created_at)
 
+
+
+async def test_a_stream_of_drops_is_taken_in_a_few_batches_and_a_lone_drop_at_once(feedd: Feedd) -> None:
+    """Files closed one after another, 0.1 s apart, come due one after another: they are taken together
+    every half second (a sync and a transaction each time), not one at a time. A drop after a quiet
+    spell is not held back by that."""
+    from feedd.drops import CLOSE_GRACE, GATHER, STREAM_GATHER
+
+    closed: dict[str, float] = {}
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        for i in range(12):
+            async with sftp.open(f"/inbox/s{i:02d}.csv", "wb") as f:
+                await f.write(CSV + str(i).encode())
+            closed[f"inbox/s{i:02d}.csv"] = time.time()
+            await asyncio.sleep(0.1)
+    runs = await feedd.wait_runs(12)
+    assert sorted(r.source.name for r in runs) == sorted(closed)
+    created = sorted(r.created_at.timestamp() for r in runs)
+    batches = 1 + sum(1 for a, b in itertools.pairwise(created) if b - a > 0.05)
+    assert batches <= 5, f"{batches} batches for 12 files closed over 1.2 s: {created}"
+    late = max(r.created_at.timestamp() - closed[r.source.name] for r in runs)
+    assert late < CLOSE_GRACE + STREAM_GATHER + GATHER + 0.5, late
+    await asyncio.sleep(STREAM_GATHER)
+    start = time.time()
+    await upload(feedd, "/inbox/lone.csv")
+    [lone] = [r for r in await feedd.wait_runs(13) if r.source.name == "inbox/lone.csv"]
+    assert lone.created_at.timestamp() - start < CLOSE_GRACE + GATHER + 0.3, "a lone drop waits for no batch"
 
 async def test_a_temp_folder_renamed_to_a_final_one_releases_its_files(feedd: Feedd) -> None:
     async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
