@@ -14,6 +14,36 @@ from pathlib import Path
 from typing import cast
 
 CHUNK = 1024 * 1024
+NAME_MAX = 255  # bytes in one file name on Linux filesystems (ext4, xfs, btrfs) and most SFTP servers
+_EXT_PIECE = 16  # a trailing `.piece` at most this long counts as part of the extension
+_EXT_MAX = 40  # bytes of extension kept when a name is shortened
+
+
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """`name` itself when its UTF-8 form fits in `limit` bytes; otherwise its stem cut short, a short
+    hash of the whole name (two long names that differ only at the end stay apart) and its extension
+    (`.csv.report.json`), so that what a partner sees still says what the file is.
+
+    Every name feedd derives from a partner's file name (spool entries, outbox reports, outputs, the
+    temporary names beside them) goes through here: a name a partner may upload can be 255 bytes
+    already, and ENAMETOOLONG then would fail the file at whatever step added a suffix."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    ext = ""
+    stem = name
+    while "." in stem[1:]:
+        head, piece = stem.rsplit(".", 1)
+        candidate = f".{piece}{ext}"
+        if not head or len(piece.encode("utf-8", "surrogateescape")) > _EXT_PIECE \
+                or len(candidate.encode("utf-8", "surrogateescape")) > min(_EXT_MAX, limit // 4):
+            break
+        stem, ext = head, candidate
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:10]
+    room = max(0, limit - len(ext.encode("utf-8", "surrogateescape")) - len(tag))
+    # cut at a byte count, then drop a character the cut split in two
+    cut = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return cut + tag + ext
 
 
 def fsync_dir(path: Path) -> None:
@@ -135,10 +165,10 @@ def copy_whole(src: Path, dest: Path) -> Path:
     next one rather than left behind (in a partner's outbox, or a destination folder). An exclusive lock
     on it keeps two live writers apart: one that finds it locked uses a name of its own."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.copying")
+    tmp = dest.with_name(temp_name(dest.name, ".copying"))
     fd = _lock_name(tmp)
     if fd is None:
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.copying")
+        tmp = dest.with_name(temp_name(dest.name, f".{os.getpid()}.{threading.get_ident()}.copying"))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     with os.fdopen(fd, "wb") as fout:
         try:
@@ -153,6 +183,11 @@ def copy_whole(src: Path, dest: Path) -> Path:
             raise
     fsync_dir(dest.parent)
     return dest
+
+
+def temp_name(name: str, suffix: str) -> str:
+    """The hidden temporary name `.<name><suffix>` beside `name`, within NAME_MAX bytes."""
+    return fit_name("." + name, NAME_MAX - len(suffix.encode())) + suffix
 
 
 def _lock_name(path: Path) -> int | None:

@@ -1,4 +1,5 @@
-"""Failpoints for crash tests: `FEEDD_FAILPOINT=<name>` makes the daemon SIGKILL itself at that point.
+"""Failpoints for crash tests: `FEEDD_FAILPOINT=<name>` makes the daemon SIGKILL itself at that point;
+`FEEDD_FAILPOINT=<name>:raise` makes that step fail instead, as a full disk would (OSError ENOSPC).
 
 Only honoured when the variable is set (read once, at import); `hit()` is then a string compare, and
 nothing at all otherwise. The names, in the order a file meets them:
@@ -15,17 +16,22 @@ nothing at all otherwise. The names, in the order a file meets them:
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 
 NAMES = ("intake.after_spool", "intake.after_commit", "runner.mid_processing", "runner.before_record",
          "delivery.mid", "delivery.before_done", "tus.mid_patch", "upload.mid_complete")
-ARMED = os.environ.get("FEEDD_FAILPOINT") or None
+_SETTING = os.environ.get("FEEDD_FAILPOINT", "").partition(":")
+ARMED: str | None = _SETTING[0] or None
+RAISE = _SETTING[2] == "raise"
 
 
 def hit(name: str) -> None:
     if ARMED is not None and name == ARMED:
+        if RAISE:
+            raise OSError(errno.ENOSPC, f"failpoint {name}: {os.strerror(errno.ENOSPC)}")
         sys.stderr.write(f"feedd: failpoint {name}: SIGKILL\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -17,7 +17,15 @@ from typing import Any
 
 from feedd import events, failpoints, log
 from feedd.config import Config
-from feedd.durable import can_sync_filesystem, fsync_dir, hash_and_sync, move_into, sync_file, sync_filesystem
+from feedd.durable import (
+    can_sync_filesystem,
+    fit_name,
+    fsync_dir,
+    hash_and_sync,
+    move_into,
+    sync_file,
+    sync_filesystem,
+)
 from feedd.model import Direction, Run, RunError, RunStatus, Source, SourceKind, new_id
 from feedd.store import Store
 
@@ -158,8 +166,8 @@ class _Gatherer:
             r.run_id = new_id()
             # Who it is for travels in the name: if the daemon dies between this move and the commit,
             # `recover()` finds the file without a run and takes it in again.
-            r.dest = spool_dir(r.config) / (f"{r.run_id}.{r.item.connection}.{r.item.kind}.{r.pipeline or '-'}."
-                                            f"{spool_name(r.item.name)}")
+            r.dest = spool_dir(r.config) / fit_name(f"{r.run_id}.{r.item.connection}.{r.item.kind}."
+                                                    f"{r.pipeline or '-'}.{spool_name(r.item.name)}")
         spooled = await asyncio.to_thread(_spool_all, [(r.item, r.dest) for r in batch])
         failpoints.hit("intake.after_spool")
         taken = [(r, res) for r, res in zip(batch, spooled, strict=True) if not isinstance(res, Exception)]

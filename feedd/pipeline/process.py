@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from feedd.config.values import FieldType, Pipeline, Schema
+from feedd.durable import NAME_MAX, fit_name
 from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
 from feedd.pipeline.validate import Unique, repeats
@@ -73,15 +74,20 @@ class Outcome:
     stretches: int = 1  # workers that processed a stretch of the input each
 
 
+# A destination may write a temporary name beside the output (`.<name>.<run id>.tmp` on an SFTP server):
+# outputs leave room for it within the 255 bytes a file name may have.
+OUTPUT_NAME_MAX = NAME_MAX - 40
+
+
 def output_name(pipeline: Pipeline, job: Job) -> str:
     name = job.source_name.rsplit("/", 1)[-1]
     stem = name.split(".", 1)[0] or "output"
     now = time.gmtime()
-    return pipeline.output.filename.format_map({
+    return fit_name(pipeline.output.filename.format_map({
         "stem": stem, "name": name, "ext": EXTENSIONS[pipeline.output.format], "run_id": job.run_id,
         "connection": pipeline.connection, "pipeline": pipeline.name,
         "date": time.strftime("%Y-%m-%d", now), "time": time.strftime("%H%M%S", now),
-    })
+    }), OUTPUT_NAME_MAX)
 
 
 def process(job: Job) -> Outcome:

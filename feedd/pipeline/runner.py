@@ -27,6 +27,7 @@ from feedd import events, failpoints, log, metrics
 from feedd.config import Config
 from feedd.config.values import Pipeline
 from feedd.delivery.local import place
+from feedd.durable import fit_name
 from feedd.model import (
     Counts,
     Delivery,
@@ -46,6 +47,8 @@ from feedd.spaces import Spaces
 from feedd.store import RunQuery, Store
 
 POLL_SECONDS = 0.2
+RECORD_RETRY_FIRST = 0.2  # seconds before trying again to record a run when the store failed
+RECORD_RETRY_MOST = 10.0
 
 
 def die_with_parent(parent: int) -> None:
@@ -163,6 +166,13 @@ class Runner:
         return done
 
     async def _run(self, run: Run) -> None:
+        try:
+            await self._run_once(run)
+        except Exception as exc:  # whatever went wrong, the run must not stay `processing`
+            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).exception("run.crashed")
+            await self._record(_failed(run, f"processing failed: {exc}"), None)
+
+    async def _run_once(self, run: Run) -> None:
         config = self._config()
         logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
         pipe = _effective(config, run)
@@ -226,6 +236,16 @@ class Runner:
         return list(headers) if isinstance(headers, list) else None
 
     async def _finish(self, run: Run, outcome: Outcome | None, error: RunError | None) -> None:
+        """Record how the run ended. Whatever goes wrong on the way (a full disk while placing reports, a
+        name the filesystem refuses, the store itself), the run ends recorded: `failed` with
+        `internal_error` when its outcome could not be."""
+        try:
+            await self._conclude(run, outcome, error)
+        except Exception as exc:
+            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).exception("run.finish_failed")
+            await self._record(_failed(run, f"finishing the run failed: {exc}"), outcome)
+
+    async def _conclude(self, run: Run, outcome: Outcome | None, error: RunError | None) -> None:
         config = self._config()
         logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
         if outcome is not None and outcome.error is not None:
@@ -265,7 +285,11 @@ class Runner:
         if outcome is not None and outcome.drift:
             queued += events.make(config, "schema.drift", {
                 "runId": run.run_id, "connection": run.connection, "pipeline": run.pipeline, **outcome.drift})
-        await self._store.update_run(done, events=queued, deliveries=deliveries)
+        try:
+            await self._store.update_run(done, events=queued, deliveries=deliveries)
+        except Exception:
+            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).exception("run.record_failed")
+            raise
         if deliveries:
             self._deliver()
         if queued:
@@ -278,14 +302,37 @@ class Runner:
                     invalid=done.counts.invalid, error=done.error.code if done.error else None,
                     seconds=outcome.seconds if outcome else None, drift=outcome.drift if outcome else None)
 
+    async def _record(self, failed: Run, outcome: Outcome | None) -> None:
+        """Store a run that failed while finishing, trying again while the store itself fails (a full disk
+        clears, a lock is released) until it takes it or the daemon stops: a stop leaves the run
+        `processing`, and the next start queues it again."""
+        logger = log.get(run_id=failed.run_id, connection=failed.connection, pipeline=failed.pipeline)
+        pause = RECORD_RETRY_FIRST
+        while True:
+            try:
+                queued = events.make(self._config(), f"run.{failed.status}", failed.to_json())
+                await self._store.update_run(failed, events=queued, deliveries=[])
+                break
+            except Exception:
+                if self._stopping:
+                    raise
+                logger.exception("run.record_failed", retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECORD_RETRY_MOST)
+        self._notify()
+        logger.info("run.finished", status=str(failed.status), error=failed.error.code if failed.error else None,
+                    message=failed.error.message if failed.error else None,
+                    seconds=outcome.seconds if outcome else None)
+
     def _partner_reports(self, run: Run, outcome: Outcome) -> None:
         space = self._spaces.get(run.connection)
         if space is None or outcome.report_path is None:
             return
         name = run.source.name.rsplit("/", 1)[-1]
-        added = place(Path(outcome.report_path), space.outbox, f"{name}.report.json").stat().st_size
+        added = place(Path(outcome.report_path), space.outbox, fit_name(f"{name}.report.json")).stat().st_size
         if outcome.invalid and outcome.rejects_csv_path:
-            added += place(Path(outcome.rejects_csv_path), space.outbox, f"{name}.rejects.csv").stat().st_size
+            added += place(Path(outcome.rejects_csv_path), space.outbox,
+                           fit_name(f"{name}.rejects.csv")).stat().st_size
         space.used += added
 
     async def retry(self, run: Run, *, reprocess: bool) -> Run:
@@ -357,6 +404,11 @@ def stretches(parts: object, most: int) -> list[Span]:
             if i + 1 < len(parts):
                 start, before = int(parts[i + 1][0]), taken
     return spans if len(spans) > 1 else []
+
+
+def _failed(run: Run, message: str) -> Run:
+    return replace(run, status=RunStatus.FAILED, finished_at=utcnow(), deliveries=(),
+                   error=RunError("internal_error", message))
 
 
 def _effective(config: Config, run: Run) -> Pipeline | None:

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import orjson
 
-from feedd.durable import fsync_dir
+from feedd.durable import fsync_dir, temp_name
 
 _BOOL_TEXT = {True: "true", False: "false"}
 LINES_PER_WRITE = 256
@@ -66,7 +66,7 @@ class AtomicFile:
         self.sync = sync  # False for a run's scratch files: a crash redoes the whole run anyway
         # A name of its own per writer: an earlier worker of the same run (orphaned by a crash) must
         # never share, or rename away, this writer's temporary file.
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.tmp = path.with_name(temp_name(path.name, f".{os.getpid()}.{secrets.token_hex(4)}.tmp"))
         path.parent.mkdir(parents=True, exist_ok=True)
         self.binary: IO[bytes] | None = open(self.tmp, "wb", buffering=_BUFFER) if binary else None  # noqa: SIM115 - closed in close()
         # text writers get a wrapper; binary ones write bytes to `binary`
