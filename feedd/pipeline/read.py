@@ -15,10 +15,12 @@ import gzip
 import io
 import itertools
 import json
+import sys
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -356,7 +358,7 @@ def json_objects(text: IO[str], kind: str, before: int = 0) -> Iterator[tuple[in
                     pos = exact_until
                     continue
             try:
-                value, end = decoder.raw_decode(buffer, pos)
+                value, end = _raw_decode(decoder, buffer, pos)
             except json.JSONDecodeError:
                 if not chunk:
                     raise ReadError("unreadable_input", f"JSON could not be read after record {number}") from None
@@ -373,6 +375,26 @@ def json_objects(text: IO[str], kind: str, before: int = 0) -> Iterator[tuple[in
             if not started:
                 raise ReadError("unreadable_input", "the JSON file is empty")
             raise ReadError("unreadable_input", "the JSON array is not closed with ']'")
+
+
+def _long_int(text: str) -> int | Decimal:
+    """A JSON integer as an int, or, past the digits Python converts to an int (4,300 by default, a
+    guard against quadratic conversion), as an exact Decimal: the row is then judged by its fields'
+    rules (not an integer, too long...) like any other value, instead of failing the whole run."""
+    return int(text) if len(text.lstrip("-")) <= _INT_DIGITS else Decimal(text)
+
+
+_INT_DIGITS = sys.get_int_max_str_digits() or sys.maxsize
+_LONG_NUMBERS = json.JSONDecoder(parse_int=_long_int)
+
+
+def _raw_decode(decoder: json.JSONDecoder, text: str, pos: int) -> tuple[Any, int]:
+    try:
+        return decoder.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer past the digit limit: decoded again, slowly, the rare time it happens
+        return _LONG_NUMBERS.raw_decode(text, pos)
 
 
 # Past 64 bits orjson gives a float: a window with a run of 19 digits goes the exact way. Digits are all
@@ -410,7 +432,12 @@ def _whole_elements(buffer: str, pos: int) -> tuple[list[Any] | None, int]:
 
 def _decode(line: str, number: int) -> Any:
     try:
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer past the digit limit (see `_long_int`)
+            return _LONG_NUMBERS.decode(line)
     except RecursionError:
         raise ReadError("json_too_deep", f"line {number} is nested too deeply") from None
     except ValueError as exc:
@@ -462,7 +489,7 @@ _NESTED = frozenset({dict, list})
 
 def _flat(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False, default=str)  # str: a Decimal from `_long_int`
     return value
 
 

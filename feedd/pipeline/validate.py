@@ -51,8 +51,11 @@ def _to_integer(value: Any) -> int:
     if isinstance(value, int):
         return value
     text = _to_string(value).strip()
-    if not _INTEGER.fullmatch(text) or len(text) > 30:
+    if not _INTEGER.fullmatch(text):
         raise FieldError("type", f"{show(value)} is not an integer")
+    if len(text) > 30:  # a JSON number past Python's int digit limit comes as a Decimal (see read.py)
+        digits = len(text.lstrip("+-"))
+        raise FieldError("type", f"{show(value)} has {digits} digits: too many for an integer")
     return int(text)
 
 

@@ -118,3 +118,26 @@ def test_duplicate_integer_ids_are_rejected_across_a_long_file(tmp_path: Path) -
     assert [(e[0], e[1], e[2]) for e in outcome.errors] == [
         (150_002, "employee_id", "unique"), (150_003, "employee_id", "unique"), (150_005, "employee_id", "unique")]
     assert "employee_id: '70000' appears more than once in this file" in outcome.errors[0]
+
+
+@pytest.mark.parametrize("name", ["staff.jsonl", "staff.json"])
+def test_a_number_past_the_digit_limit_is_a_row_error(tmp_path: Path, name: str) -> None:
+    text = CONFIG.replace('employee_id: {type: string, required: true, unique: true, pattern: "^E[0-9]{4,}$"}',
+                          "employee_id: {type: integer, required: true}")
+    config = load_config((tmp_path / "feedd.yaml").write_text(text) and tmp_path / "feedd.yaml", env={})
+    huge = "9" * 5000  # past the 4,300 digits Python turns into an int
+    records = [{"Employee ID": 1, "E-Mail": "a@example.org"}, {"Employee ID": "HUGE", "E-Mail": "b@example.org"},
+               {"Employee ID": 3, "E-Mail": "c@example.org", "extra": {"nested": "HUGE"}}]
+    lines = [json.dumps(r).replace('"HUGE"', huge) for r in records]
+    body = "\n".join(lines) + "\n" if name.endswith(".jsonl") else "[" + ",\n".join(lines) + "]"
+    src = tmp_path / name
+    src.write_text(body)
+    outcome = process(job(config, tmp_path, "", input_path=str(src), source_name=f"inbox/{name}",
+                          pipeline=config.pipelines["acme-employees"], schema=config.schemas["employee"]))
+    assert outcome.error is None and outcome.status == "completed"
+    assert (outcome.rows, outcome.valid, outcome.invalid) == (3, 2, 1)
+    [(row, field, code, message)] = outcome.errors
+    assert (row, field, code) == (2, "employee_id", "type")
+    assert message.startswith("employee_id: '999") and "5000 digits" in message and "integer" in message
+    report = json.loads(Path(outcome.report_path or "").read_text())
+    assert report["errors"][0]["row"] == 2
