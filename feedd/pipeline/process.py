@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedd.config.values import FieldType, Pipeline, Schema
+from feedd.config.values import FieldType, FormatConfig, Pipeline, Schema
 from feedd.durable import NAME_MAX, fit_name
 from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
@@ -88,6 +88,17 @@ def output_name(pipeline: Pipeline, job: Job) -> str:
         "connection": pipeline.connection, "pipeline": pipeline.name,
         "date": time.strftime("%Y-%m-%d", now), "time": time.strftime("%H%M%S", now),
     }), OUTPUT_NAME_MAX)
+
+
+def headers_key(input_path: str, fmt: FormatConfig) -> str | None:
+    """In a worker: the key of the input's header set, to look up a remembered mapping before `process`;
+    None when the input has no headers or cannot be read (`process` then says why)."""
+    try:
+        _, headers, rows = open_rows(Path(input_path), fmt)
+    except (ReadError, OSError):
+        return None
+    rows.close()
+    return header_key(headers) if headers else None
 
 
 def process(job: Job) -> Outcome:

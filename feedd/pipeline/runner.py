@@ -40,9 +40,7 @@ from feedd.model import (
     SourceKind,
     utcnow,
 )
-from feedd.pipeline.mapping import header_key
-from feedd.pipeline.process import Job, Outcome, Span, merge, output_name, process, process_stretch
-from feedd.pipeline.read import open_rows
+from feedd.pipeline.process import Job, Outcome, Span, headers_key, merge, output_name, process, process_stretch
 from feedd.spaces import Spaces
 from feedd.store import RunQuery, Store
 
@@ -63,12 +61,6 @@ def die_with_parent(parent: int) -> None:
 
 def runs_dir(config: Config) -> Path:
     return config.state_dir / "runs"
-
-
-def _headers_of(path: str, pipeline: Pipeline) -> list[str]:
-    _, headers, rows = open_rows(Path(path), pipeline.format)
-    rows.close()
-    return headers
 
 
 class Runner:
@@ -180,10 +172,14 @@ class Runner:
             await self._finish(run, None, RunError("pipeline_removed", f"pipeline {run.pipeline!r} is no longer "
                                                                          "in the config"))
             return
+        assert self._pool is not None
         try:
-            headers = await asyncio.to_thread(_headers_of, run.spool_path, pipe)
-            memory = await self._store.recall_mapping(run.connection, header_key(headers)) if headers else None
-        except Exception:
+            # The input's headers are read in a worker, like the rest of it: detecting a crafted file's
+            # format or unpacking its archive must never hold the daemon's event loop.
+            key = await asyncio.get_running_loop().run_in_executor(self._pool, headers_key, run.spool_path,
+                                                                   pipe.format)
+            memory = await self._store.recall_mapping(run.connection, key) if key else None
+        except Exception:  # the run itself meets the same problem and reports it
             memory = None
         previous = await self._previous_headers(run)
         job = Job(run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema],

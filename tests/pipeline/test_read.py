@@ -202,3 +202,61 @@ def test_json_arrays_read_in_batches_agree_with_the_stdlib(tmp_path: Path, inden
     assert [c[1] for c in got] == [r["text"] for r in objects]
     assert [math.isnan(c[2]) for c in got if isinstance(c[2], float)] == [True] * 7
     assert sum(1 for _, cells in rows if bad_row(cells)) == 6
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_delimiter_detection_is_linear_on_sniffer_killers(tmp_path: Path, delimiter: str) -> None:
+    # `delimiter"a` repeated: every quote opens a match attempt that csv.Sniffer's regexes carry to the end
+    # of the sample (quadratic: seconds for a few KiB). The detector counts, and gives the right answer.
+    crafted = f'{delimiter}"a' * 2000
+    assert read.detect_delimiter(crafted) == delimiter
+    line = f'{delimiter}"a' * (1024 * 1024 // 3)  # a 1 MiB line, past anything a sample holds
+    assert read.detect_delimiter(line + "\n") == delimiter
+    path = tmp_path / "crafted.csv.gz"
+    path.write_bytes(gzip.compress(("id" + crafted + "\n").encode()))
+    detected, headers, _ = rows_of(path)
+    assert detected.delimiter == delimiter and headers
+
+
+@pytest.mark.parametrize(("sample", "expected"), [
+    ("email\nann@example.org\n", ","),  # one column: nothing to find
+    ('a;b;c\n"1,5";2,5;3\n', ";"),  # decimal commas, quoted or not, do not outvote the delimiter
+    ('id,note\n1,"x;y;z"\n2,"a|b"\n', ","),  # delimiters inside quotes do not count
+    ('id,note\n1,"two\nlines; here"\n', ","),  # nor do line ends inside quotes
+    ("a,b;c\n1,2;3\n", ","),  # a tie: the preferred one
+    ("a;b;c,d\n1;2;3,4\n", ";"),  # more columns win
+])
+def test_delimiter_detection_choices(sample: str, expected: str) -> None:
+    assert read.detect_delimiter(sample) == expected
+
+
+def _zip_claiming(path: Path, entries: int) -> None:
+    """A one-member zip whose end records (zip64, as a million entries need) claim `entries`."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("a.csv", "id\n1\n")
+    data = bytearray(path.read_bytes())
+    eocd = data.rfind(b"PK\x05\x06")
+    size, offset = int.from_bytes(data[eocd + 12:eocd + 16], "little"), int.from_bytes(data[eocd + 16:eocd + 20],
+                                                                                        "little")
+    zip64 = (b"PK\x06\x06" + (44).to_bytes(8, "little") + (45).to_bytes(2, "little") * 2 + bytes(8)
+             + entries.to_bytes(8, "little") * 2 + size.to_bytes(8, "little") + offset.to_bytes(8, "little"))
+    locator = b"PK\x06\x07" + bytes(4) + eocd.to_bytes(8, "little") + (1).to_bytes(4, "little")
+    end = b"PK\x05\x06" + bytes(4) + b"\xff\xff" * 2 + b"\xff" * 8 + bytes(2)
+    path.write_bytes(bytes(data[:eocd]) + zip64 + locator + end)
+
+
+def test_a_zip_listing_a_million_entries_is_refused_unread(tmp_path: Path) -> None:
+    bomb = tmp_path / "many.zip"
+    _zip_claiming(bomb, 1_000_000)
+    with pytest.raises(ReadError, match="lists 1000000 entries") as info:
+        rows_of(bomb)
+    assert info.value.code == "unreadable_input"
+    honest = tmp_path / "one.zip"
+    _zip_claiming(honest, 1)  # the same zip64 records, telling the truth: read as usual
+    assert rows_of(honest)[1:] == (["id"], [(2, ["1"])])
+    forty = tmp_path / "forty.zip"
+    with zipfile.ZipFile(forty, "w") as z:
+        for i in range(40):
+            z.writestr(f"{i}.csv", "x\n")
+    with pytest.raises(ReadError, match="lists 40 entries"):
+        rows_of(forty)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,3 +107,40 @@ async def test_sftp_stays_responsive_while_a_big_file_is_processed(start_feedd: 
     assert took < 1.0, f"a small upload took {took:.2f} s while a run was processing"
     runs = await finished(feedd, 2, within=60)
     assert {r.source.name.rsplit("/", 1)[-1]: r.counts.valid for r in runs} == {"big.csv": 1_500_000, "small.csv": 1}
+
+
+_READ_PY = str(Path(__file__).resolve().parents[2] / "feedd" / "pipeline" / "read.py")
+_opened_by_reader: list[str] = []
+_watching: list[bool] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """Files the readers open in this process (the daemon's): each one is input read off the workers."""
+    if event != "open" or not _watching:
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == _READ_PY:
+            _opened_by_reader.append(str(args[0]))
+            return
+        frame = frame.f_back  # type: ignore[assignment]
+
+
+async def test_the_daemon_reads_no_input_itself(start_feedd: Callable[..., Any]) -> None:
+    """Headers (for the mapping memory) are read in a worker too: the daemon's event loop and threads
+    never run the readers, whose work on a crafted file (format detection, archives) costs CPU and memory."""
+    if not _watching:
+        sys.addaudithook(_audit)  # audit hooks stay for the process's life: this one is off unless watching
+    _opened_by_reader.clear()
+    _watching.append(True)
+    try:
+        feedd: Feedd = await start_feedd(workers=1)
+        await upload(feedd, "/inbox/one.csv", b"email;extra\nann@example.org;1\n")
+        await finished(feedd, 1)
+        await upload(feedd, "/inbox/two.csv", gzip.compress(b"email;extra\nbob@example.org;2\n"))
+        runs = await finished(feedd, 2)
+    finally:
+        _watching.clear()
+    assert [r.status for r in runs] == [RunStatus.COMPLETED, RunStatus.COMPLETED]
+    assert runs[1].meta["mapping_reasons"]["email"]["reason"] == "memory", "the same headers: the mapping remembered"
+    assert _opened_by_reader == [], "the daemon process opened inputs with the readers"
