@@ -19,18 +19,19 @@ import shutil
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from feedd import events, failpoints, intake, log
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection, require_space
 from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
+from feedd.pipeline.parts import check_part
 from feedd.pipeline.runner import die_with_parent
 from feedd.store import Store
 
@@ -42,22 +43,6 @@ _ID = re.compile(r"[0-9A-Z]{26}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
 OUTPUTS = ("csv", "json", "jsonl")
 OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
-
-
-def check_part(path: str) -> tuple[int, str | None]:
-    """(records, problem): a part must be a JSON array of objects; the problem names the first bad element."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        return 0, f"the part is not valid JSON: {exc}"
-    if not isinstance(value, list):
-        return 0, "the part must be a JSON array of objects"
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            return 0, f"element {index} is not an object (a {type(item).__name__.replace('NoneType', 'null')})"
-    return len(value), None
 
 
 def splice(parts: list[Path], out: Path) -> tuple[list[tuple[int, int]], str]:
@@ -262,10 +247,22 @@ class Uploads(Routes):
     async def _check(self, path: Path, size: int) -> tuple[int, str | None]:
         if size <= IN_PROCESS_CHECK:
             return await asyncio.to_thread(check_part, str(path))
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=die_with_parent, initargs=(os.getpid(),))
-        return await asyncio.get_running_loop().run_in_executor(self._pool, check_part, str(path))
+        for attempt in (1, 2):
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=die_with_parent, initargs=(os.getpid(),))
+            pool = self._pool
+            try:
+                return await asyncio.get_running_loop().run_in_executor(pool, check_part, str(path))
+            except BrokenProcessPool:
+                # The checker died (killed, out of memory): a new one takes this part, and the parts after
+                # it, instead of every large part failing until a restart.
+                log.get().warning("upload.checker_died", attempt=attempt)
+                if self._pool is pool:
+                    self._pool = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+        raise ApiError(503, "checker_unavailable", "the part could not be checked (the checking process "
+                                                   "died twice); send it again")
 
     async def complete(self, request: web.Request) -> web.Response:
         upload = await self._owned(request)

@@ -442,7 +442,7 @@ def json_objects(text: IO[str], kind: str, before: int = 0) -> Iterator[tuple[in
             raise ReadError("unreadable_input", "the JSON array is not closed with ']'")
 
 
-def _long_int(text: str) -> int | Decimal:
+def long_int(text: str) -> int | Decimal:
     """A JSON integer as an int, or, past the digits Python converts to an int (4,300 by default, a
     guard against quadratic conversion), as an exact Decimal: the row is then judged by its fields'
     rules (not an integer, too long...) like any other value, instead of failing the whole run."""
@@ -450,7 +450,7 @@ def _long_int(text: str) -> int | Decimal:
 
 
 _INT_DIGITS = sys.get_int_max_str_digits() or sys.maxsize
-_LONG_NUMBERS = json.JSONDecoder(parse_int=_long_int)
+_LONG_NUMBERS = json.JSONDecoder(parse_int=long_int)
 
 
 def _raw_decode(decoder: json.JSONDecoder, text: str, pos: int) -> tuple[Any, int]:
@@ -501,7 +501,7 @@ def _decode(line: str, number: int) -> Any:
             return json.loads(line)
         except json.JSONDecodeError:
             raise
-        except ValueError:  # an integer past the digit limit (see `_long_int`)
+        except ValueError:  # an integer past the digit limit (see `long_int`)
             return _LONG_NUMBERS.decode(line)
     except RecursionError:
         raise ReadError("json_too_deep", f"line {number} is nested too deeply") from None
@@ -554,7 +554,7 @@ _NESTED = frozenset({dict, list})
 
 def _flat(value: Any) -> Any:
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)  # str: a Decimal from `_long_int`
+        return json.dumps(value, ensure_ascii=False, default=str)  # str: a Decimal from `long_int`
     return value
 
 

@@ -7,10 +7,16 @@ import csv
 import hashlib
 import io
 import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.http import conftest as http_conftest
 from tests.http.conftest import DEMO_KEY, Api
 from tests.sftp.conftest import fetch_outbox
 
@@ -216,3 +222,70 @@ async def test_a_large_upload_is_processed_by_every_idle_worker(start_api: Calla
     expected = [r["order_id"] for r in first + second if not r["amount"].startswith("-")]
     assert [r["order_id"] for r in rows] == expected
     assert rows[10_000] == {"order_id": "O10001", "amount": "10001.50", "placed": "2026-11-03"}
+
+
+def _spawned_children() -> set[int]:
+    """This process's children started by multiprocessing's spawn (worker and checker processes)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def _peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+
+
+async def _big_parts_api(start_api: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Api:
+    monkeypatch.setattr(http_conftest, "CONFIG", http_conftest.CONFIG.replace("max_part_size: 1MiB",
+                                                                                "max_part_size: 24MiB"))
+    return await start_api(workers=0)  # type: ignore[no-any-return]  # no run workers: the checker is the only child
+
+
+async def _put(api: Api, uid: str, number: int, data: bytes) -> tuple[int, Any]:
+    return await api.call("PUT", f"/outbound/uploads/{uid}/parts/{number}", data=io.BytesIO(data))
+
+
+async def test_a_killed_checker_is_replaced(start_api: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    api = await _big_parts_api(start_api, monkeypatch)
+    uid = (await init(api, 2))["uploadId"]
+    before = _spawned_children()
+    part = json.dumps(orders(0, 5000)).encode()
+    assert len(part) > 256 * 1024  # checked in the checker process
+    status, body = await _put(api, uid, 1, part)
+    assert (status, body["records"]) == (200, 5000), body
+    [checker] = _spawned_children() - before
+    os.kill(checker, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while checker in _spawned_children() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    status, body = await _put(api, uid, 2, part)
+    assert (status, body.get("records")) == (200, 5000), body
+    status, body = await _put(api, uid, 2, part)  # and the parts after it
+    assert (status, body.get("records")) == (200, 5000), body
+
+
+async def test_a_16_mib_part_is_checked_in_bounded_memory(start_api: Callable[..., Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    api = await _big_parts_api(start_api, monkeypatch)
+    uid = (await init(api, 1))["uploadId"]
+    before = _spawned_children()
+    # many small values per record: the most objects per byte, as a whole-part parse builds them all
+    record = json.dumps({"order_id": "O1", "amount": "1.50", **{f"k{k}": [k, None] for k in range(12)}})
+    count = 16 * 1024 * 1024 // (len(record) + 1) + 1
+    part = ("[" + ",".join([record] * count) + "]").encode()
+    assert len(part) >= 16 * 1024 * 1024
+    status, body = await _put(api, uid, 1, part)
+    assert (status, body.get("records")) == (200, count), body
+    [checker] = _spawned_children() - before
+    # parsing the whole part at once peaked at about 250 MiB here; checked as a stream, about 50 MiB
+    assert _peak_rss_kib(checker) < 150 * 1024, f"the checker peaked at {_peak_rss_kib(checker) // 1024} MiB"
