@@ -17,7 +17,8 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -77,6 +78,7 @@ class Runner:
         self._workers = workers if workers is not None else os.cpu_count() or 1
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._holders: dict[str, str] = {}  # run id -> connection, of the runs in `_inflight`
         self._lent = 0  # workers processing a stretch of a run that already holds one
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -134,8 +136,7 @@ class Runner:
             self._work.clear()  # before looking: a wake-up while claiming makes the wait below return at once
             free = self._workers - len(self._inflight) - self._lent
             if free > 0:
-                queued, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.QUEUED,), oldest_first=True,
-                                                                 limit=free))
+                queued = fair_share(await self._store.queued_heads(free), self._holders.values(), free)
                 claims = [replace(run, status=RunStatus.PROCESSING, started_at=utcnow()) for run in queued]
                 # claimed together: the store commits updates that arrive at once in one transaction
                 won = await asyncio.gather(*(self._store.update_run(c, expect=RunStatus.QUEUED) for c in claims))
@@ -143,6 +144,7 @@ class Runner:
                     if ok:
                         task = asyncio.get_running_loop().create_task(self._run(claimed))
                         self._inflight[claimed.run_id] = task
+                        self._holders[claimed.run_id] = claimed.connection
                         task.add_done_callback(self._forget(claimed.run_id))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
             # event is set, and this loop would then never stop
@@ -153,6 +155,7 @@ class Runner:
     def _forget(self, run_id: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
             self._inflight.pop(run_id, None)
+            self._holders.pop(run_id, None)
             self._work.set()  # a worker is free
 
         return done
@@ -377,6 +380,26 @@ class Runner:
                     released += 1
             if released:
                 log.get(pipeline=pipeline).info("runs.released", count=released)
+
+
+def fair_share(queued: list[Run], holding: Iterable[str], free: int) -> list[Run]:
+    """Up to `free` of `queued` (the oldest queued runs of each connection, oldest first) to start now,
+    each going to the connection that holds the fewest workers (`holding`: the connection of each run
+    in progress), the oldest run first among equals. One connection's backlog (a burst of large files, a
+    decompression bomb that runs to its limits) then never keeps another connection's run waiting for
+    every worker: it starts at the next free one."""
+    held = Counter(holding)
+    heads: dict[str, deque[Run]] = {}
+    for run in queued:
+        heads.setdefault(run.connection, deque()).append(run)
+    chosen: list[Run] = []
+    while heads and len(chosen) < free:
+        connection = min(heads, key=lambda c: (held[c], heads[c][0].run_id))
+        chosen.append(heads[connection].popleft())
+        held[connection] += 1
+        if not heads[connection]:
+            del heads[connection]
+    return chosen
 
 
 MIN_STRETCH = 10_000  # records: below this, joining the outputs costs more than a second worker gains

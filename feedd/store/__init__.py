@@ -40,6 +40,9 @@ class Store(Protocol):
     async def list_runs(self, query: RunQuery) -> tuple[list[Run], str | None]:
         """Runs newest first (or oldest first), and the cursor for the next page or None."""
 
+    async def queued_heads(self, per_connection: int) -> list[Run]:
+        """The oldest `per_connection` queued runs of each connection that has queued runs, oldest first."""
+
     async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """For each (connection, sha256) in `keys`, the id of that connection's first run whose input had
         this sha256 and which is not itself a duplicate; keys without one are left out."""

@@ -101,4 +101,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         disabled_at TEXT NOT NULL
     );
     """),
+    (4, """
+    CREATE INDEX runs_queued ON runs (connection, run_id) WHERE status = 'queued';
+    """),
 )

@@ -134,6 +134,20 @@ def _delivery_row(d: Delivery) -> tuple[Any, ...]:
 _ORIGINALS = ("SELECT run_id FROM runs INDEXED BY runs_by_content "
               "WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL")
 
+# The connections with queued runs, one index seek each on runs_queued (a partial index holding only
+# queued runs), then the oldest of one of them: however many runs a connection queued, or ever had.
+_QUEUED_CONNECTIONS = """
+    WITH RECURSIVE names(name) AS (
+        SELECT MIN(connection) FROM runs INDEXED BY runs_queued WHERE status = 'queued'
+        UNION ALL
+        SELECT (SELECT MIN(connection) FROM runs INDEXED BY runs_queued
+                WHERE status = 'queued' AND connection > names.name)
+        FROM names WHERE names.name IS NOT NULL
+    )
+    SELECT name FROM names WHERE name IS NOT NULL"""
+_QUEUED_OF = ("SELECT run_id FROM runs INDEXED BY runs_queued WHERE status = 'queued' AND connection = ? "
+              "ORDER BY run_id LIMIT ?")
+
 
 class SqliteStore:
     """Open with `await SqliteStore.open(path)`; migrations run before it returns."""
@@ -332,6 +346,18 @@ class SqliteStore:
         more = len(runs) > limit
         runs = runs[:limit]
         return runs, (runs[-1].run_id if more else None)
+
+    async def queued_heads(self, per_connection: int) -> list[Run]:
+        def heads(conn: sqlite3.Connection) -> list[str]:
+            ids: list[str] = []
+            for (name,) in conn.execute(_QUEUED_CONNECTIONS).fetchall():
+                ids += [row[0] for row in conn.execute(_QUEUED_OF, (name, max(1, per_connection)))]
+            return ids
+
+        ids = await self._in_db(heads)
+        if not ids:
+            return []
+        return await self._select_runs(f"WHERE run_id IN ({', '.join('?' * len(ids))})", ids, "ORDER BY run_id")
 
     async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
         def lookup(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:

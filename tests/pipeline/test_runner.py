@@ -11,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from feedd.config import load_config
+from feedd.daemon import Daemon
 from feedd.model import Run, RunStatus
-from tests.sftp.conftest import Feedd, fetch_outbox
+from tests.helpers import write
+from tests.sftp.conftest import Feedd, fetch_outbox, render
 
 DONE = (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED)
 
@@ -144,3 +147,34 @@ async def test_the_daemon_reads_no_input_itself(start_feedd: Callable[..., Any])
     assert [r.status for r in runs] == [RunStatus.COMPLETED, RunStatus.COMPLETED]
     assert runs[1].meta["mapping_reasons"]["email"]["reason"] == "memory", "the same headers: the mapping remembered"
     assert _opened_by_reader == [], "the daemon process opened inputs with the readers"
+
+
+async def test_one_connections_backlog_does_not_hold_every_worker(tmp_path: Path, demo_key: tuple[Path, str],
+                                                                 host_key: Path) -> None:
+    """With 2 workers, `demo` queues five large files, then `acme` one: acme's run starts before demo's
+    queue is drained (claiming goes to the connection holding the fewest workers)."""
+    active = render(demo_key[1], str(host_key))
+    paused = active
+    for match in ('    match: ["inbox/*.csv"]\n', '    match: ["inbox/*.csv", "inbox/**/*.csv"]\n'):
+        assert active.count(match) == 1
+        paused = paused.replace(match, match + "    active: false\n")
+    path = write(tmp_path, "feedd.yaml", paused)
+    daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=2)
+    await daemon.start()
+    try:
+        feedd = Feedd(daemon, tmp_path, demo_key[0], path)
+        big = b"email\n" + b"".join(b"user%d@example.org\n" % i for i in range(60_000))
+        for i in range(5):  # held while the pipelines are inactive: everything is queued at once below
+            await upload(feedd, f"/inbox/big{i}.csv", big + b"x%d@example.org\n" % i)
+        async with await feedd.connect(username="acme") as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/inbox/small.csv", "wb") as f:
+                await f.write(b"email\nann@example.org\n")
+        held = await feedd.wait_runs(6, statuses=(RunStatus.HELD,))
+        assert len(held) == 6, [(r.connection, r.status) for r in await feedd.runs()]
+        await feedd.reload(active)
+        runs = await finished(feedd, 6, within=120)
+    finally:
+        await daemon.stop()
+    assert all(r.status is RunStatus.COMPLETED for r in runs), [(r.source.name, r.status, r.error) for r in runs]
+    order = [r.connection for r in sorted(runs, key=lambda r: (r.started_at, r.run_id))]
+    assert order.index("acme") < 5, f"acme waited for demo's whole backlog: started in order {order}"

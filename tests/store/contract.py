@@ -66,6 +66,15 @@ class StoreContract:
         with pytest.raises(ConflictError):
             await store.insert_run(run)
 
+    async def test_queued_heads_are_the_oldest_queued_runs_of_each_connection(self, store: Store) -> None:
+        runs = [make_run("a"), make_run("a"), make_run("a"), make_run("b"), make_run("c", status=RunStatus.COMPLETED),
+                make_run("b", status=RunStatus.PROCESSING), make_run("b")]
+        for run in runs:
+            await store.insert_run(run)
+        heads = await store.queued_heads(2)
+        assert [r.run_id for r in heads] == [runs[0].run_id, runs[1].run_id, runs[3].run_id, runs[6].run_id]
+        assert [r.run_id for r in await store.queued_heads(1)] == [runs[0].run_id, runs[3].run_id]
+
     async def test_unknown_run_is_none(self, store: Store) -> None:
         assert await store.get_run("nope") is None
 
