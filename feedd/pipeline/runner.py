@@ -284,11 +284,7 @@ class Runner:
         if outcome is not None and outcome.drift:
             queued += events.make(config, "schema.drift", {
                 "runId": run.run_id, "connection": run.connection, "pipeline": run.pipeline, **outcome.drift})
-        try:
-            await self._store.update_run(done, events=queued, deliveries=deliveries)
-        except Exception:
-            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).exception("run.record_failed")
-            raise
+        await self._store.update_run(done, events=queued, deliveries=deliveries)
         if deliveries:
             self._deliver()
         if queued:
