@@ -11,6 +11,11 @@ nothing at all otherwise. The names, in the order a file meets them:
 - `delivery.before_done`   a delivery reached its destination, not yet marked delivered
 - `tus.mid_patch`          a tus PATCH has written part of its body, the offset is not recorded
 - `upload.mid_complete`    a multipart complete has joined the parts, not yet taken them in
+
+Some points raise `FailpointError` instead of killing (`RAISES`): they test that the loop around them
+carries on after an unexpected error.
+
+- `watcher.scan`           a reconciliation scan of the spaces fails
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ import sys
 
 NAMES = ("intake.after_spool", "intake.after_commit", "runner.mid_processing", "runner.before_record",
          "delivery.mid", "delivery.before_done", "tus.mid_patch", "upload.mid_complete")
+RAISES = ("watcher.scan",)
 ARMED = os.environ.get("FEEDD_FAILPOINT") or None
+
+
+class FailpointError(RuntimeError):
+    pass
 
 
 def hit(name: str) -> None:
     if ARMED is not None and name == ARMED:
+        if name in RAISES:
+            raise FailpointError(f"failpoint {name}")
         sys.stderr.write(f"feedd: failpoint {name}: SIGKILL\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
