@@ -3,6 +3,12 @@
 Both the SFTP server (on a client's CLOSE or rename) and the watcher (after `settle`, or in a
 reconciliation scan) offer files here; `Drops` applies the same rules to both and makes sure a file
 is taken once.
+
+A file is reached from its space's root one folder at a time, never through a link (`open_parent`), and
+moved into the spool through that open folder: a link planted in a space, or a folder renamed meanwhile,
+cannot make another partner's or the host's file this partner's. Only a regular file with no other hard
+link is taken. What was decided about a file (offered, refused, ignored as empty) is remembered with the
+file's inode, size and time, so that scans do not offer it again, nor log it again, until it changes.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from feedd.config import Config
 from feedd.durable import low_on_space
 from feedd.intake import Input, accept
 from feedd.model import Direction, SourceKind
-from feedd.spaces import Space, Spaces
+from feedd.spaces import Space, Spaces, Stamp, fd_path, open_parent, stamp, walk
 from feedd.store import Store
 
 
@@ -98,6 +104,38 @@ class Drops:
         self._sooner = asyncio.Event()  # an offer came due before the one the timer waits for
         self._started = -STREAM_GATHER  # event-loop time the last takes were started
         self._tasks: set[asyncio.Task[None]] = set()
+        # (connection, rel) -> the file as it was when last offered or refused: scans leave it alone
+        # until it changes (a take that failed forgets it, so the next scan tries again)
+        self.decided: dict[tuple[str, str], Stamp] = {}
+
+    def offer_found(self, space: Space, rel: str, found: Stamp) -> None:
+        """A scan or a file event found `rel` quiet, as `found`: offer it, unless it was decided on as it is."""
+        key = (space.name, rel)
+        if self.decided.get(key) != found:
+            self.decided[key] = found
+            self.offer(space, rel)
+
+    def undecide(self, keys: list[tuple[str, str]]) -> None:
+        """Forget the decisions about files that are gone."""
+        for key in keys:
+            self.decided.pop(key, None)
+
+    def offer_tree(self, space: Space, folder: str) -> None:
+        """Offer every file below `folder` (a real path in the space, e.g. a folder just renamed); the
+        folder is walked in a thread, never through a link."""
+        task = asyncio.get_running_loop().create_task(self._offer_tree(space, folder))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _offer_tree(self, space: Space, folder: str) -> None:
+        def files() -> list[str]:
+            if os.path.realpath(folder) != folder:
+                return []
+            return [space.rel(os.path.join(here, e.name)) for here, found in walk(folder) for e in found
+                    if e.is_file(follow_symlinks=False)]
+
+        for rel in await asyncio.to_thread(files):
+            self.offer(space, rel)
 
     def is_temp(self, rel: str) -> bool:
         temp = _temp_regex(tuple(self._config().sftp.temp_patterns))
@@ -175,29 +213,55 @@ class Drops:
             return  # reopened, renamed or taken meanwhile: a later CLOSE or scan offers it again
         self.taking.add(key)
         config = self._config()
-        path = space.root / rel
+        folder = -1
         try:
             try:
-                st = os.lstat(path)
+                folder, name = open_parent(space.root, rel)
+            except FileNotFoundError:
+                return
+            except OSError:
+                self._refuse(space, rel, None, "a link or a file on its way from the space's root")
+                return
+            try:
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
             except FileNotFoundError:
                 return
             if not stat.S_ISREG(st.st_mode):
-                return  # links and special files are never taken
+                self._refuse(space, rel, st, "a link" if stat.S_ISLNK(st.st_mode) else "not a regular file")
+                return
+            if st.st_nlink > 1:
+                # its bytes are also reachable by another name, maybe outside the space: not the partner's to give
+                self._refuse(space, rel, st, "the file has other hard links")
+                return
             if st.st_size == 0:
+                self.decided[key] = stamp(st)
                 log.get(connection=space.name).info("drop.empty_ignored", file=rel)
                 return
             pipeline = match_pipeline(config, space.name, rel)
-            run = await accept(self._store, config, Input(space.name, SourceKind.SFTP, rel, path, pipeline),
-                               pipeline=pipeline)
+            # moved through the open folder: where it was checked, whatever is renamed meanwhile
+            item = Input(space.name, SourceKind.SFTP, rel, fd_path(folder, name, space.root / rel), pipeline)
+            run = await accept(self._store, config, item, pipeline=pipeline)
             self._accepted()
             space.used = max(0, space.used - run.source.size)
+            space.entries = max(0, space.entries - 1)
             space.forget(rel)
+            self.decided.pop(key, None)
             if config.sftp.done_marker:
-                (space.root / (rel + config.sftp.done_marker)).unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name + config.sftp.done_marker, dir_fd=folder)
         except Exception:
+            self.decided.pop(key, None)  # the next scan tries again
             log.get(connection=space.name).exception("drop.take_failed", file=rel)
         finally:
             self.taking.discard(key)
+            if folder >= 0:
+                os.close(folder)
+
+    def _refuse(self, space: Space, rel: str, st: os.stat_result | None, why: str) -> None:
+        if st is not None:
+            self.decided[(space.name, rel)] = stamp(st)
+        log.get(connection=space.name).warning("drop.refused", file=rel, reason=why,
+                                               action="not taken; the server's administrator should look")
 
     async def drain(self, deadline: float) -> None:
         """Wait for takes, those in flight and those coming due (they are short), until `deadline`,

@@ -12,6 +12,11 @@ nothing at all otherwise. The names, in the order a file meets them:
 - `delivery.before_done`   a delivery reached its destination, not yet marked delivered
 - `tus.mid_patch`          a tus PATCH has written part of its body, the offset is not recorded
 - `upload.mid_complete`    a multipart complete has joined the parts, not yet taken them in
+
+Some points raise `FailpointError` instead of killing (`RAISES`): they test that the loop around them
+carries on after an unexpected error.
+
+- `watcher.scan`           a reconciliation scan of the spaces fails
 """
 
 from __future__ import annotations
@@ -23,13 +28,20 @@ import sys
 
 NAMES = ("intake.after_spool", "intake.after_commit", "runner.mid_processing", "runner.before_record",
          "delivery.mid", "delivery.before_done", "tus.mid_patch", "upload.mid_complete")
+RAISES = ("watcher.scan",)
 _SETTING = os.environ.get("FEEDD_FAILPOINT", "").partition(":")
 ARMED: str | None = _SETTING[0] or None
 RAISE = _SETTING[2] == "raise"
 
 
+class FailpointError(RuntimeError):
+    pass
+
+
 def hit(name: str) -> None:
     if ARMED is not None and name == ARMED:
+        if name in RAISES:
+            raise FailpointError(f"failpoint {name}")
         if RAISE:
             raise OSError(errno.ENOSPC, f"failpoint {name}: {os.strerror(errno.ENOSPC)}")
         sys.stderr.write(f"feedd: failpoint {name}: SIGKILL\n")

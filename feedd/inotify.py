@@ -4,7 +4,8 @@ The events are read in bulk whenever the loop polls, with no thread of its own, 
 matter are asked for: a file's creation, its last close after writing, a move into the tree. Not every
 write: an SFTP upload of 1 GiB would be 4,096 of them, each a wake-up for a watcher thread, on the cores
 that serve the upload. Folders created (or moved) into the tree are watched as they appear, and what
-they already hold is reported, since it may have arrived before their watch did.
+they already hold is reported, since it may have arrived before their watch did. Trees are walked
+folder by folder without recursion and without following links (`feedd.spaces.walk`), whatever their depth.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from feedd import log
+from feedd.spaces import walk
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
@@ -35,6 +37,13 @@ IN_CLOEXEC = os.O_CLOEXEC
 MASK = IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 PAUSE = 0.1  # seconds between reads of the event queue
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -103,13 +112,9 @@ class TreeWatch:
     def _add_tree(self, top: str, *, report: bool) -> list[str]:
         """Watch `top` and the folders below it; the files found there when `report`."""
         found: list[str] = []
-        for dirpath, dirs, files in os.walk(top):
-            if self._skip(dirpath) or not self._add(dirpath):
-                dirs.clear()
-                continue
-            dirs[:] = [d for d in dirs if not self._skip(os.path.join(dirpath, d))]
+        for folder, entries in walk(top, lambda folder: not self._skip(folder) and self._add(folder)):
             if report:
-                found += (os.path.join(dirpath, name) for name in files)
+                found += (os.path.join(folder, e.name) for e in entries if not _is_folder(e))
         return found
 
     def _wake(self) -> None:

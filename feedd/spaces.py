@@ -7,6 +7,11 @@ kept in memory and in a journal per space, `<state_dir>/partials/<connection>/jo
 change (`+` or `-` and the JSON-quoted path), appended without fsync: a restart replays it. An append
 costs microseconds where a marker file per upload cost a file creation, the dearest metadata operation
 on the hot path; the journal is rewritten from memory when it grows long.
+
+A space's tree is the partner's to shape, so everything that looks into it here is built not to be led
+astray by it: `walk` goes folder by folder with a list of its own, not by recursion (a partner can nest
+folders deeper than Python's recursion limit), never follows a link, and checks that each folder it enters
+is the one it listed; `open_parent` reaches a file below the root one component at a time, refusing links.
 """
 
 from __future__ import annotations
@@ -14,16 +19,107 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
+import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from feedd import log
 from feedd.config import Config, Connection
 
 AREAS = ("inbox", "outbox")
 JOURNAL_REWRITE_AT = 4096  # journal lines; rewritten from memory past this when mostly settled changes
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+Stamp = tuple[int, int, int]  # (inode, size, mtime in ns): a file unchanged since it was last looked at
+
+
+Listing = tuple[str, list[os.DirEntry[str]]]  # a folder and its entries
+
+
+def stamp(st: os.stat_result) -> Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def walk(top: str | Path, enter: Callable[[str], bool] = lambda _path: True) -> Iterator[Listing]:
+    """Every folder below `top` (itself included) with its entries, as `(folder, entries)`.
+
+    Iterative, so any depth is fine. Links are entries like any other and are never followed, `top`
+    included. A folder is opened with O_NOFOLLOW and must be the very folder that was listed (same
+    device and inode): one swapped for a link, anywhere along its path, in between is skipped. So are
+    folders that cannot be read, and those `enter` refuses (it sees each folder's path before it is read).
+    An entry's `stat()` works only until the next folder is asked for. One folder is open at a time.
+    """
+    first = os.fspath(top)
+    try:
+        st = os.lstat(first)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    pending: list[tuple[str, int, int]] = [(first, st.st_dev, st.st_ino)]
+    while pending:
+        folder, dev, ino = pending.pop()
+        if not enter(folder):
+            continue
+        try:
+            fd = os.open(folder, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            try:
+                here = os.fstat(fd)
+                if (here.st_dev, here.st_ino) != (dev, ino):
+                    continue
+                with os.scandir(fd) as listing:
+                    entries = list(listing)
+            except OSError:
+                continue
+            yield folder, entries  # with the folder still open: an entry's stat() is made relative to it
+        finally:
+            os.close(fd)
+        for entry in reversed(entries):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((os.path.join(folder, entry.name), here.st_dev, entry.inode()))
+            except OSError:
+                continue
+
+
+def open_parent(root: str | Path, rel: str) -> tuple[int, str]:
+    """An open descriptor of the folder holding `root/rel`, and the file's name in it.
+
+    Reached from `root` (a real path) one component at a time, each opened with O_NOFOLLOW: a link
+    anywhere on the way raises OSError (ENOTDIR or ELOOP) instead of leading elsewhere. Whatever is then
+    done through the descriptor stays in that folder even if the partner renames folders meanwhile.
+    The caller closes the descriptor.
+    """
+    *folders, name = rel.split("/")
+    if not name or name in (".", "..") or any(part in ("", ".", "..") for part in folders):
+        raise OSError(f"not a plain path below the root: {rel!r}")
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in folders:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def fd_path(fd: int, name: str, fallback: Path) -> Path:
+    """A path naming `name` in the open folder `fd`, for code that takes paths. Through Linux's /proc it
+    resolves to that very folder, wherever it has been moved, never through a link; elsewhere it is
+    `fallback`, the path by name."""
+    return Path(f"/proc/self/fd/{fd}/{name}") if _PROC_FD else fallback
+
+
+_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 @dataclass(slots=True)
@@ -35,8 +131,13 @@ class Space:
     marker_dir: Path
     quota: int | None = None
     max_file_size: int | None = None
+    max_folder_depth: int = 32  # folders below inbox/ nested at most this deep (made through SFTP)
+    max_entries: int = 100_000  # files and folders in inbox/ (made through SFTP)
     used: int = 0
+    entries: int = 0  # files and folders in inbox/: recounted by every scan, kept up by SFTP in between
     writers: Counter[str] = field(default_factory=Counter)  # rel path -> open write handles
+    # The SFTP sessions of this space: a rename in one re-keys the open handles of all of them.
+    sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     _partial: set[str] = field(default_factory=set)  # partial uploads; the journal says the same
     _journal_lines: int = 0
     _journal: str | None = None
@@ -127,10 +228,33 @@ class Space:
             self._append(b"-", rel)
 
     def moved(self, old: str, new: str) -> None:
-        """A rename: a partial upload stays partial under its new name."""
-        if old in self._partial:
-            self.forget(old)
-            self._mark(new)
+        """A rename of a file or a folder: every open writer and partial upload at `old` or below it
+        moves to the new name, so that nothing still being written is taken under the new one."""
+        below = old + "/"
+
+        def renamed(rel: str) -> str | None:
+            if rel == old:
+                return new
+            return new + rel[len(old):] if rel.startswith(below) else None
+
+        for rel in [r for r in self.writers if renamed(r) is not None]:
+            count = self.writers.pop(rel)
+            self.writers[renamed(rel) or rel] += count
+        for rel in [r for r in self._partial if renamed(r) is not None]:
+            self.forget(rel)
+            self._mark(renamed(rel) or rel)
+
+    @staticmethod
+    def depth(rel: str) -> int:
+        """How deep a path is below its area: `inbox/a` is 1, `inbox/a/b` is 2."""
+        return rel.count("/")
+
+    def full(self, more: int = 1) -> str | None:
+        """Why `more` new files or folders do not fit in the inbox, or None when they do."""
+        if self.entries + more > self.max_entries:
+            return (f"too many files and folders in inbox/ (at most {self.max_entries}, counting folders); "
+                    "remove some or wait until feedd has taken them")
+        return None
 
     def is_partial(self, rel: str) -> bool:
         return rel in self._partial
@@ -140,16 +264,20 @@ class Space:
         return sorted(self._partial)
 
     def measure(self) -> int:
-        """Recount bytes used (sum of file sizes; no sparse files can be made through feedd)."""
-        total = 0
+        """Recount bytes used (sum of file sizes; no sparse files can be made through feedd), and the
+        inbox's files and folders."""
+        total = entries = 0
         for area in AREAS:
-            for dirpath, _dirs, files in os.walk(self.root / area):
-                for name in files:
+            for _folder, found in walk(self.root / area):
+                if area == "inbox":
+                    entries += len(found)
+                for entry in found:
                     try:
-                        total += os.lstat(os.path.join(dirpath, name)).st_size
+                        if entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
                     except OSError:
                         continue
-        self.used = total
+        self.used, self.entries = total, entries
         return total
 
 
@@ -171,6 +299,8 @@ class Spaces:
                 space = self._create(conn)
                 self._spaces[conn.name] = space
             space.quota, space.max_file_size = conn.quota, conn.max_file_size
+            space.max_folder_depth = config.sftp.max_folder_depth
+            space.max_entries = config.sftp.max_entries_per_space
 
     def _create(self, conn: Connection) -> Space:
         root = self.spaces_dir / conn.name

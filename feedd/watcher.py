@@ -5,24 +5,46 @@ available). A file that another program writes may be closed and opened again, s
 has been quiet for `settle`. A reconciliation scan at start and every `sftp.scan_interval` catches
 whatever the events missed (downtime, overflow). The same loop sweeps partial uploads older than
 `partial_max_age`.
+
+The loop's own work stays small whatever the inboxes hold: scans and the look at files coming due run
+in a thread, at most MAX_PER_TICK files are looked at per tick, and a file the drops have already decided
+on (taken, refused, ignored as empty) is not offered again until it changes (`Drops.decided`). An error
+in a tick is logged with its traceback and the loop carries on: one bad scan must not end intake of
+files that arrive by other means.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import os
+import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 from watchfiles import awatch
 
-from feedd import log
+from feedd import failpoints, log
 from feedd.config import Config
 from feedd.drops import Drops
 from feedd.inotify import TreeWatch
-from feedd.spaces import Space, Spaces
+from feedd.spaces import Space, Spaces, Stamp, open_parent, stamp, walk
+
+MAX_PER_TICK = 2000  # files looked at per tick at most: a big backlog is worked through over several ticks
+Key = tuple[str, str]  # (connection, rel)
+Ready = tuple[Space, str, Stamp]  # a file to offer, as it was found
+
+
+@dataclass(frozen=True, slots=True)
+class _Scanned:
+    """What a scan found in one space: how many entries its inbox holds, and the files not yet decided
+    on, with their modification times (wall clock)."""
+
+    space: Space
+    entries: int
+    fresh: list[tuple[str, float]]
 
 
 class Watcher:
@@ -32,7 +54,8 @@ class Watcher:
         self._config = config
         self._spaces = spaces
         self._drops = drops
-        self._seen: dict[tuple[str, str], float] = {}  # (connection, rel) -> last event, monotonic
+        self._last: dict[Key, float] = {}  # file -> its last sign of life (monotonic)
+        self._due: list[tuple[float, Key]] = []  # heap of (last sign of life, file); outdated entries skipped
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._rescan = True  # the first tick scans everything: files that arrived while we were down
@@ -60,12 +83,16 @@ class Watcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _note(self, key: Key, when: float) -> None:
+        self._last[key] = when
+        heapq.heappush(self._due, (when, key))
+
     def _changed(self, paths: list[str]) -> None:
         now = time.monotonic()
         for raw in paths:
             found = self._spaces.locate(raw)
             if found is not None and found[1].startswith("inbox/"):
-                self._seen[(found[0].name, found[1])] = now
+                self._note((found[0].name, found[1]), now)
 
     def _lost(self) -> None:
         log.get().warning("watch.events_lost", action="scanning every inbox")
@@ -82,52 +109,118 @@ class Watcher:
         next_scan = 0.0
         while not self._stop.is_set():
             config = self._config()
-            now = time.monotonic()
-            if now >= next_scan or self._rescan:
-                self._rescan = False
-                await asyncio.to_thread(self._scan_all)
-                self._sweep_partials(config)
-                next_scan = now + config.sftp.scan_interval
-            self._offer_settled(config)
+            try:
+                now = time.monotonic()
+                if now >= next_scan or self._rescan:
+                    self._rescan = False
+                    # set first: a scan that fails is tried again at the next interval, not at every tick
+                    next_scan = now + config.sftp.scan_interval
+                    await self._scan()
+                    self._sweep_partials(config)
+                await self._offer_settled(config)
+            except Exception:
+                log.get().exception("watch.tick_failed", action="carrying on; the next scan looks again")
             await asyncio.sleep(min(1.0, max(0.05, config.sftp.settle / 4)))
 
-    def _scan_all(self) -> None:
-        """Note every file in every inbox (runs in a thread; `_offer_settled` decides)."""
-        now = time.monotonic()
-        for space in self._spaces:
-            for dirpath, _dirs, files in os.walk(space.inbox):
-                for name in files:
-                    self._seen.setdefault((space.name, space.rel(Path(dirpath) / name)), now - 1e9)
-
-    def _offer_settled(self, config: Config) -> None:
+    async def _scan(self) -> None:
+        started = time.monotonic()
+        scanned, gone = await asyncio.to_thread(self._scan_all)
         now, wall = time.monotonic(), time.time()
-        for key, last in list(self._seen.items()):
-            if now - last < config.sftp.settle:
-                continue
+        fresh = 0
+        for found in scanned:
+            found.space.entries = found.entries
+            for rel, mtime in found.fresh:
+                key = (found.space.name, rel)
+                if key not in self._last:
+                    self._note(key, now - max(0.0, wall - mtime))
+                    fresh += 1
+        self._drops.undecide(gone)
+        log.get().debug("watch.scanned", spaces=len(scanned), entries=sum(f.entries for f in scanned),
+                        new_files=fresh, seconds=round(time.monotonic() - started, 3))
+
+    def _scan_all(self) -> tuple[list[_Scanned], list[Key]]:
+        """Every inbox's entries, and the files in them not yet decided on (runs in a thread). Also the
+        decided files that are gone, so that the drops forget them."""
+        failpoints.hit("watcher.scan")
+        decided = self._drops.decided
+        before = list(decided)  # taken whole under the GIL: the loop goes on changing `decided`
+        present: set[Key] = set()
+        out = []
+        for space in self._spaces:
+            entries = 0
+            fresh: list[tuple[str, float]] = []
+            for folder, found in walk(space.inbox):
+                entries += len(found)
+                prefix = space.rel(folder) + "/"
+                for entry in found:
+                    try:
+                        if not entry.is_file(follow_symlinks=False):
+                            continue  # folders are walked; links and special files are never taken
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    key = (space.name, prefix + entry.name)
+                    present.add(key)
+                    if decided.get(key) != stamp(st):
+                        fresh.append((key[1], st.st_mtime))
+            out.append(_Scanned(space, entries, fresh))
+        return out, [key for key in before if key not in present]
+
+    async def _offer_settled(self, config: Config) -> None:
+        """Offer the files quiet for `settle`: at most MAX_PER_TICK of them, looked at in a thread."""
+        now, settle = time.monotonic(), config.sftp.settle
+        batch: list[Key] = []
+        popped = 0
+        while self._due and len(batch) < MAX_PER_TICK and popped < 4 * MAX_PER_TICK:
+            when, key = self._due[0]
+            if now - when < settle:
+                break
+            heapq.heappop(self._due)
+            popped += 1
+            if self._last.get(key) == when:
+                del self._last[key]
+                batch.append(key)
+        if not batch:
+            return
+        ready, later = await asyncio.to_thread(self._examine, batch, settle)
+        for space, rel, st in ready:
+            self._drops.offer_found(space, rel, st)
+        for key, when in later:
+            if key not in self._last:
+                self._note(key, when)
+
+    def _examine(self, batch: list[Key], settle: float) -> tuple[list[Ready], list[tuple[Key, float]]]:
+        """Which of `batch` are files ready to offer, and which to look at again later (with their last
+        sign of life): a file still changing, or the files of a folder that appeared. Runs in a thread."""
+        now, wall = time.monotonic(), time.time()
+        ready: list[Ready] = []
+        later: list[tuple[Key, float]] = []
+        for key in batch:
             space = self._spaces.get(key[0])
             if space is None:
-                del self._seen[key]
                 continue
-            path = space.root / key[1]
+            path = os.path.join(space.root, key[1])
             try:
+                # contained like the jail does it: no link anywhere below the space's (real) root
+                if os.path.realpath(path) != path:
+                    continue
                 st = os.lstat(path)
-            except FileNotFoundError:
-                del self._seen[key]
+            except OSError:
                 continue
-            if os.path.isdir(path):
-                del self._seen[key]
-                self._note_tree(space, path, now)
+            if stat.S_ISDIR(st.st_mode):
+                for folder, found in walk(path):
+                    prefix = space.rel(folder) + "/"
+                    later += (((space.name, prefix + e.name), now - 1e9) for e in found
+                              if e.is_file(follow_symlinks=False))
                 continue
-            if wall - st.st_mtime < config.sftp.settle:
-                self._seen[key] = now - max(0.0, wall - st.st_mtime)  # look again once it has been quiet
-                continue
-            del self._seen[key]
-            self._drops.offer(space, key[1])
-
-    def _note_tree(self, space: Space, folder: Path, now: float) -> None:
-        for dirpath, _dirs, files in os.walk(folder):
-            for name in files:
-                self._seen.setdefault((space.name, space.rel(Path(dirpath) / name)), now - 1e9)
+            if not stat.S_ISREG(st.st_mode):
+                continue  # links and special files are never taken
+            age = wall - st.st_mtime
+            if age < settle:
+                later.append((key, now - max(0.0, age)))  # look again once it has been quiet
+            elif self._drops.decided.get(key) != stamp(st):
+                ready.append((space, key[1], stamp(st)))
+        return ready, later
 
     def _sweep_partials(self, config: Config) -> None:
         wall = time.time()
@@ -135,16 +228,25 @@ class Watcher:
             for rel in space.partials():
                 if space.writers.get(rel):
                     continue
-                path = space.root / rel
                 try:
-                    age = wall - os.lstat(path).st_mtime
-                except FileNotFoundError:
+                    fd, name = open_parent(space.root, rel)  # never through a link
+                except OSError:
                     space.forget(rel)
                     continue
-                if age > config.sftp.partial_max_age:
-                    size = path.stat().st_size
-                    path.unlink(missing_ok=True)
-                    space.forget(rel)
-                    space.used = max(0, space.used - size)
-                    log.get(connection=space.name).info("sftp.partial_upload_swept", file=rel, size=size,
-                                                        age_seconds=round(age))
+                try:
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        space.forget(rel)
+                        continue
+                    age = wall - st.st_mtime
+                    if age > config.sftp.partial_max_age:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(name, dir_fd=fd)
+                        space.forget(rel)
+                        space.used = max(0, space.used - st.st_size)
+                        space.entries = max(0, space.entries - 1)
+                        log.get(connection=space.name).info("sftp.partial_upload_swept", file=rel, size=st.st_size,
+                                                            age_seconds=round(age))
+                finally:
+                    os.close(fd)

@@ -72,6 +72,8 @@ class SftpConfig:
     partial_max_age: float = 86400.0  # partial uploads (client gone mid-upload) are deleted after this
     min_free_space: int = 64 * 1024**2  # below this free on the spaces' or state's disk, new uploads are refused
     scan_interval: float = 60.0  # reconciliation scan of every inbox
+    max_folder_depth: int = 32  # folders below inbox/ nest at most this deep (SFTP mkdir and rename)
+    max_entries_per_space: int = 100_000  # files and folders in one inbox/ (SFTP create and mkdir)
 
 
 @dataclass(frozen=True, slots=True)

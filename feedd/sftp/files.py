@@ -37,6 +37,7 @@ from asyncssh import (
 from feedd import log, metrics
 from feedd.sftp.jail import Area, Jail, Op, Target
 from feedd.sftp.writer import Stream, write
+from feedd.spaces import walk
 
 if TYPE_CHECKING:
     from feedd.drops import Drops
@@ -79,12 +80,22 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         self._jail = Jail(session.space.root)
         self._handles: set[Handle] = set()
         self._log = log.get(connection=session.space.name)
+        session.space.sessions.add(self)  # so that a rename in any session re-keys this one's handles
 
     # --- paths -------------------------------------------------------------------------------------
 
     def _resolve(self, path: bytes, op: Op, *, follow: bool = True) -> Target:
         self._s.gate.touch()
-        return self._jail.resolve(path, op, follow=follow)
+        target = self._jail.resolve(path, op, follow=follow)
+        if op is Op.WRITE and not os.path.lexists(target.real):
+            self._admit(target)  # a file about to be created
+        return target
+
+    def _admit(self, target: Target) -> None:
+        """Count a new file or folder in the inbox, or refuse it past `max_entries_per_space`."""
+        if (full := self._space.full()) is not None:
+            raise SFTPQuotaExceeded(f"{target.virtual}: {full}")
+        self._space.entries += 1
 
     def map_path(self, path: bytes) -> bytes:
         return os.fsencode(self._resolve(path, Op.READ).real)
@@ -166,7 +177,16 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         return listing()
 
     def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
-        os.mkdir(self._resolve(path, Op.MKDIR, follow=False).local, 0o750)
+        target = self._resolve(path, Op.MKDIR, follow=False)
+        if self._space.depth(self._space.rel(target.real)) > self._space.max_folder_depth:
+            raise SFTPPermissionDenied(f"{target.virtual}: folders nest at most {self._space.max_folder_depth} "
+                                       "deep below inbox/")
+        self._admit(target)
+        try:
+            os.mkdir(target.local, 0o750)
+        except BaseException:
+            self._space.entries -= 1
+            raise
 
     def rmdir(self, path: bytes) -> None:
         os.rmdir(self._resolve(path, Op.REMOVE, follow=False).local)
@@ -179,7 +199,8 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         os.remove(target.local)
         if stat.S_ISREG(st.st_mode):
             self._space.used = max(0, self._space.used - st.st_size)
-        self._space.forget(target.rel)
+        self._space.entries = max(0, self._space.entries - 1)
+        self._space.forget(self._space.rel(target.real))
 
     def rename(self, oldpath: bytes, newpath: bytes) -> None:
         self._rename(oldpath, newpath, replace=False)
@@ -190,24 +211,44 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
     def _rename(self, oldpath: bytes, newpath: bytes, *, replace: bool) -> None:
         old = self._resolve(oldpath, Op.RENAME, follow=False)
         new = self._resolve(newpath, Op.RENAME, follow=False)
-        if (self._space.name, old.rel) in self._s.drops.taking:
+        space = self._space
+        old_rel, new_rel = space.rel(old.real), space.rel(new.real)  # the keys writers and partials have
+        if (space.name, old_rel) in self._s.drops.taking:
             raise SFTPFailure(f"{old.virtual} is being taken for processing")
+        st = os.lstat(old.local)
+        if stat.S_ISLNK(st.st_mode):
+            # A link is the server administrator's: moved, it could stand in for a file being taken.
+            raise SFTPPermissionDenied(f"{old.virtual} is a link; links cannot be renamed")
+        folder = stat.S_ISDIR(st.st_mode)
+        if folder:
+            below = max((here[len(old.real):].count("/") for here, _ in walk(old.real)), default=0)
+            if space.depth(new_rel) + below > space.max_folder_depth:
+                raise SFTPPermissionDenied(f"{new.virtual}: folders nest at most {space.max_folder_depth} "
+                                           "deep below inbox/, and this would nest them deeper")
         replaced = 0
         if os.path.lexists(new.local):
             if not replace:
                 raise asyncssh.SFTPFileAlreadyExists(f"{new.virtual} already exists")
-            st = os.lstat(new.local)
-            replaced = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            gone = os.lstat(new.local)
+            replaced = gone.st_size if stat.S_ISREG(gone.st_mode) else 0
+            if not space.writers.get(new_rel):
+                space.forget(new_rel)  # what replaced it is no partial upload unless it was one
+            space.entries = max(0, space.entries - 1)
         os.replace(old.local, new.local) if replace else os.rename(old.local, new.local)
-        self._space.used = max(0, self._space.used - replaced)
-        self._space.moved(old.rel, new.rel)
+        space.used = max(0, space.used - replaced)
+        # Everything open or partial at the old name or below it moves along: nothing still being written
+        # is taken under the new name, and a handle's CLOSE completes the upload where it now is.
+        space.moved(old_rel, new_rel)
+        below_old = old_rel + "/"
+        for session in list(space.sessions):
+            for h in session._handles:
+                if h.rel == old_rel or h.rel.startswith(below_old):
+                    h.rel = new_rel + h.rel[len(old_rel):]
         # A rename from a temporary name to a final one completes an upload.
-        if os.path.isdir(new.local):
-            for dirpath, _dirs, files in os.walk(new.local):
-                for name in files:
-                    self._s.drops.offer(self._space, self._space.rel(os.path.join(dirpath, name)))
+        if folder:
+            self._s.drops.offer_tree(space, new.real)
         else:
-            self._s.drops.offer(self._space, new.rel)
+            self._s.drops.offer(space, new_rel)
 
     def readlink(self, path: bytes) -> bytes:
         target = self._resolve(path, Op.READ, follow=False)

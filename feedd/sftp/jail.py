@@ -64,6 +64,14 @@ class Target:
         return posixpath.basename(self.virtual)
 
 
+def refuse_hard_link(st: os.stat_result, virtual: str) -> None:
+    """Refuse to write to a file with other hard links: its bytes are also reachable by another name,
+    maybe outside the space (a link feedd never made: partners cannot make any)."""
+    if st.st_nlink > 1:
+        raise SFTPPermissionDenied(f"{virtual} has other hard links on the server; it cannot be written "
+                                   "(upload under a new name)")
+
+
 def check_name(name: str) -> None:
     """Refuse names a partner could use to confuse people or tools downstream."""
     if len(name) * 4 > MAX_NAME_BYTES and len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:

@@ -9,6 +9,7 @@ import asyncssh
 import pytest
 
 from tests.sftp.conftest import Feedd
+from tests.sftp.logs import capture_logs, wait_for, wait_scans
 
 SECRET = b"host secret\n"
 
@@ -136,16 +137,18 @@ async def test_links_inside_the_space_still_work(feedd: Feedd) -> None:
                 await f.write(b"x")
 
 
-async def test_a_planted_hardlink_is_copied_not_moved(feedd: Feedd) -> None:
+async def test_a_planted_hardlink_is_never_taken(feedd: Feedd) -> None:
+    """A hard link's bytes are also another name's, maybe outside the space: not the partner's to give."""
     outside = feedd.root / "outside.csv"
     outside.write_bytes(b"email\nhard@link.test\n")
     os.link(outside, feedd.space() / "inbox" / "hard.csv")
-    [run] = await feedd.wait_runs(1)
-    assert run.source.name == "inbox/hard.csv"
-    assert Path(run.spool_path).read_bytes() == b"email\nhard@link.test\n"
+    with capture_logs() as logs:
+        await wait_for(lambda: any(e["event"] == "drop.refused" for e in logs))
+        await wait_scans(logs, 2)
+    assert await feedd.runs() == []
+    assert [e["file"] for e in logs if e["event"] == "drop.refused"] == ["inbox/hard.csv"]  # once
     assert outside.read_bytes() == b"email\nhard@link.test\n"
-    assert os.stat(run.spool_path).st_ino != outside.stat().st_ino, "the spool holds its own copy"
-    assert not (feedd.space() / "inbox" / "hard.csv").exists()
+    assert (feedd.space() / "inbox" / "hard.csv").exists()
 
 
 async def test_sibling_space_with_a_common_prefix_is_unreachable(feedd: Feedd) -> None:

@@ -1,0 +1,75 @@
+"""Reconciliation scans: a file decided on is not offered or logged again until it changes, and the
+number of files and folders in an inbox is capped (`sftp.max_entries_per_space`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+import pytest
+
+from tests.sftp.conftest import Feedd
+from tests.sftp.logs import capture_logs, events, wait_for, wait_scans
+
+CSV = b"email\nann@example.org\n"
+
+
+async def test_empty_files_are_logged_once_not_at_every_scan(feedd: Feedd) -> None:
+    inbox = feedd.space() / "inbox"
+    with capture_logs() as logs:
+        await wait_scans(logs, 1)
+        (inbox / "sub").mkdir()
+        for i in range(200):
+            (inbox / ("sub" if i % 2 else ".") / f"empty{i:03d}.csv").write_bytes(b"")
+        async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/inbox/by-sftp.csv", "wb"):
+                pass
+        await wait_for(lambda: len(events(logs, "drop.empty_ignored")) >= 201)
+        await wait_scans(logs, 3)
+        # a file that changes is looked at again: once more
+        (inbox / "empty000.csv").write_bytes(CSV)
+        [run] = await feedd.wait_runs(1)
+        assert run.source.name == "inbox/empty000.csv"
+        (inbox / "empty000.csv").write_bytes(b"")
+        await wait_for(lambda: len(events(logs, "drop.empty_ignored")) >= 202)
+        await wait_scans(logs, 2)
+    seen = Counter(e["file"] for e in events(logs, "drop.empty_ignored"))
+    assert len(seen) == 201 and seen["inbox/by-sftp.csv"] == 1
+    assert set(seen.values()) == {1, 2} and seen["inbox/empty000.csv"] == 2, seen.most_common(3)
+    assert sorted(p.name for p in inbox.iterdir())[:3] == ["by-sftp.csv", "empty000.csv", "empty002.csv"]
+    assert events(logs, "watch.tick_failed") == []
+
+
+async def test_an_inbox_holds_at_most_max_entries_per_space(start_feedd: Callable[..., Any]) -> None:
+    feedd: Feedd = await start_feedd(sftp_extra="max_entries_per_space: 5")
+    full = re.escape("too many files and folders in inbox/ (at most 5,")
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        await sftp.mkdir("/inbox/a")
+        await sftp.mkdir("/inbox/b")
+        for name in ("/inbox/a/1.part", "/inbox/a/2.part", "/inbox/b/3.part"):  # temporary names: they stay
+            async with sftp.open(name, "wb") as f:
+                await f.write(CSV)
+        with pytest.raises(asyncssh.SFTPError, match=full):
+            async with sftp.open("/inbox/4.csv", "wb") as f:
+                await f.write(CSV)
+        with pytest.raises(asyncssh.SFTPError, match=full):
+            await sftp.mkdir("/inbox/c")
+        async with sftp.open("/inbox/a/1.part", "wb") as f:  # an existing file may be written again
+            await f.write(CSV + CSV)
+        await sftp.remove("/inbox/a/2.part")
+        async with sftp.open("/inbox/4.csv", "wb") as f:  # room again
+            await f.write(CSV)
+        await feedd.wait_runs(1)  # ... and more once it is taken
+        await sftp.mkdir("/inbox/c")
+        assert not os.path.exists(feedd.space() / "inbox" / "4.csv")
+        # files that arrive by other means count from the next scan on
+        with capture_logs() as logs:
+            for i in range(3):
+                (feedd.space() / "inbox" / "c" / f"{i}.tmp").write_bytes(CSV)
+            await wait_scans(logs, 2)
+        with pytest.raises(asyncssh.SFTPError, match=full):
+            await sftp.mkdir("/inbox/d")
