@@ -79,6 +79,7 @@ class Runner:
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._holders: dict[str, str] = {}  # run id -> connection, of the runs in `_inflight`
+        self._lent_to: Counter[str] = Counter()  # connection -> workers lent to its runs (`_lent`)
         self._lent = 0  # workers processing a stretch of a run that already holds one
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -136,7 +137,8 @@ class Runner:
             self._work.clear()  # before looking: a wake-up while claiming makes the wait below return at once
             free = self._workers - len(self._inflight) - self._lent
             if free > 0:
-                queued = fair_share(await self._store.queued_heads(free), self._holders.values(), free)
+                holding = [*self._holders.values(), *self._lent_to.elements()]
+                queued = fair_share(await self._store.queued_heads(free), holding, free)
                 claims = [replace(run, status=RunStatus.PROCESSING, started_at=utcnow()) for run in queued]
                 # claimed together: the store commits updates that arrive at once in one transaction
                 won = await asyncio.gather(*(self._store.update_run(c, expect=RunStatus.QUEUED) for c in claims))
@@ -215,6 +217,7 @@ class Runner:
         if not spans:
             return await loop.run_in_executor(self._pool, process, job)
         self._lent += len(spans) - 1
+        self._lent_to[run.connection] += len(spans) - 1
         try:
             pieces = await asyncio.gather(*(
                 loop.run_in_executor(self._pool, process_stretch,
@@ -223,6 +226,7 @@ class Runner:
             outcome = await loop.run_in_executor(self._pool, merge, job, pieces)
         finally:
             self._lent -= len(spans) - 1
+            self._lent_to[run.connection] -= len(spans) - 1
             self._work.set()
         if outcome is None:  # one pass over the whole input decides instead
             return await loop.run_in_executor(self._pool, process, job)

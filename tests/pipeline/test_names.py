@@ -4,7 +4,9 @@ whose finishing goes wrong ends `failed`, never stuck in `processing`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from feedd.durable import NAME_MAX, fit_name
 from feedd.model import RunStatus
 from tests.pipeline.test_runner import finished, upload
 from tests.sftp.conftest import Feedd, fetch_outbox
+from tests.sftp.test_disk_full import tmpfs
 
 
 def test_fit_name_keeps_short_names_and_the_extension_of_long_ones() -> None:
@@ -53,3 +56,22 @@ async def test_a_failure_while_finishing_fails_the_run(start_feedd: Callable[...
     assert run.status is RunStatus.FAILED and run.error is not None
     assert run.error.code == "internal_error"
     assert "runner.before_record" in run.error.message
+
+
+async def test_a_full_disk_while_placing_reports_fails_the_run(start_feedd: Callable[..., Any],
+                                                               tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "tiny", "1m") as spaces:
+        feedd: Feedd = await start_feedd(workers=1, sftp_extra=f'spaces_dir: "{spaces}"\n  min_free_space: 0',
+                                         pipeline_extra="reports: true\n    active: false")
+        await upload(feedd, "/inbox/a.csv", b"email\nann@example.org\n")
+        assert len(await feedd.wait_runs(1, statuses=(RunStatus.HELD,))) == 1
+        filler = spaces / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
+            for _ in range(2048):  # 2 MiB into a 1 MiB disk: full to the last block
+                f.write(b"x" * 1024)
+        config = feedd.config_path.read_text()
+        await feedd.reload(config.replace("    active: false\n", ""))
+        [run] = await finished(feedd, 1)
+        assert run.status is RunStatus.FAILED and run.error is not None, run.status
+        assert run.error.code == "internal_error" and "No space left" in run.error.message, run.error
+        filler.unlink()
