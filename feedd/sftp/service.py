@@ -46,6 +46,7 @@ class SftpService:
         self._servers: list[asyncssh.SSHAcceptor] = []
         self._gates: set[Gate] = set()
         self._sessions: Counter[str] = Counter()
+        self._closing: set[asyncio.Task[None]] = set()  # one per counted session: gives its slot back
         self._idle_task: asyncio.Task[None] | None = None
         self.addresses: list[Address] = []
 
@@ -96,20 +97,36 @@ class SftpService:
         space = self._spaces.get(name)
         assert space is not None  # spaces are made for every connection before anyone can log in
         limit = self._config.sftp.max_sessions_per_connection
-        self._sessions[name] += 1
-        metrics.SFTP_SESSIONS.inc()
-
-        def on_exit() -> None:
-            self._sessions[name] -= 1
-            metrics.SFTP_SESSIONS.dec()
-
-        server = SpaceSFTPServer(chan, Session(space, self._drops, gate, on_exit))
-        # Over the limit: the session ends at once (the client sees the subsystem close); exit() still
-        # runs, so the count stays right.
-        if self._sessions[name] > limit:
+        if self._sessions[name] >= limit:
+            # Refused before it is counted: asyncssh does not run exit() for a session whose channel
+            # closes before its first packet, so a slot taken here could never be given back.
             log.get(connection=name).warning("sftp.too_many_sessions", limit=limit, ip=gate.ip)
             chan.close()
-        return server
+            return SpaceSFTPServer(chan, Session(space, self._drops, gate))
+        self._sessions[name] += 1
+        metrics.SFTP_SESSIONS.inc()
+        released = False
+
+        def release(task: object = None) -> None:
+            nonlocal released
+            if isinstance(task, asyncio.Task):
+                self._closing.discard(task)
+            if not released:
+                released = True
+                self._sessions[name] -= 1
+                metrics.SFTP_SESSIONS.dec()
+
+        # The slot is given back when the channel closes, however it closes (exit() is not always run:
+        # a client that closes its session before the SFTP handshake skips it).
+        closed = asyncio.get_running_loop().create_task(chan.wait_closed())
+        self._closing.add(closed)
+        closed.add_done_callback(release)
+        return SpaceSFTPServer(chan, Session(space, self._drops, gate, release))
+
+    @property
+    def open_sessions(self) -> int:
+        """SFTP sessions open now, across every connection (a stop waits for these to finish)."""
+        return sum(self._sessions.values())
 
     async def _close_idle(self) -> None:
         while True:

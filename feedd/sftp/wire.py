@@ -199,3 +199,20 @@ async def _process_write_view(self: SFTPServerHandler, packet: SSHPacket) -> int
 
 SSHChannel._packet_handlers[MSG_CHANNEL_DATA] = _process_data_as_view
 SFTPServerHandler._packet_handlers[FXP_WRITE] = _process_write_view
+
+
+# A session whose channel closes before the client's INIT (a client that gives up at once, or a session
+# the server refuses) ends with an EOF that asyncssh's handler does not catch there: the SFTP server's
+# exit() never runs, and the error closes the whole SSH connection, other sessions included. Here that
+# EOF ends the session as any later one does.
+_run = SFTPServerHandler.run
+
+
+async def _run_ending_at_eof(self: SFTPServerHandler) -> None:
+    try:
+        await _run(self)
+    except EOFError:
+        await self._cleanup(None)
+
+
+SFTPServerHandler.run = _run_ending_at_eof  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import asyncssh
 import pytest
@@ -125,3 +126,38 @@ async def test_login_grace_closes_silent_sockets(start_feedd) -> None:  # type: 
     # never send our banner: the server hangs up after login_grace
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def _until(check: Callable[[], bool]) -> bool:
+    for _ in range(200):  # bounded: ~10 s
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return check()
+
+
+async def test_refused_sessions_leave_no_slot_taken(start_feedd) -> None:  # type: ignore[no-untyped-def]
+    feedd: Feedd = await start_feedd(sftp_extra="max_sessions_per_connection: 2")
+    sftp_service = feedd.daemon.sftp
+    assert sftp_service is not None
+    async with await feedd.connect() as conn:
+        clients = [await conn.start_sftp_client() for _ in range(2)]
+        for _ in range(5):
+            with pytest.raises((asyncssh.Error, OSError, asyncio.IncompleteReadError)):
+                extra = await conn.start_sftp_client()
+                await extra.listdir("/")
+        for c in clients:
+            c.exit()
+            await c.wait_closed()
+        # sessions closed before their SFTP handshake give their slot back too
+        for _ in range(5):
+            chan, _session = await conn.create_session(asyncssh.SSHClientSession, subsystem="sftp", encoding=None)
+            chan.close()
+            await chan.wait_closed()
+        assert await _until(lambda: sftp_service.open_sessions == 0), sftp_service.open_sessions
+        again = [await conn.start_sftp_client() for _ in range(2)]
+        for c in again:
+            assert "inbox" in await c.listdir("/")
+            c.exit()
+            await c.wait_closed()
+    assert await _until(lambda: sftp_service.open_sessions == 0), sftp_service.open_sessions
