@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from feedd.spaces import Space
 
 MAX_HANDLES = 64  # open files per session
+# The most one READ returns, as OpenSSH's sftp-server (and `limits@openssh.com` says so): a READ may ask
+# for up to 4 GiB, and every byte of a reply is held, and copied several times, until the client takes it.
+MAX_READ = 261120
 
 
 @dataclass(eq=False, slots=True)
@@ -59,6 +62,11 @@ class Handle:
     @property
     def writable(self) -> bool:
         return self.stream is not None
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """asyncssh answers `ranges@asyncssh.com` (where a file has data) through this; its client asks
+        before every download."""
+        return os.lseek(self.fd, offset, whence)
 
 
 @dataclass(slots=True)
@@ -274,8 +282,9 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         return handle
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes | Awaitable[bytes]:
+        # A short read is what SFTP clients expect at any size: they ask again for the rest.
         self._s.gate.touch()
-        return os.pread(self._handle(file_obj).fd, size, offset)
+        return os.pread(self._handle(file_obj).fd, min(size, MAX_READ), offset)
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int | Awaitable[int]:
         self._s.gate.touch()
