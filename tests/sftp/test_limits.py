@@ -161,3 +161,78 @@ async def test_refused_sessions_leave_no_slot_taken(start_feedd) -> None:  # typ
             c.exit()
             await c.wait_closed()
     assert await _until(lambda: sftp_service.open_sessions == 0), sftp_service.open_sessions
+
+
+def _bytes_on_disk(feedd: Feedd) -> int:
+    return sum(os.lstat(os.path.join(folder, name)).st_size
+               for area in ("inbox", "outbox") for folder, _dirs, files in os.walk(feedd.space() / area)
+               for name in files)
+
+
+async def test_a_second_handle_that_truncates_gives_no_quota_away(start_feedd) -> None:  # type: ignore[no-untyped-def]
+    """One handle writes, a second one opens the same file with O_TRUNC (the quota gets the bytes back),
+    the first rewrites them and goes on: the rewrite counts again, so the quota holds."""
+    feedd: Feedd = await start_feedd(demo_extra="quota: 200KiB")
+    chunk = b"q" * (150 * 1024)
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp, \
+            conn.start_sftp_client() as other:
+        f = await sftp.open("/inbox/loop.csv.part", "wb")
+        await f.write(chunk, 0)
+        stored = []
+        with pytest.raises(asyncssh.SFTPError, match="quota exceeded"):
+            for _ in range(5):  # bounded: without the shared count, every round stores 150 KiB more
+                async with other.open("/inbox/loop.csv.part", "wb"):  # FXF_TRUNC: 150 KiB back to the quota
+                    pass
+                await f.write(chunk, 0)  # the same bytes again, through the first handle
+                await f.write(chunk, len(chunk))  # and more
+                stored.append(os.path.getsize(feedd.space() / "inbox" / "loop.csv.part"))
+        await f.close()
+        assert stored == [], stored
+        assert _bytes_on_disk(feedd) <= 200 * 1024
+        # the record of bytes used is what is on disk: a new upload gets exactly the rest of the quota
+        async with sftp.open("/inbox/fits.csv.part", "wb") as g:
+            await g.write(b"f" * (200 * 1024))
+    space = feedd.daemon.spaces.get("demo")  # type: ignore[union-attr]
+    assert space is not None and space.used == _bytes_on_disk(feedd) == 200 * 1024
+    assert space.open_files == {}
+
+
+async def test_handles_of_one_file_share_its_size(start_feedd) -> None:  # type: ignore[no-untyped-def]
+    """A handle in append mode writes at the file's real end, whoever wrote last; and once one handle
+    crosses the quota, the upload is removed for every handle on it."""
+    feedd: Feedd = await start_feedd(demo_extra="quota: 64KiB")
+    path = feedd.space() / "inbox" / "shared.csv.part"
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        a = await sftp.open("/inbox/shared.csv.part", "wb")
+        b = await sftp.open("/inbox/shared.csv.part", "ab")
+        await a.write(b"a" * 1000, 0)
+        await b.write(b"b" * 1000)
+        await a.write(b"c" * 10, 0)
+        await b.write(b"d" * 10)
+        assert path.read_bytes() == b"c" * 10 + b"a" * 990 + b"b" * 1000 + b"d" * 10
+        with pytest.raises(asyncssh.SFTPError, match="quota exceeded"):
+            await a.write(b"x" * 65536, 2010)
+        assert not path.exists()
+        with pytest.raises(asyncssh.SFTPError, match="quota exceeded"):
+            await b.write(b"y")  # the other handle's upload is gone too
+        await a.close()
+        await b.close()
+    assert not path.exists()
+    space = feedd.daemon.spaces.get("demo")  # type: ignore[union-attr]
+    assert space is not None and space.used == 0 and space.open_files == {}
+
+
+async def test_a_write_past_the_end_leaves_no_hole(feedd: Feedd) -> None:
+    """No max_file_size and no quota: a write that starts past the file's end is refused all the same,
+    and the upload can go on from its real end."""
+    path = feedd.space() / "inbox" / "holes.csv.part"
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/inbox/holes.csv.part", "wb") as f:
+            await f.write(b"abc", 0)
+            for offset in (4, 1 << 30, 1 << 40):
+                with pytest.raises(asyncssh.SFTPFailure, match="gap after the end of the file"):
+                    await f.write(b"x", offset)
+            await f.write(b"def", 3)  # at the end: fine
+        st = os.stat(path)
+    assert path.read_bytes() == b"abcdef"
+    assert st.st_blocks * 512 >= st.st_size or st.st_size <= 4096, "not sparse"
