@@ -236,3 +236,42 @@ async def test_a_write_past_the_end_leaves_no_hole(feedd: Feedd) -> None:
         st = os.stat(path)
     assert path.read_bytes() == b"abcdef"
     assert st.st_blocks * 512 >= st.st_size or st.st_size <= 4096, "not sparse"
+
+
+class _Client(asyncssh.SSHClient):
+    lost: Exception | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+
+async def test_logged_in_connections_per_partner_are_capped(start_feedd) -> None:  # type: ignore[no-untyped-def]
+    feedd: Feedd = await start_feedd(sftp_extra="max_connections_per_connection: 3")
+    held = [await feedd.connect() for _ in range(3)]
+    for _ in range(3):  # the 4th login is refused, with the reason; again and again
+        client = _Client()
+        with pytest.raises((asyncssh.Error, OSError)):
+            extra = await feedd.connect(client_factory=lambda: client)  # noqa: B023 - used right here
+            await asyncio.wait_for(extra.wait_closed(), 10)
+            async with extra.start_sftp_client() as sftp:
+                await sftp.listdir("/")
+        assert isinstance(client.lost, asyncssh.DisconnectError), client.lost
+        assert client.lost.code == asyncssh.DISC_TOO_MANY_CONNECTIONS
+        assert "too many connections logged in as demo (at most 3)" in client.lost.reason
+    async with await feedd.connect("acme") as other, other.start_sftp_client() as sftp:  # per partner
+        assert "inbox" in await sftp.listdir("/")
+    held[0].close()
+    await held[0].wait_closed()
+    for _ in range(100):  # bounded: the server sees the close shortly after the client
+        try:
+            async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+                assert "inbox" in await sftp.listdir("/")
+            break
+        except (asyncssh.Error, OSError):
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("a closed connection made no room")
+    for conn in held[1:]:
+        async with conn.start_sftp_client() as sftp:  # the ones let in work all along
+            assert "inbox" in await sftp.listdir("/")
+        conn.close()
