@@ -12,6 +12,7 @@ import logging
 import weakref
 from typing import Any
 
+from asyncssh import sftp as asyncssh_sftp
 from asyncssh.channel import SSHChannel, SSHServerChannel
 from asyncssh.connection import SSHConnection, SSHServerConnection
 from asyncssh.constants import FXP_READ, FXP_WRITE, MSG_CHANNEL_DATA, MSG_IGNORE
@@ -267,6 +268,9 @@ def _connection_lost_waking(self: SSHConnection, exc: Exception | None = None) -
 
 
 SFTPServerHandler._packet_handlers[FXP_READ] = _process_read_when_sent
+# asyncssh's server-side copy (`copy-data`) reads 256 KiB at a time and takes a shorter read for the end
+# of the file: with READs clamped below that, a copy would stop after its first block.
+asyncssh_sftp._COPY_DATA_BLOCK_SIZE = MAX_READ
 SSHServerConnection.pause_writing = _pause_writing  # type: ignore[method-assign]
 SSHServerConnection.resume_writing = _wake  # type: ignore[method-assign]
 SSHServerConnection.connection_lost = _connection_lost_waking  # type: ignore[method-assign]

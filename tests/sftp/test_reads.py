@@ -149,3 +149,12 @@ async def test_asyncssh_downloads_a_file_whole(feedd: Feedd, tmp_path: Path) -> 
     async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
         await sftp.get("/outbox/big.bin", str(tmp_path / "copy.bin"))
     assert (tmp_path / "copy.bin").read_bytes() == (feedd.space() / "outbox" / "big.bin").read_bytes()
+
+
+async def test_a_server_side_copy_copies_the_whole_file(feedd: Feedd) -> None:
+    """`copy-data` reads the source in blocks; each block is a READ, clamped like any other."""
+    _big_file(feedd, 3 * MiB)
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        await sftp.remote_copy("/outbox/big.bin", "/inbox/copy.bin.part")
+    assert (feedd.space() / "inbox" / "copy.bin.part").read_bytes() == \
+        (feedd.space() / "outbox" / "big.bin").read_bytes()
