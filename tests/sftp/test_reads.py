@@ -8,10 +8,12 @@ import contextlib
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from asyncssh import FXF_READ, SFTPAttrs
 
+from feedd.sftp import wire
 from feedd.sftp.files import MAX_READ
 from tests.sftp.conftest import Feedd
 
@@ -108,24 +110,34 @@ def _string(value: bytes) -> bytes:
     return struct.pack(">I", len(value)) + value
 
 
+async def _open_raw(conn: asyncssh.SSHClientConnection, **kw: Any) -> tuple[Any, _RawSftp, bytes]:
+    """An SFTP session spoken by hand, with /outbox/big.bin open: the channel, the session, the handle."""
+    chan, raw = await conn.create_session(_RawSftp, subsystem="sftp", encoding=None, **kw)
+    chan.write(_packet(asyncssh.sftp.FXP_INIT, struct.pack(">I", 3)))
+    await raw.wait(1)
+    chan.write(_packet(asyncssh.sftp.FXP_OPEN, struct.pack(">I", 0), _string(b"/outbox/big.bin"),
+                       struct.pack(">II", FXF_READ, 0)))
+    await raw.wait(2)
+    kind, body = raw.replies[0]
+    assert kind == asyncssh.sftp.FXP_HANDLE, body
+    return chan, raw, body[4:]
+
+
+def _reads(handle: bytes, count: int) -> bytes:
+    """`count` READs of MAX_READ bytes at offset 0, with request ids 1 to count."""
+    return b"".join(_packet(asyncssh.sftp.FXP_READ, struct.pack(">I", i), _string(handle),
+                            struct.pack(">QI", 0, MAX_READ)) for i in range(1, count + 1))
+
+
 async def test_a_client_that_does_not_read_its_replies_holds_no_memory(feedd: Feedd) -> None:
     """1,200 READs sent at once (300 MiB of replies) by a client that takes nothing back for a while."""
     _big_file(feedd, 4 * MiB)
     count = 1200
     async with await feedd.connect() as conn:
-        chan, raw = await conn.create_session(_RawSftp, subsystem="sftp", encoding=None)
-        chan.write(_packet(asyncssh.sftp.FXP_INIT, struct.pack(">I", 3)))
-        await raw.wait(1)
-        chan.write(_packet(asyncssh.sftp.FXP_OPEN, struct.pack(">I", 0), _string(b"/outbox/big.bin"),
-                           struct.pack(">II", FXF_READ, 0)))
-        await raw.wait(2)
-        kind, body = raw.replies[0]
-        assert kind == asyncssh.sftp.FXP_HANDLE, body
-        handle = body[4:]
+        chan, raw, handle = await _open_raw(conn)
         before = _peak_reset()
         chan.pause_reading()  # the window the client grants fills up, and the server must keep the rest
-        chan.write(b"".join(_packet(asyncssh.sftp.FXP_READ, struct.pack(">I", i), _string(handle),
-                                    struct.pack(">QI", 0, MAX_READ)) for i in range(1, count + 1)))
+        chan.write(_reads(handle, count))
         # A round trip on another session of the same connection: by its end the first session has
         # had every READ in hand, and has served all it is going to serve while nobody reads.
         async with conn.start_sftp_client() as other:
@@ -158,3 +170,38 @@ async def test_a_server_side_copy_copies_the_whole_file(feedd: Feedd) -> None:
         await sftp.remote_copy("/outbox/big.bin", "/inbox/copy.bin.part")
     assert (feedd.space() / "inbox" / "copy.bin.part").read_bytes() == \
         (feedd.space() / "outbox" / "big.bin").read_bytes()
+
+
+async def test_a_client_that_grants_a_huge_window_and_stops_reading_its_socket_holds_no_memory(
+        feedd: Feedd) -> None:
+    """The client lets the server send 2 GiB on the channel, then reads nothing from its socket: the
+    replies pile up in the server's socket buffer unless READs wait for it to drain."""
+    _big_file(feedd, 4 * MiB)
+    count = 1200
+    sftp_service = feedd.daemon.sftp
+    assert sftp_service is not None
+    async with await feedd.connect() as conn:
+        chan, raw, handle = await _open_raw(conn, window=2**31 - 1)
+        [gate] = [g for g in sftp_service._gates if g.authenticated]
+        assert gate.conn is not None
+        server_transport = gate.conn._transport
+        before = _peak_reset()
+        conn._transport.pause_reading()
+        chan.write(_reads(handle, count))
+        # Until the session waits for the socket (the READ it serves next is held back) or the server has
+        # queued more than the bound: whichever comes first.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiter = wire._drained_waiters.get(gate.conn)
+            if (waiter is not None and not waiter.done()) or server_transport.get_write_buffer_size() > BOUND:
+                break
+            await asyncio.sleep(0.01)
+        queued = server_transport.get_write_buffer_size()
+        held = _peak() - before
+        conn._transport.resume_reading()
+        await raw.wait(count + 2)
+        chan.close()
+    print(f"\nREADS {count} with the socket unread: {queued / MiB:.1f} MiB queued, peak growth {held / MiB:.1f} MiB")
+    assert raw.data_bytes == count * MAX_READ, "every READ is answered once the client reads again"
+    assert queued < BOUND, f"{queued / MiB:.0f} MiB"
+    assert held < BOUND, f"{held / MiB:.0f} MiB"
