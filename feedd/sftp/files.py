@@ -357,9 +357,14 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         if written is not None:
             if written.failed is None:  # the first handle to fail removes the file, for all of them
                 written.failed = h.failed
+                path = os.path.join(self._space.root, h.rel)
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self._space.root, h.rel))
-                self._space.used = max(0, self._space.used - written.size)
+                    # Only the file this handle wrote: one removed meanwhile gave its bytes back then, and
+                    # another file may have its name now.
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) == written.key:
+                        os.unlink(path)
+                        self._space.used = max(0, self._space.used - written.size)
                 written.size = 0
             self._space.written_closed(written)
         self._space.done_writing(h.rel, complete=True)

@@ -275,3 +275,26 @@ async def test_logged_in_connections_per_partner_are_capped(start_feedd) -> None
         async with conn.start_sftp_client() as sftp:  # the ones let in work all along
             assert "inbox" in await sftp.listdir("/")
         conn.close()
+
+
+async def test_an_upload_removed_while_open_is_not_given_back_twice(start_feedd) -> None:  # type: ignore[no-untyped-def]
+    """The client removes its upload while the handle is open, writes on, and crosses max_file_size: the
+    bytes were given back at the remove, so the failure gives nothing more back (nor removes a file that
+    has taken the name meanwhile)."""
+    feedd: Feedd = await start_feedd(demo_extra="quota: 200KiB\n    max_file_size: 120KiB")
+    space = feedd.daemon.spaces.get("demo")  # type: ignore[union-attr]
+    assert space is not None
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/inbox/keep.csv.part", "wb") as k:
+            await k.write(b"k" * 50 * 1024)
+        f = await sftp.open("/inbox/x.csv.part", "wb")
+        await f.write(b"x" * 100 * 1024, 0)
+        await sftp.remove("/inbox/x.csv.part")
+        async with sftp.open("/inbox/x.csv.part", "wb") as g:  # a new file under the same name
+            await g.write(b"n" * 1024)
+        await f.write(b"x" * 10 * 1024, 100 * 1024)
+        with pytest.raises(asyncssh.SFTPError, match="max_file_size"):
+            await f.write(b"x" * 20 * 1024, 110 * 1024)
+        await f.close()
+        assert (feedd.space() / "inbox" / "x.csv.part").read_bytes() == b"n" * 1024, "the new file stays"
+        assert space.used >= _bytes_on_disk(feedd) == 51 * 1024, "never less than what is on disk"
