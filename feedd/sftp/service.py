@@ -128,8 +128,8 @@ class SftpService:
         assert space is not None  # spaces are made for every connection before anyone can log in
         limit = self._config.sftp.max_sessions_per_connection
         if self._sessions[name] >= limit:
-            # Refused before it is counted: asyncssh does not run exit() for a session whose channel
-            # closes before its first packet, so a slot taken here could never be given back.
+            # Refused before it is counted: the session ends at once (the client sees the subsystem close)
+            # and has no slot to give back.
             log.get(connection=name).warning("sftp.too_many_sessions", limit=limit, ip=gate.ip)
             chan.close()
             return SpaceSFTPServer(chan, Session(space, self._drops, gate))
