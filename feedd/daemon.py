@@ -8,6 +8,7 @@ new arrives while the rest drains.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,10 @@ from feedd.store.sqlite import SqliteStore
 from feedd.watcher import Watcher
 
 DRAIN_SECONDS = 30.0  # CONTRACT §8: running work reaches a safe point within 30 s of SIGTERM
+# Bits always cleared from the mode of what feedd creates (uploads, spool, run outputs, the database):
+# systemd's unit sets this umask, and a daemon started from a shell (usually 0022) must not make its
+# partners' data world-readable. A stricter umask the daemon is started with is kept.
+UMASK = 0o027
 
 
 class Component(Protocol):
@@ -60,6 +65,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        os.umask(os.umask(UMASK) | UMASK)  # before any file, thread or worker process is made
         loop = asyncio.get_running_loop()
         # Handlers go in before any part starts: a TERM during start-up still ends in a clean stop.
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),

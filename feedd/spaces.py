@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import stat
+import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -120,6 +121,22 @@ def fd_path(fd: int, name: str, fallback: Path) -> Path:
 
 
 _PROC_FD = os.path.isdir("/proc/self/fd")
+# How often writes that grow files look at the disk's free space: statvfs is cheap, but not free on
+# every 32 KiB write; whichever comes first, per space.
+FREE_CHECK_BYTES = 4 * 1024**2
+FREE_CHECK_SECONDS = 0.5
+
+
+@dataclass(eq=False, slots=True)
+class Written:
+    """A file open for writing, one record for every handle open on it (keyed by its inode, so a rename
+    meanwhile changes nothing): its size as the quota counts it. A second handle that truncates the file
+    and the first one writing on both meet the same size."""
+
+    key: tuple[int, int]  # (st_dev, st_ino)
+    size: int
+    handles: int = 0
+    failed: str | None = None  # why the upload was given up (and removed): its other handles fail too
 
 
 @dataclass(slots=True)
@@ -139,6 +156,9 @@ class Space:
     # The SFTP sessions of this space: a rename in one re-keys the open handles of all of them.
     sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     _partial: set[str] = field(default_factory=set)  # partial uploads; the journal says the same
+    open_files: dict[tuple[int, int], Written] = field(default_factory=dict)  # inode -> its size record
+    _free_checked: float = -FREE_CHECK_SECONDS
+    _free_written: int = 0
     _journal_lines: int = 0
     _journal: str | None = None
 
@@ -255,6 +275,30 @@ class Space:
             return (f"too many files and folders in inbox/ (at most {self.max_entries}, counting folders); "
                     "remove some or wait until feedd has taken them")
         return None
+
+    def written(self, st: os.stat_result) -> Written:
+        """The size record of the file `st` describes, shared by its handles; one more handle on it."""
+        key = (st.st_dev, st.st_ino)
+        record = self.open_files.get(key)
+        if record is None:
+            record = self.open_files[key] = Written(key, st.st_size)
+        record.handles += 1
+        return record
+
+    def written_closed(self, record: Written) -> None:
+        """One handle on `record` is closed; the record goes with the last one."""
+        record.handles -= 1
+        if record.handles <= 0 and self.open_files.get(record.key) is record:
+            del self.open_files[record.key]
+
+    def free_check_due(self, grown: int) -> bool:
+        """Whether a write that grew files by `grown` bytes should look at the disk's free space now."""
+        self._free_written += grown
+        now = time.monotonic()
+        if self._free_written >= FREE_CHECK_BYTES or now - self._free_checked >= FREE_CHECK_SECONDS:
+            self._free_written, self._free_checked = 0, now
+            return True
+        return False
 
     def is_partial(self, rel: str) -> bool:
         return rel in self._partial

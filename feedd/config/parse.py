@@ -112,6 +112,7 @@ def listen(r: Reader, v: Any, at: At) -> tuple[Address, ...]:
 def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
     at = root.key(top, "sftp")
     keys = ("listen", "host_keys", "spaces_dir", "settle", "temp_patterns", "done_marker", "login_grace",
+            "max_connections_per_connection",
             "idle_timeout", "max_sessions_per_connection", "ban", "partial_max_age", "scan_interval",
             "min_free_space", "max_folder_depth", "max_entries_per_space")
     m = r.mapping(top.get("sftp"), at, keys)
@@ -127,6 +128,7 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
         login_grace=r.get(m, at, "login_grace", duration, 30.0),
         idle_timeout=r.get(m, at, "idle_timeout", duration, 600.0),
         max_sessions_per_connection=r.get(m, at, "max_sessions_per_connection", integer(1, 1000), 10),
+        max_connections_per_connection=r.get(m, at, "max_connections_per_connection", integer(1, 10000), 20),
         partial_max_age=r.get(m, at, "partial_max_age", duration, 86400.0),
         min_free_space=r.get(m, at, "min_free_space", size, 64 * 1024**2),
         scan_interval=r.get(m, at, "scan_interval", duration, 60.0),

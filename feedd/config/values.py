@@ -68,6 +68,7 @@ class SftpConfig:
     login_grace: float = 30.0
     idle_timeout: float = 600.0
     max_sessions_per_connection: int = 10
+    max_connections_per_connection: int = 20  # SSH connections logged in at once, per partner connection
     ban: BanConfig = BanConfig()
     partial_max_age: float = 86400.0  # partial uploads (client gone mid-upload) are deleted after this
     min_free_space: int = 64 * 1024**2  # below this free on the spaces' or state's disk, new uploads are refused

@@ -1,7 +1,10 @@
 """The SFTP subsystem for one session: every file operation confined to the partner's space.
 
-Writes are checked against `max_file_size` and `quota` before they touch the disk (offset included,
-so no sparse files); the partial file is removed at the write that crosses a limit. A client's own
+Writes are checked against `max_file_size` and `quota` before they touch the disk, and a write may not
+start past the file's end (no sparse files); growth is counted against one size record per open file,
+shared by all its handles, so a handle that truncates the file and another that rewrites it are both
+counted. Writes that grow files also look at the disk's free space now and then (`min_free_space`), not
+only at open. The partial file is removed at the write that crosses a limit. A client's own
 CLOSE of a written handle completes an upload and offers it for intake; a handle closed because the
 client vanished leaves a partial upload behind, which is never taken.
 """
@@ -37,7 +40,7 @@ from asyncssh import (
 from feedd import log, metrics
 from feedd.sftp.jail import Area, Jail, Op, Target
 from feedd.sftp.writer import Stream, write
-from feedd.spaces import walk
+from feedd.spaces import Written, walk
 
 if TYPE_CHECKING:
     from feedd.drops import Drops
@@ -45,6 +48,9 @@ if TYPE_CHECKING:
     from feedd.spaces import Space
 
 MAX_HANDLES = 64  # open files per session
+# The most one READ returns, as OpenSSH's sftp-server (and `limits@openssh.com` says so): a READ may ask
+# for up to 4 GiB, and every byte of a reply is held, and copied several times, until the client takes it.
+MAX_READ = 261120
 
 
 @dataclass(eq=False, slots=True)
@@ -53,13 +59,22 @@ class Handle:
     target: Target
     rel: str  # of the real file, relative to the space root
     stream: Stream | None = None  # set for handles open for writing
+    written: Written | None = None  # ... and the file's size record, shared with its other handles
     append: bool = False
-    size: int = 0
     failed: str | None = None
 
     @property
     def writable(self) -> bool:
         return self.stream is not None
+
+    @property
+    def size(self) -> int:
+        return self.written.size if self.written is not None else 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """asyncssh answers `ranges@asyncssh.com` (where a file has data) through this; its client asks
+        before every download."""
+        return os.lseek(self.fd, offset, whence)
 
 
 @dataclass(slots=True)
@@ -297,17 +312,23 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SFTPPermissionDenied(f"{target.virtual} is not a regular file")
-            if pflags & FXF_TRUNC and st.st_size:
-                # truncated here rather than with O_TRUNC, so the quota gets back what was there
+            if st.st_nlink > 1:
+                # A hard link planted in the space shares its bytes with a file elsewhere (another space,
+                # the host): writing through it would change that file, and the quota would count it twice.
+                raise SFTPPermissionDenied(f"{target.virtual} has other hard links: it cannot be written")
+            truncated = bool(pflags & FXF_TRUNC and st.st_size)
+            if truncated:
+                # truncated here rather than with O_TRUNC, so the quota gets back what the file really had
                 os.ftruncate(fd, 0)
                 self._space.used = max(0, self._space.used - st.st_size)
-                st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
+        written = self._space.written(st)
+        if truncated:
+            written.size = 0  # for every handle on the file: what they write again counts again
         self._space.mark_writing(rel)
-        handle = Handle(fd, target, rel, stream=Stream(fd),
-                        append=bool(pflags & FXF_APPEND), size=st.st_size)
+        handle = Handle(fd, target, rel, stream=Stream(fd), written=written, append=bool(pflags & FXF_APPEND))
         return self._track(handle)
 
     def _track(self, handle: Handle) -> Handle:
@@ -315,20 +336,24 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         return handle
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes | Awaitable[bytes]:
+        # A short read is what SFTP clients expect at any size: they ask again for the rest.
         self._s.gate.touch()
-        return os.pread(self._handle(file_obj).fd, size, offset)
+        return os.pread(self._handle(file_obj).fd, min(size, MAX_READ), offset)
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int | Awaitable[int]:
         self._s.gate.touch()
         h = self._handle(file_obj)
-        if h.stream is None:
+        if h.stream is None or h.written is None:
             raise SFTPPermissionDenied("file not open for writing")
         if h.failed:
             raise SFTPFailure(h.failed)
+        written = h.written
+        if written.failed:  # another handle on the same file crossed a limit: the upload is gone
+            self._fail(h, SFTPFailure(written.failed))
         if h.stream.error is not None:
             self._fail_io(h)
         if h.append:
-            offset = h.size
+            offset = written.size
         metrics.SFTP_BYTES.inc(len(data))
         end = offset + len(data)
         space = self._space
@@ -336,13 +361,20 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._fail(h, SFTPQuotaExceeded(
                 f"{h.target.virtual}: larger than max_file_size ({space.max_file_size} bytes): "
                 f"write of {len(data)} bytes at offset {offset}; the upload was removed"))
-        growth = max(0, end - h.size)
+        if offset > written.size:
+            # the gap would be a hole: a sparse file, whose size is not what it takes on disk
+            raise SFTPFailure(f"{h.target.virtual}: a write at offset {offset} would leave a gap after the end of "
+                              f"the file ({written.size} bytes); files are written from their start, without gaps")
+        # Counted against the file's size as every handle on it sees it, not this handle's own idea of it.
+        growth = max(0, end - written.size)
         if growth and space.quota is not None and space.used + growth > space.quota:
             self._fail(h, SFTPQuotaExceeded(
                 f"{h.target.virtual}: quota exceeded ({space.used} of {space.quota} bytes used, this write needs "
                 f"{growth} more); the upload was removed"))
+        if growth and space.free_check_due(growth) and (low := self._s.drops.low_on_space()) is not None:
+            self._fail(h, SFTPNoSpaceOnFilesystem(f"{h.target.virtual}: {low}; the upload was removed"))
         write(h.stream, data, offset)
-        h.size = max(h.size, end)
+        written.size = max(written.size, end)
         space.used += growth
         if h.stream.error is not None:
             self._fail_io(h)
@@ -365,9 +397,20 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             with contextlib.suppress(OSError):
                 os.close(h.fd)
         h.fd = -1
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self._space.root, h.rel))
-        self._space.used = max(0, self._space.used - h.size)
+        written, h.written = h.written, None
+        if written is not None:
+            if written.failed is None:  # the first handle to fail removes the file, for all of them
+                written.failed = h.failed
+                path = os.path.join(self._space.root, h.rel)
+                with contextlib.suppress(OSError):
+                    # Only the file this handle wrote: one removed meanwhile gave its bytes back then, and
+                    # another file may have its name now.
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) == written.key:
+                        os.unlink(path)
+                        self._space.used = max(0, self._space.used - written.size)
+                written.size = 0
+            self._space.written_closed(written)
         self._space.done_writing(h.rel, complete=True)
         self._log.warning("sftp.upload_refused", file=h.target.virtual, reason=h.failed)
         raise error
@@ -387,14 +430,17 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             self._fail_io(h)
         os.close(h.fd)
         h.fd = -1
-        if h.stream is None:
+        if h.stream is None or h.written is None:
             return
+        size = h.written.size
+        self._space.written_closed(h.written)
+        h.written = None
         # asyncssh also calls close() for handles left open when the client goes away: that is a partial
         # upload, not a finished one, and the channel is already closing then (a real CLOSE has it open).
         abrupt = self._s.gate.conn is None or self.channel.is_closing()
         self._space.done_writing(h.rel, complete=not abrupt)
         if abrupt:
-            self._log.info("sftp.partial_upload_kept", file=h.target.virtual, size=h.size)
+            self._log.info("sftp.partial_upload_kept", file=h.target.virtual, size=size)
             return
         self._s.drops.closed(self._space, h.rel)
 

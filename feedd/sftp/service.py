@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -34,6 +35,26 @@ SIGNATURE_ALGS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nis
 HOST_KEY_ALGS = {b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256", b"ecdsa-sha2-nistp256",
                  b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521"}
 KEEPALIVE_SECONDS = 30.0
+
+
+class LoginGate(Gate):
+    """A gate that lets a login in only while the partner has room for one more SSH connection: each one
+    logged in is held until `idle_timeout`, so without a cap one partner could hold any number."""
+
+    def __init__(self, state: AuthState, on_close: Callable[[Gate], None], admit: Callable[[Gate], str | None]) -> None:
+        super().__init__(state, on_close)
+        self._admit = admit
+
+    def auth_completed(self) -> None:
+        refused = self._admit(self)
+        if refused is None:
+            super().auth_completed()
+            return
+        log.get(connection=self.username).warning("sftp.too_many_connections", ip=self.ip)
+        if self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
+
+
 class SftpService:
     name = "sftp"
 
@@ -46,6 +67,7 @@ class SftpService:
         self._servers: list[asyncssh.SSHAcceptor] = []
         self._gates: set[Gate] = set()
         self._sessions: Counter[str] = Counter()
+        self._closing: set[asyncio.Task[None]] = set()  # one per counted session: gives its slot back
         self._idle_task: asyncio.Task[None] | None = None
         self.addresses: list[Address] = []
 
@@ -83,9 +105,18 @@ class SftpService:
         self._idle_task = asyncio.get_running_loop().create_task(self._close_idle())
 
     def _new_gate(self) -> Gate:
-        gate = Gate(self._auth, self._gates.discard)
+        gate = LoginGate(self._auth, self._gates.discard, self._admit)
         self._gates.add(gate)
         return gate
+
+    def _admit(self, gate: Gate) -> str | None:
+        """Why `gate`'s login may not go on (its partner has all the connections it may), or None."""
+        name = gate.username
+        limit = self._config.sftp.max_connections_per_connection
+        logged_in = sum(1 for g in self._gates if g.authenticated and g.username == name and g is not gate)
+        if logged_in >= limit:
+            return f"too many connections logged in as {name} (at most {limit}); close one and try again"
+        return None
 
     def _new_sftp(self, chan: asyncssh.SSHServerChannel[bytes]) -> SpaceSFTPServer:
         conn = chan.get_connection()
@@ -96,20 +127,36 @@ class SftpService:
         space = self._spaces.get(name)
         assert space is not None  # spaces are made for every connection before anyone can log in
         limit = self._config.sftp.max_sessions_per_connection
-        self._sessions[name] += 1
-        metrics.SFTP_SESSIONS.inc()
-
-        def on_exit() -> None:
-            self._sessions[name] -= 1
-            metrics.SFTP_SESSIONS.dec()
-
-        server = SpaceSFTPServer(chan, Session(space, self._drops, gate, on_exit))
-        # Over the limit: the session ends at once (the client sees the subsystem close); exit() still
-        # runs, so the count stays right.
-        if self._sessions[name] > limit:
+        if self._sessions[name] >= limit:
+            # Refused before it is counted: the session ends at once (the client sees the subsystem close)
+            # and has no slot to give back.
             log.get(connection=name).warning("sftp.too_many_sessions", limit=limit, ip=gate.ip)
             chan.close()
-        return server
+            return SpaceSFTPServer(chan, Session(space, self._drops, gate))
+        self._sessions[name] += 1
+        metrics.SFTP_SESSIONS.inc()
+        released = False
+
+        def release(task: object = None) -> None:
+            nonlocal released
+            if isinstance(task, asyncio.Task):
+                self._closing.discard(task)
+            if not released:
+                released = True
+                self._sessions[name] -= 1
+                metrics.SFTP_SESSIONS.dec()
+
+        # The slot is given back when the channel closes, however it closes (exit() is not always run:
+        # a client that closes its session before the SFTP handshake skips it).
+        closed = asyncio.get_running_loop().create_task(chan.wait_closed())
+        self._closing.add(closed)
+        closed.add_done_callback(release)
+        return SpaceSFTPServer(chan, Session(space, self._drops, gate, release))
+
+    @property
+    def open_sessions(self) -> int:
+        """SFTP sessions open now, across every connection (a stop waits for these to finish)."""
+        return sum(self._sessions.values())
 
     async def _close_idle(self) -> None:
         while True:

@@ -6,22 +6,25 @@ asyncssh's behaviour where the step it replaces would have acted differently.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import weakref
 from typing import Any
 
+from asyncssh import sftp as asyncssh_sftp
 from asyncssh.channel import SSHChannel, SSHServerChannel
 from asyncssh.connection import SSHConnection, SSHServerConnection
-from asyncssh.constants import FXP_WRITE, MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.constants import FXP_READ, FXP_WRITE, MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.encryption import GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import DisconnectError, ProtocolError
 from asyncssh.packet import PacketDecodeError, SSHPacket, SSHPacketLogger, String
-from asyncssh.sftp import MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler
+from asyncssh.sftp import MAX_SFTP_PACKET_LEN, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from feedd.sftp.files import MAX_HANDLES
+from feedd.sftp.files import MAX_HANDLES, MAX_READ
 
 # What OpenSSH's sftp-server advertises. asyncssh advertises 4 MiB, which makes asyncssh clients send
 # 4 MiB writes that cost about half the throughput to reassemble; 255 KiB keeps the pipeline full.
@@ -36,7 +39,7 @@ MAX_PKTSIZE = 256 * 1024
 
 async def _process_limits(self: SFTPServerHandler, packet: Any) -> SFTPLimits:
     packet.check_end()
-    return SFTPLimits(MAX_SFTP_PACKET_LEN, MAX_SFTP_READ_LEN, MAX_WRITE, MAX_HANDLES)
+    return SFTPLimits(MAX_SFTP_PACKET_LEN, MAX_READ, MAX_WRITE, MAX_HANDLES)
 
 
 SFTPServerHandler._packet_handlers[b"limits@openssh.com"] = _process_limits
@@ -199,3 +202,75 @@ async def _process_write_view(self: SFTPServerHandler, packet: SSHPacket) -> int
 
 SSHChannel._packet_handlers[MSG_CHANNEL_DATA] = _process_data_as_view
 SFTPServerHandler._packet_handlers[FXP_WRITE] = _process_write_view
+
+
+# A session whose channel closes before the client's INIT (a client that gives up at once, or a session
+# the server refuses) ends with an EOF that asyncssh's handler does not catch there: the SFTP server's
+# exit() never runs, and the error closes the whole SSH connection, other sessions included. Here that
+# EOF ends the session as any later one does.
+_run = SFTPServerHandler.run
+
+
+async def _run_ending_at_eof(self: SFTPServerHandler) -> None:
+    try:
+        await _run(self)
+    except EOFError:
+        await self._cleanup(None)
+
+
+SFTPServerHandler.run = _run_ending_at_eof  # type: ignore[method-assign]
+
+
+# An SFTP session handles its requests one after the other, and asyncssh queues each reply in full
+# whether or not the client takes it: a client that sends READs and reads nothing back would have the
+# server hold every reply. Before a READ is served, the replies already queued must have left: the
+# channel's buffer below its low-water mark (flow control asyncssh keeps per channel, bounded by the
+# window the client grants), and the connection's socket taking writes again (a client may grant any
+# window and then not read its socket). So a session holds at most about one READ's reply at a time.
+_process_read = SFTPServerHandler._process_read
+
+
+async def _process_read_when_sent(self: SFTPServerHandler, packet: SSHPacket) -> Any:
+    writer = self._writer
+    if writer is not None:
+        await writer.drain()
+        await _socket_drained(writer.channel.get_connection())
+    return await _process_read(self, packet)
+
+
+_drained_waiters: weakref.WeakKeyDictionary[SSHConnection, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+
+
+async def _socket_drained(conn: SSHConnection) -> None:
+    waiter = _drained_waiters.get(conn)
+    if waiter is not None and not waiter.done():
+        await asyncio.shield(waiter)
+
+
+def _pause_writing(self: SSHConnection) -> None:
+    waiter = _drained_waiters.get(self)
+    if waiter is None or waiter.done():
+        _drained_waiters[self] = asyncio.get_running_loop().create_future()
+
+
+def _wake(self: SSHConnection) -> None:
+    waiter = _drained_waiters.pop(self, None)
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+_connection_lost = SSHServerConnection.connection_lost
+
+
+def _connection_lost_waking(self: SSHConnection, exc: Exception | None = None) -> None:
+    _wake(self)  # a READ waiting for a socket that is gone goes on, and fails on the closed channel
+    _connection_lost(self, exc)
+
+
+SFTPServerHandler._packet_handlers[FXP_READ] = _process_read_when_sent
+# asyncssh's server-side copy (`copy-data`) reads 256 KiB at a time and takes a shorter read for the end
+# of the file: with READs clamped below that, a copy would stop after its first block.
+asyncssh_sftp._COPY_DATA_BLOCK_SIZE = MAX_READ
+SSHServerConnection.pause_writing = _pause_writing  # type: ignore[method-assign]
+SSHServerConnection.resume_writing = _wake  # type: ignore[method-assign]
+SSHServerConnection.connection_lost = _connection_lost_waking  # type: ignore[method-assign]

@@ -51,14 +51,15 @@ async def test_the_run_records_the_sha256_of_every_byte_however_the_writes_came(
     (tmp_path / "big.csv").write_bytes(big)
     async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
         await sftp.put(str(tmp_path / "big.csv"), "/inbox/big.csv", block_size=261120, max_requests=64)
-        async with sftp.open("/inbox/backwards.csv", "wb") as f:  # out of order: no streamed hash at all
-            await f.write(b"second half\n", 11)
+        async with sftp.open("/inbox/backwards.csv", "wb") as f:  # out of order (but no gap: no sparse file)
             await f.write(b"first half\n", 0)
+            await f.write(b"second half\n", 11)
+            await f.write(b"FIRST", 0)
         async with sftp.open("/inbox/small.csv", "wb") as f:  # written on the loop, hashed by intake
             await f.write(b"email\n")
             await f.write(b"a@example.org\n")
     runs = {r.source.name: r for r in await feedd.wait_runs(3, within=30)}
     assert runs["inbox/big.csv"].source.sha256 == hashlib.sha256(big).hexdigest()
     assert runs["inbox/big.csv"].source.size == len(big)
-    assert runs["inbox/backwards.csv"].source.sha256 == hashlib.sha256(b"first half\nsecond half\n").hexdigest()
+    assert runs["inbox/backwards.csv"].source.sha256 == hashlib.sha256(b"FIRST half\nsecond half\n").hexdigest()
     assert runs["inbox/small.csv"].source.sha256 == hashlib.sha256(b"email\na@example.org\n").hexdigest()

@@ -92,3 +92,33 @@ async def _finished(feedd: Feedd, count: int) -> list[Any]:
             return runs
         await asyncio.sleep(0.05)
     raise AssertionError([(r.source.name, r.status) for r in await feedd.runs()])
+
+
+async def test_an_open_upload_is_refused_once_free_space_drops_under_the_mark(
+        start_feedd: Callable[..., Any], tmp_path: Path) -> None:
+    """The low-water mark holds for uploads already open, not only at open: writes that grow a file look
+    at the free space (every few MiB or half second), and the upload stops there."""
+    with tmpfs(tmp_path / "var", "16m") as var:
+        feedd: Feedd = await start_feedd(sftp_extra="min_free_space: 4MiB")
+        inbox = var / "spaces" / "demo" / "inbox"
+        async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+            f = await sftp.open("/inbox/long.csv", "wb")
+            await f.write(b"email\n", 0)
+            offset = 6
+            filler = var / "filler"
+            filler.write_bytes(b"\0" * (shutil.disk_usage(var).free - 3 * 1024 * 1024))  # 3 MiB left
+            with pytest.raises(asyncssh.SFTPError, match="low on disk space") as info:
+                for _ in range(400):  # bounded: ~20 s; each write adds 1 KiB, 400 KiB at most
+                    await f.write(b"x" * 1024, offset)
+                    offset += 1024
+                    await asyncio.sleep(0.05)
+            assert info.value.code in (asyncssh.FX_FAILURE, asyncssh.FX_NO_SPACE_ON_FILESYSTEM)
+            assert "the upload was removed" in str(info.value)
+            assert not (inbox / "long.csv").exists()
+            await f.close()
+            filler.unlink()
+            async with sftp.open("/inbox/after.csv", "wb") as g:  # room again: uploads work
+                await g.write(b"email\nafter@example.org\n")
+        [run] = await feedd.wait_runs(1)
+        assert run.source.name == "inbox/after.csv"
+        await feedd.daemon.stop()

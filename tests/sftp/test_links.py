@@ -110,3 +110,19 @@ async def test_a_partner_cannot_rename_a_planted_link(feedd: Feedd) -> None:
     assert await demo_runs(feedd) == ["inbox/batch/own.csv"]
     await assert_nothing_taken(feedd, secrets)
     assert os.path.islink(inbox / "to-acme-again" / "to-acme")
+
+
+async def test_a_hard_link_is_never_opened_for_writing(feedd: Feedd) -> None:
+    """Writing through a planted hard link would change the file it shares its bytes with."""
+    secrets = plant(feedd)
+    inbox = feedd.space() / "inbox"
+    os.link(secrets["file"], inbox / "hard.csv")
+    os.link(secrets["acme"], inbox / "hard-acme.csv")
+    async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
+        for name, mode in (("hard.csv", "wb"), ("hard.csv", "ab"), ("hard-acme.csv", "r+b")):
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="other hard links"):
+                await sftp.open(f"/inbox/{name}", mode)
+        async with sftp.open("/inbox/own.csv", "wb") as f:  # a file of its own is written as usual
+            await f.write(CSV)
+    await assert_nothing_taken(feedd, secrets)
+    assert secrets["acme"].read_bytes() == SECRET
