@@ -220,6 +220,9 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             # A link is the server administrator's: moved, it could stand in for a file being taken.
             raise SFTPPermissionDenied(f"{old.virtual} is a link; links cannot be renamed")
         folder = stat.S_ISDIR(st.st_mode)
+        if folder and any(c == space.name and r.startswith(old_rel + "/") for c, r in self._s.drops.taking):
+            # the file would be opened again under its new name while it moves into the spool
+            raise SFTPFailure(f"{old.virtual} holds a file being taken for processing; try again in a moment")
         if folder:
             below = max((here[len(old.real):].count("/") for here, _ in walk(old.real)), default=0)
             if space.depth(new_rel) + below > space.max_folder_depth:
