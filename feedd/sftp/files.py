@@ -87,7 +87,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
     def _resolve(self, path: bytes, op: Op, *, follow: bool = True) -> Target:
         self._s.gate.touch()
         target = self._jail.resolve(path, op, follow=follow)
-        if op is Op.WRITE and not os.path.lexists(target.real):
+        if op is Op.WRITE and not os.path.lexists(target.real) and os.path.isdir(os.path.dirname(target.real)):
             self._admit(target)  # a file about to be created
         return target
 
