@@ -151,8 +151,10 @@ class Drops:
             return [space.rel(os.path.join(here, e.name)) for here, found in walk(folder) for e in found
                     if e.is_file(follow_symlinks=False)]
 
-        for rel in await asyncio.to_thread(files):
+        for i, rel in enumerate(await asyncio.to_thread(files), 1):
             self.offer(space, rel)
+            if i % 500 == 0:
+                await asyncio.sleep(0)  # a folder of 100,000 files: other work on the loop goes on meanwhile
 
     def is_temp(self, rel: str) -> bool:
         temp = _temp_regex(tuple(self._config().sftp.temp_patterns))
