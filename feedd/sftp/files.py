@@ -190,6 +190,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
 
     def rmdir(self, path: bytes) -> None:
         os.rmdir(self._resolve(path, Op.REMOVE, follow=False).local)
+        self._space.entries = max(0, self._space.entries - 1)
 
     def remove(self, path: bytes) -> None:
         target = self._resolve(path, Op.REMOVE, follow=False)
@@ -223,7 +224,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         if folder and any(c == space.name and r.startswith(old_rel + "/") for c, r in self._s.drops.taking):
             # the file would be opened again under its new name while it moves into the spool
             raise SFTPFailure(f"{old.virtual} holds a file being taken for processing; try again in a moment")
-        if folder:
+        if folder and space.depth(new_rel) > space.depth(old_rel):  # moved up or across, it nests no deeper
             below = max((here[len(old.real):].count("/") for here, _ in walk(old.real)), default=0)
             if space.depth(new_rel) + below > space.max_folder_depth:
                 raise SFTPPermissionDenied(f"{new.virtual}: folders nest at most {space.max_folder_depth} "

@@ -65,6 +65,10 @@ async def test_an_inbox_holds_at_most_max_entries_per_space(start_feedd: Callabl
             await f.write(CSV)
         await feedd.wait_runs(1)  # ... and more once it is taken
         await sftp.mkdir("/inbox/c")
+        with pytest.raises(asyncssh.SFTPError, match=full):
+            await sftp.mkdir("/inbox/e")
+        await sftp.rmdir("/inbox/c")  # a folder removed makes room too
+        await sftp.mkdir("/inbox/c")
         assert not os.path.exists(feedd.space() / "inbox" / "4.csv")
         # files that arrive by other means count from the next scan on
         with capture_logs() as logs:
