@@ -107,18 +107,35 @@ class Drops:
         # (connection, rel) -> the file as it was when last offered or refused: scans leave it alone
         # until it changes (a take that failed forgets it, so the next scan tries again)
         self.decided: dict[tuple[str, str], Stamp] = {}
+        self._empty: dict[tuple[str, str], Stamp] = {}  # empty files logged, as they were then
 
     def offer_found(self, space: Space, rel: str, found: Stamp) -> None:
         """A scan or a file event found `rel` quiet, as `found`: offer it, unless it was decided on as it is."""
         key = (space.name, rel)
-        if self.decided.get(key) != found:
-            self.decided[key] = found
-            self.offer(space, rel)
+        if self.decided.get(key) == found:
+            return
+        self.decided[key] = found
+        marker = self._config().sftp.done_marker
+        if found[1] == 0 and not (marker and rel.endswith(marker)):  # a done marker is an offer of its file
+            # decided here, without a take: a scan may find thousands of them at once
+            if key not in self._scheduled and self.waiting_reason(space, rel) is None:
+                self._ignore_empty(space, rel, found)
+            return
+        self.offer(space, rel)
+
+    def _ignore_empty(self, space: Space, rel: str, found: Stamp) -> None:
+        """Log an empty file once (a CLOSE's take and a scan may both come across it), again if it changes."""
+        key = (space.name, rel)
+        self.decided[key] = found
+        if self._empty.get(key) != found:
+            self._empty[key] = found
+            log.get(connection=space.name).info("drop.empty_ignored", file=rel)
 
     def undecide(self, keys: list[tuple[str, str]]) -> None:
         """Forget the decisions about files that are gone."""
         for key in keys:
             self.decided.pop(key, None)
+            self._empty.pop(key, None)
 
     def offer_tree(self, space: Space, folder: str) -> None:
         """Offer every file below `folder` (a real path in the space, e.g. a folder just renamed); the
@@ -134,8 +151,10 @@ class Drops:
             return [space.rel(os.path.join(here, e.name)) for here, found in walk(folder) for e in found
                     if e.is_file(follow_symlinks=False)]
 
-        for rel in await asyncio.to_thread(files):
+        for i, rel in enumerate(await asyncio.to_thread(files), 1):
             self.offer(space, rel)
+            if i % 500 == 0:
+                await asyncio.sleep(0)  # a folder of 100,000 files: other work on the loop goes on meanwhile
 
     def is_temp(self, rel: str) -> bool:
         temp = _temp_regex(tuple(self._config().sftp.temp_patterns))
@@ -234,8 +253,7 @@ class Drops:
                 self._refuse(space, rel, st, "the file has other hard links")
                 return
             if st.st_size == 0:
-                self.decided[key] = stamp(st)
-                log.get(connection=space.name).info("drop.empty_ignored", file=rel)
+                self._ignore_empty(space, rel, stamp(st))
                 return
             pipeline = match_pipeline(config, space.name, rel)
             # moved through the open folder: where it was checked, whatever is renamed meanwhile

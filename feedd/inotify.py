@@ -5,7 +5,8 @@ matter are asked for: a file's creation, its last close after writing, a move in
 write: an SFTP upload of 1 GiB would be 4,096 of them, each a wake-up for a watcher thread, on the cores
 that serve the upload. Folders created (or moved) into the tree are watched as they appear, and what
 they already hold is reported, since it may have arrived before their watch did. Trees are walked
-folder by folder without recursion and without following links (`feedd.spaces.walk`), whatever their depth.
+in a thread, folder by folder without recursion and without following links (`feedd.spaces.walk`),
+whatever their depth and size.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 MASK = IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 PAUSE = 0.1  # seconds between reads of the event queue
+SLICE = 1000  # paths of a tree that appeared, reported per callback
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
 
@@ -72,6 +74,8 @@ class TreeWatch:
         self._warned = False
         self._libc = _libc()
         self._resume: asyncio.TimerHandle | None = None
+        self._trees: list[str] = []  # folders that appeared, to be watched and reported
+        self._walking: asyncio.Future[list[str]] | None = None
 
     def start(self) -> bool:
         """False where inotify is not available: the caller's periodic scans are then all there is."""
@@ -154,8 +158,33 @@ class TreeWatch:
                 path = os.path.join(folder, os.fsdecode(name))
                 if mask & IN_ISDIR:
                     if not self._skip(path):
-                        paths += self._add_tree(path, report=True)
+                        self._trees.append(path)
                 else:
                     paths.append(path)
         if paths:
             self._changed(paths)
+        if self._trees and self._walking is None:
+            self._walk_trees()
+
+    def _walk_trees(self) -> None:
+        # A folder that appears may hold a whole tree (a partner renames a folder of 100,000 files back
+        # and forth): it is walked in a thread, not on the loop that serves the uploads.
+        trees, self._trees = self._trees, []
+        self._walking = asyncio.get_running_loop().run_in_executor(
+            None, lambda: [path for top in trees for path in self._add_tree(top, report=True)])
+        self._walking.add_done_callback(self._walked)
+
+    def _walked(self, done: asyncio.Future[list[str]]) -> None:
+        self._walking = None
+        if self._fd < 0 or done.cancelled():
+            return
+        if done.exception() is not None:
+            log.get().error("watch.walk_failed", error=repr(done.exception()), action="scanning every inbox")
+            self._lost()
+        else:
+            # in slices, each a callback of its own: other work on the loop goes on in between
+            paths, loop = done.result(), asyncio.get_running_loop()
+            for i in range(0, len(paths), SLICE):
+                loop.call_soon(self._changed, paths[i:i + SLICE])
+        if self._trees:
+            self._walk_trees()

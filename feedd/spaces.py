@@ -36,8 +36,6 @@ JOURNAL_REWRITE_AT = 4096  # journal lines; rewritten from memory past this when
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Stamp = tuple[int, int, int]  # (inode, size, mtime in ns): a file unchanged since it was last looked at
-
-
 Listing = tuple[str, list[os.DirEntry[str]]]  # a folder and its entries
 
 
@@ -250,6 +248,8 @@ class Space:
     def moved(self, old: str, new: str) -> None:
         """A rename of a file or a folder: every open writer and partial upload at `old` or below it
         moves to the new name, so that nothing still being written is taken under the new one."""
+        if old == new:
+            return
         below = old + "/"
 
         def renamed(rel: str) -> str | None:
@@ -257,12 +257,11 @@ class Space:
                 return new
             return new + rel[len(old):] if rel.startswith(below) else None
 
-        for rel in [r for r in self.writers if renamed(r) is not None]:
-            count = self.writers.pop(rel)
-            self.writers[renamed(rel) or rel] += count
-        for rel in [r for r in self._partial if renamed(r) is not None]:
+        for rel, to in [(r, to) for r in self.writers if (to := renamed(r)) is not None]:
+            self.writers[to] += self.writers.pop(rel)
+        for rel, to in [(r, to) for r in self._partial if (to := renamed(r)) is not None]:
             self.forget(rel)
-            self._mark(renamed(rel) or rel)
+            self._mark(to)
 
     @staticmethod
     def depth(rel: str) -> int:

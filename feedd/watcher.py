@@ -33,6 +33,7 @@ from feedd.inotify import TreeWatch
 from feedd.spaces import Space, Spaces, Stamp, open_parent, stamp, walk
 
 MAX_PER_TICK = 2000  # files looked at per tick at most: a big backlog is worked through over several ticks
+SLICE = 500  # files handled on the loop between two chances for other work to run
 Key = tuple[str, str]  # (connection, rel)
 Ready = tuple[Space, str, Stamp]  # a file to offer, as it was found
 
@@ -129,11 +130,13 @@ class Watcher:
         fresh = 0
         for found in scanned:
             found.space.entries = found.entries
-            for rel, mtime in found.fresh:
+            for i, (rel, mtime) in enumerate(found.fresh, 1):
                 key = (found.space.name, rel)
                 if key not in self._last:
                     self._note(key, now - max(0.0, wall - mtime))
                     fresh += 1
+                if i % SLICE == 0:
+                    await asyncio.sleep(0)  # a scan may find 100,000 new files: let the loop breathe
         self._drops.undecide(gone)
         log.get().debug("watch.scanned", spaces=len(scanned), entries=sum(f.entries for f in scanned),
                         new_files=fresh, seconds=round(time.monotonic() - started, 3))
@@ -183,8 +186,10 @@ class Watcher:
         if not batch:
             return
         ready, later = await asyncio.to_thread(self._examine, batch, settle)
-        for space, rel, st in ready:
+        for i, (space, rel, st) in enumerate(ready, 1):
             self._drops.offer_found(space, rel, st)
+            if i % SLICE == 0:
+                await asyncio.sleep(0)
         for key, when in later:
             if key not in self._last:
                 self._note(key, when)

@@ -38,7 +38,7 @@ from asyncssh import (
 )
 
 from feedd import log, metrics
-from feedd.sftp.jail import Area, Jail, Op, Target
+from feedd.sftp.jail import Area, Jail, Op, Target, refuse_hard_link
 from feedd.sftp.writer import Stream, write
 from feedd.spaces import Written, walk
 
@@ -102,7 +102,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
     def _resolve(self, path: bytes, op: Op, *, follow: bool = True) -> Target:
         self._s.gate.touch()
         target = self._jail.resolve(path, op, follow=follow)
-        if op is Op.WRITE and not os.path.lexists(target.real):
+        if op is Op.WRITE and not os.path.lexists(target.real) and os.path.isdir(os.path.dirname(target.real)):
             self._admit(target)  # a file about to be created
         return target
 
@@ -205,6 +205,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
 
     def rmdir(self, path: bytes) -> None:
         os.rmdir(self._resolve(path, Op.REMOVE, follow=False).local)
+        self._space.entries = max(0, self._space.entries - 1)
 
     def remove(self, path: bytes) -> None:
         target = self._resolve(path, Op.REMOVE, follow=False)
@@ -235,7 +236,10 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             # A link is the server administrator's: moved, it could stand in for a file being taken.
             raise SFTPPermissionDenied(f"{old.virtual} is a link; links cannot be renamed")
         folder = stat.S_ISDIR(st.st_mode)
-        if folder:
+        if folder and any(c == space.name and r.startswith(old_rel + "/") for c, r in self._s.drops.taking):
+            # the file would be opened again under its new name while it moves into the spool
+            raise SFTPFailure(f"{old.virtual} holds a file being taken for processing; try again in a moment")
+        if folder and space.depth(new_rel) > space.depth(old_rel):  # moved up or across, it nests no deeper
             below = max((here[len(old.real):].count("/") for here, _ in walk(old.real)), default=0)
             if space.depth(new_rel) + below > space.max_folder_depth:
                 raise SFTPPermissionDenied(f"{new.virtual}: folders nest at most {space.max_folder_depth} "
@@ -312,10 +316,7 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SFTPPermissionDenied(f"{target.virtual} is not a regular file")
-            if st.st_nlink > 1:
-                # A hard link planted in the space shares its bytes with a file elsewhere (another space,
-                # the host): writing through it would change that file, and the quota would count it twice.
-                raise SFTPPermissionDenied(f"{target.virtual} has other hard links: it cannot be written")
+            refuse_hard_link(st, target.virtual)  # writing through it would change a file elsewhere
             truncated = bool(pflags & FXF_TRUNC and st.st_size)
             if truncated:
                 # truncated here rather than with O_TRUNC, so the quota gets back what the file really had

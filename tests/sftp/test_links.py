@@ -126,3 +126,43 @@ async def test_a_hard_link_is_never_opened_for_writing(feedd: Feedd) -> None:
             await f.write(CSV)
     await assert_nothing_taken(feedd, secrets)
     assert secrets["acme"].read_bytes() == SECRET
+
+
+def test_a_walk_never_enters_a_folder_swapped_for_a_link_while_it_walks(tmp_path: Path) -> None:
+    from feedd.spaces import walk
+
+    inbox = tmp_path / "inbox"
+    (inbox / "a" / "b").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    (outside / "secret.csv").write_bytes(SECRET)
+    os.symlink(outside, inbox / "link")
+    seen: list[str] = []
+    walking = walk(inbox)
+    folder, entries = next(walking)  # inbox listed: `a` is a real folder then
+    seen.append(folder)
+    assert sorted(e.name for e in entries) == ["a", "link"]
+    os.rename(inbox / "a", tmp_path / "a-moved")
+    os.symlink(outside, inbox / "a")  # swapped before the walk goes in
+    seen += [folder for folder, _ in walking]
+    assert seen == [str(inbox)]
+    assert [folder for folder, _ in walk(inbox / "link")] == []  # nor from a link given as the top
+
+
+def test_open_parent_refuses_a_link_at_any_component(tmp_path: Path) -> None:
+    from feedd.spaces import open_parent
+
+    root = tmp_path / "space"
+    (root / "inbox" / "real").mkdir(parents=True)
+    (root / "inbox" / "real" / "f.csv").write_bytes(CSV)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "f.csv").write_bytes(SECRET)
+    os.symlink(tmp_path / "outside", root / "inbox" / "link")
+    fd, name = open_parent(root, "inbox/real/f.csv")
+    try:
+        assert name == "f.csv" and os.stat(name, dir_fd=fd).st_size == len(CSV)
+    finally:
+        os.close(fd)
+    for rel in ("inbox/link/f.csv", "inbox/real/../link/f.csv", "inbox/../../outside/f.csv"):
+        with pytest.raises(OSError, match=r"Not a directory|Too many levels|not a plain path"):
+            os.close(open_parent(root, rel)[0])

@@ -59,3 +59,16 @@ def test_marker_files_of_older_versions_are_folded_in(tmp_path: Path) -> None:
     assert s.partials() == ["inbox/old.csv"]
     assert not legacy.exists()
     assert space(tmp_path).partials() == ["inbox/old.csv"]
+
+
+def test_a_rename_moves_the_writers_and_partials_below_a_folder(tmp_path: Path) -> None:
+    s = space(tmp_path)
+    s.mark_writing("inbox/sub/open.csv")
+    s.mark_writing("inbox/sub/deeper/vanished.csv")
+    s.done_writing("inbox/sub/deeper/vanished.csv", complete=False)
+    s.mark_writing("inbox/subway.csv")  # a sibling whose name starts the same: not below it
+    s.moved("inbox/sub", "inbox/sub2")
+    s.moved("inbox/sub2/open.csv", "inbox/sub2/open.csv")  # onto itself: nothing changes
+    assert dict(s.writers) == {"inbox/sub2/open.csv": 1, "inbox/subway.csv": 1}
+    assert space(tmp_path).partials() == ["inbox/sub2/deeper/vanished.csv", "inbox/sub2/open.csv",
+                                          "inbox/subway.csv"]

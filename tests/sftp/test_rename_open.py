@@ -41,8 +41,7 @@ async def test_a_folder_renamed_under_an_open_upload_waits_for_its_close(feedd: 
         await assert_taken_whole(feedd, "inbox/sub3/deeper/big.csv")
         await g.write(DATA[CUT:], CUT)
         await g.close()
-        await wait_for(lambda: not (feedd.space() / "inbox" / "sub3" / "own.csv").exists())
-    runs = await feedd.runs()
+    runs = await feedd.wait_runs(2)
     assert sorted(r.source.name for r in runs) == ["inbox/sub3/deeper/big.csv", "inbox/sub3/own.csv"]
     assert {r.source.sha256 for r in runs} == {hashlib.sha256(DATA).hexdigest()}
 

@@ -65,6 +65,10 @@ async def test_an_inbox_holds_at_most_max_entries_per_space(start_feedd: Callabl
             await f.write(CSV)
         await feedd.wait_runs(1)  # ... and more once it is taken
         await sftp.mkdir("/inbox/c")
+        with pytest.raises(asyncssh.SFTPError, match=full):
+            await sftp.mkdir("/inbox/e")
+        await sftp.rmdir("/inbox/c")  # a folder removed makes room too
+        await sftp.mkdir("/inbox/c")
         assert not os.path.exists(feedd.space() / "inbox" / "4.csv")
         # files that arrive by other means count from the next scan on
         with capture_logs() as logs:
@@ -73,3 +77,18 @@ async def test_an_inbox_holds_at_most_max_entries_per_space(start_feedd: Callabl
             await wait_scans(logs, 2)
         with pytest.raises(asyncssh.SFTPError, match=full):
             await sftp.mkdir("/inbox/d")
+
+
+async def test_a_done_marker_copied_in_by_other_means_releases_its_file(start_feedd: Callable[..., Any]) -> None:
+    """Markers are usually empty files: a scan's decision about empty files must not swallow them."""
+    feedd: Feedd = await start_feedd(sftp_extra='done_marker: ".done"')
+    inbox = feedd.space() / "inbox"
+    (inbox / "x.csv").write_bytes(CSV)
+    with capture_logs() as logs:
+        await wait_scans(logs, 2)
+        assert await feedd.runs() == []
+        (inbox / "x.csv.done").write_bytes(b"")
+        [run] = await feedd.wait_runs(1)
+        assert run.source.name == "inbox/x.csv"
+        await wait_for(lambda: not (inbox / "x.csv.done").exists())
+    assert events(logs, "drop.empty_ignored") == []
