@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 
 import asyncssh
@@ -132,3 +135,12 @@ async def test_a_flood_of_connections_at_work_is_levelled_off_at_random(
 def test_drop_probability_rises_from_rate_at_start_to_one_at_full() -> None:
     startups = auth.Startups(start=10, rate=0.3, full=100)
     assert [startups.drop_probability(n) for n in (0, 9, 10, 55, 100, 150)] == pytest.approx([0, 0, 0.3, 0.65, 1, 1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice per thread is Linux's")
+async def test_password_checks_run_below_the_loop_priority(feedd: Feedd) -> None:
+    assert "inbox" in await log_in_and_list(feedd)
+    nice = {t.native_id: os.getpriority(os.PRIO_PROCESS, t.native_id)
+            for t in threading.enumerate() if t.name.startswith("feedd-verify") and t.native_id is not None}
+    assert nice, "the password was checked in a verify thread"
+    assert set(nice.values()) == {os.getpriority(os.PRIO_PROCESS, 0) + auth.VERIFY_NICE}
