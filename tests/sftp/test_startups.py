@@ -144,3 +144,24 @@ async def test_password_checks_run_below_the_loop_priority(feedd: Feedd) -> None
             for t in threading.enumerate() if t.name.startswith("feedd-verify") and t.native_id is not None}
     assert nice, "the password was checked in a verify thread"
     assert set(nice.values()) == {os.getpriority(os.PRIO_PROCESS, 0) + auth.VERIFY_NICE}
+
+
+async def test_a_login_waiting_for_its_password_check_is_at_work_not_evicted(
+        feedd: Feedd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "MAX_PREAUTH", 10)
+    monkeypatch.setattr(auth, "IDLE_SECONDS", 0.0)  # anything not at work is idle at once
+    assert feedd.daemon.sftp is not None
+    state = feedd.daemon.sftp._auth
+    for _ in range(auth.VERIFY_SLOTS):  # every verify slot taken: the login below waits its turn
+        await state.verify_slots.acquire()
+    login = asyncio.create_task(log_in_and_list(feedd))
+    deadline = time.monotonic() + 10
+    while not any(g.phase is auth.Phase.CHECKING for g in state.pending) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    idle = [await idle_socket(feedd.port, send_version=False) for _ in range(30)]  # each makes the cap evict
+    for _ in range(auth.VERIFY_SLOTS):
+        state.verify_slots.release()
+    assert "inbox" in await login
+    assert await closed_by_server(idle[0][0]), "the idle ones made room"
+    for _, writer in idle:
+        writer.close()
