@@ -42,7 +42,7 @@ VERSION_TIMEOUT = 5.0  # seconds from connect to the client's version line (clie
 KEX_TIMEOUT = 10.0  # ... to the end of the key exchange; the login itself then has until `login_grace`
 IDLE_SECONDS = 2.0  # a connection in key exchange or auth that makes no progress this long is idle
 MAX_PREAUTH = 512  # connections not logged in, idle ones included; above, the one idle longest is closed
-VERIFY_SLOTS = 2  # argon2 verifies at a time: each takes a core for ~20 ms
+VERIFY_SLOTS = 2  # argon2 verifies at a time: each takes a core for 20 to 40 ms
 VERIFY_NICE = 10  # the verify threads' nice value: a burst of logins must not slow live transfers down
 
 
@@ -75,7 +75,7 @@ class Startups:
 
 # OpenSSH's default is 10:30:100, sized for a process per connection. Here one not logged in costs a few
 # KiB and a few ms of the loop for its key exchange, and its argon2 work is queued, so drops start later:
-# a burst of 100 logins from one office gets in at the first try, and so do 200 partners arriving within
+# a burst of 100 logins from one address gets in at the first try, and so do 200 partners arriving within
 # seconds while the loop is busy with uploads (each takes longer to log in then, so more are at work).
 STARTUPS = Startups(start=100, rate=0.3, full=200)
 MAX_AUTH_TRIES = 6  # failed attempts on one connection before it is closed (OpenSSH's MaxAuthTries)
@@ -199,17 +199,23 @@ class Gate(asyncssh.SSHServer):
         self.username: str | None = None
         self.authenticated = False
         self.connected_at = self.last_activity = time.monotonic()
-        self._phase = Phase.SILENT  # SILENT stands for "not yet in auth": see `phase`
+        self._in_auth = False  # the key exchange is done: the client has sent a login request
+        self._checks = 0  # login requests being checked (a cancelled one may still be winding down)
         self._failures = 0
         self._timers: list[asyncio.TimerHandle] = []
 
     @property
     def phase(self) -> Phase:
-        if self._phase is Phase.SILENT and self.conn is not None:
-            # asyncssh records the client's version line as it parses it; the key exchange starts right
-            # after, and ends with the first login request (`begin_auth`).
-            return Phase.SILENT if self.conn.get_extra_info("client_version") is None else Phase.KEX
-        return self._phase
+        if self.authenticated:
+            return Phase.IN
+        if self._checks:
+            return Phase.CHECKING
+        if self._in_auth:
+            return Phase.AUTH
+        # asyncssh records the client's version line as it parses it; the key exchange starts right after,
+        # and ends with the first login request (`begin_auth`).
+        version = self.conn.get_extra_info("client_version") if self.conn is not None else None
+        return Phase.SILENT if version is None else Phase.KEX
 
     def idle_for(self, now: float) -> float | None:
         """Seconds this connection has been idle, or None while it is at work on a login."""
@@ -263,13 +269,12 @@ class Gate(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         self.username = username
-        self._phase = Phase.AUTH
+        self._in_auth = True
         self.last_activity = time.monotonic()
         return True
 
     def auth_completed(self) -> None:
         self.authenticated = True
-        self._phase = Phase.IN
         self.last_activity = time.monotonic()
         self._forget()
         log.get(connection=self.username).info("sftp.login", ip=self.ip)
@@ -305,12 +310,11 @@ class Gate(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         # At work from here until the answer, waiting for a verify slot included: never idle, never evicted.
-        self._phase = Phase.CHECKING
+        self._checks += 1
         try:
             return await self._check_password(username, password)
         finally:
-            if self._phase is Phase.CHECKING:
-                self._phase = Phase.AUTH
+            self._checks -= 1
             self.last_activity = time.monotonic()
 
     async def _check_password(self, username: str, password: str) -> bool:
