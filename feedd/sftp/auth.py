@@ -10,8 +10,8 @@ Connections not yet logged in are handled as OpenSSH's MaxStartups does: above `
 work, a new one is dropped with a probability that rises to 1 at `STARTUPS.full`. Only connections at
 work count: one that has sent nothing, or that has made no progress for `IDLE_SECONDS`, is idle. Idle
 ones cost nothing but a socket; they are closed at their deadline (the version line within
-`VERSION_TIMEOUT`, the key exchange within `KEX_TIMEOUT`, the login within `login_grace`), and the one
-idle longest makes room when `MAX_PREAUTH` are open. A login waiting for a verify slot is at work.
+`VERSION_TIMEOUT`, the key exchange within `KEX_TIMEOUT`, the login within `login_grace`), and the
+oldest idle one makes room when `MAX_PREAUTH` are open. A login waiting for a verify slot is at work.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ FAILURE_DELAY = 1.0  # seconds added to every failed password (OpenSSH and SFTPG
 VERSION_TIMEOUT = 5.0  # seconds from connect to the client's version line (clients send it at once)
 KEX_TIMEOUT = 10.0  # ... to the end of the key exchange; the login itself then has until `login_grace`
 IDLE_SECONDS = 2.0  # a connection in key exchange or auth that makes no progress this long is idle
-MAX_PREAUTH = 512  # connections not logged in, idle ones included; above, the one idle longest is closed
+MAX_PREAUTH = 512  # connections not logged in, idle ones included; above, the oldest idle one is closed
+RECOUNT_SECONDS = 0.1  # how stale the count of connections at work may be when a new one comes
 VERIFY_SLOTS = 2  # argon2 verifies at a time: each takes a core for 20 to 40 ms
 VERIFY_NICE = 10  # the verify threads' nice value: a burst of logins must not slow live transfers down
 
@@ -136,6 +137,8 @@ class AuthState:
         self.config = config
         self.bans = Bans(config.sftp.ban)
         self.pending: dict[Gate, None] = {}  # connections not logged in, oldest first
+        self._count = 0  # of those at work, as of `_counted_at`
+        self._counted_at = -RECOUNT_SECONDS
         # asyncio's Semaphore wakes its waiters in arrival order, so queued logins are served first come.
         self.verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         self.keys: dict[str, asyncssh.SSHAuthorizedKeys | None] = {}
@@ -156,26 +159,37 @@ class AuthState:
         self.keys = keys
 
     def admit(self, gate: Gate) -> bool:
-        """Whether a new connection may go on; may close the connection idle longest to make room."""
+        """Whether a new connection may go on; may close the oldest idle one to make room."""
         now = time.monotonic()
-        idle = {g: g.idle_for(now) for g in self.pending}
-        at_work = sum(1 for seconds in idle.values() if seconds is None)
+        at_work = self._at_work(now)
         chance = STARTUPS.drop_probability(at_work)
         # Not a secret: the drop only has to be unpredictable enough that retrying clients spread out.
         if chance >= 1.0 or random.random() < chance:  # noqa: S311
             log.get().info("sftp.startups_dropped", ip=gate.ip, at_work=at_work, chance=round(chance, 2))
             return False
         if len(self.pending) >= MAX_PREAUTH:
-            candidates = [(seconds, g) for g, seconds in idle.items() if seconds is not None]
-            if not candidates:
+            # Oldest first: the walk stops at the first idle one, and at most `STARTUPS.full` are at work.
+            victim = next(((g, s) for g in self.pending if (s := g.idle_for(now)) is not None), None)
+            if victim is None:
                 log.get().warning("sftp.startups_dropped", ip=gate.ip, at_work=at_work, chance=1.0)
                 return False
-            seconds, victim = max(candidates, key=lambda c: c[0])
-            log.get().warning("sftp.evicted_idle", ip=victim.ip, phase=str(victim.phase),
-                              idle_seconds=round(seconds, 1), for_ip=gate.ip)
-            victim.close()
+            log.get().warning("sftp.evicted_idle", ip=victim[0].ip, phase=str(victim[0].phase),
+                              idle_seconds=round(victim[1], 1), for_ip=gate.ip)
+            victim[0].close()
         self.pending[gate] = None
         return True
+
+    def _at_work(self, now: float) -> int:
+        """Connections at work on a login. Walking all of them for each new one would make a flood of new
+        connections cost the loop dearly, so the count is taken afresh at most every `RECOUNT_SECONDS` (a
+        new one is not at work before its version line anyway), and not at all below `STARTUPS.start`
+        connections, where nothing is dropped."""
+        if len(self.pending) < STARTUPS.start:
+            return len(self.pending)
+        if now - self._counted_at >= RECOUNT_SECONDS:
+            self._count = sum(1 for g in self.pending if g.idle_for(now) is None)
+            self._counted_at = now
+        return self._count
 
 
 def ip_allowed(conn: Connection, ip: str) -> bool:
