@@ -168,7 +168,7 @@ class AuthState:
             log.get().info("sftp.startups_dropped", ip=gate.ip, at_work=at_work, chance=round(chance, 2))
             return False
         if len(self.pending) >= MAX_PREAUTH:
-            # Oldest first: the walk stops at the first idle one, and at most `STARTUPS.full` are at work.
+            # Oldest first: the walk stops at the first idle one, past at most the few hundred at work.
             victim = next(((g, s) for g in self.pending if (s := g.idle_for(now)) is not None), None)
             if victim is None:
                 log.get().warning("sftp.startups_dropped", ip=gate.ip, at_work=at_work, chance=1.0)
@@ -261,9 +261,9 @@ class Gate(asyncssh.SSHServer):
 
     def _deadline(self, phase: Phase, seconds: float) -> None:
         """Close the connection if it is still in `phase` (or before it) when that phase's time is up."""
-        now = self.phase
-        if now is phase or (phase is Phase.KEX and now is Phase.SILENT):
-            log.get().info("sftp.login_too_slow", ip=self.ip, phase=str(now), seconds=seconds)
+        current = self.phase
+        if current is phase or (phase is Phase.KEX and current is Phase.SILENT):
+            log.get().info("sftp.login_too_slow", ip=self.ip, phase=str(current), seconds=seconds)
             self.close()
 
     def close(self) -> None:
@@ -340,8 +340,8 @@ class Gate(asyncssh.SSHServer):
                 ok = await asyncio.get_running_loop().run_in_executor(_VERIFY_THREADS, verify_password, phc, password)
             if ok:
                 # Looked up again: a reload while this one waited may have disabled it or changed the password.
-                now = self._usable(username)
-                ok = now is not None and now.password_hash == phc
+                current = self._usable(username)
+                ok = current is not None and current.password_hash == phc
         if not ok:
             await self._failed(username, "password")
         return ok
