@@ -1,19 +1,34 @@
-"""Who may log in: argon2id passwords and authorized keys per connection, allowed IPs, bans per source IP.
+"""Who may log in: argon2id passwords and authorized keys per connection, allowed IPs, bans per source IP,
+and which connections not yet logged in are let in, kept, or closed.
 
-Password hashes are verified in threads, at most two at a time, so a password spray cannot starve the
-event loop that serves everyone else. An unknown user is verified against a dummy hash, so timing
-does not tell which names exist. Every failure is logged with its source IP and the user name escaped,
-in a fixed shape fail2ban can match.
+Password hashes are verified in threads, at most two at a time, in arrival order, so a password spray
+cannot starve the event loop that serves everyone else. An unknown user is verified against a dummy hash,
+so timing does not tell which names exist. Every failure is logged with its source IP and the user name
+escaped, in a fixed shape fail2ban can match.
+
+Connections not yet logged in are handled as OpenSSH's MaxStartups does: above `STARTUPS.start` of them at
+work, a new one is dropped with a probability that rises to 1 at `STARTUPS.full`. Only connections at
+work count: one that has sent nothing, or that has made no progress for `IDLE_SECONDS`, is idle. Idle
+ones cost nothing but a socket; they are closed at their deadline (the version line within
+`VERSION_TIMEOUT`, the key exchange within `KEX_TIMEOUT`, the login within `login_grace`), and the
+oldest idle one makes room when `MAX_PREAUTH` are open. A login waiting for a verify slot is at work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
+import random
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import asyncssh
 
@@ -23,8 +38,47 @@ from feedd.config.values import BanConfig
 from feedd.credentials import HASHER, MAX_PASSWORD_BYTES, verify_password
 
 FAILURE_DELAY = 1.0  # seconds added to every failed password (OpenSSH and SFTPGo do the same)
-MAX_UNAUTHENTICATED = 100  # connections still in key exchange or auth, across all sources
-MAX_UNAUTHENTICATED_PER_IP = 20  # ... and from one source address
+VERSION_TIMEOUT = 5.0  # seconds from connect to the client's version line (clients send it at once)
+KEX_TIMEOUT = 10.0  # ... to the end of the key exchange; the login itself then has until `login_grace`
+IDLE_SECONDS = 2.0  # a connection in key exchange or auth that makes no progress this long is idle
+MAX_PREAUTH = 512  # connections not logged in, idle ones included; above, the oldest idle one is closed
+RECOUNT_SECONDS = 0.1  # how stale the count of connections at work may be when a new one comes
+VERIFY_SLOTS = 2  # argon2 verifies at a time: each takes a core for 20 to 40 ms
+VERIFY_NICE = 10  # the verify threads' nice value: a burst of logins must not slow live transfers down
+
+
+def _lower_priority() -> None:
+    """In each verify thread: on Linux, nice is per thread, so argon2 yields the CPU to the event loop that
+    moves everyone's bytes, and a burst of logins waits a little longer instead."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), VERIFY_NICE)
+
+
+_VERIFY_THREADS = ThreadPoolExecutor(VERIFY_SLOTS, thread_name_prefix="feedd-verify", initializer=_lower_priority)
+
+
+@dataclass(frozen=True, slots=True)
+class Startups:
+    """OpenSSH's MaxStartups `start:rate:full`, counting connections at work on a login."""
+
+    start: int
+    rate: float  # probability of a drop at `start`
+    full: int  # at and above, every new connection is refused
+
+    def drop_probability(self, at_work: int) -> float:
+        if at_work < self.start:
+            return 0.0
+        if at_work >= self.full:
+            return 1.0
+        return self.rate + (1.0 - self.rate) * (at_work - self.start) / (self.full - self.start)
+
+
+# OpenSSH's default is 10:30:100, sized for a process per connection. Here one not logged in costs a few
+# KiB and a few ms of the loop for its key exchange, and its argon2 work is queued, so drops start later:
+# a burst of 100 logins from one address gets in at the first try, and so do 200 partners arriving within
+# seconds while the loop is busy with uploads (each takes longer to log in then, so more are at work).
+STARTUPS = Startups(start=100, rate=0.3, full=200)
 MAX_AUTH_TRIES = 6  # failed attempts on one connection before it is closed (OpenSSH's MaxAuthTries)
 _DUMMY_HASH = HASHER.hash("feedd-dummy-password-for-unknown-users")
 
@@ -66,16 +120,27 @@ class Bans:
         return False
 
 
+class Phase(StrEnum):
+    """Where a connection is on its way to a login."""
+
+    SILENT = "silent"  # connected; the client's version line has not come
+    KEX = "kex"  # version line in; key exchange under way
+    AUTH = "auth"  # key exchange done; waiting for the client's next login request
+    CHECKING = "checking"  # a login request queued for or in verification, or in its failure delay
+    IN = "in"  # logged in
+
+
 class AuthState:
     """What the auth code consults, swapped in place on reload (live sessions keep running)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.bans = Bans(config.sftp.ban)
-        # Connections not yet logged in, oldest first: when there are too many, the oldest makes room for
-        # the newest (idle sockets cannot lock real clients out), within a cap per source address.
-        self.waiting: dict[Gate, None] = {}
-        self.verify_slots = asyncio.Semaphore(2)
+        self.pending: dict[Gate, None] = {}  # connections not logged in, oldest first
+        self._count = 0  # of those at work, as of `_counted_at`
+        self._counted_at = -RECOUNT_SECONDS
+        # asyncio's Semaphore wakes its waiters in arrival order, so queued logins are served first come.
+        self.verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         self.keys: dict[str, asyncssh.SSHAuthorizedKeys | None] = {}
         self.apply(config)
 
@@ -92,6 +157,39 @@ class AuthState:
                     log.get(connection=conn.name).error("authorized keys file unreadable", error=str(exc))
             keys[conn.name] = asyncssh.import_authorized_keys("\n".join(lines)) if lines else None
         self.keys = keys
+
+    def admit(self, gate: Gate) -> bool:
+        """Whether a new connection may go on; may close the oldest idle one to make room."""
+        now = time.monotonic()
+        at_work = self._at_work(now)
+        chance = STARTUPS.drop_probability(at_work)
+        # Not a secret: the drop only has to be unpredictable enough that retrying clients spread out.
+        if chance >= 1.0 or random.random() < chance:  # noqa: S311
+            log.get().info("sftp.startups_dropped", ip=gate.ip, at_work=at_work, chance=round(chance, 2))
+            return False
+        if len(self.pending) >= MAX_PREAUTH:
+            # Oldest first: the walk stops at the first idle one, past at most the few hundred at work.
+            victim = next(((g, s) for g in self.pending if (s := g.idle_for(now)) is not None), None)
+            if victim is None:
+                log.get().warning("sftp.startups_dropped", ip=gate.ip, at_work=at_work, chance=1.0)
+                return False
+            log.get().warning("sftp.evicted_idle", ip=victim[0].ip, phase=str(victim[0].phase),
+                              idle_seconds=round(victim[1], 1), for_ip=gate.ip)
+            victim[0].close()
+        self.pending[gate] = None
+        return True
+
+    def _at_work(self, now: float) -> int:
+        """Connections at work on a login. Walking all of them for each new one would make a flood of new
+        connections cost the loop dearly, so the count is taken afresh at most every `RECOUNT_SECONDS` (a
+        new one is not at work before its version line anyway), and not at all below `STARTUPS.start`
+        connections, where nothing is dropped."""
+        if len(self.pending) < STARTUPS.start:
+            return len(self.pending)
+        if now - self._counted_at >= RECOUNT_SECONDS:
+            self._count = sum(1 for g in self.pending if g.idle_for(now) is None)
+            self._counted_at = now
+        return self._count
 
 
 def ip_allowed(conn: Connection, ip: str) -> bool:
@@ -114,9 +212,37 @@ class Gate(asyncssh.SSHServer):
         self.ip = "?"
         self.username: str | None = None
         self.authenticated = False
-        self.last_activity = time.monotonic()
-        self._counted = False
+        self.connected_at = self.last_activity = time.monotonic()
+        self._in_auth = False  # the key exchange is done: the client has sent a login request
+        self._checks = 0  # login requests being checked (a cancelled one may still be winding down)
         self._failures = 0
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @property
+    def phase(self) -> Phase:
+        if self.authenticated:
+            return Phase.IN
+        if self._checks:
+            return Phase.CHECKING
+        if self._in_auth:
+            return Phase.AUTH
+        # asyncssh records the client's version line as it parses it; the key exchange starts right after,
+        # and ends with the first login request (`begin_auth`).
+        version = self.conn.get_extra_info("client_version") if self.conn is not None else None
+        return Phase.SILENT if version is None else Phase.KEX
+
+    def idle_for(self, now: float) -> float | None:
+        """Seconds this connection has been idle, or None while it is at work on a login."""
+        phase = self.phase
+        if phase is Phase.SILENT:
+            return now - self.connected_at  # a client sends its version line at once: silence is idle
+        if phase is Phase.KEX:
+            seconds = now - self.connected_at
+        elif phase is Phase.AUTH:
+            seconds = now - self.last_activity
+        else:
+            return None
+        return seconds if seconds >= IDLE_SECONDS else None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -126,37 +252,45 @@ class Gate(asyncssh.SSHServer):
             log.get().warning("sftp.refused_banned", ip=self.ip)
             conn.close()
             return
-        waiting = self._state.waiting
-        if sum(1 for g in waiting if g.ip == self.ip) >= MAX_UNAUTHENTICATED_PER_IP:
-            log.get().warning("sftp.refused_too_many_unauthenticated", ip=self.ip)
+        if not self._state.admit(self):
             conn.close()
             return
-        if len(waiting) >= MAX_UNAUTHENTICATED:
-            oldest = next(iter(waiting))
-            log.get().warning("sftp.evicted_unauthenticated", ip=oldest.ip, for_ip=self.ip)
-            oldest._uncount()
-            if oldest.conn is not None:
-                oldest.conn.close()
-        waiting[self] = None
-        self._counted = True
+        loop = asyncio.get_running_loop()
+        self._timers = [loop.call_later(VERSION_TIMEOUT, self._deadline, Phase.SILENT, VERSION_TIMEOUT),
+                        loop.call_later(KEX_TIMEOUT, self._deadline, Phase.KEX, KEX_TIMEOUT)]
+
+    def _deadline(self, phase: Phase, seconds: float) -> None:
+        """Close the connection if it is still in `phase` (or before it) when that phase's time is up."""
+        current = self.phase
+        if current is phase or (phase is Phase.KEX and current is Phase.SILENT):
+            log.get().info("sftp.login_too_slow", ip=self.ip, phase=str(current), seconds=seconds)
+            self.close()
+
+    def close(self) -> None:
+        self._forget()
+        if self.conn is not None:
+            self.conn.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._uncount()
+        self._forget()
         self._on_close(self)
 
-    def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self._state.waiting.pop(self, None)
+    def _forget(self) -> None:
+        self._state.pending.pop(self, None)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
 
     def begin_auth(self, username: str) -> bool:
         self.username = username
+        self._in_auth = True
+        self.last_activity = time.monotonic()
         return True
 
     def auth_completed(self) -> None:
         self.authenticated = True
         self.last_activity = time.monotonic()
-        self._uncount()
+        self._forget()
         log.get(connection=self.username).info("sftp.login", ip=self.ip)
 
     def password_auth_supported(self) -> bool:
@@ -183,18 +317,31 @@ class Gate(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # Checked here rather than with asyncssh's set_authorized_keys, which would skip this hook on a
         # match and with it the per-connection rules (enabled, allowed IPs, bans).
+        self.last_activity = time.monotonic()
         conn = self._usable(username)
         keys = self._state.keys.get(username)
         return conn is not None and keys is not None and keys.validate(key, self.ip, self.ip) is not None
 
     async def validate_password(self, username: str, password: str) -> bool:
+        # At work from here until the answer, waiting for a verify slot included: never idle, never evicted.
+        self._checks += 1
+        try:
+            return await self._check_password(username, password)
+        finally:
+            self._checks -= 1
+            self.last_activity = time.monotonic()
+
+    async def _check_password(self, username: str, password: str) -> bool:
         conn = self._usable(username)
         ok = False
         if len(password.encode("utf-8", "surrogateescape")) <= MAX_PASSWORD_BYTES:
             phc = conn.password_hash if conn is not None and conn.password_hash else _DUMMY_HASH
             async with self._state.verify_slots:
-                ok = await asyncio.to_thread(verify_password, phc, password)
-            ok = ok and conn is not None and conn.password_hash is not None
+                ok = await asyncio.get_running_loop().run_in_executor(_VERIFY_THREADS, verify_password, phc, password)
+            if ok:
+                # Looked up again: a reload while this one waited may have disabled it or changed the password.
+                current = self._usable(username)
+                ok = current is not None and current.password_hash == phc
         if not ok:
             await self._failed(username, "password")
         return ok

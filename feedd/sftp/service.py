@@ -173,6 +173,15 @@ class SftpService:
             log.get().warning("sftp.listen changed: takes effect at the next restart")
         self._config = config
         self._auth.apply(config)
+        # `enabled: false` (or a removed connection) ends its live sessions too, not only new logins.
+        ended: Counter[tuple[str, str]] = Counter()
+        for gate in list(self._gates):
+            conn = config.connections.get(gate.username) if gate.username is not None else None
+            if gate.authenticated and gate.username and gate.conn and (conn is None or not conn.enabled):
+                ended[gate.username, "connection removed" if conn is None else "connection disabled"] += 1
+                gate.conn.close()
+        for (name, reason), count in ended.items():
+            log.get(connection=name).warning("sftp.sessions_ended", count=count, reason=reason)
 
     async def stop(self, deadline: float) -> None:
         for server in self._servers:

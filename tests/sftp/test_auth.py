@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import re
 import time
+from collections.abc import Callable
 
 import asyncssh
 import pytest
 
 import feedd.sftp.auth as auth
 from feedd import log
-from tests.helpers import DEMO_PASSWORD, REPO
+from feedd.credentials import hash_password
+from tests.helpers import DEMO_HASH, DEMO_PASSWORD, REPO
 from tests.sftp.conftest import Feedd
 
 
@@ -153,10 +156,36 @@ async def test_no_sha1_signatures_and_strict_kex(feedd: Feedd) -> None:
 async def test_password_reload_keeps_live_sessions(feedd: Feedd) -> None:
     async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
         text = feedd.config_path.read_text()
-        await feedd.reload(text.replace("  demo:\n", "  demo:\n    enabled: false\n", 1))
+        await feedd.reload(text.replace(DEMO_HASH, hash_password("a-new-password"), 1))
         assert "inbox" in await sftp.listdir("/"), "the open session keeps working"
     with pytest.raises(asyncssh.PermissionDenied):
         await feedd.connect(password=DEMO_PASSWORD)
+    async with await feedd.connect(password="a-new-password"):
+        pass
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda text: text.replace("  demo:\n", "  demo:\n    enabled: false\n", 1), "connection disabled"),
+    (lambda text: re.sub(r"  demo:\n(    .*\n)+", "", text).replace("connection: demo", "connection: acme"),
+     "connection removed"),
+], ids=["disabled", "removed"])
+async def test_a_reload_that_disables_a_connection_ends_its_live_sessions(
+        feedd: Feedd, change: Callable[[str], str], reason: str) -> None:
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    conn = await feedd.connect()
+    sftp = await conn.start_sftp_client()
+    assert "inbox" in await sftp.listdir("/")
+    async with await feedd.connect("acme") as other, other.start_sftp_client() as other_sftp:
+        await feedd.reload(change(feedd.config_path.read_text()))
+        await asyncio.wait_for(conn.wait_closed(), 10)  # the server hung up on demo's connection
+        with pytest.raises((asyncssh.Error, OSError)):
+            await sftp.listdir("/")
+        assert "inbox" in await other_sftp.listdir("/"), "other connections keep their sessions"
+    with pytest.raises(asyncssh.PermissionDenied):
+        await feedd.connect()
+    ended = [json.loads(line) for line in out.getvalue().splitlines() if "sftp.sessions_ended" in line]
+    assert [(e["connection"], e["count"], e["reason"]) for e in ended] == [("demo", 1, reason)]
 
 
 def test_usernames_are_escaped_for_logs() -> None:
