@@ -14,6 +14,7 @@ from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http import openapi
 from feedd.http.api import Handler, errors
+from feedd.http.protocol import use_json_errors
 from feedd.http.runs import Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
@@ -142,6 +143,7 @@ class HttpServer:
 
     async def start(self) -> None:
         await self._runner.setup()
+        use_json_errors(self._runner.server)
         _cap_connections(self._runner.server)
         for addr in self._config.http.listen:
             site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS)
