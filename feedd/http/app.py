@@ -14,6 +14,7 @@ from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http import openapi
 from feedd.http.api import Handler, errors
+from feedd.http.limits import InFlight
 from feedd.http.protocol import use_json_errors
 from feedd.http.runs import Retrier, RunsApi
 from feedd.http.tus import Tus
@@ -81,13 +82,19 @@ class Runs(Retrier, Releaser, Protocol):
 
 
 UPLOADS = web.AppKey("uploads", Uploads)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
               accepted: Callable[[], None] | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
-    app = web.Application(client_max_size=config.http.max_part_size, middlewares=[cors, errors])
-    live = app[LIVE] = Live(config)
+    live = Live(config)
+    in_flight = InFlight(lambda: live.config)
+    # errors before the caps, so that a 429 has the usual error body
+    app = web.Application(client_max_size=config.http.max_part_size,
+                          middlewares=[cors, errors, in_flight.middleware])
+    app[LIVE] = live
+    app[IN_FLIGHT] = in_flight
     app[STORE] = store
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
