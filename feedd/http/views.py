@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import re
-from urllib.parse import parse_qsl
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
