@@ -28,7 +28,9 @@ from aiohttp import web
 from feedd import events, failpoints, intake, log
 from feedd.http.api import ApiError, Routes, authenticate, require_connection, require_space
 from feedd.http.limits import body_chunks
-from feedd.model import Direction, SourceKind, Upload, UploadState, utcnow
+from feedd.http.names import REPORT_SUFFIXES, check_space_name
+from feedd.model import Direction, SourceKind, Upload, UploadState, new_id, utcnow
+from feedd.pipeline.process import Job, output_name
 from feedd.store import Store
 
 VERSION = "1.0.0"
@@ -37,7 +39,6 @@ CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 READ_DEADLINE = 300.0
 MAX_DIGITS = 20  # an Upload-Length or Upload-Offset longer than this is no size a disk holds
 _ID = re.compile(r"[0-9a-f]{32}")
-_NAME = re.compile(r"[^/\\\x00-\x1f]{1,200}")
 OCTETS = "application/offset+octet-stream"
 OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
 
@@ -117,9 +118,8 @@ class Tus(Routes):
         if missing:
             raise ApiError(400, "invalid_metadata", f"Upload-Metadata must carry {', '.join(missing)}")
         connection, pipeline_name, filename = meta["connection"], meta["pipeline"], meta["filename"]
-        if not _NAME.fullmatch(filename) or filename in (".", ".."):
-            raise ApiError(400, "invalid_metadata", "filename: up to 200 characters, no '/', '\\' or control "
-                                                    "characters")
+        # the name of the partner's reports (and, through the output template, of outputs) in the outbox
+        check_space_name(filename, "Upload-Metadata filename", "invalid_metadata", REPORT_SUFFIXES)
         require_connection(key, connection)
         config = self.config
         if connection not in config.connections:
@@ -128,6 +128,9 @@ class Tus(Routes):
         if pipeline is None or pipeline.connection != connection or pipeline.direction is not Direction.INBOUND:
             raise ApiError(422, "pipeline_mismatch", f"pipeline {pipeline_name!r} is not an inbound pipeline of "
                                                      f"connection {connection!r}")
+        check_space_name(output_name(pipeline, Job(new_id(), "", filename, pipeline, config.schemas[pipeline.schema],
+                                                    "")), "Upload-Metadata filename (in the output name)",
+                         "invalid_metadata")
         upload_id = secrets.token_hex(16)
         now = utcnow()
         expires = now + timedelta(seconds=config.http.tus.expire_after)

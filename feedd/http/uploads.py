@@ -31,6 +31,7 @@ from feedd import events, failpoints, intake, log
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection, require_space
 from feedd.http.limits import body_chunks
+from feedd.http.names import check_space_name
 from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
 from feedd.pipeline.runner import die_with_parent
 from feedd.store import Store
@@ -178,9 +179,12 @@ class Uploads(Routes):
         output = field(body, "output", str, required=False)
         if not 1 <= total <= MAX_PARTS:
             raise ApiError(400, "invalid_body", f"totalParts: expected 1 to {MAX_PARTS}, got {total}")
-        if filename is not None and (not _NAME.fullmatch(filename) or ".." in filename):
-            raise ApiError(400, "invalid_body", "filename: letters, digits, '.', '_', '-' and spaces, up to 200, "
-                                                "not starting with a dot")
+        if filename is not None:
+            # the name of the partner's file in its outbox: what the jail accepts, and plain ASCII
+            check_space_name(filename, "filename", "invalid_body")
+            if not _NAME.fullmatch(filename) or ".." in filename:
+                raise ApiError(400, "invalid_body", "filename: letters, digits, '.', '_', '-' and spaces, up to "
+                                                    "200, not starting with a dot, without '..'")
         if output is not None and output not in OUTPUTS:
             raise ApiError(400, "invalid_body", f"output: expected one of {', '.join(OUTPUTS)}")
         require_connection(key, connection)
