@@ -128,6 +128,7 @@ class Tus(Routes):
         if pipeline is None or pipeline.connection != connection or pipeline.direction is not Direction.INBOUND:
             raise ApiError(422, "pipeline_mismatch", f"pipeline {pipeline_name!r} is not an inbound pipeline of "
                                                      f"connection {connection!r}")
+        # and the output's name, which the pipeline's template (`{stem}`, `{name}`) makes from it
         check_space_name(output_name(pipeline, Job(new_id(), "", filename, pipeline, config.schemas[pipeline.schema],
                                                     "")), "Upload-Metadata filename (in the output name)",
                          "invalid_metadata")
