@@ -3,6 +3,7 @@ and the limits that keep slow or greedy clients from exhausting the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -128,11 +129,20 @@ def _cap_connections(server: web.Server | None) -> None:
         idle = next((h for h in server.connections
                      if h is not handler and getattr(h, "_current_request", handler) is None), None)
         if idle is None:
-            transport.close()
+            # Closed once aiohttp has finished setting the connection up: closing its transport in the
+            # middle of that left its request task failing an assertion, logged with a traceback.
+            asyncio.get_running_loop().call_soon(handler.force_close)
+            log.get().info("http.connection_refused", remote=_peer(transport), reason="every connection is busy")
         else:
+            log.get().info("http.connection_evicted", remote=_peer(idle.transport), reason="idle, to make room")
             idle.force_close()
 
     setattr(server, "connection_made", capped)  # noqa: B010 - an instance hook, not a class change
+
+
+def _peer(transport: Any) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
 
 
 class HttpServer:

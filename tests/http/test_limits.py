@@ -4,6 +4,7 @@ requests in flight per key and per address, a minimum body rate)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from typing import Any
@@ -227,3 +228,47 @@ async def test_a_client_gone_mid_body_is_one_log_line_without_traceback(api: Api
     assert not [e for e in entries if "exception" in e or e["level"] == "error"], entries
     status, state = await api.call("GET", f"/outbound/uploads/{uid}")
     assert status == 200 and state["partsReceived"] == []
+
+
+async def test_connections_refused_or_evicted_at_the_cap_are_one_log_line_each(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    monkeypatch.setattr(http_app, "MAX_CONNECTIONS", 3)
+    uid = (await init(api, total=3))["uploadId"]
+    await api.session.close()  # its pooled connection would count too
+    port = int(api.url.rsplit(":", 1)[1])
+    idle = await asyncio.open_connection("127.0.0.1", port)  # says nothing: evicted for the third part
+    held: list[Slow] = []
+    assert api.daemon.http is not None
+    in_flight = api.daemon.http._app[http_app.IN_FLIGHT]
+    try:
+        for n in (1, 2, 3):
+            held.append(await Slow.start(api, "PUT", f"/outbound/uploads/{uid}/parts/{n}", held_part(),
+                                         key=ADMIN_KEY))
+            for _ in range(100):  # bounded: ~5 s, until this part is being received
+                if in_flight.total == n:
+                    break
+                await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(idle[0].read(), 5) == b""
+        for _ in range(3):  # every connection is busy: these are closed at once
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        status, _, part = await held[0].finish()  # the parts in progress were never cut
+        assert status == 200 and part["records"] == 20
+    finally:
+        idle[1].close()
+        for slow in held:
+            slow.close()
+    entries: list[dict[str, Any]] = []
+    for _ in range(100):  # bounded: ~5 s
+        entries = [json.loads(line) for line in out.getvalue().splitlines()]
+        if sum(e["event"] == "http.connection_refused" for e in entries) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    events = [e["event"] for e in entries]
+    assert events.count("http.connection_evicted") == 1 and events.count("http.connection_refused") == 3, events
+    assert not [e for e in entries if "exception" in e or e["level"] == "error"], entries
