@@ -24,9 +24,13 @@ def _strict_query(request: web.Request) -> dict[str, str]:
     """The query decoded strictly: aiohttp replaces bytes that are not UTF-8 with U+FFFD, which would make a
     column name nobody sent; here they are a 400 naming the problem."""
     try:
-        return dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True, errors="strict"))
+        pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_query", "the query is not valid UTF-8 once percent-decoded") from None
+    query: dict[str, str] = {}
+    for name, value in pairs:
+        query.setdefault(name, value)  # the first of a repeated name, as aiohttp's request.query.get()
+    return query
 
 
 class Releaser(Protocol):
