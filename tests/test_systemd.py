@@ -19,6 +19,7 @@ from tests.helpers import MINIMAL, REPO, Daemon, write
 
 UNIT = REPO / "systemd" / "feedd.service"
 analyze = shutil.which("systemd-analyze")
+fail2ban = shutil.which("fail2ban-regex")
 
 
 def verify(unit_text: str, tmp_path: Path) -> list[str]:
@@ -138,3 +139,11 @@ async def test_fail2ban_matches_feedd_failures_and_nothing_a_client_writes(tmp_p
     assert all(isinstance(json.loads(line), dict) for line in daemon.raw), daemon.raw
     assert daemon.stderr_text() == ""
     assert sum('"http.bad_request"' in line for line in daemon.raw) == len(MALFORMED)
+    if fail2ban is not None:  # and fail2ban itself, where it is installed, agrees
+        captured = tmp_path / "feedd.log"
+        captured.write_text("".join(daemon.raw))
+        result = await asyncio.to_thread(
+            subprocess.run, [fail2ban, "-v", str(captured), str(REPO / "systemd" / "fail2ban-feedd.conf")],
+            capture_output=True, text=True, timeout=60, check=True)
+        banned = re.findall(r"^\|\s+(\S+)\s+\w{3} \w{3} ", result.stdout, re.M)
+        assert banned == ["127.0.0.7"], result.stdout
