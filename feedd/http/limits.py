@@ -104,7 +104,11 @@ async def body_chunks(request: web.Request, deadline: float, size: int = CHUNK) 
             chunk: bytes | None = await asyncio.wait_for(request.content.read(size), tick)
         except TimeoutError:
             chunk = None
-        except (ConnectionError, RuntimeError) as exc:  # aiohttp: RuntimeError once the connection is gone
+        except (ConnectionError, RuntimeError) as exc:
+            # aiohttp raises RuntimeError("Connection closed.") once the connection is gone; any other is a bug
+            if isinstance(exc, RuntimeError) and request.transport is not None \
+                    and not request.transport.is_closing():
+                raise
             raise ClientGone(f"{type(exc).__name__}: {exc}") from None
         now = loop.time()
         if chunk == b"":
