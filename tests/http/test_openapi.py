@@ -78,6 +78,16 @@ def test_the_document_is_openapi_3_1_and_covers_every_route(served: str, tmp_pat
             assert op["responses"], (method, path)
             if op.get("security") != []:
                 assert "401" in op["responses"], (method, path)
+            # the caps on requests in flight apply to every request, the minimum body rate to every body
+            assert "429" in op["responses"], (method, path)
+            if "requestBody" in op:
+                assert "408" in op["responses"], (method, path)
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for response in op["responses"].values():
+                assert all(link["operationId"] in ids for link in response.get("links", {}).values())
 
 
 def test_every_operation_conforms(served: str) -> None:
