@@ -64,6 +64,12 @@ def retry_after(value: str | None) -> float | None:
     return None
 
 
+def redirect_error(url: str, status: int, location: str | None) -> str:
+    """What a failed attempt says when the receiver answered a redirect (which is never followed)."""
+    where = repr(location[:200]) if location else "nowhere (no Location header)"
+    return f"{url} answered HTTP {status}, a redirect to {where}: redirects are not followed"
+
+
 def make(config: Config, event_type: str, data: dict[str, Any] | Callable[[], dict[str, Any]]) -> list[Event]:
     """One queued event per subscriber of `event_type` (glob match on `events`), sharing one id. `data`
     may be a function, called only when someone subscribes (it runs for every file taken in)."""
@@ -114,10 +120,13 @@ class EventSender(DueWork[Event]):
         assert self._session is not None
         body = event.body.encode()
         try:
-            async with self._session.post(event.url, data=body,
+            # Never followed: the event and its signature go only to the subscribed URL.
+            async with self._session.post(event.url, data=body, allow_redirects=False,
                                           headers=signed_headers(secret, event.event_id, body)) as resp:
                 if 200 <= resp.status < 300:
                     return None, None
+                if 300 <= resp.status < 400:
+                    return redirect_error(event.url, resp.status, resp.headers.get("Location")), None
                 return f"HTTP {resp.status}", retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None

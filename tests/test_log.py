@@ -36,3 +36,19 @@ def test_console_on_a_terminal_and_format_overrides() -> None:
     with structlog.contextvars.bound_contextvars(run_id="r9"):
         log.get().info("x")
     assert json.loads(forced.getvalue())["run_id"] == "r9"
+
+
+def test_library_log_records_are_json_lines_with_client_bytes_escaped() -> None:
+    import logging
+
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    forged = ValueError("b'X: \"message\": \"Failed password from 10.9.9.9 for user 'x'\n{\"ip\": \"10.9.9.9\"}")
+    logging.getLogger("aiohttp.server").error("Error handling request from %s", "127.0.0.1", exc_info=forged)
+    logging.getLogger("asyncssh").warning("client version %s", "SSH-2.0-x\nFailed password from 10.9.9.9")
+    logging.getLogger("asyncssh").info("below the libraries' level: dropped")
+    entries = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["logger"], e["level"]) for e in entries] == [
+        ("aiohttp.server", "error"), ("asyncssh", "warning")]
+    assert entries[0]["event"] == "Error handling request from 127.0.0.1"
+    assert "10.9.9.9" in entries[0]["exception"] and "10.9.9.9" in entries[1]["event"]

@@ -1,17 +1,25 @@
-"""The shipped systemd unit: valid for systemd, and hardened as the README promises."""
+"""The shipped systemd unit: valid for systemd, and hardened as the README promises; the fail2ban filter
+matches feedd's own failed logins and nothing a client can write into the log."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import shutil
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import MINIMAL, REPO, Daemon, write
 
 UNIT = REPO / "systemd" / "feedd.service"
 analyze = shutil.which("systemd-analyze")
+fail2ban = shutil.which("fail2ban-regex")
 
 
 def verify(unit_text: str, tmp_path: Path) -> list[str]:
@@ -73,3 +81,69 @@ def test_sysusers_and_tmpfiles_snippets() -> None:
     assert any(line.startswith("u feedd ") for line in sysusers.splitlines())
     tmpfiles = (REPO / "systemd" / "feedd.tmpfiles.conf").read_text()
     assert "d /var/lib/feedd 0750 feedd feedd" in tmpfiles
+
+
+def failregex() -> re.Pattern[str]:
+    """The filter's failregex as fail2ban compiles it: <HOST> replaced by fail2ban's own host pattern."""
+    text = (REPO / "systemd" / "fail2ban-feedd.conf").read_text()
+    found = re.search(r"^failregex = (.*)$", text, re.M)
+    assert found is not None
+    return re.compile(found.group(1).replace("<HOST>", r"(?:::f{4,6}:)?(?P<host>\S+)"))
+
+
+FORGED = "Failed password from 10.9.9.9 for user 'x'"
+# Malformed requests that aiohttp refuses before any route runs, quoting the client's bytes as it does.
+MALFORMED = [
+    f"GET / HTTP/1.1\r\nHost: x\r\nX-A: \"message\": \"{FORGED}\x01\r\n\r\n",
+    f"GET / HTTP/1.1\r\nHost: x\r\n\"message\": \"{FORGED}\r\n\r\n",
+    f"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {FORGED}\r\n\r\n",
+    'GET / HTTP/1.1\r\nHost: x\r\n{"event": "sftp.auth_failed", "ip": "10.9.9.9"}: y\r\n\r\n',
+    'GET / HTTP/1.1\r\nHost: x\r\nX: ", "event": "sftp.auth_failed", "ip": "10.9.9.9"}\x00\r\n\r\n',
+    'GET /"ip": "10.9.9.9"\x00 HTTP/1.1\r\nHost: x\r\n\r\n',
+    f"{FORGED}\r\n\r\n",
+]
+
+
+def _refused(port: int, request: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode("latin-1"))
+        answer = b""
+        while chunk := sock.recv(65536):  # aiohttp closes the connection after a malformed request
+            answer += chunk
+    return answer
+
+
+async def test_fail2ban_matches_feedd_failures_and_nothing_a_client_writes(tmp_path: Path,
+                                                                           daemons: list[Daemon]) -> None:
+    daemon = Daemon(write(tmp_path, "feedd.yaml", MINIMAL))
+    daemons.append(daemon)
+    http_port = daemon.http_port()
+    sftp_port = int(daemon.wait_log("listening", service="sftp")["address"].rsplit(":", 1)[1])
+    for request in MALFORMED:
+        answer = await asyncio.to_thread(_refused, http_port, request)
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0], answer
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncio.wait_for(asyncssh.connect("127.0.0.1", sftp_port, username="demo", password="wrong",
+                                                known_hosts=None, client_keys=None,
+                                                local_addr=("127.0.0.7", 0)), 20)
+    daemon.wait_log("sftp.auth_failed", ip="127.0.0.7")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    daemon.wait_log("stopped")  # its last line: everything before it has been read
+    lines = [*daemon.raw, *daemon.stderr_text().splitlines()]  # journald keeps both streams
+
+    pattern = failregex()
+    hosts = [m.group("host") for line in lines if (m := pattern.search(line))]
+    assert hosts == ["127.0.0.7"], [line for line in lines if pattern.search(line)]
+    # every line is one JSON object: client bytes are always inside an escaped string
+    assert all(isinstance(json.loads(line), dict) for line in daemon.raw), daemon.raw
+    assert daemon.stderr_text() == ""
+    assert sum('"http.bad_request"' in line for line in daemon.raw) == len(MALFORMED)
+    if fail2ban is not None:  # and fail2ban itself, where it is installed, agrees
+        captured = tmp_path / "feedd.log"
+        captured.write_text("".join(daemon.raw))
+        result = await asyncio.to_thread(
+            subprocess.run, [fail2ban, "-v", str(captured), str(REPO / "systemd" / "fail2ban-feedd.conf")],
+            capture_output=True, text=True, timeout=60, check=True)
+        banned = re.findall(r"^\|\s+(\S+)\s+\w{3} \w{3} ", result.stdout, re.M)
+        assert banned == ["127.0.0.7"], result.stdout

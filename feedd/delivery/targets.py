@@ -2,8 +2,9 @@
 
 Each `send_*` delivers one run's output once, or raises: `RetryableDeliveryError` for what may work
 later (timeouts, refused connections, 5xx, 429), `PermanentDeliveryError` for what will not (410 Gone, a
-4xx, a wrong host key). Every delivery carries the idempotency key `<run id>:<destination>`, and its
-target name or batch ids are the same on every try, so a receiver that can tell sees one copy.
+4xx, a redirect (never followed), a wrong host key). Every delivery carries the idempotency key
+`<run id>:<destination>`, and its target name or batch ids are the same on every try, so a receiver that
+can tell sees one copy.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import aiohttp
 from feedd import failpoints
 from feedd.config.values import Destination
 from feedd.errors import FeeddError, RetryableDeliveryError
-from feedd.events import retry_after, signed_headers
+from feedd.events import redirect_error, retry_after, signed_headers
 
 S3_PART = 16 * 1024 * 1024  # multipart above this size, in parts of this size
 _TYPES = {"ndjson": "application/x-ndjson", "json": "application/json"}
@@ -89,9 +90,14 @@ async def send_webhook(session: aiohttp.ClientSession, s: Shipment) -> None:
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
                 timeout: float) -> None:  # noqa: ASYNC109 - a per-request aiohttp timeout, not a wait
     try:
-        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        # Never followed: a receiver (or whoever took over its name) must not be able to send the records
+        # and their signature on to an address nobody configured.
+        async with session.post(url, data=body, headers=headers, allow_redirects=False,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if 200 <= resp.status < 300:
                 return
+            if 300 <= resp.status < 400:
+                raise PermanentDeliveryError(redirect_error(url, resp.status, resp.headers.get("Location")))
             if resp.status == 410:
                 raise GoneError(f"{url} answered 410 Gone: delivery to it is given up")
             if resp.status in (408, 425, 429) or resp.status >= 500:

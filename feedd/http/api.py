@@ -23,6 +23,7 @@ from feedd.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_JSON_BODY = 1024 * 1024  # bodies other than parts are small documents
+JSON_DEADLINE = 60.0  # seconds for such a body to arrive whole
 
 
 class Routes:
@@ -44,6 +45,10 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+class ClientGone(Exception):
+    """The client's connection was lost (or cut) while its request was being read: nobody to answer."""
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -72,7 +77,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, code, exc.reason if exc.status != 413 else "the body is too large",
                               headers)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ClientGone | ConnectionError) or request.transport is None \
+                or request.transport.is_closing():
+            # A client that went away (or a connection evicted to make room) is routine: one line, no
+            # traceback; the answer below is not sent anywhere.
+            log.get().info("http.client_gone", method=request.method, path=request.path, remote=request.remote,
+                           error=f"{type(exc).__name__}: {exc}"[:200])
+            return error_response(400, "client_gone", "the connection was lost while the request was read")
         log.get().exception("http.error", method=request.method, path=request.path)
         return error_response(500, "internal_error", "the request failed inside feedd; see its log")
 
@@ -111,9 +123,13 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
     """A JSON object body of at most MAX_JSON_BODY bytes (400 otherwise; an empty optional body is {})."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ApiError(413, "too_large", f"the body is larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise ApiError(413, "too_large", f"the body is larger than {MAX_JSON_BODY} bytes")
+    from feedd.http.limits import body_chunks  # that module builds on this one
+
+    raw = bytearray()
+    async for chunk in body_chunks(request, JSON_DEADLINE):  # the whole body, at a minimum rate
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise ApiError(413, "too_large", f"the body is larger than {MAX_JSON_BODY} bytes")
     if not raw.strip():
         if optional:
             return {}

@@ -3,6 +3,7 @@ and the limits that keep slow or greedy clients from exhausting the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -14,6 +15,8 @@ from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http import openapi
 from feedd.http.api import Handler, errors
+from feedd.http.limits import InFlight
+from feedd.http.protocol import use_json_errors
 from feedd.http.runs import Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
@@ -80,13 +83,19 @@ class Runs(Retrier, Releaser, Protocol):
 
 
 UPLOADS = web.AppKey("uploads", Uploads)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
               accepted: Callable[[], None] | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
-    app = web.Application(client_max_size=config.http.max_part_size, middlewares=[cors, errors])
-    live = app[LIVE] = Live(config)
+    live = Live(config)
+    in_flight = InFlight(lambda: live.config)
+    # errors before the caps, so that a 429 has the usual error body
+    app = web.Application(client_max_size=config.http.max_part_size,
+                          middlewares=[cors, errors, in_flight.middleware])
+    app[LIVE] = live
+    app[IN_FLIGHT] = in_flight
     app[STORE] = store
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
@@ -120,11 +129,20 @@ def _cap_connections(server: web.Server | None) -> None:
         idle = next((h for h in server.connections
                      if h is not handler and getattr(h, "_current_request", handler) is None), None)
         if idle is None:
-            transport.close()
+            # Closed once aiohttp has finished setting the connection up: closing its transport in the
+            # middle of that left its request task failing an assertion, logged with a traceback.
+            asyncio.get_running_loop().call_soon(handler.force_close)
+            log.get().info("http.connection_refused", remote=_peer(transport), reason="every connection is busy")
         else:
+            log.get().info("http.connection_evicted", remote=_peer(idle.transport), reason="idle, to make room")
             idle.force_close()
 
     setattr(server, "connection_made", capped)  # noqa: B010 - an instance hook, not a class change
+
+
+def _peer(transport: Any) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
 
 
 class HttpServer:
@@ -142,6 +160,7 @@ class HttpServer:
 
     async def start(self) -> None:
         await self._runner.setup()
+        use_json_errors(self._runner.server)
         _cap_connections(self._runner.server)
         for addr in self._config.http.listen:
             site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS)

@@ -37,6 +37,7 @@ _ERRORS = {
     409: "The resource is in the wrong state for this",
     413: "The body is too large",
     422: "Valid JSON with the wrong meaning",
+    429: "Too many requests in progress for this key or address (or on the port): see Retry-After",
     507: "The server is low on disk space (sftp.min_free_space): try again later",
 }
 
@@ -47,7 +48,10 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def _op(summary: str, ok: dict[str, Any], *codes: int, ok_status: int = 200, body: dict[str, Any] | None = None,
         params: list[dict[str, Any]] | None = None, auth: bool = True) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {str(ok_status): ok, **_errors(*codes)}}
+    # every request may meet the caps on requests in flight (429), and a body its minimum rate (408)
+    extra = (429, 408) if body is not None else (429,)
+    op: dict[str, Any] = {"summary": summary,
+                          "responses": {str(ok_status): ok, **_errors(*sorted({*codes, *extra}))}}
     if auth:
         op["responses"].update(_errors(401))
     else:
@@ -154,6 +158,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _UPLOAD_ID = _path_param("uploadId", _ID)
+_TEXT = "[^\\u0000-\\u001f\\u007f-\\u009f]"  # no C0 or C1 control characters, no DEL
+_HEADERS = f"^{_TEXT}*[^,\\s\\u0000-\\u001f\\u007f-\\u009f]{_TEXT}*$"  # and at least one name
 _RUN_ID = _path_param("runId", _ID)
 _NAME = _path_param("name")
 _NDJSON = {"description": "NDJSON, one object per line, streamed",
@@ -176,7 +182,8 @@ PATHS: dict[str, Any] = {
                                                 params=[_UPLOAD_ID])},
     "/outbound/uploads/{uploadId}/parts/{partNumber}": {"put": _op(
         "Send (or replace) one part: a JSON array of objects", _json(_ref("Part"), "Stored"),
-        400, 403, 404, 408, 409, 413, 507, params=[_UPLOAD_ID, _path_param("partNumber", kind="integer")],
+        400, 403, 404, 408, 409, 413, 507, params=[_UPLOAD_ID, {**_path_param("partNumber", kind="integer"),
+                                          "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
         body={"required": True, "content": {JSON: {"schema": {"type": "array", "items": {"type": "object"}}}}})},
     "/outbound/uploads/{uploadId}/complete": {"post": _op(
         "Join the parts and start the run", _json(_ref("Completed"), "Completed"), 400, 403, 404, 409, 413, 422,
@@ -215,8 +222,8 @@ PATHS: dict[str, Any] = {
     "/pipelines/{name}/mapping-suggestions": {"get": _op(
         "How the pipeline would map these headers", _json(_ref("Suggestions"), "Suggestions"), 400, 403, 404,
         params=[_NAME, {"name": "headers", "in": "query", "required": True,
-                        "schema": {"type": "string", "pattern": "[^,\\s]"},
-                        "description": "comma-separated column names"}])},
+                        "schema": {"type": "string", "pattern": _HEADERS},
+                        "description": "comma-separated column names (text: no control characters)"}])},
 }
 
 
@@ -231,7 +238,8 @@ _TUS_ID = _path_param("id", "^[0-9a-f]{32}$")
 def _tus(summary: str, status: int, description: str, *codes: int, params: list[dict[str, Any]] | None = None,
          body: dict[str, Any] | None = None) -> dict[str, Any]:
     """A tus request: answers carry tus headers, errors the usual body (460: checksum mismatch)."""
-    errors = {str(c): _json(_ref("Error"), _ERRORS.get(c, _TUS_ERRORS.get(c, ""))) for c in codes}
+    every = {*codes, 429, *((408,) if body is not None else ())}
+    errors = {str(c): _json(_ref("Error"), _ERRORS.get(c, _TUS_ERRORS.get(c, ""))) for c in sorted(every)}
     op: dict[str, Any] = {"summary": summary, "tags": ["tus"], "parameters": params or [],
                           "responses": {str(status): {"description": description}, **errors,
                                         **_errors(401)}}
@@ -250,7 +258,7 @@ PATHS.update({
     "/tus/": {
         "options": {"summary": "tus capabilities: Tus-Version, Tus-Extension, Tus-Max-Size, "
                                "Tus-Checksum-Algorithm", "tags": ["tus"], "security": [],
-                    "responses": {"204": {"description": "Capabilities in the headers"}}},
+                    "responses": {"204": {"description": "Capabilities in the headers"}, **_errors(429)}},
         "post": _tus("Create an upload (creation, creation-with-upload). Upload-Metadata must carry connection, "
                      "pipeline and filename", 201, "Created: Location, Upload-Expires (Upload-Offset with a body)",
                      400, 403, 404, 412, 413, 422, 507, params=[
@@ -259,7 +267,7 @@ PATHS.update({
     },
     "/tus/{id}": {
         "options": {"summary": "tus capabilities", "tags": ["tus"], "security": [], "parameters": [_TUS_ID],
-                    "responses": {"204": {"description": "Capabilities in the headers"}}},
+                    "responses": {"204": {"description": "Capabilities in the headers"}, **_errors(429)}},
         "head": _tus("Offset and length (Cache-Control: no-store)", 200, "Upload-Offset, Upload-Length",
                      403, 404, 410, 412, params=[_TUS_ID, _TUS_VERSION]),
         "patch": _tus("Append bytes at Upload-Offset (checksum: Upload-Checksum)", 204, "The new Upload-Offset",
@@ -270,6 +278,59 @@ PATHS.update({
                        params=[_TUS_ID, _TUS_VERSION]),
     },
 })
+
+
+def operation_id(method: str, path: str) -> str:
+    """`post /outbound/uploads/{uploadId}/complete` -> `postOutboundUploadsByUploadIdComplete`."""
+    words = [f"By{w[1:-1][:1].upper()}{w[2:-1]}" if w.startswith("{") else w[:1].upper() + w[1:]
+             for w in path.replace("-", "/").replace(".", "/").split("/") if w]
+    return method + "".join(words)
+
+
+for _path, _ops in PATHS.items():
+    for _method, _operation in _ops.items():
+        _operation["operationId"] = operation_id(_method, _path)
+
+
+def _links(path: str, method: str, status: str, **targets: dict[str, Any]) -> None:
+    """Links (OpenAPI 3.1) from one response to the operations that use what it returned: how a client
+    (or a stateful test) goes from an upload to its run."""
+    links = PATHS[path][method]["responses"][status].setdefault("links", {})
+    for name, params in targets.items():
+        target_path, target_method = _LINK_TARGETS[name]
+        links[name] = {"operationId": operation_id(target_method, target_path), "parameters": params}
+
+
+_LINK_TARGETS = {
+    "GetUpload": ("/outbound/uploads/{uploadId}", "get"),
+    "PutPart": ("/outbound/uploads/{uploadId}/parts/{partNumber}", "put"),
+    "CompleteUpload": ("/outbound/uploads/{uploadId}/complete", "post"),
+    "AbortUpload": ("/outbound/uploads/{uploadId}/abort", "post"),
+    "GetRun": ("/runs/{runId}", "get"),
+    "GetRecords": ("/runs/{runId}/records", "get"),
+    "GetRejects": ("/runs/{runId}/rejects", "get"),
+    "AckRun": ("/runs/{runId}/ack", "post"),
+    "RetryRun": ("/runs/{runId}/retry", "post"),
+    "GetPipeline": ("/pipelines/{name}", "get"),
+    "PatchPipeline": ("/pipelines/{name}", "patch"),
+    "MappingSuggestions": ("/pipelines/{name}/mapping-suggestions", "get"),
+}
+_UPLOAD = {"uploadId": "$response.body#/uploadId"}
+_links("/outbound/uploads", "post", "201", GetUpload=_UPLOAD, PutPart={**_UPLOAD, "partNumber": 1},
+       CompleteUpload=_UPLOAD, AbortUpload=_UPLOAD)
+_links("/outbound/uploads/{uploadId}/parts/{partNumber}", "put", "200",
+       CompleteUpload={"uploadId": "$request.path.uploadId"}, GetUpload={"uploadId": "$request.path.uploadId"})
+_RUN = {"runId": "$response.body#/runId"}
+_links("/outbound/uploads/{uploadId}/complete", "post", "200", GetRun=_RUN, GetRecords=_RUN, GetRejects=_RUN,
+       AckRun=_RUN, RetryRun=_RUN)
+_links("/outbound/uploads/{uploadId}", "get", "200", GetRun=_RUN)
+_FIRST_RUN = {"runId": "$response.body#/data/0/runId"}
+_links("/runs", "get", "200", GetRun=_FIRST_RUN, GetRecords=_FIRST_RUN, AckRun=_FIRST_RUN)
+_FIRST_PIPELINE = {"name": "$response.body#/data/0/name"}
+_links("/pipelines", "get", "200", GetPipeline=_FIRST_PIPELINE, PatchPipeline=_FIRST_PIPELINE,
+       MappingSuggestions=_FIRST_PIPELINE)
+_links("/pipelines/{name}", "get", "200", MappingSuggestions={"name": "$response.body#/name"},
+       PatchPipeline={"name": "$response.body#/name"})
 
 
 def document(version: str) -> dict[str, Any]:

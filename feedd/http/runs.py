@@ -132,6 +132,7 @@ def _boolean(text: str | None, name: str) -> bool | None:
 def _integer(text: str | None, name: str, low: int, high: int, default: int) -> int:
     if text is None or text == "":
         return default
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+    # ASCII digits only, and short: int() takes other scripts' digits and refuses more than 4,300 digits
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or not low <= int(text) <= high:
         raise ApiError(400, "invalid_query", f"{name}: expected an integer from {low} to {high}")
     return int(text)

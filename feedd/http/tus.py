@@ -27,17 +27,28 @@ from aiohttp import web
 
 from feedd import events, failpoints, intake, log
 from feedd.http.api import ApiError, Routes, authenticate, require_connection, require_space
-from feedd.model import Direction, SourceKind, Upload, UploadState, utcnow
+from feedd.http.limits import body_chunks
+from feedd.http.names import REPORT_SUFFIXES, check_space_name
+from feedd.model import Direction, SourceKind, Upload, UploadState, new_id, utcnow
+from feedd.pipeline.process import Job, output_name
 from feedd.store import Store
 
 VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 READ_DEADLINE = 300.0
+MAX_DIGITS = 20  # an Upload-Length or Upload-Offset longer than this is no size a disk holds
 _ID = re.compile(r"[0-9a-f]{32}")
-_NAME = re.compile(r"[^/\\\x00-\x1f]{1,200}")
 OCTETS = "application/offset+octet-stream"
 OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
+
+
+def _decimal(text: str) -> int | None:
+    """A byte count from a header: ASCII digits only (str.isdigit() and int() also take other scripts'
+    digits, and int() refuses more than 4,300 digits), short enough for any real size."""
+    if not 0 < len(text) <= MAX_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def _http_date(ts: datetime) -> str:
@@ -93,11 +104,11 @@ class Tus(Routes):
     async def create(self, request: web.Request) -> web.Response:
         self._check_version(request)
         key = authenticate(request, self.config)
-        length_text = request.headers.get("Upload-Length", "")
-        if not length_text.isdigit():
-            raise ApiError(400, "invalid_length", "Upload-Length is required: the size in bytes "
-                                                  "(deferred lengths are not supported)")
-        length = int(length_text)
+        length = _decimal(request.headers.get("Upload-Length", ""))
+        if length is None:
+            raise ApiError(400, "invalid_length", "Upload-Length is required: the size in bytes, up to "
+                                                  f"{MAX_DIGITS} ASCII digits (deferred lengths are not supported)",
+                           self._headers())
         require_space(self.config)
         limit = self.config.http.tus.max_size
         if length > limit:
@@ -107,9 +118,8 @@ class Tus(Routes):
         if missing:
             raise ApiError(400, "invalid_metadata", f"Upload-Metadata must carry {', '.join(missing)}")
         connection, pipeline_name, filename = meta["connection"], meta["pipeline"], meta["filename"]
-        if not _NAME.fullmatch(filename) or filename in (".", ".."):
-            raise ApiError(400, "invalid_metadata", "filename: up to 200 characters, no '/', '\\' or control "
-                                                    "characters")
+        # the name of the partner's reports (and, through the output template, of outputs) in the outbox
+        check_space_name(filename, "Upload-Metadata filename", "invalid_metadata", REPORT_SUFFIXES)
         require_connection(key, connection)
         config = self.config
         if connection not in config.connections:
@@ -118,6 +128,10 @@ class Tus(Routes):
         if pipeline is None or pipeline.connection != connection or pipeline.direction is not Direction.INBOUND:
             raise ApiError(422, "pipeline_mismatch", f"pipeline {pipeline_name!r} is not an inbound pipeline of "
                                                      f"connection {connection!r}")
+        # and the output's name, which the pipeline's template (`{stem}`, `{name}`) makes from it
+        check_space_name(output_name(pipeline, Job(new_id(), "", filename, pipeline, config.schemas[pipeline.schema],
+                                                    "")), "Upload-Metadata filename (in the output name)",
+                         "invalid_metadata")
         upload_id = secrets.token_hex(16)
         now = utcnow()
         expires = now + timedelta(seconds=config.http.tus.expire_after)
@@ -161,11 +175,12 @@ class Tus(Routes):
         upload = await self._owned(request)
         if request.headers.get("Content-Type") != OCTETS:
             raise ApiError(415, "unsupported_media_type", f"Content-Type must be {OCTETS}", self._headers())
-        offset = request.headers.get("Upload-Offset", "")
-        if not offset.isdigit():
-            raise ApiError(400, "invalid_offset", "Upload-Offset is required", self._headers())
+        offset = _decimal(request.headers.get("Upload-Offset", ""))
+        if offset is None:
+            raise ApiError(400, "invalid_offset", f"Upload-Offset is required: up to {MAX_DIGITS} ASCII digits",
+                           self._headers())
         require_space(self.config)
-        if int(offset) != upload.offset:
+        if offset != upload.offset:
             raise ApiError(409, "offset_mismatch", f"the upload is at offset {upload.offset}, not {offset}",
                            self._headers(**{"Upload-Offset": str(upload.offset)}))
         if upload.state not in OPEN:
@@ -210,16 +225,19 @@ class Tus(Routes):
         fd = await asyncio.to_thread(_open_at, path, upload.offset)  # drops bytes past the stored offset
         written = 0
         try:
-            async with asyncio.timeout(READ_DEADLINE):
-                async for chunk in request.content.iter_chunked(256 * 1024):
+            try:
+                async for chunk in body_chunks(request, READ_DEADLINE):  # 408 when slow or late
                     if written + len(chunk) > room:
                         raise ApiError(413, "too_large", f"the body goes past Upload-Length {upload.length}",
                                        self._headers())
                     if digest is not None:
                         digest.update(chunk)
-                    await asyncio.to_thread(os.write, fd, chunk)
+                    await asyncio.to_thread(_write_all, fd, chunk)
                     written += len(chunk)
                     failpoints.hit("tus.mid_patch")
+            except ApiError as exc:
+                exc.headers = {**self._headers(), **exc.headers}  # tus answers carry Tus-Resumable
+                raise
             if digest is not None and digest.digest() != expected:
                 raise ApiError(460, "checksum_mismatch", "Upload-Checksum does not match this chunk: discarded",
                                self._headers())
@@ -294,6 +312,12 @@ class Tus(Routes):
 def _create(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked
+        view = view[os.write(fd, view):]
 
 
 def _open_at(path: Path, offset: int) -> int:

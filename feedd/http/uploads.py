@@ -30,6 +30,8 @@ from aiohttp import web
 from feedd import events, failpoints, intake, log
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection, require_space
+from feedd.http.limits import body_chunks
+from feedd.http.names import check_space_name
 from feedd.model import Direction, SourceKind, Upload, UploadState, iso, new_id, utcnow
 from feedd.pipeline.parts import check_part
 from feedd.pipeline.runner import die_with_parent
@@ -162,9 +164,12 @@ class Uploads(Routes):
         output = field(body, "output", str, required=False)
         if not 1 <= total <= MAX_PARTS:
             raise ApiError(400, "invalid_body", f"totalParts: expected 1 to {MAX_PARTS}, got {total}")
-        if filename is not None and (not _NAME.fullmatch(filename) or ".." in filename):
-            raise ApiError(400, "invalid_body", "filename: letters, digits, '.', '_', '-' and spaces, up to 200, "
-                                                "not starting with a dot")
+        if filename is not None:
+            # the name of the partner's file in its outbox: what the jail accepts, and plain ASCII
+            check_space_name(filename, "filename", "invalid_body")
+            if not _NAME.fullmatch(filename) or ".." in filename:
+                raise ApiError(400, "invalid_body", "filename: letters, digits, '.', '_', '-' and spaces, up to "
+                                                    "200, not starting with a dot, without '..'")
         if output is not None and output not in OUTPUTS:
             raise ApiError(400, "invalid_body", f"output: expected one of {', '.join(OUTPUTS)}")
         require_connection(key, connection)
@@ -230,18 +235,14 @@ class Uploads(Routes):
 
     async def _receive(self, request: web.Request, tmp: Path, limit: int) -> tuple[str, int]:
         digest, size = hashlib.sha256(), 0
-        try:
-            async with asyncio.timeout(READ_DEADLINE):
-                with open(tmp, "wb") as f:  # noqa: ASYNC230 - small buffered writes; the fsync runs in a thread
-                    async for chunk in request.content.iter_chunked(256 * 1024):
-                        size += len(chunk)
-                        if size > limit:
-                            raise ApiError(413, "too_large", f"a part may be at most {limit} bytes")
-                        digest.update(chunk)
-                        f.write(chunk)
-                    await asyncio.to_thread(_sync, f)
-        except TimeoutError:
-            raise ApiError(408, "request_timeout", f"the part did not arrive within {READ_DEADLINE:.0f} s") from None
+        with open(tmp, "wb") as f:  # noqa: ASYNC230 - small buffered writes; the fsync runs in a thread
+            async for chunk in body_chunks(request, READ_DEADLINE):  # 408 when slow or late
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "too_large", f"a part may be at most {limit} bytes")
+                digest.update(chunk)
+                f.write(chunk)
+            await asyncio.to_thread(_sync, f)
         return digest.hexdigest(), size
 
     async def _check(self, path: Path, size: int) -> tuple[int, str | None]:

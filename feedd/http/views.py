@@ -4,7 +4,9 @@ and mapping suggestions made by the pipeline's own auto-map code."""
 from __future__ import annotations
 
 import csv
+import re
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -14,6 +16,21 @@ from feedd.pipeline.mapping import header_key, plan
 from feedd.store import Store
 
 MAX_HEADERS = 1000
+# C0 and C1 controls, DEL, and lone surrogates: no column name a file can have once read as text
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _strict_query(request: web.Request) -> dict[str, str]:
+    """The query decoded strictly: aiohttp replaces bytes that are not UTF-8 with U+FFFD, which would make a
+    column name nobody sent; here they are a 400 naming the problem."""
+    try:
+        pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_query", "the query is not valid UTF-8 once percent-decoded") from None
+    query: dict[str, str] = {}
+    for name, value in pairs:
+        query.setdefault(name, value)  # the first of a repeated name, as aiohttp's request.query.get()
+    return query
 
 
 class Releaser(Protocol):
@@ -100,7 +117,10 @@ class ViewsApi(Routes):
 
     async def suggestions(self, request: web.Request) -> web.Response:
         pipe = self._find(authenticate(request, self.config), request.match_info["name"])
-        text = request.query.get("headers", "")
+        text = _strict_query(request).get("headers", "")
+        if bad := _CONTROL.search(text):
+            raise ApiError(400, "invalid_query", f"headers: a column name contains a control character "
+                                                 f"(U+{ord(bad.group()):04X}); column names are text")
         headers = [h.strip() for h in next(csv.reader([text]), []) if h.strip()] if text else []
         if not headers:
             raise ApiError(400, "invalid_query", "headers: a comma-separated list of column names is required")

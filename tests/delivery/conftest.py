@@ -35,6 +35,7 @@ class Receiver:
     script: dict[str, list[int]] = field(default_factory=dict)
     delay: dict[str, float] = field(default_factory=dict)
     got: list[Received] = field(default_factory=list)
+    redirect: dict[str, str] = field(default_factory=dict)  # path -> Location, answered with 307
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -47,6 +48,8 @@ class Receiver:
         self.got.append(Received(request.path, dict(request.headers), body))
         if (pause := self.delay.get(request.path)) is not None:
             await asyncio.sleep(pause)
+        if (location := self.redirect.get(request.path)) is not None:
+            return web.Response(status=307, headers={"Location": location})
         statuses = self.script.get(request.path, [200])
         status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
         return web.Response(status=status, headers={"Retry-After": "0"} if status == 503 else None)
@@ -54,6 +57,18 @@ class Receiver:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
+    async for r in _serve():
+        yield r
+
+
+@pytest.fixture
+async def elsewhere() -> AsyncIterator[Receiver]:
+    """A second receiver, for what must never reach it (a redirect's target)."""
+    async for r in _serve():
+        yield r
+
+
+async def _serve() -> AsyncIterator[Receiver]:
     r = Receiver()
     app = web.Application()
     app.router.add_post("/{tail:.*}", r.handle)

@@ -225,3 +225,17 @@ async def test_max_attempts_bounds_the_retries(start_api: Callable[..., Any], re
     run = await settled(api)
     assert run["deliveries"][0]["status"] == "failed" and run["deliveries"][0]["attempts"] == 2
     assert "503" in run["deliveries"][0]["lastError"] and len(receiver.at("/down")) == 2
+
+
+async def test_a_redirect_is_not_followed_and_fails_the_attempt(start_api: Callable[..., Any], receiver: Receiver,
+                                                                elsewhere: Receiver) -> None:
+    receiver.redirect["/moved"] = elsewhere.url("/stolen")
+    api: Api = await start_api(pipeline_extra=f"""destinations:
+      - {{type: webhook, url: "{receiver.url('/moved')}", secret: "{SECRET}"}}""")
+    await drop(api, "c.csv", "email\nann@example.org\n")
+    run = await settled(api)
+    [delivery] = run["deliveries"]
+    assert delivery["status"] == "failed" and delivery["attempts"] == 1, delivery
+    assert "307" in delivery["lastError"] and elsewhere.url("/stolen") in delivery["lastError"], delivery
+    assert len(receiver.at("/moved")) == 1
+    assert elsewhere.got == []  # neither the records nor their signature went where the receiver pointed

@@ -127,3 +127,23 @@ webhooks: [{{url: "{receiver.url('/events')}", secret: "{SECRET}", events: ["run
     assert {t for t, _ in events} == {"run.completed", "run.delivered"}
     assert len({i for t, i in events if t == "run.delivered"}) == 3
     assert len({i for t, i in events if t == "run.completed"}) == 3  # queued before the kill, sent after
+
+
+async def test_an_event_redirect_is_not_followed(start_api: Callable[..., Any], receiver: Receiver,
+                                                 elsewhere: Receiver) -> None:
+    receiver.redirect["/moved"] = elsewhere.url("/stolen")
+    api: Api = await start_api(extra=f"""webhooks: [{{url: "{receiver.url('/moved')}", secret: "{SECRET}",
+                                                     events: ["run.completed"]}}]""")
+    await drop(api, "a.csv", "email\nann@example.org\n")
+    await until(lambda: len(receiver.at("/moved")) >= 1)
+    assert api.daemon.store is not None
+    store = api.daemon.store
+    event = None
+    for _ in range(400):
+        [event] = await store.events_of("run.completed")
+        if event.attempts >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert event is not None and event.attempts >= 1 and event.status != "delivered", event
+    assert "307" in (event.last_error or "") and elsewhere.url("/stolen") in (event.last_error or ""), event
+    assert elsewhere.got == []

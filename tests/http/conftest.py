@@ -145,5 +145,15 @@ async def start_api(tmp_path: Path, host_key: Path) -> AsyncIterator[Callable[..
 
 
 @pytest.fixture
+def fast_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The minimum body rate (4 KB/s), checked over short windows so that a test sees it act at once."""
+    from feedd.http import limits
+
+    monkeypatch.setattr(limits, "MIN_BODY_RATE", 4096)
+    monkeypatch.setattr(limits, "RATE_WINDOW", 0.4)
+    monkeypatch.setattr(limits, "RATE_GRACE", 0.4)
+
+
+@pytest.fixture
 async def api(start_api: Callable[..., Any]) -> Api:
     return await start_api()  # type: ignore[no-any-return]

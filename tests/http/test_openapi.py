@@ -1,8 +1,11 @@
 """The running side API against its own /openapi.json, with schemathesis: no 5xx, and every response
-(status, content type, headers, body) as the document says. A real `feedd serve` on loopback."""
+(status, content type, headers, body) as the document says, for every operation on its own and for
+sequences that follow the document's links (an upload to its parts, completion and run). A real
+`feedd serve` on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +16,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
+from schemathesis.config import PositiveDataAcceptanceConfig
+from schemathesis.generation.modes import GenerationMode
 
 from feedd.config import load_config
 from feedd.http.app import build_app
@@ -72,6 +78,16 @@ def test_the_document_is_openapi_3_1_and_covers_every_route(served: str, tmp_pat
             assert op["responses"], (method, path)
             if op.get("security") != []:
                 assert "401" in op["responses"], (method, path)
+            # the caps on requests in flight apply to every request, the minimum body rate to every body
+            assert "429" in op["responses"], (method, path)
+            if "requestBody" in op:
+                assert "408" in op["responses"], (method, path)
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for response in op["responses"].values():
+                assert all(link["operationId"] in ids for link in response.get("links", {}).values())
 
 
 def test_every_operation_conforms(served: str) -> None:
@@ -85,10 +101,61 @@ def test_every_operation_conforms(served: str) -> None:
         _conforms(operation, served, headers, [not_a_server_error] if operation.path.startswith("/tus/") else None)
 
 
-def _conforms(operation: Any, served: str, headers: dict[str, str], checks: list[Any] | None) -> None:
-    @given(case=operation.as_strategy())
-    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_invalid_requests_to_every_operation_are_refused_without_a_5xx(served: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for result in schema.get_all_operations():
+        with contextlib.suppress(Unsatisfiable):  # an operation with nothing to get wrong (no input at all)
+            _conforms(result.ok(), served, headers, [not_a_server_error], GenerationMode.NEGATIVE, 15)
+
+
+def _conforms(operation: Any, served: str, headers: dict[str, str], checks: list[Any] | None,
+              mode: GenerationMode = GenerationMode.POSITIVE, examples: int = 25) -> None:
+    @given(case=operation.as_strategy(mode))
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def check(case: Any) -> None:
         case.call_and_validate(base_url=served, headers=headers, checks=checks)
 
     check()
+
+
+def _tus_or_all(case: Any) -> list[Any] | None:
+    return [not_a_server_error] if case.operation.path.startswith("/tus/") else None
+
+
+def test_stateful_sequences_conform(served: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
+    schema.config.generation.update(modes=[GenerationMode.POSITIVE])  # invalid data: the per-route test
+    # Valid data may still mean something wrong in this state: a part never sent (422), too many bytes (413)
+    schema.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(
+        expected_statuses=["2XX", "401", "403", "404", "409", "413", "422", "429"])
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    machine: Any = schema.as_state_machine()
+    steps: list[tuple[str, int]] = []
+
+    class Sequences(machine):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": served, "headers": headers}
+
+        def before_call(self, case: Any) -> None:
+            # Names a generator cannot guess: an upload of this config's outbound pipeline, of one part,
+            # completed with that part, so that sequences reach a run.
+            if (case.method, case.operation.path) == ("POST", "/outbound/uploads") and isinstance(case.body, dict):
+                case.body.update(connectionName="demo", pipelineId="demo-out", totalParts=1)
+            elif case.operation.path.endswith("/complete") and isinstance(case.body, dict):
+                case.body["parts"] = [{"partNumber": 1}]
+            elif case.operation.path.endswith("/parts/{partNumber}"):
+                case.path_parameters["partNumber"] = 1
+
+        def after_call(self, response: Any, case: Any) -> None:
+            super().after_call(response, case)
+            steps.append((f"{case.method} {case.operation.path}", response.status_code))
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, checks=_tus_or_all(case), additional_checks=additional_checks,
+                                   transport_kwargs=kwargs or None, recorder=self.recorder)
+
+    Sequences.run(settings=settings(max_examples=40, stateful_step_count=6, deadline=None, database=None,
+                                    suppress_health_check=list(HealthCheck)))
+    # the links were followed: operations on an upload created earlier in the same sequence found it
+    assert any("{uploadId}" in step and status != 404 for step, status in steps), sorted(set(steps))
