@@ -204,13 +204,18 @@ class Drops:
             self._sooner.set()  # e.g. a rename while other files wait out their grace
         return True
 
+    def starts_at(self, due: float) -> float:
+        """When a take due at `due` (event-loop time) starts: at its time, unless takes started less than
+        STREAM_GATHER before it, in which case it waits to go with the next batch."""
+        return max(due, self._started + STREAM_GATHER)
+
     async def _tick(self) -> None:
         """One timer for every offer: wakes a little after the earliest is due (and not sooner than
         STREAM_GATHER after the last takes started) and starts every take that is due by then, so that
         they reach intake together."""
         loop = asyncio.get_running_loop()
         while self._due:
-            wait = max(self._due[0][0], self._started + STREAM_GATHER) - loop.time()
+            wait = self.starts_at(self._due[0][0]) - loop.time()
             if wait > 0:
                 self._sooner.clear()
                 with contextlib.suppress(TimeoutError):
