@@ -85,48 +85,9 @@ asyncio.run(main())
 """
 
 
-class Feedd:
+def start_feedd(work: Path, pubkey: str, password: str) -> bench_sftp.Feedd:
     """`feedd serve` with one connection, `bench`, that logs in with a password or a key."""
-
-    def __init__(self, work: Path, pubkey: str, password: str) -> None:
-        self.port = bench_sftp.free_port()
-        self.state = work / "feedd-state"
-        config = work / "feedd.yaml"
-        config.write_text(f"""\
-state_dir: {self.state}
-log: {{level: warning, format: json}}
-sftp: {{listen: "127.0.0.1:{self.port}"}}
-http: {{listen: "127.0.0.1:{bench_sftp.free_port()}"}}
-schemas:
-  blob:
-    fields:
-      x: {{type: string}}
-connections:
-  bench:
-    password_hash: "{hash_password(password)}"
-    authorized_keys: ["{pubkey}"]
-    quota: 1TiB
-    max_file_size: 100GiB
-pipelines:
-  bench-in:
-    connection: bench
-    schema: blob
-    match: ["inbox/**"]
-    active: false
-""")
-        self.proc = subprocess.Popen([sys.executable, "-m", "feedd", "serve", "-c", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        bench_sftp.wait_port(self.port, 60)
-
-    def clear(self) -> None:
-        """Drop what earlier uploads left (runs are held: the pipeline is inactive), so the disk stays free."""
-        for folder in (self.state / "spool", self.state / "spaces" / "bench" / "inbox"):
-            for p in folder.iterdir() if folder.exists() else ():
-                p.unlink()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(40)
+    return bench_sftp.Feedd(work, pubkey, password_hash=hash_password(password))
 
 
 def spawn(script: str, *args: object) -> subprocess.Popen[str]:
@@ -163,7 +124,7 @@ def rate_between(samples: list[list[float]], start: float, end: float) -> float:
     return (done_at(end) - done_at(start)) / (1 << 20) / (end - start) if end > start else 0.0
 
 
-def upload_with_burst(feedd: Feedd, key: Path, path: Path, name: str, password: str, logins: int, tries: int,
+def upload_with_burst(feedd: bench_sftp.Feedd, key: Path, path: Path, name: str, password: str, logins: int, tries: int,
                       lead: float) -> dict[str, float]:
     """One upload, with a password burst starting `lead` seconds into it: its MiB/s before the burst (and
     after, if it outlasts it) against its MiB/s while the burst ran, and feedd's CPU seconds per login."""
@@ -213,7 +174,7 @@ def main() -> int:
     with open(big, "wb") as f:
         for _ in range(args.size_mib):
             f.write(os.urandom(1 << 20))
-    feedd = Feedd(work, pubkey, password)
+    feedd = start_feedd(work, pubkey, password)
     openssh = bench_sftp.OpenSSH(work, pubkey) if anchor else None
     rows: dict[str, list[dict[str, float]]] = {}
     try:

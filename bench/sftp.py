@@ -137,9 +137,10 @@ X11Forwarding no
 class Feedd(Server):
     name = "feedd"
 
-    def __init__(self, work: Path, pubkey: str, process: bool = False) -> None:
+    def __init__(self, work: Path, pubkey: str, process: bool = False, password_hash: str | None = None) -> None:
         self.port = free_port()
         self.process = process
+        password = f'\n    password_hash: "{password_hash}"' if password_hash else ""
         state = work / "feedd-state"
         config = work / "feedd.yaml"
         config.write_text(f"""\
@@ -152,7 +153,7 @@ schemas:
     fields:
       x: {{type: string}}
 connections:
-  bench:
+  bench:{password}
     authorized_keys: ["{pubkey}"]
     quota: 1TiB
     max_file_size: 100GiB
