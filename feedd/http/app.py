@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from feedd import __version__, log, metrics
+from feedd import __version__, log, metrics, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http import openapi
@@ -64,6 +64,10 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while every long-lived task runs; 503 naming those that keep crashing."""
+    failing = supervisor.current().failing()
+    if failing:
+        return web.json_response({"status": "failing", "failing": failing}, status=503)
     return web.json_response({"status": "ok"})
 
 

@@ -83,7 +83,8 @@ _NTIME = _nullable("string", format="date-time")
 SCHEMAS: dict[str, Any] = {
     "Error": _object(["error"], error=_object(["code", "message"], code={"type": "string"},
                                                 message={"type": "string"})),
-    "Health": _object(["status"], status={"type": "string"}),
+    "Health": _object(["status"], status={"enum": ["ok", "failing"]},
+                      failing={"type": "array", "items": {"type": "string"}}),
     "Run": _object(
         ["runId", "pipeline", "connection", "direction", "status", "source", "counts", "mapping", "errors", "error",
          "deliveries", "duplicateOf", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"],
@@ -171,7 +172,9 @@ def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
 
 
 PATHS: dict[str, Any] = {
-    "/healthz": {"get": _op("Liveness", _json(_ref("Health"), "Up"), auth=False)},
+    "/healthz": {"get": {**_op("Liveness", _json(_ref("Health"), "Up"), auth=False), "responses": {
+        "200": _json(_ref("Health"), "Up"), "503": _json(_ref("Health"), "A long-lived task keeps crashing"),
+        **_errors(429)}}},
     "/metrics": {"get": _op("Prometheus metrics", {"description": "Prometheus text format",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                             auth=False)},
