@@ -17,7 +17,7 @@ from feedd.http import openapi
 from feedd.http.api import Handler, errors
 from feedd.http.limits import InFlight
 from feedd.http.protocol import use_json_errors
-from feedd.http.runs import Retrier, RunsApi
+from feedd.http.runs import EventsApi, Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
 from feedd.http.views import Releaser, ViewsApi
@@ -76,7 +76,8 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    metrics.refresh(*await request.app[STORE].status_counts())
+    store = request.app[STORE]
+    metrics.refresh(*await store.status_counts(), await store.event_counts())
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -110,6 +111,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     uploads = app[UPLOADS] = Uploads(live, store, wake, sweepers=(tus.sweep,))
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)
+    EventsApi(live, store).routes(app)
     ViewsApi(live, store, runs).routes(app)
     return app
 
