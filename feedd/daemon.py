@@ -157,6 +157,7 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(supervisor.reap("daemon.task_crashed"))
 
     def _on_hup(self) -> None:
         self._spawn(self.reload())
