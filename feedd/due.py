@@ -85,7 +85,10 @@ class DueWork(Generic[T]):
         def forget(task: asyncio.Task[None]) -> None:
             reap(task)
             self._inflight.pop(key, None)
-            self.wake()
+            # an item whose handling crashed is still due: it is tried at the next pause, not at once and
+            # again and again in a tight loop
+            if task.cancelled() or task.exception() is None:
+                self.wake()
 
         return forget
 

@@ -59,8 +59,8 @@ class Supervisor:
     def spawn(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
         """Run `factory()` as the task `name`, started again whenever it raises. The task ends when the
         coroutine returns or the task is cancelled (how its owner stops it)."""
-        self._states.setdefault(name, _State())
-        metrics.TASK_FAILING.labels(name).set(0)
+        state = self._states.setdefault(name, _State())
+        metrics.TASK_FAILING.labels(name).set(1 if state.failing else 0)
         return asyncio.get_running_loop().create_task(self._keep(name, factory), name=f"feedd:{name}")
 
     async def _keep(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -42,7 +42,7 @@ async def test_a_failing_event_endpoint_shows_at_once(start_api: Callable[..., A
     with capture_logs() as logs:
         await drop(api, "a.csv", "email\nann@example.org\n")
         await wait_for(lambda: bool(events(logs, "event.attempt_failed")))
-        [first] = events(logs, "event.attempt_failed")
+        first = events(logs, "event.attempt_failed")[0]
         assert first["log_level"] == "warning" and first["url"] == receiver.url("/down")
         assert first["status"] == 503 and first["error"] == "HTTP 503" and first["attempt"] == 1
         [event] = await failed_events(api, 1)
