@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("connection", "pipeline", "status"):
         ls.add_argument(f"--{name}")
     ls.add_argument("--unacknowledged", action="store_true")
+    ls.add_argument("--delivery-failed", action="store_true", help="only runs with a delivery that failed for good")
     ls.add_argument("--limit", type=int, default=20)
     for action, text in (("show", "one run as JSON"), ("ack", "mark a run acknowledged"),
                          ("retry", "re-deliver what failed (--reprocess: process the input again)")):
@@ -203,11 +204,13 @@ def _runs(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             page = client.runs(connection=args.connection, pipeline=args.pipeline, status=args.status,
-                               acknowledged="false" if args.unacknowledged else None, limit=args.limit)
-            print(f"{'RUN':26}  {'STATUS':10}  {'PIPELINE':24}  {'ROWS':>8}  {'INVALID':>7}  SOURCE")
+                               acknowledged="false" if args.unacknowledged else None,
+                               deliveryFailed="true" if args.delivery_failed else None, limit=args.limit)
+            print(f"{'RUN':26}  {'STATUS':10}  {'PIPELINE':24}  {'ROWS':>8}  {'INVALID':>7}  {'DELIVERY':8}  SOURCE")
             for r in page["data"]:
+                delivery = "failed" if r.get("deliveryFailed") else "-"
                 print(f"{r['runId']:26}  {r['status']:10}  {(r['pipeline'] or '-'):24}  {r['counts']['rows']:>8}  "
-                      f"{r['counts']['invalid']:>7}  {r['source']['name']}")
+                      f"{r['counts']['invalid']:>7}  {delivery:8}  {r['source']['name']}")
             return 0
         if args.action == "show":
             result = client.run(args.run_id)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
-from feedd import hostkeys, intake, log, sdnotify
+from feedd import hostkeys, intake, log, sdnotify, supervisor
 from feedd.config import Config, load_config
 from feedd.delivery.dispatcher import Dispatcher
 from feedd.drops import Drops
@@ -157,6 +157,7 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(supervisor.reap("daemon.task_crashed"))
 
     def _on_hup(self) -> None:
         self._spawn(self.reload())
@@ -188,8 +189,17 @@ class Daemon:
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: if the loop is blocked, the pings stop and systemd restarts us.
+        # So do they while a task keeps crashing: a restart is the likeliest cure (a wedged store
+        # connection, a leaked resource), and systemd counts and reports it.
+        silent = False
         while True:
-            sdnotify.notify("WATCHDOG=1")
+            failing = supervisor.current().failing()
+            if not failing:
+                sdnotify.notify("WATCHDOG=1")
+            elif not silent:
+                log.get().error("watchdog.withheld", failing=failing, action="systemd restarts the service")
+                sdnotify.notify(f"STATUS=failing: {', '.join(failing)}")
+            silent = bool(failing)
             await asyncio.sleep(interval)
 
 

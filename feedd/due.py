@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 import aiohttp
 
-from feedd import log
+from feedd import failpoints, log, supervisor
 from feedd.config import Config
 from feedd.model import utcnow
 from feedd.store import Store
@@ -44,16 +44,15 @@ class DueWork(Generic[T]):
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        # supervised: an error the loop does not expect (the store failing while it pauses) restarts it
+        # instead of ending deliveries or events until the next restart of the daemon
+        self._task = supervisor.supervise(self.name, self._loop)
 
     async def reload(self, config: Config) -> None:
         self.wake()
 
     async def stop(self, deadline: float) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await supervisor.cancel(self._task)
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()),
                                timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
@@ -65,6 +64,7 @@ class DueWork(Generic[T]):
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
+            failpoints.hit(f"due.{self.name}")
             try:
                 for key, item in await self.due():
                     if key not in self._inflight and len(self._inflight) < self.max_in_flight:
@@ -80,9 +80,15 @@ class DueWork(Generic[T]):
                     await self._wake.wait()
 
     def _done(self, key: Hashable) -> Callable[[asyncio.Task[None]], None]:
-        def forget(_task: asyncio.Task[None]) -> None:
+        reap = supervisor.reap(f"{self.name}.handle_crashed")
+
+        def forget(task: asyncio.Task[None]) -> None:
+            reap(task)
             self._inflight.pop(key, None)
-            self.wake()
+            # an item whose handling crashed is still due: it is tried at the next pause, not at once and
+            # again and again in a tight loop
+            if task.cancelled() or task.exception() is None:
+                self.wake()
 
         return forget
 

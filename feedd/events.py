@@ -103,10 +103,14 @@ class EventSender(DueWork[Event]):
             await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts,
                                                   "the subscription is no longer in the config", None))
             return
-        error, wait = await self._post(event, subscriber.secret)
+        error, wait, status = await self._post(event, subscriber.secret)
         if error is None:
             await self._store.save_event(_replace(event, DeliveryStatus.DELIVERED, attempts, None, None))
             return
+        # every failed attempt, at once: a receiver that is down shows in the log at its first refusal,
+        # not after the hours the retries take
+        log.get().warning("event.attempt_failed", event_id=event.event_id, url=event.url, type=event.type,
+                          status=status, error=error, attempt=attempts, max_attempts=MAX_ATTEMPTS)
         if attempts >= MAX_ATTEMPTS:
             log.get().warning("event.failed", event_id=event.event_id, url=event.url, type=event.type,
                               attempts=attempts, error=error)
@@ -115,8 +119,9 @@ class EventSender(DueWork[Event]):
         nxt = utcnow() + timedelta(seconds=backoff(attempts, wait))
         await self._store.save_event(_replace(event, DeliveryStatus.PENDING, attempts, error, nxt))
 
-    async def _post(self, event: Event, secret: str | None) -> tuple[str | None, float | None]:
-        """(None, None) on a 2xx; else (what went wrong, Retry-After seconds or None)."""
+    async def _post(self, event: Event, secret: str | None) -> tuple[str | None, float | None, int | None]:
+        """(None, None, status) on a 2xx; else (what went wrong, Retry-After seconds or None, the HTTP status
+        or None when there was no answer)."""
         assert self._session is not None
         body = event.body.encode()
         try:
@@ -124,12 +129,12 @@ class EventSender(DueWork[Event]):
             async with self._session.post(event.url, data=body, allow_redirects=False,
                                           headers=signed_headers(secret, event.event_id, body)) as resp:
                 if 200 <= resp.status < 300:
-                    return None, None
+                    return None, None, resp.status
                 if 300 <= resp.status < 400:
-                    return redirect_error(event.url, resp.status, resp.headers.get("Location")), None
-                return f"HTTP {resp.status}", retry_after(resp.headers.get("Retry-After"))
+                    return redirect_error(event.url, resp.status, resp.headers.get("Location")), None, resp.status
+                return f"HTTP {resp.status}", retry_after(resp.headers.get("Retry-After")), resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None, None
 
 
 def _replace(event: Event, status: DeliveryStatus, attempts: int, error: str | None,

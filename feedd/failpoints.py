@@ -17,6 +17,11 @@ Some points raise `FailpointError` instead of killing (`RAISES`): they test that
 carries on after an unexpected error.
 
 - `watcher.scan`           a reconciliation scan of the spaces fails
+- `runner.claim`           the runner's claim loop, before it looks for queued runs
+- `due.delivery`           the dispatcher's loop, before it looks for due deliveries
+- `due.events`             the event sender's loop, before it looks for due events
+
+`TIMES`, when set (in-process tests), is how many more times the armed point fires; it is disarmed after.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ import sys
 
 NAMES = ("intake.after_spool", "intake.after_commit", "runner.mid_processing", "runner.before_record",
          "delivery.mid", "delivery.before_done", "tus.mid_patch", "upload.mid_complete")
-RAISES = ("watcher.scan",)
+RAISES = ("watcher.scan", "runner.claim", "due.delivery", "due.events")
 _SETTING = os.environ.get("FEEDD_FAILPOINT", "").partition(":")
 ARMED: str | None = _SETTING[0] or None
 RAISE = _SETTING[2] == "raise"
+TIMES: int | None = None
 
 
 class FailpointError(RuntimeError):
@@ -39,7 +45,12 @@ class FailpointError(RuntimeError):
 
 
 def hit(name: str) -> None:
+    global ARMED, TIMES
     if ARMED is not None and name == ARMED:
+        if TIMES is not None:
+            TIMES -= 1
+            if TIMES <= 0:
+                ARMED, TIMES = None, None
         if name in RAISES:
             raise FailpointError(f"failpoint {name}")
         if RAISE:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from watchfiles import awatch
 
-from feedd import failpoints, log
+from feedd import failpoints, log, supervisor
 from feedd.config import Config
 from feedd.drops import Drops
 from feedd.inotify import TreeWatch
@@ -67,10 +67,9 @@ class Watcher:
             os.path.dirname(os.path.dirname(path)) == os.fspath(self._spaces.spaces_dir)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._tick())]
+        self._tasks = [supervisor.supervise("watcher.tick", self._tick)]
         if not self._tree.start():
-            self._tasks.append(loop.create_task(self._watch()))
+            self._tasks.append(supervisor.supervise("watcher.watch", self._watch))
 
     async def reload(self, config: Config) -> None:
         pass  # reads the live config on every tick

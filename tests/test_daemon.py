@@ -144,3 +144,23 @@ def test_port_in_use_is_a_clear_startup_failure(tmp_path: Path, daemons: list[Da
 
 def test_check_and_serve_agree_on_the_example(tmp_path: Path) -> None:
     assert run_cli("check", "-c", str(Path(__file__).parent.parent / "feedd.example.yaml")).returncode == 0
+
+
+def test_a_task_that_keeps_crashing_stops_the_watchdog_pings(
+        tmp_path: Path, notify: NotifySocket, daemons: list[Daemon]) -> None:
+    d = start(daemons, write(tmp_path, "feedd.yaml", MINIMAL), NOTIFY_SOCKET=notify.address,
+              WATCHDOG_USEC="400000", FEEDD_FAILPOINT="runner.claim")
+    notify.wait_for("STATUS=failing: runner", timeout=30)
+    d.wait_log("watchdog.withheld", failing=["runner"])
+    # systemd restarts a service whose pings stop for WATCHDOG_USEC: none for twice that long
+    seen: list[str] = []
+    end = time.monotonic() + 0.8
+    while (left := end - time.monotonic()) > 0:
+        notify.sock.settimeout(left)
+        try:
+            seen.append(notify.sock.recv(4096).decode())
+        except TimeoutError:
+            break
+    assert "WATCHDOG=1" not in seen
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0

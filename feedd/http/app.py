@@ -10,14 +10,14 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from feedd import __version__, log, metrics
+from feedd import __version__, log, metrics, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.http import openapi
 from feedd.http.api import Handler, errors
 from feedd.http.limits import InFlight
 from feedd.http.protocol import use_json_errors
-from feedd.http.runs import Retrier, RunsApi
+from feedd.http.runs import EventsApi, Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
 from feedd.http.views import Releaser, ViewsApi
@@ -64,6 +64,10 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while every long-lived task runs; 503 naming those that keep crashing."""
+    failing = supervisor.current().failing()
+    if failing:
+        return web.json_response({"status": "failing", "failing": failing}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -72,7 +76,8 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
-    metrics.refresh(*await request.app[STORE].status_counts())
+    store = request.app[STORE]
+    metrics.refresh(*await store.status_counts(), await store.event_counts())
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -106,6 +111,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     uploads = app[UPLOADS] = Uploads(live, store, wake, sweepers=(tus.sweep,))
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)
+    EventsApi(live, store).routes(app)
     ViewsApi(live, store, runs).routes(app)
     return app
 

@@ -83,7 +83,8 @@ _NTIME = _nullable("string", format="date-time")
 SCHEMAS: dict[str, Any] = {
     "Error": _object(["error"], error=_object(["code", "message"], code={"type": "string"},
                                                 message={"type": "string"})),
-    "Health": _object(["status"], status={"type": "string"}),
+    "Health": _object(["status"], status={"enum": ["ok", "failing"]},
+                      failing={"type": "array", "items": {"type": "string"}}),
     "Run": _object(
         ["runId", "pipeline", "connection", "direction", "status", "source", "counts", "mapping", "errors", "error",
          "deliveries", "duplicateOf", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"],
@@ -104,8 +105,15 @@ SCHEMAS: dict[str, Any] = {
             status={"enum": ["pending", "delivered", "failed"]}, attempts={"type": "integer"},
             lastError=_nullable("string"), deliveredAt=_NTIME)},
         duplicateOf=_nullable("string"), createdAt=_TIME, startedAt=_NTIME, finishedAt=_NTIME,
-        acknowledgedAt=_NTIME,
+        acknowledgedAt=_NTIME, deliveryFailed={"type": "boolean"},
     ),
+    "Event": _object(
+        ["eventId", "url", "type", "status", "attempts", "lastError", "nextAttemptAt", "createdAt", "data"],
+        eventId={"type": "string"}, url={"type": "string"}, type={"type": "string"},
+        status={"enum": ["pending", "delivered", "failed"]}, attempts={"type": "integer"},
+        lastError=_nullable("string"), nextAttemptAt=_NTIME, createdAt=_TIME, data={}),
+    "EventPage": _object(["data", "nextCursor"], data={"type": "array", "items": _ref("Event")},
+                         nextCursor=_nullable("string")),
     "RunPage": _object(["data", "nextCursor"], data={"type": "array", "items": _ref("Run")},
                        nextCursor=_nullable("string")),
     "UploadInit": _object(
@@ -171,7 +179,9 @@ def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
 
 
 PATHS: dict[str, Any] = {
-    "/healthz": {"get": _op("Liveness", _json(_ref("Health"), "Up"), auth=False)},
+    "/healthz": {"get": {**_op("Liveness", _json(_ref("Health"), "Up"), auth=False), "responses": {
+        "200": _json(_ref("Health"), "Up"), "503": _json(_ref("Health"), "A long-lived task keeps crashing"),
+        **_errors(429)}}},
     "/metrics": {"get": _op("Prometheus metrics", {"description": "Prometheus text format",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                             auth=False)},
@@ -196,8 +206,15 @@ PATHS: dict[str, Any] = {
         _query("pipeline", {"type": "string"}, "only this pipeline's runs"),
         _query("status", {"type": "string", "pattern": _STATUSES}, "comma-separated statuses"),
         _query("acknowledged", {"enum": ["true", "false"]}, "acknowledged or not"),
+        _query("deliveryFailed", {"enum": ["true", "false"]}, "with a delivery that failed for good, or without"),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
         _query("cursor", {"type": "string", "pattern": _ID}, "nextCursor of the previous page"),
+    ])},
+    "/events": {"get": _op("Webhook events, newest first (keys with every connection only)",
+                           _json(_ref("EventPage"), "One page"), 400, 403, params=[
+        _query("status", {"enum": ["pending", "delivered", "failed"]}, "only events in this state"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
+        _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "nextCursor of the previous page"),
     ])},
     "/runs/{runId}": {"get": _op("One run", _json(_ref("Run"), "The run"), 403, 404, params=[_RUN_ID])},
     "/runs/{runId}/records": {"get": _op("The run's output records as NDJSON", _NDJSON, 403, 404, 409,

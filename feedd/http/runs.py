@@ -1,4 +1,5 @@
-"""The runs API: list (filters, cursor pages), get, records and rejects (streamed files), ack, retry.
+"""The runs API: list (filters, cursor pages), get, records and rejects (streamed files), ack, retry; and
+the events list (`GET /events`) for keys with every connection.
 
 A key sees only the runs of its connections. Records and rejects are files the worker wrote; they are
 sent as they are (sendfile), so memory stays the same whatever their size. Status changes (retry,
@@ -7,6 +8,7 @@ reprocess) are the runner's business: this module asks it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from feedd.config.values import ApiKey
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
-from feedd.model import Run, RunStatus, utcnow
+from feedd.model import DeliveryStatus, Event, Run, RunStatus, iso, utcnow
 from feedd.store import RunQuery, Store
 
 MAX_LIMIT = 1000
@@ -54,6 +56,7 @@ class RunsApi(Routes):
                 raise ApiError(400, "invalid_query", f"status: expected one or more of "
                                                      f"{', '.join(RunStatus)} (comma-separated)") from None
         acknowledged = _boolean(q.get("acknowledged"), "acknowledged")
+        delivery_failed = _boolean(q.get("deliveryFailed"), "deliveryFailed")
         limit = _integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
         cursor = q.get("cursor") or None
         if cursor is not None and not _ID.fullmatch(cursor):
@@ -63,8 +66,8 @@ class RunsApi(Routes):
             require_connection(key, connection)
         runs, next_cursor = await self._store.list_runs(RunQuery(
             connection=connection, pipeline=q.get("pipeline") or None, statuses=statuses, acknowledged=acknowledged,
-            connections=_visible(key), limit=limit, cursor=cursor))
-        return web.json_response({"data": [r.to_json() for r in runs], "nextCursor": next_cursor})
+            connections=_visible(key), limit=limit, cursor=cursor, delivery_failed=delivery_failed))
+        return web.json_response({"data": [run_json(r) for r in runs], "nextCursor": next_cursor})
 
     async def _run(self, request: web.Request) -> Run:
         key = authenticate(request, self.config)
@@ -76,7 +79,7 @@ class RunsApi(Routes):
         return run
 
     async def get(self, request: web.Request) -> web.Response:
-        return web.json_response((await self._run(request)).to_json())
+        return web.json_response(run_json(await self._run(request)))
 
     async def records(self, request: web.Request) -> web.StreamResponse:
         run = await self._run(request)
@@ -91,7 +94,7 @@ class RunsApi(Routes):
         if run.acknowledged_at is None:
             run = replace(run, acknowledged_at=utcnow())
             await self._store.update_run(run)
-        return web.json_response(run.to_json())
+        return web.json_response(run_json(run))
 
     async def retry(self, request: web.Request) -> web.Response:
         run = await self._run(request)
@@ -103,7 +106,50 @@ class RunsApi(Routes):
             run = await self._retrier.retry(run, reprocess=reprocess)
         except ValueError as exc:
             raise ApiError(409, "wrong_state", str(exc)) from None
-        return web.json_response(run.to_json())
+        return web.json_response(run_json(run))
+
+
+class EventsApi(Routes):
+    """`GET /events?status=&limit=&cursor=`: the webhook events, newest first. Events are not tied to one
+    connection, so only a key with every connection ("*") may list them."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/events", self.list)
+
+    async def list(self, request: web.Request) -> web.Response:
+        key = authenticate(request, self.config)
+        if "*" not in key.connections:
+            raise ApiError(403, "forbidden", "only an API key with every connection (\"*\") may list events")
+        q = request.query
+        status: DeliveryStatus | None = None
+        if q.get("status"):
+            try:
+                status = DeliveryStatus(q["status"])
+            except ValueError:
+                raise ApiError(400, "invalid_query",
+                               f"status: expected one of {', '.join(DeliveryStatus)}") from None
+        limit = _integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
+        cursor = q.get("cursor") or None
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+            raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
+        found, next_cursor = await self._store.list_events(status, limit, cursor)
+        return web.json_response({"data": [event_json(e) for e in found], "nextCursor": next_cursor})
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """A run as the API shows it: with `deliveryFailed`, true when a delivery has failed for good."""
+    return {**run.to_json(), "deliveryFailed": any(d.status is DeliveryStatus.FAILED for d in run.deliveries)}
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    try:
+        payload = json.loads(event.body)
+    except ValueError:
+        payload = None
+    return {"eventId": event.event_id, "url": event.url, "type": event.type, "status": str(event.status),
+            "attempts": event.attempts, "lastError": event.last_error,
+            "nextAttemptAt": iso(event.next_attempt_at), "createdAt": iso(event.created_at),
+            "data": payload.get("data") if isinstance(payload, dict) else None}
 
 
 def _file(run: Run, path: Any, what: str) -> web.StreamResponse:

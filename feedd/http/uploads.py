@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from feedd import events, failpoints, intake, log
+from feedd import events, failpoints, intake, log, supervisor
 from feedd.durable import fsync_dir
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection, require_space
 from feedd.http.limits import body_chunks
@@ -129,7 +129,7 @@ class Uploads(Routes):
         app.router.add_get("/outbound/uploads/{uploadId}", self.status)
 
     async def start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self._sweeper = supervisor.supervise("uploads.sweep", self._sweep_forever)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

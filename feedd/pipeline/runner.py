@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
-from feedd import events, failpoints, log, metrics
+from feedd import events, failpoints, log, metrics, supervisor
 from feedd.config import Config
 from feedd.config.values import Pipeline
 from feedd.delivery.local import place
@@ -108,7 +108,8 @@ class Runner:
             await self._store.update_run(replace(run, status=RunStatus.QUEUED, started_at=None),
                                          expect=RunStatus.PROCESSING)
             log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.resumed")
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        # supervised: a store error while claiming restarts the loop instead of ending all processing
+        self._task = supervisor.supervise(self.name, self._loop)
 
     async def reload(self, config: Config) -> None:
         """Runs read the live config each time; a pipeline made active again releases its held runs."""
@@ -119,10 +120,7 @@ class Runner:
 
     async def stop(self, deadline: float) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await supervisor.cancel(self._task)
         loop = asyncio.get_running_loop()
         if self._inflight:
             # let running work finish while there is time; what is left is requeued at the next start
@@ -137,6 +135,7 @@ class Runner:
             self._work.clear()  # before looking: a wake-up while claiming makes the wait below return at once
             free = self._workers - len(self._inflight) - self._lent
             if free > 0:
+                failpoints.hit("runner.claim")
                 holding = [*self._holders.values(), *self._lent_to.elements()]
                 queued = fair_share(await self._store.queued_heads(free), holding, free)
                 claims = [replace(run, status=RunStatus.PROCESSING, started_at=utcnow()) for run in queued]
@@ -155,7 +154,10 @@ class Runner:
                     await self._work.wait()
 
     def _forget(self, run_id: str) -> Callable[[asyncio.Task[None]], None]:
-        def done(_task: asyncio.Task[None]) -> None:
+        reap = supervisor.reap("run.crashed", run_id=run_id)
+
+        def done(task: asyncio.Task[None]) -> None:
+            reap(task)  # `_run` records every failure it can; what escapes it (a stop mid-record) is logged
             self._inflight.pop(run_id, None)
             self._holders.pop(run_id, None)
             self._work.set()  # a worker is free

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncssh
 
-from feedd import log, metrics
+from feedd import log, metrics, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.drops import Drops
@@ -102,7 +102,7 @@ class SftpService:
                 self.addresses.append(Address(host, port))
         for bound in self.addresses:
             log.get().info("listening", service="sftp", address=str(bound))
-        self._idle_task = asyncio.get_running_loop().create_task(self._close_idle())
+        self._idle_task = supervisor.supervise("sftp.idle_close", self._close_idle)
 
     def _new_gate(self) -> Gate:
         gate = LoginGate(self._auth, self._gates.discard, self._admit)

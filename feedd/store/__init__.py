@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from feedd.model import Delivery, Event, Run, RunStatus, Upload, UploadState
+from feedd.model import Delivery, DeliveryStatus, Event, Run, RunStatus, Upload, UploadState
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class RunQuery:
     limit: int = 100
     cursor: str | None = None
     oldest_first: bool = False
+    delivery_failed: bool | None = None  # True: only runs with a delivery failed for good; False: none
 
 
 class Store(Protocol):
@@ -63,6 +64,13 @@ class Store(Protocol):
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
         """Every queued, sent or failed event (of one type), oldest first."""
+
+    async def list_events(self, status: DeliveryStatus | None = None, limit: int = 100,
+                          cursor: str | None = None) -> tuple[list[Event], str | None]:
+        """Events (of one status), newest first, and the cursor for the next page or None."""
+
+    async def event_counts(self) -> dict[str, int]:
+        """Events by status, for metrics."""
 
     async def next_due(self) -> datetime | None:
         """The earliest next attempt of any pending delivery or event."""

@@ -287,6 +287,28 @@ class SqliteStore:
             sql, params = sql + " WHERE type = ?", (event_type,)
         return [_event_from(r) for r in await self._read(sql + " ORDER BY created_at, rowid", params)]
 
+    async def list_events(self, status: DeliveryStatus | None = None, limit: int = 100,
+                          cursor: str | None = None) -> tuple[list[Event], str | None]:
+        # The cursor is the rowid of the last event of the page: events share their id between subscribers.
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(str(status))
+        if cursor is not None:
+            clauses.append("rowid < ?")
+            params.append(int(cursor))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        limit = max(1, limit)
+        rows = await self._read(f"SELECT rowid AS row_number, * FROM events {where} ORDER BY rowid DESC LIMIT ?",
+                                (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_event_from(r) for r in rows], (str(rows[-1]["row_number"]) if more else None)
+
+    async def event_counts(self) -> dict[str, int]:
+        return {row[0]: row[1] for row in await self._read("SELECT status, count(*) FROM events GROUP BY status")}
+
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         return [_delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit)]
 
@@ -332,6 +354,9 @@ class SqliteStore:
             params += [str(s) for s in query.statuses]
         if query.acknowledged is not None:
             clauses.append("acknowledged_at IS NOT NULL" if query.acknowledged else "acknowledged_at IS NULL")
+        if query.delivery_failed is not None:
+            clauses.append(("" if query.delivery_failed else "NOT ") + "EXISTS (SELECT 1 FROM deliveries d "
+                           "WHERE d.run_id = runs.run_id AND d.status = 'failed')")
         if query.connections is not None:
             names = sorted(query.connections)
             clauses.append(f"connection IN ({', '.join('?' * len(names))})" if names else "0")
