@@ -52,14 +52,17 @@ class DueWork(Generic[T]):
         self.wake()
 
     async def stop(self, deadline: float) -> None:
-        await supervisor.cancel(self._task)
-        if self._inflight:
-            await asyncio.wait(list(self._inflight.values()),
-                               timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
-        for task in self._inflight.values():
-            task.cancel()  # what is cut off stays pending in the store and is tried again at the next start
-        if self._session is not None:
-            await self._session.close()
+        try:
+            await supervisor.cancel(self._task)
+            if self._inflight:
+                await asyncio.wait(list(self._inflight.values()),
+                                   timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            for task in self._inflight.values():
+                task.cancel()  # what is cut off stays pending in the store and is tried again at the next start
+        finally:
+            # whatever stopping the loop raised, the HTTP session (and its sockets) goes with it
+            if self._session is not None:
+                await self._session.close()
 
     async def _loop(self) -> None:
         while True:
