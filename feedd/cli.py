@@ -60,6 +60,9 @@ def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("FEEDD_URL", "http://127.0.0.1:8080"),
                    help="side API URL (default: $FEEDD_URL, else %(default)s)")
     p.add_argument("--key", default=os.environ.get("FEEDD_API_KEY"), help="API key (default: $FEEDD_API_KEY)")
+    p.add_argument("--cacert", metavar="FILE",
+                   help="PEM CA certificate(s) to trust for an https:// URL, besides the system's "
+                        "(or $SSL_CERT_FILE)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,7 +177,11 @@ def _push(args: argparse.Namespace) -> int:
             bar = "#" * (width * sent // total)
             print(f"\r[{bar:<{width}}] part {sent}/{total}, {records:,} records", end="", file=sys.stderr)
 
-    client = Client(args.url, args.key)
+    try:
+        client = Client(args.url, args.key, cafile=args.cacert)
+    except OSError as exc:  # an unreadable --cacert (ssl.SSLError is an OSError)
+        print(f"feedd {args.command}: --cacert {args.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         done = client.upload_json(args.connection, args.pipeline, read_records(Path(args.file)), args.part_size,
                                   filename=args.filename, progress=progress)
@@ -199,7 +206,11 @@ def _runs(args: argparse.Namespace) -> int:
     if not args.key:
         print(f"feedd runs {args.action}: an API key is needed (--key or $FEEDD_API_KEY)", file=sys.stderr)
         return 2
-    client = Client(args.url, args.key)
+    try:
+        client = Client(args.url, args.key, cafile=args.cacert)
+    except OSError as exc:  # an unreadable --cacert (ssl.SSLError is an OSError)
+        print(f"feedd {args.command}: --cacert {args.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         if args.action == "list":
             page = client.runs(connection=args.connection, pipeline=args.pipeline, status=args.status,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import tempfile
 import time
 import urllib.error
@@ -37,10 +38,12 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, api_key: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, api_key: str, *, timeout: float = 60.0, cafile: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        # https: the system's CAs (or $SSL_CERT_FILE, which OpenSSL reads), plus `cafile` for a private CA
+        self._ssl = ssl.create_default_context(cafile=cafile) if self.url.startswith("https://") else None
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -50,7 +53,7 @@ class Client:
         if not self.url.startswith(("http://", "https://")):
             raise ClientError(0, "bad_url", f"{self.url!r} is not an http(s) URL")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - checked above
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:  # noqa: S310 - checked above
                 text = resp.read().decode()
         except urllib.error.HTTPError as exc:
             try:
