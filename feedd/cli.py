@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 DEFAULT_CONFIG = "/etc/feedd/feedd.yaml"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool that a closed pipe ended
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -69,7 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey,
                "try": _try, "push": _push, "runs": _runs}
-    return handler[args.command](args)
+    try:
+        code = handler[args.command](args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader went away (`feedd runs show ID | head`): stop quietly, as Unix tools do. Output still
+        # buffered goes to /dev/null, else Python's own flush at exit reports the broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 def _serve(args: argparse.Namespace) -> int:
