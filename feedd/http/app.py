@@ -43,7 +43,7 @@ _CORS_METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
 _CORS_REQUEST = ("Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, "
                  "Upload-Checksum, Upload-Defer-Length, Upload-Concat, X-HTTP-Method-Override, X-Requested-With")
 _CORS_EXPOSE = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
-                "Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata")
+                "Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata, Feedd-Run-Id")
 
 
 @web.middleware
