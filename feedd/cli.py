@@ -7,6 +7,7 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_CONFIG = "/etc/feedd/feedd.yaml"
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool that a closed pipe ended
@@ -224,10 +225,8 @@ def _runs(args: argparse.Namespace) -> int:
         if args.action == "list":
             page = client.runs(connection=args.connection, pipeline=args.pipeline, status=args.status,
                                acknowledged="false" if args.unacknowledged else None, limit=args.limit)
-            print(f"{'RUN':26}  {'STATUS':10}  {'PIPELINE':24}  {'ROWS':>8}  {'INVALID':>7}  SOURCE")
-            for r in page["data"]:
-                print(f"{r['runId']:26}  {r['status']:10}  {(r['pipeline'] or '-'):24}  {r['counts']['rows']:>8}  "
-                      f"{r['counts']['invalid']:>7}  {r['source']['name']}")
+            for line in _run_table(page["data"]):
+                print(line)
             return 0
         if args.action == "show":
             result = client.run(args.run_id)
@@ -240,3 +239,20 @@ def _runs(args: argparse.Namespace) -> int:
         print(f"feedd runs {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_table(runs: list[dict[str, Any]]) -> list[str]:
+    """`feedd runs list`: one line per run, the source name last (it may hold spaces)."""
+    widths = {"connection": max([10, *(len(r["connection"]) for r in runs)]),
+              "pipeline": max([8, *(len(r["pipeline"] or "-") for r in runs)])}
+    wc, wp = widths["connection"], widths["pipeline"]
+    lines = [f"{'RUN':26}  {'CREATED (UTC)':19}  {'STATUS':10}  {'CONNECTION':{wc}}  {'PIPELINE':{wp}}  "
+             f"{'ROWS':>8}  {'INVALID':>7}  {'ERROR':22}  SOURCE"]
+    for r in runs:
+        # ISO 8601 to the second: the list is for reading, `feedd runs show` has the full stamp
+        created = str(r["createdAt"] or "-")[:19].replace("T", " ")
+        error = (r.get("error") or {}).get("code") or "-"
+        lines.append(f"{r['runId']:26}  {created:19}  {r['status']:10}  {r['connection']:{wc}}  "
+                     f"{(r['pipeline'] or '-'):{wp}}  {r['counts']['rows']:>8}  {r['counts']['invalid']:>7}  "
+                     f"{error:22}  {r['source']['name']}")
+    return lines
