@@ -103,12 +103,16 @@ def _load(path: str) -> object:
 
 def _check(args: argparse.Namespace) -> int:
     from feedd.config import Config
+    from feedd.config.checks import warnings
     from feedd.summary import summarize
 
     config = _load(args.config)
     if not isinstance(config, Config):
         return 1
     print(summarize(config))
+    sys.stdout.flush()  # the summary before the warnings on a terminal, where both streams show
+    for warning in warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
