@@ -42,8 +42,7 @@ class Client:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
-        # https: the system's CAs (or $SSL_CERT_FILE, which OpenSSL reads), plus `cafile` for a private CA
-        self._ssl = ssl.create_default_context(cafile=cafile) if self.url.startswith("https://") else None
+        self._ssl = _tls_context(cafile) if self.url.startswith("https://") else None
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -123,6 +122,15 @@ class Client:
     def retry(self, run_id: str, *, reprocess: bool = False) -> dict[str, Any]:
         body = {"reprocess": True} if reprocess else None
         return self.request("POST", f"/runs/{urllib.parse.quote(run_id)}/retry", body)  # type: ignore[no-any-return]
+
+
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    """The system's CAs (or $SSL_CERT_FILE, which OpenSSL reads), plus `cafile` for a private CA.
+    (create_default_context(cafile=...) would trust that file alone.)"""
+    context = ssl.create_default_context()
+    if cafile is not None:
+        context.load_verify_locations(cafile=cafile)
+    return context
 
 
 def _cut(records: Iterable[dict[str, Any]], part_size: int, folder: Path) -> list[tuple[Path, int]]:
