@@ -163,7 +163,7 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
     m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus",
-                                               "tls"))
+                                            "tls"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
