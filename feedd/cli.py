@@ -7,8 +7,10 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_CONFIG = "/etc/feedd/feedd.yaml"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool that a closed pipe ended
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -61,13 +63,24 @@ def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("FEEDD_URL", "http://127.0.0.1:8080"),
                    help="side API URL (default: $FEEDD_URL, else %(default)s)")
     p.add_argument("--key", default=os.environ.get("FEEDD_API_KEY"), help="API key (default: $FEEDD_API_KEY)")
+    p.add_argument("--cacert", metavar="FILE",
+                   help="PEM CA certificate(s) to trust for an https:// URL, besides the system's "
+                        "(or $SSL_CERT_FILE)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey,
                "try": _try, "push": _push, "runs": _runs}
-    return handler[args.command](args)
+    try:
+        code = handler[args.command](args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader went away (`feedd runs show ID | head`): stop quietly, as Unix tools do. Output still
+        # buffered goes to /dev/null, else Python's own flush at exit reports the broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -91,12 +104,16 @@ def _load(path: str) -> object:
 
 def _check(args: argparse.Namespace) -> int:
     from feedd.config import Config
+    from feedd.config.checks import warnings
     from feedd.summary import summarize
 
     config = _load(args.config)
     if not isinstance(config, Config):
         return 1
     print(summarize(config))
+    sys.stdout.flush()  # the summary before the warnings on a terminal, where both streams show
+    for warning in warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -175,7 +192,11 @@ def _push(args: argparse.Namespace) -> int:
             bar = "#" * (width * sent // total)
             print(f"\r[{bar:<{width}}] part {sent}/{total}, {records:,} records", end="", file=sys.stderr)
 
-    client = Client(args.url, args.key)
+    try:
+        client = Client(args.url, args.key, cafile=args.cacert)
+    except OSError as exc:  # an unreadable --cacert (ssl.SSLError is an OSError)
+        print(f"feedd {args.command}: --cacert {args.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         done = client.upload_json(args.connection, args.pipeline, read_records(Path(args.file)), args.part_size,
                                   filename=args.filename, progress=progress)
@@ -200,17 +221,18 @@ def _runs(args: argparse.Namespace) -> int:
     if not args.key:
         print(f"feedd runs {args.action}: an API key is needed (--key or $FEEDD_API_KEY)", file=sys.stderr)
         return 2
-    client = Client(args.url, args.key)
+    try:
+        client = Client(args.url, args.key, cafile=args.cacert)
+    except OSError as exc:  # an unreadable --cacert (ssl.SSLError is an OSError)
+        print(f"feedd {args.command}: --cacert {args.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         if args.action == "list":
             page = client.runs(connection=args.connection, pipeline=args.pipeline, status=args.status,
                                acknowledged="false" if args.unacknowledged else None,
                                deliveryFailed="true" if args.delivery_failed else None, limit=args.limit)
-            print(f"{'RUN':26}  {'STATUS':10}  {'PIPELINE':24}  {'ROWS':>8}  {'INVALID':>7}  {'DELIVERY':8}  SOURCE")
-            for r in page["data"]:
-                delivery = "failed" if r.get("deliveryFailed") else "-"
-                print(f"{r['runId']:26}  {r['status']:10}  {(r['pipeline'] or '-'):24}  {r['counts']['rows']:>8}  "
-                      f"{r['counts']['invalid']:>7}  {delivery:8}  {r['source']['name']}")
+            for line in _run_table(page["data"]):
+                print(line)
             return 0
         if args.action == "show":
             result = client.run(args.run_id)
@@ -223,3 +245,21 @@ def _runs(args: argparse.Namespace) -> int:
         print(f"feedd runs {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_table(runs: list[dict[str, Any]]) -> list[str]:
+    """`feedd runs list`: one line per run, the source name last (it may hold spaces)."""
+    widths = {"connection": max([10, *(len(r["connection"]) for r in runs)]),
+              "pipeline": max([8, *(len(r["pipeline"] or "-") for r in runs)])}
+    wc, wp = widths["connection"], widths["pipeline"]
+    lines = [f"{'RUN':26}  {'CREATED (UTC)':19}  {'STATUS':10}  {'CONNECTION':{wc}}  {'PIPELINE':{wp}}  "
+             f"{'ROWS':>8}  {'INVALID':>7}  {'ERROR':22}  {'DELIVERY':8}  SOURCE"]
+    for r in runs:
+        # ISO 8601 to the second: the list is for reading, `feedd runs show` has the full stamp
+        created = str(r["createdAt"] or "-")[:19].replace("T", " ")
+        error = (r.get("error") or {}).get("code") or "-"
+        delivery = "failed" if r.get("deliveryFailed") else "-"
+        lines.append(f"{r['runId']:26}  {created:19}  {r['status']:10}  {r['connection']:{wc}}  "
+                     f"{(r['pipeline'] or '-'):{wp}}  {r['counts']['rows']:>8}  {r['counts']['invalid']:>7}  "
+                     f"{error:22}  {delivery:8}  {r['source']['name']}")
+    return lines

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import tempfile
 import time
 import urllib.error
@@ -37,10 +38,11 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, api_key: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, api_key: str, *, timeout: float = 60.0, cafile: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self._ssl = _tls_context(cafile) if self.url.startswith("https://") else None
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -50,7 +52,7 @@ class Client:
         if not self.url.startswith(("http://", "https://")):
             raise ClientError(0, "bad_url", f"{self.url!r} is not an http(s) URL")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - checked above
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:  # noqa: S310 - checked above
                 text = resp.read().decode()
         except urllib.error.HTTPError as exc:
             try:
@@ -120,6 +122,15 @@ class Client:
     def retry(self, run_id: str, *, reprocess: bool = False) -> dict[str, Any]:
         body = {"reprocess": True} if reprocess else None
         return self.request("POST", f"/runs/{urllib.parse.quote(run_id)}/retry", body)  # type: ignore[no-any-return]
+
+
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    """The system's CAs (or $SSL_CERT_FILE, which OpenSSL reads), plus `cafile` for a private CA.
+    (create_default_context(cafile=...) would trust that file alone.)"""
+    context = ssl.create_default_context()
+    if cafile is not None:
+        context.load_verify_locations(cafile=cafile)
+    return context
 
 
 def _cut(records: Iterable[dict[str, Any]], part_size: int, folder: Path) -> list[tuple[Path, int]]:

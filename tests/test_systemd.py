@@ -147,3 +147,39 @@ async def test_fail2ban_matches_feedd_failures_and_nothing_a_client_writes(tmp_p
             capture_output=True, text=True, timeout=60, check=True)
         banned = re.findall(r"^\|\s+(\S+)\s+\w{3} \w{3} ", result.stdout, re.M)
         assert banned == ["127.0.0.7"], result.stdout
+
+
+def install_block() -> list[str]:
+    """The commands of the README's systemd install, one a line."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Install as a systemd service", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_install_gives_a_config_that_writes_only_under_var_lib(tmp_path: Path) -> None:
+    """The README's commands that lay out /etc/feedd, run against a folder standing in for it: the result
+    loads, includes the example connections and pipelines, and every path feedd writes to is under
+    /var/lib/feedd (the unit makes /etc read-only)."""
+    from feedd.config import DestinationType, load_config
+
+    etc = tmp_path / "etc" / "feedd"
+    (etc / "conf.d").mkdir(parents=True)
+    layout = [c for c in install_block()
+              if ("/etc/feedd/" in c and c.startswith("sudo install -m")) or c.startswith("sudo sed")]
+    assert any("systemd/feedd.yaml /etc/feedd/feedd.yaml" in c for c in layout), layout
+    assert any("config/*.yaml /etc/feedd/conf.d/" in c for c in layout), layout
+    for command in layout:
+        local = command.removeprefix("sudo ").replace(" -g feedd", "").replace("/etc/feedd", str(etc))
+        subprocess.run(["bash", "-c", local], cwd=REPO, check=True, timeout=30)
+    config = load_config(etc / "feedd.yaml", env={})
+    assert len(config.files) == 1 + len(list((REPO / "config").glob("*.yaml")))
+    assert config.pipelines and config.connections and config.log.format == "json"
+    written = [config.state_dir, config.sftp.spaces_dir,
+               *(d.path for p in config.pipelines.values() for d in p.destinations
+                 if d.type is DestinationType.DIRECTORY and d.path is not None)]
+    assert len(written) > 2
+    for path in written:
+        assert path.is_relative_to("/var/lib/feedd"), path
+    tmpfiles = (REPO / "systemd" / "feedd.tmpfiles.conf").read_text()
+    assert "d /etc/feedd/conf.d 0750 root feedd -" in tmpfiles

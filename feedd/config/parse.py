@@ -40,6 +40,7 @@ from feedd.config.values import (
     IPNetwork,
     LogConfig,
     SftpConfig,
+    TlsConfig,
     TusConfig,
     WebhookSubscription,
 )
@@ -161,7 +162,8 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
-    m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus"))
+    m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus",
+                                            "tls"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
@@ -191,7 +193,28 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
             expire_after=r.get(tus, tus_at, "expire_after", duration, 86400.0),
             cors_origins=r.get(tus, tus_at, "cors_origins", strings, ()),
         ),
+        tls=r.get(m, at, "tls", _tls, None),
     )
+
+
+def _tls(r: Reader, v: Any, at: At) -> TlsConfig | None:
+    m = r.mapping(v, at, ("cert", "key"))
+    if m is None:
+        return None
+    cert = r.require(m, at, "cert", _readable, None)
+    key = r.require(m, at, "key", _readable, None)
+    return TlsConfig(cert, key) if cert is not None and key is not None else None
+
+
+def _readable(r: Reader, v: Any, at: At) -> Path:
+    """A file that can be read now: found by `feedd check`, not at the first connection."""
+    p = path(r, v, at)
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise Bad(f"cannot read {p}: {exc.strerror or exc}") from None
+    return p
 
 
 def _sha256_hex(r: Reader, v: Any, at: At) -> str:

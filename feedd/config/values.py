@@ -95,12 +95,19 @@ class TusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path  # PEM: the server certificate, then any intermediates
+    key: Path  # PEM: its private key (unencrypted)
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: tuple[Address, ...]
     max_part_size: int = 64 * 1024**2
     upload_expire_after: float = 86400.0  # an outbound upload not touched for this long is aborted
     api_keys: tuple[ApiKey, ...] = ()
     tus: TusConfig = TusConfig()
+    tls: TlsConfig | None = None  # None: plain HTTP
 
 
 @dataclass(frozen=True, slots=True)

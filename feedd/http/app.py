@@ -4,6 +4,7 @@ and the limits that keep slow or greedy clients from exhausting the daemon."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -13,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from feedd import __version__, log, metrics, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
-from feedd.http import openapi
+from feedd.errors import StartupError
+from feedd.http import openapi, tls
 from feedd.http.api import Handler, errors
 from feedd.http.limits import InFlight
 from feedd.http.protocol import use_json_errors
@@ -41,7 +43,7 @@ _CORS_METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
 _CORS_REQUEST = ("Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, "
                  "Upload-Checksum, Upload-Defer-Length, Upload-Concat, X-HTTP-Method-Override, X-Requested-With")
 _CORS_EXPOSE = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
-                "Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata")
+                "Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata, Feedd-Run-Id")
 
 
 @web.middleware
@@ -163,13 +165,17 @@ class HttpServer:
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []
+        self._ssl: ssl.SSLContext | None = None
 
     async def start(self) -> None:
+        if self._config.http.tls is not None:
+            self._ssl = tls.server_context(self._config.http.tls)
         await self._runner.setup()
         use_json_errors(self._runner.server)
         _cap_connections(self._runner.server)
         for addr in self._config.http.listen:
-            site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS)
+            site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS,
+                               ssl_context=self._ssl)
             await site.start()
             server = site._server  # aiohttp exposes the bound sockets only here (port 0 in tests)
             for sock in getattr(server, "sockets", None) or ():
@@ -177,11 +183,20 @@ class HttpServer:
                 self.addresses.append(Address(host, port))
         await self._app[UPLOADS].start()
         for bound in self.addresses:
-            log.get().info("listening", service="http", address=str(bound))
+            log.get().info("listening", service="http", address=str(bound), tls=self._ssl is not None)
 
     async def reload(self, config: Config) -> None:
         if config.http.listen != self._config.http.listen:
             log.get().warning("http.listen changed: takes effect at the next restart")
+        if (config.http.tls is None) != (self._ssl is None):
+            log.get().warning("http.tls turned on or off: takes effect at the next restart")
+        elif self._ssl is not None and config.http.tls is not None:
+            # a renewed certificate is taken on reload, without a restart; a bad one keeps the old
+            try:
+                tls.server_context(config.http.tls)  # tried apart first: a failed load can leave half of it
+                tls.load(self._ssl, config.http.tls)
+            except StartupError as exc:
+                log.get().error("http.tls not reloaded", error=exc.message)
         self._config = config
         self._app[LIVE].config = config
 

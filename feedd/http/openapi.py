@@ -253,13 +253,17 @@ _TUS_ID = _path_param("id", "^[0-9a-f]{32}$")
 
 
 def _tus(summary: str, status: int, description: str, *codes: int, params: list[dict[str, Any]] | None = None,
-         body: dict[str, Any] | None = None) -> dict[str, Any]:
+         body: dict[str, Any] | None = None, run_id: bool = False) -> dict[str, Any]:
     """A tus request: answers carry tus headers, errors the usual body (460: checksum mismatch)."""
     every = {*codes, 429, *((408,) if body is not None else ())}
     errors = {str(c): _json(_ref("Error"), _ERRORS.get(c, _TUS_ERRORS.get(c, ""))) for c in sorted(every)}
+    ok: dict[str, Any] = {"description": description}
+    if run_id:
+        ok["headers"] = {"Feedd-Run-Id": {"description": "The run the upload became, once it is complete: on the "
+                                                         "request that completed it and on every HEAD after",
+                                          "required": False, "schema": {"type": "string"}}}
     op: dict[str, Any] = {"summary": summary, "tags": ["tus"], "parameters": params or [],
-                          "responses": {str(status): {"description": description}, **errors,
-                                        **_errors(401)}}
+                          "responses": {str(status): ok, **errors, **_errors(401)}}
     if body is not None:
         op["requestBody"] = body
     return op
@@ -280,17 +284,18 @@ PATHS.update({
                      "pipeline and filename", 201, "Created: Location, Upload-Expires (Upload-Offset with a body)",
                      400, 403, 404, 412, 413, 422, 507, params=[
                          _TUS_VERSION, _header("Upload-Length", {"type": "string", "pattern": "^[0-9]+$"}),
-                         _header("Upload-Metadata", {"type": "string"})], body=_OCTETS),
+                         _header("Upload-Metadata", {"type": "string"})], body=_OCTETS, run_id=True),
     },
     "/tus/{id}": {
         "options": {"summary": "tus capabilities", "tags": ["tus"], "security": [], "parameters": [_TUS_ID],
                     "responses": {"204": {"description": "Capabilities in the headers"}, **_errors(429)}},
         "head": _tus("Offset and length (Cache-Control: no-store)", 200, "Upload-Offset, Upload-Length",
-                     403, 404, 410, 412, params=[_TUS_ID, _TUS_VERSION]),
+                     403, 404, 410, 412, params=[_TUS_ID, _TUS_VERSION], run_id=True),
         "patch": _tus("Append bytes at Upload-Offset (checksum: Upload-Checksum)", 204, "The new Upload-Offset",
                       400, 403, 404, 409, 410, 412, 413, 415, 423, 460, 507, params=[
                           _TUS_ID, _TUS_VERSION, _header("Upload-Offset", {"type": "string", "pattern": "^[0-9]+$"}),
-                          _header("Upload-Checksum", {"type": "string"}, required=False)], body=_OCTETS),
+                          _header("Upload-Checksum", {"type": "string"}, required=False)], body=_OCTETS,
+                      run_id=True),
         "delete": _tus("Terminate: the bytes are deleted", 204, "Terminated", 403, 404, 409, 410, 412, 423,
                        params=[_TUS_ID, _TUS_VERSION]),
     },

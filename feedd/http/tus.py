@@ -41,6 +41,7 @@ MAX_DIGITS = 20  # an Upload-Length or Upload-Offset longer than this is no size
 _ID = re.compile(r"[0-9a-f]{32}")
 OCTETS = "application/offset+octet-stream"
 OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
+RUN_ID = "Feedd-Run-Id"  # the run a completed upload became: on the request that completed it, and on HEAD
 
 
 def _decimal(text: str) -> int | None:
@@ -147,6 +148,8 @@ class Tus(Routes):
         if request.headers.get("Content-Type") == OCTETS and (request.content_length or request.body_exists):
             upload = await self._write(request, upload)  # creation-with-upload
             headers["Upload-Offset"] = str(upload.offset)
+            if upload.run_id is not None:
+                headers[RUN_ID] = upload.run_id
         return web.Response(status=201, headers=headers)
 
     async def _owned(self, request: web.Request) -> Upload:
@@ -169,6 +172,8 @@ class Tus(Routes):
             headers["Upload-Length"] = str(upload.length)
         if upload.expires_at is not None and upload.state in OPEN:
             headers["Upload-Expires"] = _http_date(upload.expires_at)
+        if upload.run_id is not None:
+            headers[RUN_ID] = upload.run_id
         return web.Response(status=200, headers=headers)
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -189,6 +194,8 @@ class Tus(Routes):
         headers = self._headers(**{"Upload-Offset": str(upload.offset)})
         if upload.expires_at is not None and upload.state in OPEN:
             headers["Upload-Expires"] = _http_date(upload.expires_at)
+        if upload.run_id is not None:
+            headers[RUN_ID] = upload.run_id
         return web.Response(status=204, headers=headers)
 
     async def _write(self, request: web.Request, upload: Upload) -> Upload:

@@ -51,7 +51,10 @@ RECORD_RETRY_MOST = 10.0
 
 
 def die_with_parent(parent: int) -> None:
-    """In each worker: exit when the daemon does (kill -9 included), instead of working on as an orphan."""
+    """In each worker: exit when the daemon does (kill -9 included), instead of working on as an orphan.
+    Ctrl-C in a terminal signals the whole process group: only the daemon acts on it (a clean stop that
+    shuts the pool down); a worker that took it would die with a KeyboardInterrupt traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)

@@ -97,3 +97,31 @@ async def test_feedd_push_and_feedd_runs(api: Api, tmp_path: Path) -> None:
     assert code == 1 and "line 2 is not valid JSON" in err
     code, _, err = await cli("runs", "list", env={"FEEDD_URL": api.url, "PATH": "/usr/bin:/bin"})
     assert code == 2 and "API key" in err
+
+
+async def test_runs_list_shows_time_connection_and_error_code(api: Api, tmp_path: Path) -> None:
+    import re
+    import time
+
+    client = Client(api.url, ADMIN_KEY)
+    done = await asyncio.to_thread(client.upload_json, "acme", "acme-orders-out", orders(0, 2))
+    await asyncio.to_thread(client.wait_for_run, done["runId"], 30, 0.05)
+    # a file no pipeline takes: a failed run with an error code
+    inbox = api.daemon.config.sftp.spaces_dir / "demo" / "inbox"
+    (inbox / "notes.txt").write_text("hello\n")
+    deadline = time.monotonic() + 30
+    while len(await api.runs()) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    env = {"FEEDD_URL": api.url, "FEEDD_API_KEY": ADMIN_KEY, "PATH": "/usr/bin:/bin"}
+    code, out, err = await cli("runs", "list", env=env)
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split()[:9] == ["RUN", "CREATED", "(UTC)", "STATUS", "CONNECTION", "PIPELINE", "ROWS", "INVALID",
+                                  "ERROR"]
+    by_run = {line.split()[0]: line.split() for line in lines}
+    stamp = re.compile(r"\d{4}-\d\d-\d\d")
+    pushed = by_run[done["runId"]]
+    assert stamp.fullmatch(pushed[1]) and re.fullmatch(r"\d\d:\d\d:\d\d", pushed[2])
+    assert pushed[3:6] == ["delivered", "acme", "acme-orders-out"] and pushed[8] == "-"
+    [failed] = [f for r, f in by_run.items() if r != done["runId"]]
+    assert failed[3:5] == ["failed", "demo"] and failed[-3:] == ["no_matching_pipeline", "-", "inbox/notes.txt"]

@@ -234,3 +234,35 @@ async def test_uploads_over_http_wait_while_the_disk_is_low(start_api: Callable[
         async with s.put(f"{api.url}/outbound/uploads/{uid}/parts/1", data=b"[]",
                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
             assert r.status == 507
+
+
+async def test_the_completing_patch_and_head_after_it_carry_the_run_id(start_api: Callable[..., Any]) -> None:
+    api: Api = await start_api(http_extra='tus: {cors_origins: ["https://app.example"]}')
+
+    def upload() -> tuple[str, dict[str, str], dict[str, str]]:
+        uploader = tus_client(api).uploader(file_stream=io.BytesIO(CSV), chunk_size=30_000, metadata=meta())
+        uploader.upload_chunk()  # not the last chunk: no run yet
+        first = {k.lower(): v for k, v in uploader.request.response_headers.items()}
+        uploader.upload()
+        return str(uploader.url), first, {k.lower(): v for k, v in uploader.request.response_headers.items()}
+
+    url, first, last = await asyncio.to_thread(upload)
+    assert "feedd-run-id" not in first
+    [run] = await one_completed_run(api)
+    assert last["feedd-run-id"] == run.run_id
+    status, body = await api.call("GET", f"/runs/{last['feedd-run-id']}")
+    assert status == 200 and body["source"]["kind"] == "tus"
+    headers = {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {ADMIN_KEY}", "Origin": "https://app.example"}
+    async with aiohttp.ClientSession() as s, s.head(url, headers=headers) as r:
+        assert r.status == 200 and r.headers["Feedd-Run-Id"] == run.run_id
+        assert "Feedd-Run-Id" in r.headers["Access-Control-Expose-Headers"]  # a browser client may read it
+    # creation-with-upload: a POST that carries every byte completes the upload and names the run
+    small = b"email\na@example.org\n"
+    create = {**headers, "Upload-Length": str(len(small)), "Content-Type": "application/offset+octet-stream",
+              "Upload-Metadata": ",".join(f"{k} {base64.b64encode(v.encode()).decode()}"
+                                          for k, v in meta(filename="one.csv").items())}
+    async with aiohttp.ClientSession() as s, s.post(f"{api.url}/tus/", headers=create, data=small) as r:
+        assert r.status == 201 and r.headers["Upload-Offset"] == str(len(small))
+        posted = r.headers["Feedd-Run-Id"]
+    status, body = await api.call("GET", f"/runs/{posted}")
+    assert status == 200 and body["source"]["name"] == "one.csv"
