@@ -75,6 +75,7 @@ class SftpConfig:
     scan_interval: float = 60.0  # reconciliation scan of every inbox
     max_folder_depth: int = 32  # folders below inbox/ nest at most this deep (SFTP mkdir and rename)
     max_entries_per_space: int = 100_000  # files and folders in one inbox/ (SFTP create and mkdir)
+    fast_path: bool = True  # feedd's speed-ups to asyncssh's receive path (feedd.sftp.wire)
 
 
 @dataclass(frozen=True, slots=True)

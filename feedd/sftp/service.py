@@ -14,6 +14,7 @@ from feedd import log, metrics
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.drops import Drops
+from feedd.sftp import wire
 from feedd.sftp.auth import AuthState, Gate
 from feedd.sftp.files import Session, SpaceSFTPServer
 from feedd.sftp.wire import MAX_PKTSIZE
@@ -72,6 +73,7 @@ class SftpService:
         self.addresses: list[Address] = []
 
     async def start(self) -> None:
+        wire.install(self._config.sftp.fast_path)
         keys = asyncssh.load_keypairs(self._host_keys)
         for key in keys:
             key.host_key_algorithms = [a for a in key.host_key_algorithms if a in HOST_KEY_ALGS]
