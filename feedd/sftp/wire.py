@@ -28,7 +28,7 @@ from asyncssh.encryption import GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import DisconnectError, ProtocolError
 from asyncssh.packet import PacketDecodeError, SSHPacket, SSHPacketLogger, String
-from asyncssh.sftp import MAX_SFTP_PACKET_LEN, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler
+from asyncssh.sftp import MAX_SFTP_PACKET_LEN, SFTPHandler, SFTPInvalidHandle, SFTPLimits, SFTPServerHandler
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -235,6 +235,34 @@ async def _run_ending_at_eof(self: SFTPServerHandler) -> None:
 
 
 
+# OpenSSH's sshd reports the exit status of its sftp-server when a session ends; asyncssh closes the
+# channel without one, and OpenSSH's ssh then exits 255, which `scp` (speaking SFTP since OpenSSH 9.0)
+# reports as a failure after a good upload. Here the session's end reports 0 (1 when it ended on an
+# error), after the session's files are closed (a file still open on a closing channel is a partial
+# upload) and before the channel closes: asyncssh's own steps, in its order, with the status between.
+_server_cleanup = SFTPServerHandler._cleanup
+_handler_cleanup = SFTPHandler._cleanup
+
+
+async def _cleanup_reporting_exit(self: SFTPServerHandler, exc: Exception | None) -> None:
+    server: Any = self._server
+    if server:
+        for file_obj in list(self._file_handles.values()):
+            result = server.close(file_obj)
+            if inspect.isawaitable(result):
+                await result
+        result = server.exit()
+        if inspect.isawaitable(result):
+            await result
+        self._file_handles = {}
+        self._dir_handles = {}
+    self.logger.info("SFTP server exited%s", ": " + str(exc) if exc else "")
+    writer = self._writer
+    if writer is not None and isinstance(writer.channel, SSHServerChannel):
+        writer.channel.exit(0 if exc is None else 1)
+    await _handler_cleanup(self, exc)
+
+
 # An SFTP session handles its requests one after the other, and asyncssh queues each reply in full
 # whether or not the client takes it: a client that sends READs and reads nothing back would have the
 # server hold every reply. Before a READ is served, the replies already queued must have left: the
@@ -361,6 +389,8 @@ CHANGES: tuple[Change, ...] = (
             _item(SFTPServerHandler._packet_handlers, FXP_WRITE, _process_write_view)),
     _change("SFTPServerHandler.run", False, (_run, SFTPServerHandler._cleanup),
             _attr(SFTPServerHandler, "run", _run_ending_at_eof)),
+    _change("SFTPServerHandler._cleanup", False, (_server_cleanup, _handler_cleanup),
+            _attr(SFTPServerHandler, "_cleanup", _cleanup_reporting_exit)),
     _change("SFTPServerHandler._process_read", False,
             (_process_read, SFTPServerHandler._process_copy_data, SSHConnection.pause_writing,
              SSHConnection.resume_writing, _connection_lost),
@@ -382,6 +412,7 @@ FINGERPRINTS: dict[str, str] = {
     "SSHChannel._process_data": "b4ea33532bf396ba9d1c25dc52dbd4ed5c80b188c757cdf880a3a6cda311698f",
     "SFTPServerHandler._process_write": "817b7167e8f067f3b5232bf4a0b40f48722d46b374756d28207583501ee5dc10",
     "SFTPServerHandler.run": "ad8f00383c7b6a5c9e12ee8928fdc69ec60e41ca798ee0d2af734a059df58d9d",
+    "SFTPServerHandler._cleanup": "eedf43d8b46e600be714c754f4f2fd9b1417ff05b5053a4eb6946442c18176eb",
     "SFTPServerHandler._process_read": "20994b97bbaa6b071c97cd7f7b5e9ea82f2a7889c38a7524a84eb6e731587819",
 }
 
