@@ -90,12 +90,15 @@ def _load(path: str) -> object:
 
 def _check(args: argparse.Namespace) -> int:
     from feedd.config import Config
+    from feedd.config.algorithms import weak
     from feedd.summary import summarize
 
     config = _load(args.config)
     if not isinstance(config, Config):
         return 1
     print(summarize(config))
+    for warning in weak(config.sftp.algorithms):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -83,10 +83,10 @@ def _log_packet_if_enabled(self: SSHPacketLogger, msg: str, pkttype: int, pktid:
 
 
 # Once encryption is on, asyncssh sends an empty SSH_MSG_IGNORE ahead of every packet: the countermeasure
-# for CBC-mode ciphers (CVE-2008-5161). No CBC cipher is offered here (ENCRYPTION_ALGS), and for the
+# for CBC-mode ciphers (CVE-2008-5161). No CBC cipher is offered by default (sftp.algorithms), and for the
 # ciphers that are, it only doubles what the server sends: two encryptions and two socket writes on
 # the server, two decryptions in the client, for every SFTP reply. The server leaves them out; client
-# connections (delivery to a remote SFTP server) are not changed.
+# connections (delivery to a remote SFTP server) are not changed, nor is a CBC cipher configured there.
 _send_packet = SSHConnection.send_packet
 _EMPTY = String(b"")
 

@@ -13,13 +13,13 @@ import pytest
 from asyncssh.connection import SSHConnection
 from asyncssh.stream import SSHServerStreamSession
 
+from feedd.config.algorithms import CIPHERS
 from feedd.sftp.files import SpaceSFTPServer
-from feedd.sftp.service import ENCRYPTION_ALGS
 from feedd.sftp.wire import ServerGCMEncryption
 from tests.sftp.conftest import Feedd, needs_sftp, openssh_batch
 
 
-@pytest.mark.parametrize("cipher", ENCRYPTION_ALGS)
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_every_cipher_carries_a_big_upload_intact(feedd: Feedd, cipher: str) -> None:
     data = os.urandom(3 * 1024 * 1024 + 12345)  # not a whole number of packets or of writes
     async with await feedd.connect(encryption_algs=[cipher]) as conn, conn.start_sftp_client() as sftp:
