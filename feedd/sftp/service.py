@@ -172,8 +172,9 @@ class SftpService:
                     gate.conn.close()
 
     async def reload(self, config: Config) -> None:
-        if config.sftp.listen != self._config.sftp.listen:
-            log.get().warning("sftp.listen changed: takes effect at the next restart")
+        for key in ("listen", "algorithms", "fast_path"):
+            if getattr(config.sftp, key) != getattr(self._config.sftp, key):
+                log.get().warning(f"sftp.{key} changed: takes effect at the next restart")
         self._config = config
         self._auth.apply(config)
         # `enabled: false` (or a removed connection) ends its live sessions too, not only new logins.

@@ -99,3 +99,14 @@ def test_check_warns_about_weak_choices(tmp_path: Path) -> None:
     # the defaults have nothing to warn about
     plain = run_cli("check", "-c", str(write(tmp_path, "plain.yaml", MINIMAL)))
     assert plain.returncode == 0 and "warning" not in plain.stderr, plain.stderr
+
+
+async def test_a_reload_says_algorithms_change_at_the_next_restart(start_feedd: Any) -> None:
+    feedd: Feedd = await start_feedd()
+    text = feedd.config_path.read_text().replace("  scan_interval: 1s\n",
+                                                 "  scan_interval: 1s\n  algorithms: {macs: [hmac-sha2-256]}\n")
+    with capture_logs() as logs:
+        await feedd.reload(text)
+    assert events(logs, "sftp.algorithms changed: takes effect at the next restart")
+    async with await feedd.connect(mac_algs=["hmac-sha2-512"], encryption_algs=["aes128-ctr"]):
+        pass  # still the algorithms it started with
