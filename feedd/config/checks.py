@@ -1,5 +1,6 @@
 """What `feedd check` warns about in a valid config: things that load fine but will not work when the
-service runs (nothing to serve, a folder it cannot write, a library or key file that is missing)."""
+service runs (nothing to serve, a folder it cannot write, a library or key file that is missing), and weak SSH
+algorithms offered to partners."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import importlib
 import os
 from pathlib import Path
 
+from feedd.config.algorithms import weak
 from feedd.config.values import Config, DestinationType
 
 
 def warnings(config: Config) -> list[str]:
-    out: list[str] = []
+    out: list[str] = weak(config.sftp.algorithms)
     if not config.connections:
         out.append("no connections: nobody can log in over SFTP and no pipeline can run")
     folders = [("state_dir", config.state_dir), ("sftp.spaces_dir", config.sftp.spaces_dir)]

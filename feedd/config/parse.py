@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from feedd.config import pipelines as pl
+from feedd.config.algorithms import Algorithms, algorithms
 from feedd.config.reader import (
     At,
     Bad,
@@ -115,7 +116,8 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
     keys = ("listen", "host_keys", "spaces_dir", "settle", "temp_patterns", "done_marker", "login_grace",
             "max_connections_per_connection",
             "idle_timeout", "max_sessions_per_connection", "ban", "partial_max_age", "scan_interval",
-            "min_free_space", "max_folder_depth", "max_entries_per_space")
+            "min_free_space", "max_folder_depth", "max_entries_per_space", "fast_path",
+            "algorithms")
     m = r.mapping(top.get("sftp"), at, keys)
     ban_at = at.key(m, "ban") if m else at
     ban = r.mapping(m.get("ban") if m else None, ban_at, ("after_failures", "within", "for"))
@@ -135,6 +137,8 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
         scan_interval=r.get(m, at, "scan_interval", duration, 60.0),
         max_folder_depth=r.get(m, at, "max_folder_depth", integer(1, 256), 32),
         max_entries_per_space=r.get(m, at, "max_entries_per_space", integer(1), 100_000),
+        fast_path=r.get(m, at, "fast_path", boolean, True),
+        algorithms=r.get(m, at, "algorithms", algorithms, Algorithms()),
         ban=BanConfig(
             after_failures=r.get(ban, ban_at, "after_failures", integer(1), 5),
             within=r.get(ban, ban_at, "within", duration, 300.0),

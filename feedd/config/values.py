@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from feedd.config.algorithms import Algorithms
 from feedd.model import Direction
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -75,6 +76,8 @@ class SftpConfig:
     scan_interval: float = 60.0  # reconciliation scan of every inbox
     max_folder_depth: int = 32  # folders below inbox/ nest at most this deep (SFTP mkdir and rename)
     max_entries_per_space: int = 100_000  # files and folders in one inbox/ (SFTP create and mkdir)
+    fast_path: bool = True  # feedd's speed-ups to asyncssh's receive path (feedd.sftp.wire)
+    algorithms: Algorithms = field(default_factory=Algorithms)  # what the SSH server offers
 
 
 @dataclass(frozen=True, slots=True)

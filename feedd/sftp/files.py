@@ -150,19 +150,54 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         handle = self._checked(file_obj)
         if not handle.writable:
             raise SFTPPermissionDenied("file not open for writing")
-        self._setstat(handle.fd, attrs)
+        if handle.failed:
+            raise SFTPFailure(handle.failed)
+        self._setstat(handle.fd, attrs, handle.written)
 
-    @staticmethod
-    def _setstat(where: str | int, attrs: SFTPAttrs) -> None:
-        # Times may change (clients preserve them); size may not (no truncation behind our accounting,
-        # no sparse files); owner and mode are ignored, as an SFTP server without shell users should.
+    def _setstat(self, where: str | int, attrs: SFTPAttrs, written: Written | None = None) -> None:
+        # Times may change (clients preserve them); size may only shrink a file being uploaded (see
+        # _set_size); owner and mode are ignored, as an SFTP server without shell users should.
         if attrs.size is not None:
-            raise SFTPPermissionDenied("changing a file's size is not allowed")
+            self._set_size(where, attrs.size, written)
         if attrs.atime is not None or attrs.mtime is not None:
             st = os.stat(where)
             atime = attrs.atime if attrs.atime is not None else st.st_atime
             mtime = attrs.mtime if attrs.mtime is not None else st.st_mtime
             os.utime(where, (atime, mtime))
+
+    def _set_size(self, where: str | int, size: int, written: Written | None) -> None:
+        """Clients finish an upload by setting the size to what they wrote (OpenSSH's scp and `sftp
+        put`): allowed while the file is open for writing, up to its size as its handles have made it,
+        with the quota given back what is cut. Growing a file that way would make a sparse file (its size
+        not what it takes on disk), and a file no longer being written may already be on its way to
+        intake: neither is allowed."""
+        st = os.stat(where, follow_symlinks=False) if isinstance(where, str) else os.fstat(where)
+        record = written if written is not None else self._space.open_files.get((st.st_dev, st.st_ino))
+        if record is None or not stat.S_ISREG(st.st_mode):
+            if size == st.st_size:
+                return  # nothing changes
+            raise SFTPPermissionDenied("changing the size of a file is allowed only while it is being uploaded")
+        if record.failed:
+            raise SFTPFailure(record.failed)
+        if size > record.size:
+            raise SFTPPermissionDenied(
+                f"a size of {size} bytes would make the file larger than what was written to it "
+                f"({record.size} bytes); files grow only by writing (no sparse files)")
+        if size == record.size:
+            return
+        if isinstance(where, int):
+            os.ftruncate(where, size)
+        else:
+            fd = os.open(where, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != record.key:  # the name moved to another file meanwhile
+                    raise SFTPPermissionDenied("the file changed while its size was being set; try again")
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+        self._space.used = max(0, self._space.used - (record.size - size))
+        record.size = size
 
     def statvfs(self, path: bytes) -> os.statvfs_result:
         return os.statvfs(self._resolve(path, Op.READ).real)

@@ -1,4 +1,5 @@
-"""The SFTP server component: listeners, algorithms, sessions per connection, idle timeout."""
+"""The SFTP server component: listeners, algorithms (from `sftp.algorithms`), sessions per connection, idle
+timeout."""
 
 from __future__ import annotations
 
@@ -12,28 +13,20 @@ import asyncssh
 
 from feedd import log, metrics, supervisor
 from feedd.config import Config
+from feedd.config.algorithms import weak as weak_algorithms
 from feedd.config.values import Address
 from feedd.drops import Drops
+from feedd.sftp import wire
 from feedd.sftp.auth import AuthState, Gate
 from feedd.sftp.files import Session, SpaceSFTPServer
 from feedd.sftp.wire import MAX_PKTSIZE
 from feedd.spaces import Spaces
 
-# Modern algorithms only: no SHA-1 signatures (`ssh-rsa`), no SHA-1 or NIST-curve key exchange.
-# Strict key exchange (the Terrapin countermeasure) is negotiated by asyncssh >= 2.14.2 on its own.
-# Left out, as ssh-audit flags them: group exchange (asyncssh accepts a 1024-bit modulus in it),
-# group14 (112-bit strength), and MACs in encrypt-and-MAC mode (every client has an ETM MAC or GCM).
-KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org",
-            "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512"]
-ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                   "aes128-ctr", "aes192-ctr", "aes256-ctr"]
-MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "umac-128-etm@openssh.com"]
+# Client signatures accepted for public-key logins: no SHA-1 (`ssh-rsa`). The algorithms the server
+# offers are `sftp.algorithms` (feedd.config.algorithms). Strict key exchange (the Terrapin
+# countermeasure) is negotiated by asyncssh >= 2.14.2 on its own.
 SIGNATURE_ALGS = ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
                   "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"]
-# What the server signs its host key with. asyncssh offers every signature an RSA key can make, SHA-1
-# `ssh-rsa` included, unless told otherwise.
-HOST_KEY_ALGS = {b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256", b"ecdsa-sha2-nistp256",
-                 b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521"}
 KEEPALIVE_SECONDS = 30.0
 
 
@@ -72,9 +65,19 @@ class SftpService:
         self.addresses: list[Address] = []
 
     async def start(self) -> None:
-        keys = asyncssh.load_keypairs(self._host_keys)
-        for key in keys:
-            key.host_key_algorithms = [a for a in key.host_key_algorithms if a in HOST_KEY_ALGS]
+        wire.install(self._config.sftp.fast_path)
+        algs = self._config.sftp.algorithms
+        for weak in weak_algorithms(algs):
+            log.get().warning("sftp.weak_algorithm", detail=weak)
+        signs = {a.encode() for a in algs.host_key}
+        keys = []
+        for key in asyncssh.load_keypairs(self._host_keys):
+            key.host_key_algorithms = [a for a in key.host_key_algorithms if a in signs]
+            if key.host_key_algorithms:  # a key none of sftp.algorithms.host_key can sign with is not offered
+                keys.append(key)
+        if not keys:
+            raise ValueError("no host key can sign with any of sftp.algorithms.host_key: "
+                             f"{', '.join(algs.host_key)}")
         for addr in self._config.sftp.listen:
             server = await asyncssh.create_server(
                 self._new_gate, addr.host, addr.port,
@@ -88,9 +91,9 @@ class SftpService:
                 line_editor=False,  # no shells here; the editor is a layer every SFTP reply went through
                 login_timeout=self._config.sftp.login_grace,
                 keepalive_interval=KEEPALIVE_SECONDS,
-                kex_algs=KEX_ALGS,
-                encryption_algs=ENCRYPTION_ALGS,
-                mac_algs=MAC_ALGS,
+                kex_algs=list(algs.kex),
+                encryption_algs=list(algs.ciphers),
+                mac_algs=list(algs.macs),
                 signature_algs=SIGNATURE_ALGS,
                 server_version="feedd",
                 max_pktsize=MAX_PKTSIZE,
@@ -169,8 +172,9 @@ class SftpService:
                     gate.conn.close()
 
     async def reload(self, config: Config) -> None:
-        if config.sftp.listen != self._config.sftp.listen:
-            log.get().warning("sftp.listen changed: takes effect at the next restart")
+        for key in ("listen", "algorithms", "fast_path"):
+            if getattr(config.sftp, key) != getattr(self._config.sftp, key):
+                log.get().warning(f"sftp.{key} changed: takes effect at the next restart")
         self._config = config
         self._auth.apply(config)
         # `enabled: false` (or a removed connection) ends its live sessions too, not only new logins.

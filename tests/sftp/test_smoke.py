@@ -41,8 +41,11 @@ async def test_asyncssh_debug_logging_does_no_work_when_off_and_all_of_it_when_o
     import logging
 
     import asyncssh
-    from asyncssh.logging import logger
     from asyncssh.packet import SSHPacketLogger
+
+    from feedd.sftp.wire import ServerSSHLogger
+
+    logger = ServerSSHLogger()  # what a server connection logs with (its client connections keep asyncssh's)
 
     class Probe(bytes):
         touched = 0

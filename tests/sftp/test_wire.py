@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 from asyncssh.connection import SSHConnection
-from asyncssh.encryption import GCMEncryption
 from asyncssh.stream import SSHServerStreamSession
 
+from feedd.config.algorithms import CIPHERS
 from feedd.sftp.files import SpaceSFTPServer
-from feedd.sftp.service import ENCRYPTION_ALGS
+from feedd.sftp.wire import ServerGCMEncryption
 from tests.sftp.conftest import Feedd, needs_sftp, openssh_batch
 
 
-@pytest.mark.parametrize("cipher", ENCRYPTION_ALGS)
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_every_cipher_carries_a_big_upload_intact(feedd: Feedd, cipher: str) -> None:
     data = os.urandom(3 * 1024 * 1024 + 12345)  # not a whole number of packets or of writes
     async with await feedd.connect(encryption_algs=[cipher]) as conn, conn.start_sftp_client() as sftp:
@@ -60,13 +60,14 @@ async def test_an_openssh_upload_reaches_the_cipher_as_views_of_each_read(
     cut out of the read as a view (no copy of everything behind it), the channel's data and the SFTP
     write's data are views into their packets, and the upload arrives intact."""
     given: Counter[str] = Counter()
-    real = GCMEncryption.decrypt_packet
+    real = ServerGCMEncryption.decrypt_packet
 
-    def spy(self: GCMEncryption, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes) -> bytes | None:
+    def spy(self: ServerGCMEncryption, seq: int, first: bytes, rest: bytes, header_len: int,
+            mac: bytes) -> bytes | None:
         given[type(rest).__name__] += 1
         return real(self, seq, first, rest, header_len, mac)
 
-    monkeypatch.setattr(GCMEncryption, "decrypt_packet", spy)
+    monkeypatch.setattr(ServerGCMEncryption, "decrypt_packet", spy)
     received: Counter[str] = Counter()  # what the SFTP session is handed, and what each write is given
     real_received = SSHServerStreamSession.data_received
     real_write = SpaceSFTPServer.write
