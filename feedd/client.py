@@ -1,4 +1,4 @@
-"""A small synchronous client for the side API (CONTRACT §5, §7), standard library only.
+"""A small synchronous client for the side API (README, "Side API (HTTP)" and "Commands"), standard library only.
 
     from feedd.client import Client
     upload = Client("http://127.0.0.1:8080", api_key).upload_json("acme", "acme-orders-out", records)

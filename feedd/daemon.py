@@ -28,7 +28,7 @@ from feedd.spaces import Spaces
 from feedd.store.sqlite import SqliteStore
 from feedd.watcher import Watcher
 
-DRAIN_SECONDS = 30.0  # CONTRACT §8: running work reaches a safe point within 30 s of SIGTERM
+DRAIN_SECONDS = 30.0  # README, "Install as a systemd service": running work reaches a safe point within 30 s of SIGTERM
 # Bits always cleared from the mode of what feedd creates (uploads, spool, run outputs, the database):
 # systemd's unit sets this umask, and a daemon started from a shell (usually 0022) must not make its
 # partners' data world-readable. A stricter umask the daemon is started with is kept.

@@ -1,4 +1,4 @@
-"""Webhook events (CONTRACT §6): what happened, for whom, and the sender that retries until a 2xx.
+"""Webhook events (README, "Delivery and events"): what happened, for whom, and the sender that retries until a 2xx.
 
 `make()` turns one happening into one queued `Event` per subscriber whose globs match its type; callers
 hand them to the store in the same transaction as the change they describe, so a crash loses none.

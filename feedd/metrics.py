@@ -1,4 +1,4 @@
-"""Prometheus metrics (CONTRACT §5 `/metrics`): one registry for the daemon, counters bumped where things
+"""Prometheus metrics (`/metrics`, README "Side API (HTTP)"): one registry for the daemon, counters bumped where things
 happen, and the store-derived gauges (runs by status, queue depth, open uploads) refreshed at each scrape."""
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The run as the API shows it (CONTRACT §4: camelCase)."""
+        """The run as the API shows it (camelCase; README, "Side API (HTTP)")."""
         return {
             "runId": self.run_id,
             "pipeline": self.pipeline,

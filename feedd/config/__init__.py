@@ -1,4 +1,4 @@
-"""The config file (CONTRACT §2): YAML -> frozen dataclasses, with every error located to file:line."""
+"""The config file (README, "Configuration"): YAML -> frozen dataclasses, with every error located to file:line."""
 
 from feedd.config.parse import EVENT_TYPES, load_config
 from feedd.config.values import (

@@ -1,8 +1,9 @@
 """What every route shares: the error body, API-key auth, and reading a small JSON body safely.
 
-Errors are `{"error": {"code", "message"}}` with the statuses of CONTRACT §5, whatever went wrong,
-including aiohttp's own (unknown route, wrong method). Keys are compared as sha256 digests in constant
-time, every configured key is tried (no early exit), and every failure answers the same 401.
+Errors are `{"error": {"code", "message"}}` with the statuses the README lists under "Side API (HTTP)",
+whatever went wrong, including aiohttp's own (unknown route, wrong method). Keys are compared as sha256
+digests in constant time, every configured key is tried (no early exit), and every failure answers the
+same 401.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ _AIOHTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error in the contract's shape; an unexpected one is logged and answered 500 without detail."""
+    """Every error in the API's one shape; an unexpected one is logged and answered 500 without detail."""
     try:
         return await handler(request)
     except ApiError as exc:

@@ -1,4 +1,4 @@
-"""The aiohttp application (CONTRACT §5) and its server component: every route, the error middleware,
+"""The aiohttp application (README, "Side API (HTTP)") and its server component: every route, the error middleware,
 and the limits that keep slow or greedy clients from exhausting the daemon."""
 
 from __future__ import annotations

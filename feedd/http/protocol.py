@@ -32,7 +32,7 @@ def _reason(status: int, exc: BaseException | None, message: str | None) -> tupl
 
 
 class JsonErrorProtocol(RequestHandler):
-    """aiohttp's protocol with `handle_error` answering the contract's error body."""
+    """aiohttp's protocol with `handle_error` answering the API's JSON error body."""
 
     __slots__ = ()
 

@@ -1,4 +1,4 @@
-"""Resumable uploads with tus 1.0.0 at `/tus/` (CONTRACT §5): core, creation, creation-with-upload,
+"""Resumable uploads with tus 1.0.0 at `/tus/` (README, "Side API (HTTP)"): core, creation, creation-with-upload,
 termination, expiration and checksum (sha256, sha1, md5).
 
 Bytes go to `<state_dir>/tus/<id>` and the offset to the store, in that order and both durable, so a

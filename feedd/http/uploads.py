@@ -1,4 +1,4 @@
-"""Outbound multipart uploads (CONTRACT §5): init, parts, complete, abort, status, and the expiry sweep.
+"""Outbound multipart uploads (README, "Side API (HTTP)"): init, parts, complete, abort, status, and the expiry sweep.
 
 A part is streamed to its own file under `<state_dir>/uploads/<uploadId>/` while its sha256 (the etag) is
 computed, then checked as a JSON array of objects: off the event loop, in a worker process when it is
