@@ -3,13 +3,9 @@ for each list, and which choices are weak (reported by `feedd check` and at star
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
-
-from asyncssh.encryption import get_encryption_algs
-from asyncssh.kex import get_kex_algs
-from asyncssh.mac import get_mac_algs
-from asyncssh.public_key import get_public_key_algs
 
 from feedd.config.reader import At, Bad, Converter, Reader, string
 from feedd.config.units import suggest
@@ -46,12 +42,19 @@ def _names(algs: list[bytes]) -> tuple[str, ...]:
     return tuple(a.decode() for a in algs if not a.startswith(b"gss-"))
 
 
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    "kex": _names(get_kex_algs()),
-    "ciphers": _names(get_encryption_algs()),
-    "macs": _names(get_mac_algs()),
-    "host_key": _names(get_public_key_algs()),
-}
+@functools.cache
+def supported(kind: str) -> tuple[str, ...]:
+    """What asyncssh accepts of `kind`. asyncssh is imported only here, when a config names algorithms:
+    the config package is imported by every worker process too, and asyncssh with cryptography costs
+    each of them about 0.2 s and 20 MiB at start (measured with the pipeline benchmark)."""
+    from asyncssh.encryption import get_encryption_algs
+    from asyncssh.kex import get_kex_algs
+    from asyncssh.mac import get_mac_algs
+    from asyncssh.public_key import get_public_key_algs
+
+    lists = {"kex": get_kex_algs, "ciphers": get_encryption_algs, "macs": get_mac_algs,
+             "host_key": get_public_key_algs}
+    return _names(lists[kind]())
 
 
 def _listed(kind: str) -> Converter[tuple[str, ...]]:
@@ -63,8 +66,8 @@ def _listed(kind: str) -> Converter[tuple[str, ...]]:
             except Bad as exc:
                 r.issue(sub, str(exc))
                 continue
-            if name not in SUPPORTED[kind]:
-                r.issue(sub, f"unknown {kind} algorithm {name!r}{suggest(name, SUPPORTED[kind])}")
+            if name not in supported(kind):
+                r.issue(sub, f"unknown {kind} algorithm {name!r}{suggest(name, supported(kind))}")
             elif name not in out:
                 out.append(name)
         if not out:
