@@ -163,6 +163,7 @@ class SqliteStore:
         self._batch: list[tuple[tuple[tuple[str, tuple[Any, ...]], ...], asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._overrides: dict[str, bool] | None = None  # read on every intake; changes only through us
+        self._overrides_version = 0  # bumped by every switch, before and after its write
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -462,16 +463,27 @@ class SqliteStore:
 
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
         self._overrides = None
-        await self._write((
-            "INSERT INTO pipeline_overrides VALUES (?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET "
-            "active = excluded.active, updated_at = excluded.updated_at",
-            (pipeline, int(active), _ts(utcnow())),
-        ))
+        self._overrides_version += 1
+        try:
+            await self._write((
+                "INSERT INTO pipeline_overrides VALUES (?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET "
+                "active = excluded.active, updated_at = excluded.updated_at",
+                (pipeline, int(active), _ts(utcnow())),
+            ))
+        finally:
+            # Again once written: a read that ran while the write was on its way may have cached what was
+            # there before it, and the version tells such a read not to cache at all.
+            self._overrides = None
+            self._overrides_version += 1
 
     async def pipeline_overrides(self) -> dict[str, bool]:
         if self._overrides is None:
+            version = self._overrides_version
             rows = await self._read("SELECT pipeline, active FROM pipeline_overrides")
-            self._overrides = {row[0]: bool(row[1]) for row in rows}
+            overrides = {row[0]: bool(row[1]) for row in rows}
+            if version == self._overrides_version:
+                self._overrides = overrides
+            return dict(overrides)
         return dict(self._overrides)
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -191,6 +192,17 @@ class StoreContract:
         await store.set_pipeline_active("b", True)
         await store.set_pipeline_active("a", True)
         assert await store.pipeline_overrides() == {"a": True, "b": True}
+
+    async def test_a_switch_is_never_read_stale_after_its_write(self, store: Store) -> None:
+        """A read that started before a switch was written, and ends after, must not leave the old value
+        behind for every later read."""
+        for i in range(20):  # the read and the write meet in different orders from round to round
+            reading = asyncio.create_task(store.pipeline_overrides())
+            for _ in range(i % 4):
+                await asyncio.sleep(0)
+            await store.set_pipeline_active("p", i % 2 == 0)
+            await reading
+            assert (await store.pipeline_overrides())["p"] is (i % 2 == 0), i
 
 
 def _fields(value: object) -> dict[str, object]:
