@@ -42,7 +42,7 @@ from feedd.model import (
     utcnow,
 )
 from feedd.pipeline.process import Job, Outcome, Span, headers_key, merge, output_name, process, process_stretch
-from feedd.spaces import Spaces
+from feedd.spaces import Space, Spaces
 from feedd.store import RunQuery, Store
 
 POLL_SECONDS = 0.2
@@ -276,8 +276,10 @@ class Runner:
         pipe = _effective(config, run)
         deliveries: list[Delivery] = []
         if outcome is not None and pipe is not None:
-            if pipe.reports and run.direction is Direction.INBOUND:
-                await asyncio.to_thread(self._partner_reports, run, outcome)
+            space = self._spaces.get(run.connection)
+            if pipe.reports and run.direction is Direction.INBOUND and space is not None:
+                # The copies are made in a thread; the space's byte count is kept on the loop, its one owner.
+                space.used += await asyncio.to_thread(self._partner_reports, space, run, outcome)
             if status is RunStatus.COMPLETED:
                 if outcome.header_key:
                     sources = {t: c for t, c in outcome.mapping.items() if c in outcome.headers}
@@ -328,16 +330,17 @@ class Runner:
                     message=failed.error.message if failed.error else None,
                     seconds=outcome.seconds if outcome else None)
 
-    def _partner_reports(self, run: Run, outcome: Outcome) -> None:
-        space = self._spaces.get(run.connection)
-        if space is None or outcome.report_path is None:
-            return
+    @staticmethod
+    def _partner_reports(space: Space, run: Run, outcome: Outcome) -> int:
+        """Place the report (and the rejects) in the partner's outbox; the bytes they add."""
+        if outcome.report_path is None:
+            return 0
         name = run.source.name.rsplit("/", 1)[-1]
         added = place(Path(outcome.report_path), space.outbox, fit_name(f"{name}.report.json")).stat().st_size
         if outcome.invalid and outcome.rejects_csv_path:
             added += place(Path(outcome.rejects_csv_path), space.outbox,
                            fit_name(f"{name}.rejects.csv")).stat().st_size
-        space.used += added
+        return added
 
     async def retry(self, run: Run, *, reprocess: bool) -> Run:
         """Re-deliver a completed run's failed destinations, or queue the run's input to be processed again

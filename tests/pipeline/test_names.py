@@ -75,3 +75,17 @@ async def test_a_full_disk_while_placing_reports_fails_the_run(start_feedd: Call
         assert run.status is RunStatus.FAILED and run.error is not None, run.status
         assert run.error.code == "internal_error" and "No space left" in run.error.message, run.error
         filler.unlink()
+
+
+async def test_the_quota_counts_the_reports_and_outputs_placed_in_the_outbox(start_feedd: Callable[..., Any]) -> None:
+    """What the runner and delivery place in the partner's outbox is counted, on the loop, by the space."""
+    feedd: Feedd = await start_feedd(workers=1, pipeline_extra="""reports: true
+    destinations: [{type: outbox}]""")
+    await upload(feedd, "/inbox/people.csv", b"email\nann@example.org\nnot-an-email\n")
+    [run] = await finished(feedd, 1, until=(RunStatus.DELIVERED, RunStatus.FAILED))
+    assert run.status is RunStatus.DELIVERED, run.error
+    space = feedd.daemon.spaces.get("demo") if feedd.daemon.spaces else None
+    assert space is not None
+    on_disk = sum(p.stat().st_size for p in feedd.space().rglob("*") if p.is_file())
+    assert len(list((feedd.space() / "outbox").iterdir())) == 3  # report, rejects, output
+    assert space.used == on_disk > 0
