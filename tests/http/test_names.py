@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import DEMO_PASSWORD
 from tests.http.conftest import ADMIN_KEY, Api
+from tests.http.test_tus import one_completed_run
 
 TUS = {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {ADMIN_KEY}"}
 # (name, what the error must mention)
@@ -85,12 +86,7 @@ async def test_a_unicode_name_still_works_end_to_end(api: Api) -> None:
     name = "Überweisungen März – 名前 ✓.csv"
     status, body, _ = await create(api, name, b"email\nann@example.org\n")
     assert status == 201, body
-    runs: list[Any] = []
-    for _ in range(200):  # bounded: ~10 s
-        runs = await api.runs()
-        if runs and runs[0].status == "completed":
-            break
-        await asyncio.sleep(0.05)
+    runs = await one_completed_run(api)
     assert runs and runs[0].status == "completed" and runs[0].source.name == name
     report = f"{name}.report.json"
     names, data = await asyncio.to_thread(outbox_listing_read_and_delete, api.sftp_port, report)
