@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from feedd.credentials import hash_password
 
 _spec = importlib.util.spec_from_file_location("bench_sftp", Path(__file__).with_name("sftp.py"))
@@ -164,11 +162,7 @@ def main() -> int:
     base = Path(os.environ.get("BENCH_DIR", "/var/lib/feedd-bench" if anchor else tempfile.gettempdir()))
     base.mkdir(mode=0o755, parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="auth-", dir=base))
-    key = work / "client_key"
-    client_key = asyncssh.generate_private_key("ssh-ed25519")
-    client_key.write_private_key(str(key))
-    key.chmod(0o600)
-    pubkey = client_key.export_public_key().decode().strip()
+    key, pubkey = bench_sftp.client_key(work)
     password = secrets.token_urlsafe(16)
     big = work / "big.bin"
     with open(big, "wb") as f:

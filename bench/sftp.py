@@ -38,6 +38,15 @@ CIPHER = "aes128-gcm@openssh.com"
 CLK = os.sysconf("SC_CLK_TCK")
 
 
+def client_key(work: Path) -> tuple[Path, str]:
+    """A new ed25519 key for the benchmark's clients: its file in `work`, and its public line."""
+    key = work / "client_key"
+    private = asyncssh.generate_private_key("ssh-ed25519")
+    private.write_private_key(str(key))
+    key.chmod(0o600)
+    return key, private.export_public_key().decode().strip()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -332,11 +341,7 @@ def main() -> int:
     base = Path(os.environ.get("BENCH_DIR", "/var/lib/feedd-bench"))
     base.mkdir(mode=0o755, parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-    key = work / "client_key"
-    client_key = asyncssh.generate_private_key("ssh-ed25519")
-    client_key.write_private_key(str(key))
-    key.chmod(0o600)
-    pubkey = client_key.export_public_key().decode().strip()
+    key, pubkey = client_key(work)
     big = work / "data" / "big" / "big.bin"
     big.parent.mkdir(parents=True)
     with open(big, "wb") as f:
