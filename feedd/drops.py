@@ -29,7 +29,7 @@ from feedd.config import Config
 from feedd.durable import low_on_space
 from feedd.intake import Input, accept
 from feedd.model import Direction, SourceKind
-from feedd.spaces import Space, Spaces, Stamp, fd_path, open_parent, stamp, walk
+from feedd.spaces import Space, Spaces, Stamp, fd_path, open_parent, stamp
 from feedd.store import Store
 
 
@@ -145,13 +145,7 @@ class Drops:
         task.add_done_callback(self._tasks.discard)
 
     async def _offer_tree(self, space: Space, folder: str) -> None:
-        def files() -> list[str]:
-            if os.path.realpath(folder) != folder:
-                return []
-            return [space.rel(os.path.join(here, e.name)) for here, found in walk(folder) for e in found
-                    if e.is_file(follow_symlinks=False)]
-
-        for i, rel in enumerate(await asyncio.to_thread(files), 1):
+        for i, rel in enumerate(await asyncio.to_thread(space.files_below, folder), 1):
             self.offer(space, rel)
             if i % 500 == 0:
                 await asyncio.sleep(0)  # a folder of 100,000 files: other work on the loop goes on meanwhile

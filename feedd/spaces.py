@@ -299,6 +299,14 @@ class Space:
             return True
         return False
 
+    def files_below(self, folder: str) -> list[str]:
+        """The rel paths of the regular files at any depth below `folder`, a path in this space; none when
+        a link lies on the way to it (it must be its own real path). Walked without following links."""
+        if os.path.realpath(folder) != folder:
+            return []
+        return [f"{self.rel(here)}/{e.name}" for here, found in walk(folder) for e in found
+                if e.is_file(follow_symlinks=False)]
+
     def is_partial(self, rel: str) -> bool:
         return rel in self._partial
 

@@ -212,10 +212,7 @@ class Watcher:
             except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                for folder, found in walk(path):
-                    prefix = space.rel(folder) + "/"
-                    later += (((space.name, prefix + e.name), now - 1e9) for e in found
-                              if e.is_file(follow_symlinks=False))
+                later += (((space.name, rel), now - 1e9) for rel in space.files_below(path))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue  # links and special files are never taken
