@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -123,61 +124,56 @@ def held_part() -> bytes:
     return json.dumps(orders(0, 20)).encode()
 
 
-async def test_one_key_holds_at_most_its_cap_and_other_keys_go_on(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "PER_KEY", 3)
+@contextlib.asynccontextmanager
+async def three_held_parts(api: Api, key: str) -> AsyncIterator[tuple[list[Slow], aiohttp.ClientSession,
+                                                                       aiohttp.ClientSession]]:
+    """Three part bodies held open by `key` (from 127.0.0.2, as `Slow` sends them), and two clients:
+    `same` from 127.0.0.2, `other` from 127.0.0.3."""
     uid = (await init(api, total=3))["uploadId"]
-    held = [await Slow.start(api, "PUT", f"/outbound/uploads/{uid}/parts/{n}", held_part(), key=DEMO_KEY)
+    held = [await Slow.start(api, "PUT", f"/outbound/uploads/{uid}/parts/{n}", held_part(), key=key)
             for n in (1, 2, 3)]
     try:
         async with session_from("127.0.0.2") as same, session_from("127.0.0.3") as other:
-            status, headers, body = await until_refused(same, api, DEMO_KEY)  # the 4th of this key
-            assert status == 429 and headers["Retry-After"].isdigit()
-            assert body["error"]["code"] == "too_many_requests" and "API key" in body["error"]["message"]
-            for session in (same, other):  # another key, from the same address or another
-                for _ in range(5):
-                    assert (await get(session, api, "/runs", ADMIN_KEY))[0] == 200
-            assert (await get(other, api, "/connections", DEMO_KEY))[0] == 429  # the key's cap, wherever from
-            for slow in held:  # the held parts arrive whole and are stored as usual
-                status, _, part = await slow.finish()
-                assert status == 200 and part["records"] == 20, part
-            assert (await get(same, api, "/connections", DEMO_KEY))[0] == 200
+            yield held, same, other
     finally:
         for slow in held:
             slow.close()
+
+
+async def test_one_key_holds_at_most_its_cap_and_other_keys_go_on(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "PER_KEY", 3)
+    async with three_held_parts(api, DEMO_KEY) as (held, same, other):
+        status, headers, body = await until_refused(same, api, DEMO_KEY)  # the 4th of this key
+        assert status == 429 and headers["Retry-After"].isdigit()
+        assert body["error"]["code"] == "too_many_requests" and "API key" in body["error"]["message"]
+        for session in (same, other):  # another key, from the same address or another
+            for _ in range(5):
+                assert (await get(session, api, "/runs", ADMIN_KEY))[0] == 200
+        assert (await get(other, api, "/connections", DEMO_KEY))[0] == 429  # the key's cap, wherever from
+        for slow in held:  # the held parts arrive whole and are stored as usual
+            status, _, part = await slow.finish()
+            assert status == 200 and part["records"] == 20, part
+        assert (await get(same, api, "/connections", DEMO_KEY))[0] == 200
 
 
 async def test_one_address_holds_at_most_its_cap(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "PER_ADDRESS", 3)
-    uid = (await init(api, total=3))["uploadId"]
-    held = [await Slow.start(api, "PUT", f"/outbound/uploads/{uid}/parts/{n}", held_part(), key=ADMIN_KEY)
-            for n in (1, 2, 3)]
-    try:
-        async with session_from("127.0.0.2") as same, session_from("127.0.0.3") as other:
-            status, _, body = await until_refused(same, api, DEMO_KEY)  # another key, the same address
-            assert status == 429 and "address" in body["error"]["message"]
-            assert (await get(other, api, "/connections", DEMO_KEY))[0] == 200
-            assert (await get(other, api, "/runs", ADMIN_KEY))[0] == 200
-    finally:
-        for slow in held:
-            slow.close()
+    async with three_held_parts(api, ADMIN_KEY) as (_held, same, other):
+        status, _, body = await until_refused(same, api, DEMO_KEY)  # another key, the same address
+        assert status == 429 and "address" in body["error"]["message"]
+        assert (await get(other, api, "/connections", DEMO_KEY))[0] == 200
+        assert (await get(other, api, "/runs", ADMIN_KEY))[0] == 200
 
 
 async def test_a_share_of_all_slots_is_kept_for_clients_holding_none(api: Api,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "TOTAL", 5)
     monkeypatch.setattr(limits, "RESERVED", 2)
-    uid = (await init(api, total=3))["uploadId"]
-    held = [await Slow.start(api, "PUT", f"/outbound/uploads/{uid}/parts/{n}", held_part(), key=ADMIN_KEY)
-            for n in (1, 2, 3)]
-    try:
-        async with session_from("127.0.0.2") as same, session_from("127.0.0.3") as other:
-            status, _, body = await until_refused(same, api, ADMIN_KEY)
-            assert status == 429 and "busy" in body["error"]["message"]
-            for _ in range(5):  # a key and an address holding nothing still get in
-                assert (await get(other, api, "/connections", DEMO_KEY))[0] == 200
-    finally:
-        for slow in held:
-            slow.close()
+    async with three_held_parts(api, ADMIN_KEY) as (_held, same, other):
+        status, _, body = await until_refused(same, api, ADMIN_KEY)
+        assert status == 429 and "busy" in body["error"]["message"]
+        for _ in range(5):  # a key and an address holding nothing still get in
+            assert (await get(other, api, "/connections", DEMO_KEY))[0] == 200
 
 
 async def test_a_stalled_or_trickling_body_is_cut_with_408(api: Api, fast_rate: None) -> None:
