@@ -43,7 +43,7 @@ from feedd.model import (
 )
 from feedd.pipeline.process import Job, Outcome, Span, headers_key, merge, output_name, process, process_stretch
 from feedd.spaces import Space, Spaces
-from feedd.store import RunQuery, Store
+from feedd.store import Remembered, RunQuery, Store
 
 POLL_SECONDS = 0.2
 RECORD_RETRY_FIRST = 0.2  # seconds before trying again to record a run when the store failed
@@ -275,6 +275,7 @@ class Runner:
         )
         pipe = _effective(config, run)
         deliveries: list[Delivery] = []
+        remember: Remembered | None = None
         if outcome is not None and pipe is not None:
             space = self._spaces.get(run.connection)
             if pipe.reports and run.direction is Direction.INBOUND and space is not None:
@@ -282,8 +283,8 @@ class Runner:
                 space.used += await asyncio.to_thread(self._partner_reports, space, run, outcome)
             if status is RunStatus.COMPLETED:
                 if outcome.header_key:
-                    sources = {t: c for t, c in outcome.mapping.items() if c in outcome.headers}
-                    await self._store.remember_mapping(run.connection, outcome.header_key, sources)
+                    remember = Remembered(run.connection, outcome.header_key,
+                                          {t: c for t, c in outcome.mapping.items() if c in outcome.headers})
                 # The name the output gets everywhere is fixed now: a redelivery days later uses the same.
                 meta["output_name"] = run.meta.get("filename") or output_name(pipe, Job(
                     run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema], ""))
@@ -295,7 +296,7 @@ class Runner:
         if outcome is not None and outcome.drift:
             queued += events.make(config, "schema.drift", {
                 "runId": run.run_id, "connection": run.connection, "pipeline": run.pipeline, **outcome.drift})
-        await self._store.update_run(done, events=queued, deliveries=deliveries)
+        await self._store.update_run(done, events=queued, deliveries=deliveries, remember=remember)
         if deliveries:
             self._deliver()
         if queued:

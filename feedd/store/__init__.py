@@ -25,6 +25,15 @@ class RunQuery:
     delivery_failed: bool | None = None  # True: only runs with a delivery failed for good; False: none
 
 
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """The mapping a connection's file with this header set was read with, kept for its next file."""
+
+    connection: str
+    header_key: str
+    mapping: dict[str, str]
+
+
 class Store(Protocol):
     """Durable state. Every method is atomic; a returned call has reached stable storage."""
 
@@ -32,9 +41,10 @@ class Store(Protocol):
         """Record a new run with its deliveries and `events`, in one transaction. ConflictError if the id exists."""
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
-                         deliveries: Sequence[Delivery] = ()) -> bool:
+                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
         """Write the run's mutable fields; with `expect`, only if the stored status is still that one. The
-        given deliveries (saved) and events (queued) go in the same transaction, and only if the run changed."""
+        given deliveries (saved), events (queued) and mapping to remember go in the same transaction, and only
+        if the run changed."""
 
     async def get_run(self, run_id: str) -> Run | None: ...
 

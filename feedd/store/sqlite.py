@@ -32,7 +32,7 @@ from feedd.model import (
     UploadState,
     utcnow,
 )
-from feedd.store import RunQuery
+from feedd.store import Remembered, RunQuery
 from feedd.store.migrations import MIGRATIONS
 
 _RUN_COLUMNS = (
@@ -52,6 +52,15 @@ _UPSERT_DELIVERY_SELECT = "INSERT INTO deliveries SELECT ?, ?, ?, ?, ?, ?, ?"
 _ON_DELIVERY_CONFLICT = ("ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
                          "attempts = excluded.attempts, last_error = excluded.last_error, "
                          "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
+
+# A SELECT, not VALUES, so that a run's update can make it conditional on the run having changed.
+_UPSERT_MAPPING_SELECT = "INSERT INTO mapping_memory SELECT ?, ?, ?, ?"
+_ON_MAPPING_CONFLICT = ("ON CONFLICT (connection, header_key) DO UPDATE SET mapping = excluded.mapping, "
+                        "updated_at = excluded.updated_at")
+
+
+def _mapping_row(remembered: Remembered) -> tuple[str, str, str, str | None]:
+    return remembered.connection, remembered.header_key, json.dumps(remembered.mapping), _ts(utcnow())
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -251,7 +260,7 @@ class SqliteStore:
             raise ConflictError(f"run {run.run_id} already exists") from exc
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
-                         deliveries: Sequence[Delivery] = ()) -> bool:
+                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
         row = _run_row(run)
         columns = _RUN_COLUMNS.split(", ")
         sets = ", ".join(f"{c} = ?" for c in columns[1:])
@@ -263,6 +272,9 @@ class SqliteStore:
         # Deliveries and events go in only if the run changed: changes() is the count of the statement
         # before, 1 after the update and after each insert that follows it, 0 all the way when it missed.
         statements = [(sql, params)]
+        if remember is not None:
+            statements.append((f"{_UPSERT_MAPPING_SELECT} WHERE changes() = 1 {_ON_MAPPING_CONFLICT}",
+                               _mapping_row(remember)))
         statements += [(f"{_UPSERT_DELIVERY_SELECT} WHERE changes() = 1 {_ON_DELIVERY_CONFLICT}", _delivery_row(d))
                        for d in deliveries]
         statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1", _event_row(e)) for e in events]
@@ -450,11 +462,8 @@ class SqliteStore:
         return await self._in_db(counts)
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
-        await self._write((
-            "INSERT INTO mapping_memory VALUES (?, ?, ?, ?) ON CONFLICT (connection, header_key) DO UPDATE SET "
-            "mapping = excluded.mapping, updated_at = excluded.updated_at",
-            (connection, header_key, json.dumps(mapping), _ts(utcnow())),
-        ))
+        await self._write((f"{_UPSERT_MAPPING_SELECT} WHERE true {_ON_MAPPING_CONFLICT}",
+                           _mapping_row(Remembered(connection, header_key, mapping))))
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
         rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = ? AND header_key = ?",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -24,7 +25,7 @@ from feedd.model import (
     new_id,
     utcnow,
 )
-from feedd.store import RunQuery, Store
+from feedd.store import Remembered, RunQuery, Store
 
 
 def make_run(connection: str = "acme", pipeline: str | None = "acme-hr", sha: str = "0" * 64, **kw: object) -> Run:
@@ -185,6 +186,18 @@ class StoreContract:
         await store.remember_mapping("globex", "h1", {"email": "x"})
         assert await store.recall_mapping("acme", "h1") == {"email": "E-Mail"}
         assert await store.recall_mapping("acme", "h2") is None
+
+    async def test_a_mapping_is_remembered_with_the_run_that_used_it_or_not_at_all(self, store: Store) -> None:
+        run = make_run()
+        await store.insert_run(run)
+        done = replace(run, status=RunStatus.COMPLETED)
+        # The run was not in the state expected: neither it nor its mapping is written.
+        assert not await store.update_run(done, expect=RunStatus.PROCESSING,
+                                          remember=Remembered(run.connection, "h1", {"email": "Mail"}))
+        assert await store.recall_mapping(run.connection, "h1") is None
+        assert await store.update_run(done, expect=RunStatus.QUEUED,
+                                      remember=Remembered(run.connection, "h1", {"email": "Mail"}))
+        assert await store.recall_mapping(run.connection, "h1") == {"email": "Mail"}
 
     async def test_pipeline_overrides(self, store: Store) -> None:
         assert await store.pipeline_overrides() == {}
