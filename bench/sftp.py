@@ -2,6 +2,7 @@
 
     python bench/sftp.py [--size-mib 1024] [--files 1000] [--file-kib 100] [--rounds 3]
                          [--clients openssh,asyncssh,paramiko] [--workloads big,small] [--bare] [--process]
+                         [--variants default,asyncio-loop,no-fast-path]
 
 Starts OpenSSH's sshd (internal-sftp in a chroot) on one loopback port and `feedd serve` on another,
 uploads the same big file and the same set of small files with each client, and prints MiB/s, files/s
@@ -10,7 +11,9 @@ between the servers), and feedd's peak RSS. feedd runs with its jail, quota acco
 every uploaded file is moved to the spool, fsynced, hashed and recorded as a run before the round ends.
 The runs are recorded `held` (the pipeline is inactive), so that what is measured is ingest; with
 `--process` they are processed as they arrive, on the same two cores. `--bare` adds asyncssh's own
-SFTPServer, nothing added, as the library's ceiling on this machine.
+SFTPServer, nothing added, as the library's ceiling on this machine. `--variants` runs several feedd
+servers side by side in the same rounds: `default` (as installed: uvloop and the SFTP fast path),
+`asyncio-loop` (FEEDD_EVENT_LOOP=asyncio) and `no-fast-path` (`sftp.fast_path: false`).
 Needs /usr/sbin/sshd (Debian: openssh-server) and the OpenSSH sftp client; runs as root for the chroot.
 """
 
@@ -87,9 +90,11 @@ class Server:
     def clear(self) -> None:
         raise NotImplementedError
 
-    def spawn(self, cmd: list[str], user: str, upload_dir: str, local_dir: Path) -> None:
+    def spawn(self, cmd: list[str], user: str, upload_dir: str, local_dir: Path,
+              env: dict[str, str] | None = None) -> None:
         """Start the server process and wait for its port; `local_dir` is where uploads to `upload_dir` land."""
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, **(env or {})})
         self.pid = self.proc.pid
         wait_port(self.port, 60)
         self.user, self.upload_dir, self.local_dir = user, upload_dir, local_dir
@@ -143,19 +148,26 @@ X11Forwarding no
         self.proc.wait(10)
 
 
+VARIANTS = ("default", "asyncio-loop", "no-fast-path")
+
+
 class Feedd(Server):
     name = "feedd"
 
-    def __init__(self, work: Path, pubkey: str, process: bool = False, password_hash: str | None = None) -> None:
+    def __init__(self, work: Path, pubkey: str, process: bool = False, password_hash: str | None = None,
+                 variant: str = "default") -> None:
         self.port = free_port()
         self.process = process
+        if variant != "default":
+            self.name = f"feedd/{variant}"
         password = f'\n    password_hash: "{password_hash}"' if password_hash else ""
-        state = work / "feedd-state"
+        fast_path = "false" if variant == "no-fast-path" else "true"
+        state = work / ("feedd-state" if variant == "default" else f"feedd-state-{variant}")
         config = work / "feedd.yaml"
         config.write_text(f"""\
 state_dir: {state}
 log: {{level: warning, format: json}}
-sftp: {{listen: "127.0.0.1:{self.port}"}}
+sftp: {{listen: "127.0.0.1:{self.port}", fast_path: {fast_path}}}
 http: {{listen: "127.0.0.1:{free_port()}"}}
 schemas:
   blob:
@@ -174,7 +186,9 @@ pipelines:
     skip_duplicates: false
     active: {"true" if process else "false"}
 """)
-        self.spawn([sys.executable, "-m", "feedd", "serve", "-c", str(config)], "bench", "/inbox", state / "spool")
+        env = {"FEEDD_EVENT_LOOP": "asyncio"} if variant == "asyncio-loop" else None
+        self.spawn([sys.executable, "-m", "feedd", "serve", "-c", str(config)], "bench", "/inbox", state / "spool",
+                   env)
         self.db = state / "feedd.db"
         self.inbox = state / "spaces" / "bench" / "inbox"
 
@@ -332,7 +346,12 @@ def main() -> int:
                     help="process every upload with the pipeline as it arrives (default: runs are recorded held)")
     ap.add_argument("--bare", action="store_true",
                     help="also measure asyncssh's own SFTPServer with nothing added (the library's ceiling)")
+    ap.add_argument("--variants", default="default",
+                    help=f"feedd servers measured side by side, of {', '.join(VARIANTS)} (default: %(default)s)")
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}: choose from {', '.join(VARIANTS)}")
     if not Path("/usr/sbin/sshd").exists() or shutil.which("sftp") is None:
         print("needs /usr/sbin/sshd and sftp (Debian: apt-get install openssh-server openssh-client)")
         return 2
@@ -354,7 +373,8 @@ def main() -> int:
         p = small_dir / f"f{i:05d}.csv"
         p.write_bytes(os.urandom(args.file_kib * 1024))
         smalls.append(p)
-    servers: list[Server] = [OpenSSH(work, pubkey), Feedd(work, pubkey, process=args.process)]
+    feedds = [Feedd(work, pubkey, process=args.process, variant=v) for v in variants]
+    servers: list[Server] = [OpenSSH(work, pubkey), *feedds]
     if args.bare:
         servers.append(Bare(work, pubkey))
     results: dict[str, dict[str, object]] = {}
@@ -376,24 +396,25 @@ def main() -> int:
                     row[name] = {"rate": round(amount / t, 1), "seconds": round(t, 2),
                                  "recorded_rate": round(amount / statistics.median(g[1] for g in got), 1),
                                  "server_cpu_s": round(statistics.median(g[2] for g in got), 2)}
-                feedd_rate = row["feedd"]["rate"]  # type: ignore[index]
                 openssh_rate = row["openssh"]["rate"]  # type: ignore[index]
-                row["ratio"] = round(feedd_rate / openssh_rate, 3)
                 row["unit"] = unit
                 results[f"{client}/{workload}"] = row
-                f = row["feedd"]
                 bare = ""
                 if "asyncssh" in row:
                     b = row["asyncssh"]
                     bare = f"  bare asyncssh {b['rate']} {unit} ({b['rate'] / openssh_rate:.2f}x, CPU s {b['server_cpu_s']})"  # type: ignore[index,operator]
-                print(f"{client:9} {workload:5}  openssh {openssh_rate:8.1f} {unit:7}  feedd {feedd_rate:8.1f} {unit:7}"
-                      f"  ratio {row['ratio']:.2f}  (feedd incl. intake {f['recorded_rate']} {unit})"  # type: ignore[index]
-                      f"  server CPU s: openssh {row['openssh']['server_cpu_s']} feedd {f['server_cpu_s']}{bare}",  # type: ignore[index]
-                      flush=True)
-        feedd_server = servers[1]
-        peak = peak_rss_mib(feedd_server.pid)
-        print(f"feedd peak RSS: {peak:.0f} MiB")
-        results["feedd_peak_rss_mib"] = {"value": round(peak)}
+                for feedd in feedds:
+                    f = row[feedd.name]
+                    feedd_rate = f["rate"]  # type: ignore[index]
+                    f["ratio"] = round(feedd_rate / openssh_rate, 3)  # type: ignore[index]
+                    print(f"{client:9} {workload:5}  openssh {openssh_rate:8.1f} {unit:7}  {feedd.name} {feedd_rate:8.1f}"
+                          f" {unit:7}  ratio {f['ratio']:.2f}  (incl. intake {f['recorded_rate']} {unit})"  # type: ignore[index]
+                          f"  server CPU s: openssh {row['openssh']['server_cpu_s']} {feedd.name} {f['server_cpu_s']}"  # type: ignore[index]
+                          f"{bare if feedd is feedds[0] else ''}", flush=True)
+        for feedd in feedds:
+            peak = peak_rss_mib(feedd.pid)
+            print(f"{feedd.name} peak RSS: {peak:.0f} MiB")
+            results[f"{feedd.name}_peak_rss_mib"] = {"value": round(peak)}
         print(json.dumps(results))
     finally:
         for server in servers:

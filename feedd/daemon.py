@@ -75,7 +75,8 @@ class Daemon:
             try:
                 await self.start()
                 sdnotify.notify("READY=1", "STATUS=serving")
-                log.get().info("ready", config=str(self.config.path), state_dir=str(self.config.state_dir))
+                log.get().info("ready", config=str(self.config.path), state_dir=str(self.config.state_dir),
+                               event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
                 if (interval := sdnotify.watchdog_interval()) is not None:
                     self._spawn(self._watchdog(interval))
                 await self._stop.wait()
@@ -204,7 +205,10 @@ class Daemon:
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (`pip install feedd[fast]`): less overhead per SFTP packet."""
+    """uvloop, installed with feedd where it has wheels: less overhead per SFTP packet (see the README's
+    Performance section for what it is worth). `FEEDD_EVENT_LOOP=asyncio` chooses the standard loop."""
+    if os.environ.get("FEEDD_EVENT_LOOP", "").lower() == "asyncio":
+        return None
     try:
         import uvloop
     except ImportError:
