@@ -216,3 +216,52 @@ class Upload:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     expires_at: datetime | None = None
+
+
+class ObjectKind(StrEnum):
+    """What can be managed over the API; the config file's section of each is its plural."""
+
+    SCHEMA = "schema"
+    CONNECTION = "connection"
+    PIPELINE = "pipeline"
+
+    @property
+    def section(self) -> str:
+        return f"{self.value}s"
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedObject:
+    """A schema, connection or pipeline created over the API: its body in the config file's own shape
+    (secrets hashed, never plain), and its version, raised by one at each change."""
+
+    kind: ObjectKind
+    name: str
+    body: dict[str, Any]
+    version: int = 1
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+class AuditAction(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    RELOAD = "reload"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One change of the config in force: who, what, and the object before and after (never a secret)."""
+
+    actor: str
+    action: AuditAction
+    kind: str  # an ObjectKind, or "config" for a reload of the file
+    name: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    at: datetime = field(default_factory=utcnow)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "actor": self.actor, "action": str(self.action), "kind": self.kind,
+                "name": self.name, "before": self.before, "after": self.after}

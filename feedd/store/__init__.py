@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from feedd.model import Delivery, DeliveryStatus, Event, Run, RunStatus, Upload, UploadState
+from feedd.model import (
+    AuditEntry,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    ManagedObject,
+    ObjectKind,
+    Run,
+    RunStatus,
+    Upload,
+    UploadState,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,5 +122,23 @@ class Store(Protocol):
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None: ...
 
     async def pipeline_overrides(self) -> dict[str, bool]: ...
+
+    async def managed_objects(self) -> list[ManagedObject]:
+        """Every object created over the API, in the order they were created."""
+
+    async def save_object(self, obj: ManagedObject, *, expect: int | None, audit: AuditEntry,
+                          events: Sequence[Event] = ()) -> bool:
+        """With `expect` None, create the object (ConflictError if its kind and name exist); else replace
+        the stored one if its version is still `expect` (False if not, or if it is gone). The audit entry
+        and events go in the same transaction, and only if the object was written."""
+
+    async def delete_object(self, kind: ObjectKind, name: str, *, expect: int, audit: AuditEntry,
+                            events: Sequence[Event] = ()) -> bool:
+        """Delete the object if its version is still `expect`, with its audit entry and events."""
+
+    async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None: ...
+
+    async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
+        """Audit entries newest first, and the cursor for the next page or None."""
 
     async def close(self) -> None: ...

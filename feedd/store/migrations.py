@@ -104,4 +104,25 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (4, """
     CREATE INDEX runs_queued ON runs (connection, run_id) WHERE status = 'queued';
     """),
+    (5, """
+    CREATE TABLE managed_objects (
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+
+    CREATE TABLE audit (
+        at          TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        before      TEXT,
+        after       TEXT
+    );
+    """),
 )

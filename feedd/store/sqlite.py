@@ -17,11 +17,15 @@ import aiosqlite
 
 from feedd.errors import ConflictError
 from feedd.model import (
+    AuditAction,
+    AuditEntry,
     Counts,
     Delivery,
     DeliveryStatus,
     Direction,
     Event,
+    ManagedObject,
+    ObjectKind,
     RowError,
     Run,
     RunError,
@@ -52,6 +56,14 @@ _UPSERT_DELIVERY_SELECT = "INSERT INTO deliveries SELECT ?, ?, ?, ?, ?, ?, ?"
 _ON_DELIVERY_CONFLICT = ("ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
                          "attempts = excluded.attempts, last_error = excluded.last_error, "
                          "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
+
+_INSERT_AUDIT_SELECT = "INSERT INTO audit SELECT ?, ?, ?, ?, ?, ?, ?"
+
+
+def _audit_row(e: AuditEntry) -> tuple[Any, ...]:
+    return (_ts(e.at), e.actor, str(e.action), e.kind, e.name,
+            None if e.before is None else json.dumps(e.before), None if e.after is None else json.dumps(e.after))
+
 
 # A SELECT, not VALUES, so that a run's update can make it conditional on the run having changed.
 _UPSERT_MAPPING_SELECT = "INSERT INTO mapping_memory SELECT ?, ?, ?, ?"
@@ -469,6 +481,56 @@ class SqliteStore:
         rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = ? AND header_key = ?",
                                 (connection, header_key))
         return dict(json.loads(rows[0][0])) if rows else None
+
+    async def managed_objects(self) -> list[ManagedObject]:
+        rows = await self._read("SELECT * FROM managed_objects ORDER BY created_at, rowid")
+        return [ManagedObject(ObjectKind(r["kind"]), r["name"], json.loads(r["body"]), r["version"],
+                              _dt(r["created_at"]) or utcnow(), _dt(r["updated_at"]) or utcnow()) for r in rows]
+
+    async def save_object(self, obj: ManagedObject, *, expect: int | None, audit: AuditEntry,
+                          events: Sequence[Event] = ()) -> bool:
+        body = json.dumps(obj.body)
+        if expect is None:
+            first: tuple[str, tuple[Any, ...]] = (
+                "INSERT INTO managed_objects VALUES (?, ?, ?, ?, ?, ?)",
+                (str(obj.kind), obj.name, body, obj.version, _ts(obj.created_at), _ts(obj.updated_at)))
+        else:
+            first = ("UPDATE managed_objects SET body = ?, version = ?, updated_at = ? "
+                     "WHERE kind = ? AND name = ? AND version = ?",
+                     (body, obj.version, _ts(obj.updated_at), str(obj.kind), obj.name, expect))
+        try:
+            return await self._write(first, *self._along(audit, events)) == 1
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"{obj.kind} {obj.name!r} already exists") from exc
+
+    async def delete_object(self, kind: ObjectKind, name: str, *, expect: int, audit: AuditEntry,
+                            events: Sequence[Event] = ()) -> bool:
+        first = ("DELETE FROM managed_objects WHERE kind = ? AND name = ? AND version = ?", (str(kind), name, expect))
+        return await self._write(first, *self._along(audit, events)) == 1
+
+    @staticmethod
+    def _along(audit: AuditEntry, events: Sequence[Event]) -> list[tuple[str, tuple[Any, ...]]]:
+        """An object's audit entry and events, written only if the statement before them changed a row."""
+        statements = [(f"{_INSERT_AUDIT_SELECT} WHERE changes() = 1", _audit_row(audit))]
+        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1", _event_row(e)) for e in events]
+        return statements
+
+    async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None:
+        await self._write((f"{_INSERT_AUDIT_SELECT} WHERE true", _audit_row(entry)),
+                          *((_INSERT_EVENT, _event_row(e)) for e in events))
+
+    async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
+        limit = max(1, limit)
+        where, params = ("WHERE rowid < ?", (int(cursor),)) if cursor is not None else ("", ())
+        rows = await self._read(f"SELECT rowid AS row_number, * FROM audit {where} ORDER BY rowid DESC LIMIT ?",
+                                (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = [AuditEntry(r["actor"], AuditAction(r["action"]), r["kind"], r["name"],
+                              json.loads(r["before"]) if r["before"] else None,
+                              json.loads(r["after"]) if r["after"] else None, _dt(r["at"]) or utcnow())
+                   for r in rows]
+        return entries, (str(rows[-1]["row_number"]) if more else None)
 
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
         self._overrides = None

@@ -10,10 +10,15 @@ import pytest
 
 from feedd.errors import ConflictError
 from feedd.model import (
+    AuditAction,
+    AuditEntry,
     Counts,
     Delivery,
     DeliveryStatus,
     Direction,
+    Event,
+    ManagedObject,
+    ObjectKind,
     RowError,
     Run,
     RunError,
@@ -198,6 +203,38 @@ class StoreContract:
         assert await store.update_run(done, expect=RunStatus.QUEUED,
                                       remember=Remembered(run.connection, "h1", {"email": "Mail"}))
         assert await store.recall_mapping(run.connection, "h1") == {"email": "Mail"}
+
+    async def test_managed_objects_are_created_once_and_changed_only_at_their_version(self, store: Store) -> None:
+        obj = ManagedObject(ObjectKind.CONNECTION, "acme", {"quota": "1GiB"})
+        create = AuditEntry("ops", AuditAction.CREATE, "connection", "acme", None, {"quota": "1GiB"})
+        event = Event(new_id(), "http://127.0.0.1:9/e", "config.changed", "{}")
+        assert await store.save_object(obj, expect=None, audit=create, events=[event])
+        with pytest.raises(ConflictError):
+            await store.save_object(obj, expect=None, audit=create)
+        changed = replace(obj, body={"quota": "2GiB"}, version=2)
+        update = AuditEntry("ops", AuditAction.UPDATE, "connection", "acme", obj.body, changed.body)
+        # A writer that read version 2 is too late: nothing is written, no audit entry, no event.
+        assert not await store.save_object(changed, expect=2, audit=update, events=[event])
+        assert await store.save_object(changed, expect=1, audit=update)
+        [stored] = await store.managed_objects()
+        assert (stored.kind, stored.name, stored.body, stored.version) == (ObjectKind.CONNECTION, "acme",
+                                                                           {"quota": "2GiB"}, 2)
+        delete = AuditEntry("ops", AuditAction.DELETE, "connection", "acme", changed.body, None)
+        assert not await store.delete_object(ObjectKind.CONNECTION, "acme", expect=1, audit=delete)
+        assert await store.delete_object(ObjectKind.CONNECTION, "acme", expect=2, audit=delete)
+        assert await store.managed_objects() == []
+        entries, cursor = await store.list_audit()
+        assert [e.action for e in entries] == [AuditAction.DELETE, AuditAction.UPDATE, AuditAction.CREATE]
+        assert cursor is None and entries[1].before == {"quota": "1GiB"} and entries[1].after == {"quota": "2GiB"}
+        assert len(await store.events_of("config.changed")) == 1
+
+    async def test_audit_pages_newest_first(self, store: Store) -> None:
+        for n in range(5):
+            await store.add_audit(AuditEntry("file", AuditAction.RELOAD, "config", f"r{n}"))
+        first, cursor = await store.list_audit(limit=2)
+        second, cursor2 = await store.list_audit(limit=2, cursor=cursor)
+        third, last = await store.list_audit(limit=2, cursor=cursor2)
+        assert [e.name for e in first + second + third] == ["r4", "r3", "r2", "r1", "r0"] and last is None
 
     async def test_pipeline_overrides(self, store: Store) -> None:
         assert await store.pipeline_overrides() == {}
