@@ -17,11 +17,13 @@ from typing import Any, Protocol
 
 from feedd import hostkeys, intake, log, sdnotify, supervisor
 from feedd.config import Config, load_config
+from feedd.config.parse import read_file
 from feedd.delivery.dispatcher import Dispatcher
 from feedd.drops import Drops
 from feedd.errors import ConfigError, FeeddError
 from feedd.events import EventSender
 from feedd.http.app import HttpServer
+from feedd.live import Live
 from feedd.pipeline.runner import Runner
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
@@ -50,18 +52,23 @@ class Daemon:
     """Owns the parts. `run()` is `feedd serve`; `start()`/`stop()` let tests run it in-process."""
 
     def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS, workers: int | None = None) -> None:
-        self.config = config
+        self._initial = config
+        self.live: Live | None = None
         self.drain_seconds = drain_seconds
         self.workers = workers
         self.components: list[Component] = []
         self._stop = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: SqliteStore | None = None
         self.spaces: Spaces | None = None
         self.drops: Drops | None = None
         self.http: HttpServer | None = None
         self.sftp: SftpService | None = None
+
+    @property
+    def config(self) -> Config:
+        """The config in force: the file's as given until the store's objects have joined it at start."""
+        return self.live.config if self.live is not None else self._initial
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
@@ -99,9 +106,17 @@ class Daemon:
             log.get().info("host key generated" if generated else "host key", fingerprint=key.fingerprint,
                            algorithm=key.algorithm, path=str(key.path))
         self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
+        try:
+            self.live = live = await Live.open(await asyncio.to_thread(read_file, config.path), config, store,
+                                               self._apply)
+        except BaseException:
+            await self.stop()
+            raise
+        config = live.config
         await intake.recover(store, config)
         self.spaces = spaces = Spaces(config)
         sender = EventSender(lambda: self.config, store)
+        live.on_change(sender.wake)
         dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake)
         runner = Runner(lambda: self.config, store, spaces, workers=self.workers, deliver=dispatcher.wake,
                         notify=sender.wake)
@@ -111,7 +126,7 @@ class Daemon:
             sender.wake()
 
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
-        self.http = HttpServer(config, store, runner, accepted)
+        self.http = HttpServer(config, store, runner, accepted, live)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
         parts: list[Component] = [
             sender,
@@ -165,28 +180,21 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Re-read the config file; a bad one is logged with all its errors and the old one stays."""
-        logger = log.get()
-        async with self._reload_lock:
-            sdnotify.reloading()
-            try:
-                try:
-                    config = await asyncio.to_thread(load_config, self.config.path)
-                except ConfigError as exc:
-                    for issue in exc.issues:
-                        logger.error("config error", error=str(issue))
-                    logger.error("reload failed: keeping the running config", errors=len(exc.issues))
-                    return False
-                if self.spaces is not None:
-                    self.spaces.apply(config)  # new connections get their space before they can log in
-                for component in self.components:
-                    await component.reload(config)
-                self.config = config
-                log.configure(config.log.level, config.log.format)
-                log.get().info("config reloaded", config=str(config.path), connections=len(config.connections),
-                               pipelines=len(config.pipelines))
-                return True
-            finally:
-                sdnotify.notify("READY=1", "STATUS=serving")
+        if self.live is None:
+            return False
+        sdnotify.reloading()
+        try:
+            return await self.live.reload_file()
+        finally:
+            sdnotify.notify("READY=1", "STATUS=serving")
+
+    async def _apply(self, config: Config) -> None:
+        """Put a new config in force in every part (the config's owner calls this, then swaps)."""
+        if self.spaces is not None:
+            self.spaces.apply(config)  # new connections get their space before they can log in
+        for component in self.components:
+            await component.reload(config)
+        log.configure(config.log.level, config.log.format)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: if the loop is blocked, the pings stop and systemd restarts us.
@@ -230,6 +238,12 @@ def serve(config_path: str | Path) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(Daemon(config).run())
+    except ConfigError as exc:  # the store's objects clash with the file's, or do not judge well with them
+        print(f"feedd: the config has {len(exc.issues)} error(s):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        log.get().error("cannot start", error=str(exc))
+        return 2
     except FeeddError as exc:
         print(f"feedd: {exc}", file=sys.stderr)
         log.get().error("cannot start", error=str(exc))

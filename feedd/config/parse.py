@@ -6,12 +6,14 @@ import fnmatch
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from feedd.config import pipelines as pl
 from feedd.config.algorithms import Algorithms, algorithms
+from feedd.config.managed import merge, plain
 from feedd.config.reader import (
     At,
     Bad,
@@ -27,7 +29,7 @@ from feedd.config.reader import (
     string,
     strings,
 )
-from feedd.config.source import LocMap, load_tree
+from feedd.config.source import NAMED_SECTIONS, LocMap, load_tree
 from feedd.config.units import suggest
 from feedd.config.values import (
     ANY_IP,
@@ -40,34 +42,60 @@ from feedd.config.values import (
     HttpConfig,
     IPNetwork,
     LogConfig,
+    Role,
     SftpConfig,
     TlsConfig,
     TusConfig,
     WebhookSubscription,
 )
-from feedd.errors import ConfigError
+from feedd.errors import ConfigError, ConfigIssue
+from feedd.model import ManagedObject
 
 EVENT_TYPES = (
     "run.queued", "run.completed", "run.delivered", "run.failed", "run.held",
-    "upload.completed", "upload.aborted", "schema.drift",
+    "upload.completed", "upload.aborted", "schema.drift", "config.changed",
 )
 TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
 
-def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, merge and validate a config file. Raises ConfigError listing every problem found."""
+@dataclass(frozen=True, slots=True)
+class FileTree:
+    """The config file as read (merged with its includes) but not yet judged: kept by the config in force,
+    so that a change over the API is judged with the file as it was last loaded, not as it is on disk now."""
+
+    path: Path
+    tree: LocMap
+    files: tuple[str, ...]
+    issues: tuple[ConfigIssue, ...]
+
+
+def read_file(file: str | os.PathLike[str]) -> FileTree:
     cfg_path = Path(file).expanduser().absolute()
+    issues: list[ConfigIssue] = []
+    tree, files = load_tree(cfg_path, issues)
+    return FileTree(cfg_path, tree, tuple(files), tuple(issues))
+
+
+def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = None,
+                managed: Sequence[ManagedObject] = ()) -> Config:
+    """Read, merge and validate a config file. Raises ConfigError listing every problem found."""
+    return build(read_file(file), managed, env)
+
+
+def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[str, str] | None = None) -> Config:
+    """The file's objects and the store's, judged together. Raises ConfigError listing every problem found."""
     r = Reader(os.environ if env is None else env)
-    tree, files = load_tree(cfg_path, r.issues)
+    r.issues.extend(source.issues)
+    tree = merge(source.tree, managed, source.path.parent, r.issues)
     top = r.mapping(tree, At(tree.loc, ""), TOP_KEYS) or tree
     root = At(tree.loc, "")
     state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
     connections = _connections(r, top.get("connections"), root.key(top, "connections"))
     schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"))
     config = Config(
-        path=cfg_path,
+        path=source.path,
         state_dir=state_dir,
         log=_log(r, top, root),
         sftp=_sftp(r, top, root, state_dir),
@@ -76,11 +104,13 @@ def load_config(file: str | os.PathLike[str], env: Mapping[str, str] | None = No
         connections=connections,
         pipelines=pl.pipelines(r, top.get("pipelines"), root.key(top, "pipelines"), schemas, connections),
         webhooks=_webhooks(r, top.get("webhooks"), root.key(top, "webhooks")),
-        files=tuple(files),
+        files=source.files,
+        bodies={section: {name: plain(body) for name, body in top[section].items()}
+                for section in NAMED_SECTIONS if isinstance(top.get(section), LocMap)},
     )
     if r.issues:
-        order = {f: i for i, f in enumerate(files)}
-        raise ConfigError(sorted(r.issues, key=lambda i: (order.get(i.file, -1), i.line)))
+        order = {f: i for i, f in enumerate(source.files)}
+        raise ConfigError(sorted(r.issues, key=lambda i: (order.get(i.file, len(order)), i.line)))
     return config
 
 
@@ -174,7 +204,7 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
     if m is not None and m.get("api_keys") is not None:
         keys_at = at.key(m, "api_keys")
         for item, sub in r.items(m["api_keys"], keys_at):
-            km = r.mapping(item, sub, ("name", "key_sha256", "connections"))
+            km = r.mapping(item, sub, ("name", "key_sha256", "connections", "role"))
             if km is None:
                 r.issue(sub, "expected {name, key_sha256, connections}")
                 continue
@@ -182,6 +212,7 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
                 name=r.require(km, sub, "name", nonempty, "?"),
                 key_sha256=r.require(km, sub, "key_sha256", _sha256_hex, ""),
                 connections=r.get(km, sub, "connections", strings, ALL),
+                role=Role(r.get(km, sub, "role", choice(*Role), "app")),
             )
             for name in key.connections:
                 if name != "*" and name not in connections:

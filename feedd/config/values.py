@@ -80,11 +80,24 @@ class SftpConfig:
     algorithms: Algorithms = field(default_factory=Algorithms)  # what the SSH server offers
 
 
+class Role(StrEnum):
+    """What an API key may do: `app` uploads and reads runs and views of its connections; `admin` also
+    manages objects and reads the audit log."""
+
+    APP = "app"
+    ADMIN = "admin"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     name: str
     key_sha256: str
     connections: tuple[str, ...] = ("*",)
+    role: Role = Role.APP
+
+    @property
+    def admin(self) -> bool:
+        return self.role is Role.ADMIN
 
     def allows(self, connection: str) -> bool:
         return "*" in self.connections or connection in self.connections
@@ -248,3 +261,5 @@ class Config:
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     webhooks: tuple[WebhookSubscription, ...] = ()
     files: tuple[str, ...] = ()
+    # Each named object as written (file or API), section -> name -> body: what the API shows back.
+    bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

@@ -40,12 +40,14 @@ class Routes:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.details = details
 
 
 class ClientGone(Exception):
@@ -70,6 +72,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
+        if exc.details is not None:
+            body = error_body(exc.code, exc.message)
+            body["error"]["details"] = exc.details
+            return web.json_response(body, status=exc.status, headers=exc.headers)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -113,6 +119,11 @@ def require_space(config: Config) -> None:
     """507 while the state's disk is under `sftp.min_free_space` (the same mark SFTP uploads obey)."""
     if (why := low_on_space((config.state_dir,), config.sftp.min_free_space)) is not None:
         raise ApiError(507, "insufficient_storage", why)
+
+
+def require_admin(key: ApiKey) -> None:
+    if not key.admin:
+        raise ApiError(403, "forbidden", f"API key {key.name!r} has the role 'app'; this needs an 'admin' key")
 
 
 def require_connection(key: ApiKey, connection: str) -> None:

@@ -18,11 +18,13 @@ from feedd.errors import StartupError
 from feedd.http import openapi, tls
 from feedd.http.api import Handler, errors
 from feedd.http.limits import InFlight
+from feedd.http.manage import ManageApi, Releaser
 from feedd.http.protocol import use_json_errors
 from feedd.http.runs import EventsApi, Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
-from feedd.http.views import Releaser, ViewsApi
+from feedd.http.views import ViewsApi
+from feedd.live import Live as Owner
 from feedd.store import Store
 
 MAX_CONNECTIONS = 256  # open client connections; more wait in the listen backlog
@@ -94,7 +96,7 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
-              accepted: Callable[[], None] | None = None) -> web.Application:
+              accepted: Callable[[], None] | None = None, owner: Owner | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
     in_flight = InFlight(lambda: live.config)
@@ -114,7 +116,8 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     uploads.routes(app)
     RunsApi(live, store, runs).routes(app)
     EventsApi(live, store).routes(app)
-    ViewsApi(live, store, runs).routes(app)
+    ViewsApi(live, store).routes(app)
+    ManageApi(live, store, owner, runs).routes(app)
     return app
 
 
@@ -159,9 +162,9 @@ class HttpServer:
     name = "http"
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
-                 accepted: Callable[[], None] | None = None) -> None:
+                 accepted: Callable[[], None] | None = None, owner: Owner | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted)
+        self._app = build_app(config, store, runs, accepted, owner)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []

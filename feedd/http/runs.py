@@ -1,5 +1,5 @@
 """The runs API: list (filters, cursor pages), get, records and rejects (streamed files), ack, retry; and
-the events list (`GET /events`) for keys with every connection.
+the events list (`GET /events`) for admin keys.
 
 A key sees only the runs of its connections. Records and rejects are files the worker wrote; they are
 sent as they are (sendfile), so memory stays the same whatever their size. Status changes (retry,
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from feedd.config.values import ApiKey
-from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_admin, require_connection
 from feedd.model import DeliveryStatus, Event, Run, RunStatus, iso, utcnow
 from feedd.store import RunQuery, Store
 
@@ -110,16 +110,14 @@ class RunsApi(Routes):
 
 
 class EventsApi(Routes):
-    """`GET /events?status=&limit=&cursor=`: the webhook events, newest first. Events are not tied to one
-    connection, so only a key with every connection ("*") may list them."""
+    """`GET /events?status=&limit=&cursor=`: the webhook events, newest first, for admin keys (events are not
+    tied to one connection)."""
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/events", self.list)
 
     async def list(self, request: web.Request) -> web.Response:
-        key = authenticate(request, self.config)
-        if "*" not in key.connections:
-            raise ApiError(403, "forbidden", "only an API key with every connection (\"*\") may list events")
+        require_admin(authenticate(request, self.config))
         q = request.query
         status: DeliveryStatus | None = None
         if q.get("status"):

@@ -1,19 +1,18 @@
-"""Config views: connections and pipelines as an app may see them (never a secret), the `active` switch,
-and mapping suggestions made by the pipeline's own auto-map code."""
+"""Config views: the flat shape in which apps read connections and pipelines (never a secret), and mapping
+suggestions made by the pipeline's own auto-map code."""
 
 from __future__ import annotations
 
 import csv
 import re
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from feedd.config.values import ApiKey, Connection, Destination, Pipeline
-from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection
+from feedd.http.api import ApiError, Routes, authenticate, require_connection
 from feedd.pipeline.mapping import header_key, plan
-from feedd.store import Store
 
 MAX_HEADERS = 1000
 # C0 and C1 controls, DEL, and lone surrogates: no column name a file can have once read as text
@@ -31,11 +30,6 @@ def _strict_query(request: web.Request) -> dict[str, str]:
     for name, value in pairs:
         query.setdefault(name, value)  # the first of a repeated name, as aiohttp's request.query.get()
     return query
-
-
-class Releaser(Protocol):
-    async def release_held(self, pipeline: str) -> int:
-        """Queue the pipeline's held runs again, oldest first; returns how many."""
 
 
 def connection_view(c: Connection) -> dict[str, Any]:
@@ -68,28 +62,10 @@ def pipeline_view(p: Pipeline, active: bool) -> dict[str, Any]:
 
 
 class ViewsApi(Routes):
-    def __init__(self, live: Any, store: Store, releaser: Releaser | None) -> None:
-        super().__init__(live, store)
-        self._releaser = releaser
-
+    """Mapping suggestions: what the pipeline's auto-map would choose for a set of headers."""
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_get("/connections", self.connections)
-        app.router.add_get("/pipelines", self.pipelines)
-        app.router.add_get("/pipelines/{name}", self.pipeline)
-        app.router.add_patch("/pipelines/{name}", self.patch)
         app.router.add_get("/pipelines/{name}/mapping-suggestions", self.suggestions)
-
-    async def connections(self, request: web.Request) -> web.Response:
-        key = authenticate(request, self.config)
-        return web.json_response({"data": [connection_view(c) for c in self.config.connections.values()
-                                           if key.allows(c.name)]})
-
-    async def pipelines(self, request: web.Request) -> web.Response:
-        key = authenticate(request, self.config)
-        overrides = await self._store.pipeline_overrides()
-        return web.json_response({"data": [pipeline_view(p, overrides.get(p.name, p.active))
-                                           for p in self.config.pipelines.values() if key.allows(p.connection)]})
 
     def _find(self, key: ApiKey, name: str) -> Pipeline:
         pipe = self.config.pipelines.get(name)
@@ -97,23 +73,6 @@ class ViewsApi(Routes):
             raise ApiError(404, "not_found", f"no pipeline {name!r}")
         require_connection(key, pipe.connection)
         return pipe
-
-    async def pipeline(self, request: web.Request) -> web.Response:
-        pipe = self._find(authenticate(request, self.config), request.match_info["name"])
-        overrides = await self._store.pipeline_overrides()
-        return web.json_response(pipeline_view(pipe, overrides.get(pipe.name, pipe.active)))
-
-    async def patch(self, request: web.Request) -> web.Response:
-        pipe = self._find(authenticate(request, self.config), request.match_info["name"])
-        body = await json_body(request)
-        if unknown := sorted(set(body) - {"active"}):
-            raise ApiError(400, "invalid_body", f"{unknown[0]}: unknown field (only 'active' can be changed)")
-        active = field(body, "active", bool)
-        await self._store.set_pipeline_active(pipe.name, active)
-        released = await self._releaser.release_held(pipe.name) if active and self._releaser else 0
-        view = pipeline_view(pipe, active)
-        view["released"] = released
-        return web.json_response(view)
 
     async def suggestions(self, request: web.Request) -> web.Response:
         pipe = self._find(authenticate(request, self.config), request.match_info["name"])
