@@ -17,6 +17,7 @@ import asyncssh
 import pytest
 from asyncssh.packet import Byte, SSHPacket, String, UInt32, UInt64
 from asyncssh.sftp import (
+    FX_BAD_MESSAGE,
     FX_OK,
     FXF_CREAT,
     FXF_TRUNC,
@@ -153,7 +154,11 @@ async def test_a_write_with_bytes_after_its_data_writes_its_data(start_feedd: An
         kind, reply = await _sftp_request(reader, writer, FXP_WRITE, UInt32(2) + String(handle) + UInt64(0)
                                           + String(data) + b"stale buffer bytes" * 100)
         assert (kind, reply.get_uint32()) == (FXP_STATUS, FX_OK)
-        kind, reply = await _sftp_request(reader, writer, FXP_CLOSE, UInt32(3) + String(handle))
+        # a packet too short for the data it announces is refused as before, and writes nothing
+        short = UInt32(3) + String(handle) + UInt64(len(data)) + UInt32(1000) + b"only this"
+        kind, reply = await _sftp_request(reader, writer, FXP_WRITE, short)
+        assert (kind, reply.get_uint32()) == (FXP_STATUS, FX_BAD_MESSAGE)
+        kind, reply = await _sftp_request(reader, writer, FXP_CLOSE, UInt32(4) + String(handle))
         assert (kind, reply.get_uint32()) == (FXP_STATUS, FX_OK)
         writer.close()
     [run] = await feedd.wait_runs(1)
