@@ -219,6 +219,36 @@ async def _process_write_view(self: SFTPServerHandler, packet: SSHPacket) -> int
 
 
 
+# rclone before 1.62 (pkg/sftp before 1.13.6, still what Debian 12 ships) sends the last, short write of
+# an upload with the rest of its 32 KiB buffer behind the data: the data's own length is right, the
+# packet is longer. OpenSSH's sftp-server (and pkg/sftp's, so SFTPGo) write the data and skip the rest;
+# asyncssh refuses the packet, and rclone fails the upload. Here a WRITE packet ends where its data ends
+# (SFTP v3-5: nothing follows the data), so the handler, the fast path's or asyncssh's, sees a packet it
+# accepts. A packet too short for its data is left as it is, for the handler to refuse.
+_server_process_packet = SFTPServerHandler._process_packet
+
+
+def _write_end(packet: SSHPacket) -> int | None:
+    """Where a WRITE's data ends in `packet` (positioned after the request id), or None if it does not fit."""
+    buf, pos = packet._packet, packet._idx
+    if pos + 4 > packet._len:
+        return None
+    pos += 4 + int.from_bytes(buf[pos:pos + 4], "big") + 8  # handle, offset
+    if pos + 4 > packet._len:
+        return None
+    end = pos + 4 + int.from_bytes(buf[pos:pos + 4], "big")  # data
+    return end if end <= packet._len else None
+
+
+async def _process_packet_without_write_padding(self: SFTPServerHandler, pkttype: int, pktid: int,
+                                                packet: SSHPacket) -> None:
+    if pkttype == FXP_WRITE and self._version < 6:
+        end = _write_end(packet)
+        if end is not None:
+            packet._len = end
+    await _server_process_packet(self, pkttype, pktid, packet)
+
+
 # A session whose channel closes before the client's INIT (a client that gives up at once, or a session
 # the server refuses) ends with an EOF that asyncssh's handler does not catch there: the SFTP server's
 # exit() never runs, and the error closes the whole SSH connection, other sessions included. Here that
@@ -387,6 +417,9 @@ CHANGES: tuple[Change, ...] = (
             _item(SSHChannel._packet_handlers, MSG_CHANNEL_DATA, _process_data_as_view)),
     _change("SFTPServerHandler._process_write", True, (SFTPServerHandler._process_write, SSHPacket.get_string),
             _item(SFTPServerHandler._packet_handlers, FXP_WRITE, _process_write_view)),
+    _change("SFTPServerHandler._process_packet", False,
+            (_server_process_packet, SFTPServerHandler._process_write, SSHPacket.__init__, SSHPacket.check_end),
+            _attr(SFTPServerHandler, "_process_packet", _process_packet_without_write_padding)),
     _change("SFTPServerHandler.run", False, (_run, SFTPServerHandler._cleanup),
             _attr(SFTPServerHandler, "run", _run_ending_at_eof)),
     _change("SFTPServerHandler._cleanup", False, (_server_cleanup, _handler_cleanup),
@@ -411,6 +444,7 @@ FINGERPRINTS: dict[str, str] = {
     "SSHConnection.data_received": "48aa91d46a564858b7447c3bf737922f7af529523fc5a1ddfadb8105a35b1059",
     "SSHChannel._process_data": "b4ea33532bf396ba9d1c25dc52dbd4ed5c80b188c757cdf880a3a6cda311698f",
     "SFTPServerHandler._process_write": "817b7167e8f067f3b5232bf4a0b40f48722d46b374756d28207583501ee5dc10",
+    "SFTPServerHandler._process_packet": "036ea3bbd3bca656105449efe9e4013777853fb7b9017afd22e6e29ba471b416",
     "SFTPServerHandler.run": "ad8f00383c7b6a5c9e12ee8928fdc69ec60e41ca798ee0d2af734a059df58d9d",
     "SFTPServerHandler._cleanup": "eedf43d8b46e600be714c754f4f2fd9b1417ff05b5053a4eb6946442c18176eb",
     "SFTPServerHandler._process_read": "20994b97bbaa6b071c97cd7f7b5e9ea82f2a7889c38a7524a84eb6e731587819",

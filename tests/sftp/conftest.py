@@ -26,7 +26,7 @@ state_dir: ./var
 log: {level: debug, format: json}
 sftp:
   listen: "127.0.0.1:0"
-  host_keys: ["@host_key@"]
+  host_keys: [@host_keys@]
   settle: 300ms
   scan_interval: 1s
   ban: {after_failures: 3, within: 1m, for: 2s}
@@ -101,8 +101,9 @@ class Feedd:
 
 
 def render(key: str = "", host_key: str = "", sftp_extra: str = "", demo_extra: str = "", pipeline_extra: str = "",
-           connections_extra: str = "") -> str:
-    values = {"hash": DEMO_HASH, "host_key": host_key, "sftp_extra": sftp_extra, "demo_key": key,
+           connections_extra: str = "", extra_host_keys: tuple[Path, ...] = ()) -> str:
+    host_keys = ", ".join(f'"{k}"' for k in (host_key, *map(str, extra_host_keys)))
+    values = {"hash": DEMO_HASH, "host_keys": host_keys, "sftp_extra": sftp_extra, "demo_key": key,
               "demo_extra": demo_extra, "pipeline_extra": pipeline_extra, "connections_extra": connections_extra}
     text = CONFIG
     for name, value in values.items():
@@ -135,8 +136,8 @@ async def start_feedd(tmp_path: Path, demo_key: tuple[Path, str],
                       host_key: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[Daemon] = []
 
-    async def start(workers: int = 0, **parts: str) -> Feedd:
-        text = render(demo_key[1], str(host_key), **parts)
+    async def start(workers: int = 0, extra_host_keys: tuple[Path, ...] = (), **parts: str) -> Feedd:
+        text = render(demo_key[1], str(host_key), extra_host_keys=extra_host_keys, **parts)
         path = write(tmp_path, "feedd.yaml", text)
         # By default no workers: most tests here are about intake, so runs stay `queued` where they can be seen.
         daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=workers)
