@@ -38,7 +38,7 @@ http:
   max_part_size: 1MiB
   @http_extra@
   api_keys:
-    - {name: admin, key_sha256: "@admin@", connections: ["*"]}
+    - {name: admin, key_sha256: "@admin@", connections: ["*"], role: admin}
     - {name: demo-app, key_sha256: "@demo@", connections: [demo]}
 schemas:
   order:
