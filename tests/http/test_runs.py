@@ -13,7 +13,7 @@ from aiohttp import web
 from feedd.config import load_config
 from feedd.daemon import Daemon
 from tests.helpers import DEMO_PASSWORD
-from tests.http.conftest import DEMO_KEY, Api
+from tests.http.conftest import ADMIN_KEY, DEMO_KEY, Api
 
 
 async def drop(api: Api, name: str, text: str) -> None:
@@ -184,9 +184,11 @@ async def test_inactive_pipeline_holds_runs_and_reactivation_releases_them_in_or
     assert all(r["status"] == "completed" for r in finished)
     started = [r["startedAt"] for r in finished]
     assert started == sorted(started)  # released in arrival order
-    # Only `active` is a runtime switch an app key may set; changing the object itself needs an admin key.
-    for body, expected in (({"active": "no"}, 400), ({"active": True, "name": "x"}, 403), ({}, 403)):
-        status, _ = await api.call("PATCH", "/pipelines/demo-contacts", json=body)
+    # Only `active` is a runtime switch an app key may set; changing the object itself needs an admin key,
+    # and a pipeline from the file is changed in the file.
+    for body, key, expected in (({"active": "no"}, DEMO_KEY, 400), ({"active": True, "name": "x"}, DEMO_KEY, 403),
+                                ({}, DEMO_KEY, 403), ({"active": True, "name": "x"}, ADMIN_KEY, 409)):
+        status, _ = await api.call("PATCH", "/pipelines/demo-contacts", json=body, key=key)
         assert status == expected, body
     await api.daemon.stop()
 
