@@ -1,10 +1,11 @@
 """Which source column fills which schema field, and the compiled function that maps one row.
 
 Explicit mappings from the config come first. With `auto_map`, every other field is matched to a
-header: by the mapping this connection used for the same header set before (memory), then the exact or
-normalised name (case, spaces, punctuation, snake/camel), then the field's `aliases`, then string
-similarity above a threshold. Each choice carries its reason and score. Below the threshold nothing is
-guessed.
+header (and so is a field whose configured column is not in the file, with or without `auto_map`: a
+renamed column is better guessed and explained than silently left empty): by the mapping this
+connection used for the same header set before (memory), then the exact or normalised name (case,
+spaces, punctuation, snake/camel), then the field's `aliases`, then string similarity above a
+threshold. Each choice carries its reason and score. Below the threshold nothing is guessed.
 """
 
 from __future__ import annotations
@@ -42,12 +43,32 @@ class Choice:
     source: str | None  # the header used, or None for a template/constant
     reason: str  # mapping | template | value | memory | exact | normalized | alias | similar
     score: float = 1.0
+    configured: str | None = None  # the configured column, absent from the file, this choice stands in for
+
+    def describe(self) -> dict[str, Any]:
+        """The choice as runs and reports show it (`fallback` says why a configured column was not used)."""
+        out: dict[str, Any] = {"source": self.source, "reason": self.reason, "score": self.score}
+        if self.configured is not None:
+            found = f"{self.source!r} ({self.reason} match)" if self.source is not None else "no column"
+            out["fallback"] = (f"the configured column {self.configured!r} is not in the file's header; "
+                               f"the auto-map chose {found} instead")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     choices: dict[str, Choice]
     unmapped_required: dict[str, list[str]]  # field -> best candidate headers (empty when none close)
+    missing: dict[str, str]  # field -> its configured column, absent from the file's header
+
+    def reasons(self) -> dict[str, dict[str, Any]]:
+        """target -> how it was chosen; a field whose configured column is missing and that nothing
+        replaced is listed too, with no source."""
+        out = {t: c.describe() for t, c in self.choices.items()}
+        for target, column in self.missing.items():
+            if target not in out:
+                out[target] = Choice(target, None, "missing", 0.0, column).describe()
+        return out
 
     def as_mapping(self) -> dict[str, str]:
         """target -> source as the run records it (templates and constants shown as written)."""
@@ -58,23 +79,29 @@ def plan(pipeline: Pipeline, schema: Schema, headers: Sequence[str],
          memory: Mapping[str, str] | None = None) -> Plan:
     explicit = {m.target: m for m in pipeline.mappings}
     choices: dict[str, Choice] = {}
+    missing: dict[str, str] = {}
+    present = set(headers)
     for field in schema.fields:
         m = explicit.get(field.name)
-        if m is not None and (m.source or m.template or m.has_value):
+        if m is not None and m.source and m.source not in present:
+            missing[field.name] = m.source
+        elif m is not None and (m.source or m.template or m.has_value):
             reason = "mapping" if m.source else "template" if m.template else "value"
             choices[field.name] = Choice(field.name, m.source, reason)
-    if pipeline.auto_map:
+    if pipeline.auto_map or missing:
         taken: set[str] = {c.source for c in choices.values() if c.source}
         for field in schema.fields:
-            if field.name in choices:
+            if field.name in choices or not (pipeline.auto_map or field.name in missing):
                 continue
             choice = _guess(field.name, field.aliases, headers, taken, memory or {})
             if choice is not None and choice.source is not None:
+                if field.name in missing:
+                    choice = Choice(choice.target, choice.source, choice.reason, choice.score, missing[field.name])
                 choices[field.name] = choice
                 taken.add(choice.source)
     unmapped = {f.name: _candidates(f.name, headers) for f in schema.fields
                 if f.required and f.name not in choices and f.default is None}
-    return Plan(choices, unmapped)
+    return Plan(choices, unmapped, missing)
 
 
 def _guess(target: str, aliases: Sequence[str], headers: Sequence[str], taken: set[str],

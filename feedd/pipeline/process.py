@@ -8,6 +8,7 @@ the parent.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -228,15 +229,23 @@ def _report(job: Job, out: Path, outcome: Outcome) -> None:
 
 def _run(job: Job, out: Path, outcome: Outcome) -> None:
     pipe = job.pipeline
+    if os.path.getsize(job.input_path) == 0:
+        if not pipe.allow_empty:
+            raise ReadError("empty_input", "the file is empty (0 bytes); send it again with its rows, or set "
+                                           "allow_empty: true on the pipeline if an empty file means 'nothing today'")
+        # "Nothing today": a run of 0 rows, with empty outputs for its destinations
+        _map_rows(job, out, outcome, {"format": "empty"}, [], Rows(iter(()), io.StringIO()), empty=True)
+        return
     detected, headers, rows = open_rows(Path(job.input_path), pipe.format)
     with rows:
         _map_rows(job, out, outcome, detected.as_dict(), headers, rows)
 
 
 def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], headers: list[str],
-              rows: Rows, *, body: bool = False) -> dict[str, Unique]:
+              rows: Rows, *, body: bool = False, empty: bool = False) -> dict[str, Unique]:
     """Map, validate and write `rows`; the `unique` tables filled on the way are returned. `body`: write
-    record and reject bodies for `merge`, and leave the error rate to it."""
+    record and reject bodies for `merge`, and leave the error rate to it. `empty`: the input has no bytes
+    at all, so no field can be missing a column."""
     pipe, schema = job.pipeline, job.schema
     outcome.detected, outcome.headers, outcome.header_key = detected, headers, header_key(headers)
     if job.previous_headers is not None and set(job.previous_headers) != set(headers):
@@ -244,10 +253,10 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
                          "removed": [h for h in job.previous_headers if h not in headers]}
     chosen: Plan = plan(pipe, schema, headers, job.memory)
     outcome.mapping = chosen.as_mapping()
-    outcome.reasons = {t: {"source": c.source, "reason": c.reason, "score": c.score}
-                       for t, c in chosen.choices.items()}
-    if chosen.unmapped_required:
-        parts = [f"{f} (closest headers: {', '.join(c) or 'none'})" for f, c in chosen.unmapped_required.items()]
+    outcome.reasons = chosen.reasons()
+    if chosen.unmapped_required and not empty:
+        parts = [f"{f} ({_configured(chosen, f)}closest headers: {', '.join(c) or 'none'})"
+                 for f, c in chosen.unmapped_required.items()]
         outcome.status = "failed"
         outcome.error = ("unmapped_required_field",
                          f"{job.source_name}: required field(s) with no column: {'; '.join(parts)}")
@@ -301,6 +310,11 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     return unique_tables(row_fn, schema)
 
 
+def _configured(chosen: Plan, target: str) -> str:
+    column = chosen.missing.get(target)
+    return f"mapped to column {column!r}, which is not in the file's header; " if column is not None else ""
+
+
 def _error_rate(job: Job, outcome: Outcome) -> None:
     pipe = job.pipeline
     if outcome.rows and outcome.invalid / outcome.rows > pipe.max_error_rate:
@@ -308,6 +322,12 @@ def _error_rate(job: Job, outcome: Outcome) -> None:
         outcome.error = ("too_many_errors", f"{job.source_name}: {outcome.invalid} of {outcome.rows} rows are invalid "
                                             f"({outcome.invalid / outcome.rows:.1%}, more than max_error_rate "
                                             f"{pipe.max_error_rate:.1%}); nothing is delivered")
+    elif outcome.rows and not outcome.valid:
+        # Even with max_error_rate 1.0 (the default): a file none of whose rows is usable is a broken file
+        # (wrong columns, wrong format), not a good delivery of nothing.
+        outcome.status = "failed"
+        outcome.error = ("no_valid_rows", f"{job.source_name}: none of its {outcome.rows} rows is valid; "
+                                          "nothing is delivered")
 
 
 def _both(first: Callable[[dict[str, Any]], None], second: Callable[[dict[str, Any]], None]) -> Callable[[Any], None]:
