@@ -29,7 +29,8 @@ from feedd import log
 from feedd.config import Config
 from feedd.durable import low_on_space
 from feedd.intake import Input, accept
-from feedd.model import Direction, SourceKind
+from feedd.model import Direction, Run, RunStatus, SourceKind
+from feedd.reports import place_intake_report
 from feedd.spaces import Space, Spaces, Stamp, fd_path, open_parent, stamp
 from feedd.store import Store
 
@@ -245,6 +246,7 @@ class Drops:
             space.entries = max(0, space.entries - 1)
             space.forget(rel)
             self.decided.pop(key, None)
+            await self._report(config, space, run)
             if config.sftp.done_marker:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name + config.sftp.done_marker, dir_fd=folder)
@@ -255,6 +257,17 @@ class Drops:
             self.taking.discard(key)
             if folder >= 0:
                 os.close(folder)
+
+    @staticmethod
+    async def _report(config: Config, space: Space, run: Run) -> None:
+        """A drop intake failed (a duplicate, no matching pipeline) is never processed: its report is placed
+        here, so that the partner hears of it. The file is taken whatever happens to its report."""
+        if run.status is not RunStatus.FAILED:
+            return
+        try:
+            space.used += await asyncio.to_thread(place_intake_report, config, run, space.outbox)
+        except Exception:
+            log.get(connection=space.name, run_id=run.run_id).exception("drop.report_failed", file=run.source.name)
 
     def _refuse(self, space: Space, rel: str, st: os.stat_result | None, why: str) -> None:
         if st is not None:

@@ -94,11 +94,12 @@ def plan(pipeline: Pipeline, schema: Schema, headers: Sequence[str],
             if field.name in choices or not (pipeline.auto_map or field.name in missing):
                 continue
             choice = _guess(field.name, field.aliases, headers, taken, memory or {})
-            if choice is not None and choice.source is not None:
-                if field.name in missing:
-                    choice = Choice(choice.target, choice.source, choice.reason, choice.score, missing[field.name])
-                choices[field.name] = choice
-                taken.add(choice.source)
+            if choice is None or choice.source is None:
+                continue
+            taken.add(choice.source)
+            if field.name in missing:
+                choice = Choice(choice.target, choice.source, choice.reason, choice.score, missing[field.name])
+            choices[field.name] = choice
     unmapped = {f.name: _candidates(f.name, headers) for f in schema.fields
                 if f.required and f.name not in choices and f.default is None}
     return Plan(choices, unmapped, missing)
@@ -139,10 +140,13 @@ RowFn = Callable[[Sequence[str]], tuple[dict[str, Any], RowErrors | None]]
 _TEXT_METHODS = {"trim": "strip", "lower": "lower", "upper": "upper", "title": "title"}
 
 
-def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan, rows: int = 0) -> RowFn:
+def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan, rows: int = 0,
+                at: list[int] | None = None) -> RowFn:
     """One function: a row of source cells -> (typed record, errors or None). Built once per file, as
     generated code: per field, the getter, the transforms, the type and every rule in one straight line.
-    `rows`: how many rows are expected, when known (sizes the `unique` tables)."""
+    `rows`: how many rows are expected, when known (sizes the `unique` tables). `at`: the slower variant
+    that names the row a `unique` value repeats (`at[0]` is the row number, set by the caller before
+    each row): a second pass made only when a file has repeats, so the first pays nothing for it."""
     index = {h: i for i, h in enumerate(headers)}
     explicit = {m.target: m for m in pipeline.mappings}
     ns: dict[str, Any] = {"_TE": TransformError}
@@ -157,7 +161,13 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
         if m is not None:
             body += _transform_code(m, key, ns)
         body += field_code(field, key, ns)
-        if field.unique:
+        if field.unique and at is not None:
+            ns["_at"], ns[f"_first_{key}"] = at, {}
+            body += ["if v is not None:",
+                     f"    f = _first_{key}.setdefault(v, _at[0])",
+                     "    if f != _at[0]: raise _FE('unique', "
+                     "f'{_show(v)} appears more than once in this file (repeats row {f})')"]
+        elif field.unique:
             body += unique_code(key, ns, ints=field.type == FieldType.INTEGER, rows=rows)
         name = repr(field.name)
         lines += [

@@ -24,6 +24,7 @@ from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_t
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
 from feedd.pipeline.validate import Unique, repeats
 from feedd.pipeline.write import RecordWriter, RejectWriter, write_json
+from feedd.reports import advice, columns
 
 MAX_ERRORS = 100  # row errors kept on the run (all of them are in the rejects)
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "json": "json"}
@@ -40,6 +41,7 @@ class Job:
     memory: dict[str, str] | None = None
     previous_headers: list[str] | None = None
     span: Span | None = None  # one stretch of the input (see `process_stretch`), or the whole of it
+    receipt: dict[str, Any] | None = None  # the input's sha256, size and receivedAt, for the report
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,12 +219,16 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
 
 
 def _report(job: Job, out: Path, outcome: Outcome) -> None:
+    code, error = outcome.error if outcome.error is not None else (None, None)
+    rejects = f"{job.source_name.rsplit('/', 1)[-1]}.rejects.csv" if job.pipeline.reports else None
+    message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects)
     report = {
         "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,
+        "message": message, "hint": hint, **(job.receipt or {}),
         "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid},
         "mapping": outcome.reasons, "detected": outcome.detected,
-        "error": None if outcome.error is None else {"code": outcome.error[0], "message": outcome.error[1]},
-        "errors": [{"row": r, "field": f, "code": c, "message": m} for r, f, c, m in outcome.errors],
+        "error": None if outcome.error is None else {"code": code, "message": error},
+        "errors": columns(outcome.errors, outcome.mapping, outcome.headers),
     }
     outcome.report_path = str(write_json(out / "report.json", report))
 
@@ -306,8 +312,32 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     outcome.rejects_path, csv_path = (str(p) for p in rejects.close())
     outcome.rejects_csv_path = csv_path
     if not body:
+        if any(c == "unique" for _, _, c, _ in errors):
+            _name_repeats(job, chosen, errors, json_input)
         _error_rate(job, outcome)
     return unique_tables(row_fn, schema)
+
+
+def _name_repeats(job: Job, chosen: Plan, errors: list[tuple[int, str | None, str, str]], json_input: bool) -> None:
+    """The kept `unique` errors say which row their value repeats: the first pass keeps only hashes (fast,
+    small), so a second pass, made only for a file with repeats and only up to the last kept one, finds it."""
+    wanted = {(r, f) for r, f, c, _ in errors if c == "unique"}
+    last = max(r for r, _ in wanted)
+    at = [0]
+    found: dict[tuple[int, str | None], str] = {}
+    _, headers, rows = open_rows(Path(job.input_path), job.pipeline.format)
+    row_fn = compile_row(job.pipeline, job.schema, headers, chosen, at=at)
+    with rows:
+        for number, cells in rows:
+            if number > last:
+                break
+            if json_input and bad_row(cells) is not None:
+                continue
+            at[0] = number
+            for f, c, m in row_fn(cells)[1] or ():
+                if c == "unique" and (number, f) in wanted:
+                    found[number, f] = m
+    errors[:] = [(r, f, c, found.get((r, f), m)) for r, f, c, m in errors]
 
 
 def _configured(chosen: Plan, target: str) -> str:
