@@ -207,6 +207,8 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
             outcome.valid += o.valid
             outcome.invalid += o.invalid
             outcome.errors.extend(o.errors[:MAX_ERRORS - len(outcome.errors)])
+        if any(c == "unique" for _, _, c, _ in outcome.errors):
+            _name_repeats(job, outcome.errors)
         rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", outcome.headers)
         rejects.join([(Path(o.rejects_path or ""), Path(o.rejects_csv_path or "")) for o in outcomes])
         outcome.rejects_path, outcome.rejects_csv_path = (str(p) for p in rejects.close())
@@ -313,20 +315,23 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     outcome.rejects_csv_path = csv_path
     if not body:
         if any(c == "unique" for _, _, c, _ in errors):
-            _name_repeats(job, chosen, errors, json_input)
+            _name_repeats(job, errors)
         _error_rate(job, outcome)
     return unique_tables(row_fn, schema)
 
 
-def _name_repeats(job: Job, chosen: Plan, errors: list[tuple[int, str | None, str, str]], json_input: bool) -> None:
+def _name_repeats(job: Job, errors: list[tuple[int, str | None, str, str]]) -> None:
     """The kept `unique` errors say which row their value repeats: the first pass keeps only hashes (fast,
     small), so a second pass, made only for a file with repeats and only up to the last kept one, finds it."""
     wanted = {(r, f) for r, f, c, _ in errors if c == "unique"}
     last = max(r for r, _ in wanted)
     at = [0]
     found: dict[tuple[int, str | None], str] = {}
-    _, headers, rows = open_rows(Path(job.input_path), job.pipeline.format)
-    row_fn = compile_row(job.pipeline, job.schema, headers, chosen, at=at)
+    detected, headers, rows = open_rows(Path(job.input_path), job.pipeline.format)
+    json_input = detected.as_dict().get("format") in ("json", "jsonl")
+    # the same headers and memory make the same plan as the first pass
+    row_fn = compile_row(job.pipeline, job.schema, headers, plan(job.pipeline, job.schema, headers, job.memory),
+                         at=at)
     with rows:
         for number, cells in rows:
             if number > last:
