@@ -239,8 +239,8 @@ def _run(job: Job, out: Path, outcome: Outcome) -> None:
     pipe = job.pipeline
     if os.path.getsize(job.input_path) == 0:
         if not pipe.allow_empty:
-            raise ReadError("empty_input", "the file is empty (0 bytes); send it again with its rows, or set "
-                                           "allow_empty: true on the pipeline if an empty file means 'nothing today'")
+            raise ReadError("empty_input", "the file is empty (0 bytes), and this pipeline does not take empty "
+                                           "files (allow_empty: false)")
         # "Nothing today": a run of 0 rows, with empty outputs for its destinations
         _map_rows(job, out, outcome, {"format": "empty"}, [], Rows(iter(()), io.StringIO()), empty=True)
         return
