@@ -21,23 +21,24 @@ from feedd.pipeline.write import write_json
 # Run-level error code -> what the partner can do about it.
 _HINTS = {
     "duplicate_input": "Nothing to do if you sent it again on purpose (a retry). If you meant to send new data, "
-                       "check that you uploaded the right file.",
+    "check that you uploaded the right file.",
     "no_matching_pipeline": "Check the file's name and folder against the names we expect (see `expected`), "
-                            "or ask us to set up a feed for this kind of file. The file is kept on our side.",
+    "or ask us to set up a feed for this kind of file. The file is kept on our side.",
     "empty_input": "Send the file again with its rows. If an empty file is how you say 'nothing today', ask us "
-                   "to accept empty files for this feed.",
+    "to accept empty files for this feed.",
     "unmapped_required_field": "Add the missing column(s) to the file's header row (see the closest headers "
-                               "in the message), or tell us the new column names.",
+    "in the message), or tell us the new column names.",
     "no_valid_rows": "No row could be used: check the errors below. Usually the columns or the file format are "
-                     "not the ones expected. Fix them and send the whole file again.",
+    "not the ones expected. Fix them and send the whole file again.",
     "too_many_errors": "Too many rows were invalid, so nothing was accepted. Fix the rows listed in the errors "
-                       "(every rejected row is in the .rejects.csv file) and send the whole file again.",
+    "(every rejected row is in the .rejects.csv file) and send the whole file again.",
 }
 _GENERIC = "Check that the file is in the expected format (CSV with a header row, or JSON) and send it again."
 
 
-def advice(status: str, code: str | None, error: str | None, rows: int, valid: int, invalid: int,
-           rejects: str | None = None) -> tuple[str, str]:
+def advice(
+    status: str, code: str | None, error: str | None, rows: int, valid: int, invalid: int, rejects: str | None = None
+) -> tuple[str, str]:
     """(message, hint): what happened to the file and what the partner can do next, in plain words."""
     if code is not None:
         return error or code, _HINTS.get(code, _GENERIC)
@@ -46,14 +47,20 @@ def advice(status: str, code: str | None, error: str | None, rows: int, valid: i
     if invalid == 0:
         return f"All {rows} rows were accepted.", "Nothing to do."
     where = f" (every rejected row is in {rejects})" if rejects else ""
-    return (f"{valid} of {rows} rows were accepted; {invalid} were rejected{where}.",
-            "Fix the rejected rows and send them again in a new file; the accepted rows are not needed again.")
+    return (
+        f"{valid} of {rows} rows were accepted; {invalid} were rejected{where}.",
+        "Fix the rejected rows and send them again in a new file; the accepted rows are not needed again.",
+    )
 
 
 def expected_names(config: Config, connection: str) -> list[str]:
     """The inbound names (globs) the connection's pipelines take."""
-    return [g for p in config.pipelines.values()
-            if p.connection == connection and p.direction is Direction.INBOUND for g in p.match]
+    return [
+        g
+        for p in config.pipelines.values()
+        if p.connection == connection and p.direction is Direction.INBOUND
+        for g in p.match
+    ]
 
 
 def reports_for(config: Config, run: Run) -> bool:
@@ -65,8 +72,11 @@ def reports_for(config: Config, run: Run) -> bool:
     pipe: Pipeline | None = config.pipelines.get(run.pipeline or "")
     if pipe is not None:
         return pipe.reports
-    return any(p.reports for p in config.pipelines.values()
-               if p.connection == run.connection and p.direction is Direction.INBOUND)
+    return any(
+        p.reports
+        for p in config.pipelines.values()
+        if p.connection == run.connection and p.direction is Direction.INBOUND
+    )
 
 
 def receipt(run: Run) -> dict[str, Any]:
@@ -79,9 +89,16 @@ def intake_report(config: Config, run: Run) -> dict[str, Any]:
     code = run.error.code if run.error else None
     message, hint = advice(str(run.status), code, run.error.message if run.error else None, 0, 0, 0)
     report: dict[str, Any] = {
-        "runId": run.run_id, "file": run.source.name, "pipeline": run.pipeline, "status": str(run.status),
-        "message": message, "hint": hint, **receipt(run),
-        "counts": {"rows": 0, "valid": 0, "invalid": 0}, "mapping": {}, "detected": {},
+        "runId": run.run_id,
+        "file": run.source.name,
+        "pipeline": run.pipeline,
+        "status": str(run.status),
+        "message": message,
+        "hint": hint,
+        **receipt(run),
+        "counts": {"rows": 0, "valid": 0, "invalid": 0},
+        "mapping": {},
+        "detected": {},
         "error": None if run.error is None else {"code": run.error.code, "message": run.error.message},
         "errors": [],
     }
@@ -112,10 +129,19 @@ def report_name(source: str) -> str:
     return fit_name(f"{source.rsplit('/', 1)[-1]}.report.json")
 
 
-def columns(errors: Sequence[tuple[int, str | None, str, str]], mapping: dict[str, str],
-            headers: Sequence[str]) -> list[dict[str, Any]]:
+def columns(
+    errors: Sequence[tuple[int, str | None, str, str]], mapping: dict[str, str], headers: Sequence[str]
+) -> list[dict[str, Any]]:
     """Row errors as reports show them: each with the partner's own column beside the field (looked up
     here, once per kept error, never per row)."""
     present = set(headers)
-    return [{"row": r, "field": f, "column": mapping.get(f) if f is not None and mapping.get(f) in present else None,
-             "code": c, "message": m} for r, f, c, m in errors]
+    return [
+        {
+            "row": r,
+            "field": f,
+            "column": mapping.get(f) if f is not None and mapping.get(f) in present else None,
+            "code": c,
+            "message": m,
+        }
+        for r, f, c, m in errors
+    ]

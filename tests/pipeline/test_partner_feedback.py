@@ -29,10 +29,14 @@ async def outbox_has(feedd: Feedd, *names: str, within: float = 20.0) -> dict[st
 
 
 async def test_a_configured_column_missing_from_the_file_falls_back_to_the_auto_map(
-        start_feedd: Callable[..., Any]) -> None:
+    start_feedd: Callable[..., Any],
+) -> None:
     # auto_map off: the fallback is for the configured field only, and still happens
-    feedd: Feedd = await start_feedd(workers=1, pipeline_extra="""auto_map: false
-    mappings: {email: {from: "E-mail Address", transforms: [lower]}}""")
+    feedd: Feedd = await start_feedd(
+        workers=1,
+        pipeline_extra="""auto_map: false
+    mappings: {email: {from: "E-mail Address", transforms: [lower]}}""",
+    )
     await upload(feedd, "/inbox/renamed.csv", b"Name,EMAIL\nAnn,ANN@example.org\n")
     [run] = await finished(feedd, 1)
     assert run.status is RunStatus.COMPLETED, run.error
@@ -47,15 +51,21 @@ async def test_a_configured_column_missing_from_the_file_falls_back_to_the_auto_
     runs = await finished(feedd, 2)
     assert runs[1].status is RunStatus.FAILED and runs[1].error is not None
     assert runs[1].error.code == "unmapped_required_field"
-    assert "email (mapped to column 'E-mail Address', which is not in the file's header; " \
-           "closest headers: Mail Adress" in runs[1].error.message
+    assert (
+        "email (mapped to column 'E-mail Address', which is not in the file's header; "
+        "closest headers: Mail Adress" in runs[1].error.message
+    )
 
 
 async def test_a_file_with_rows_but_no_valid_row_fails_and_delivers_nothing(
-        start_feedd: Callable[..., Any], tmp_path: Path) -> None:
+    start_feedd: Callable[..., Any], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    feedd: Feedd = await start_feedd(workers=1, pipeline_extra=f"""mappings: {{email: "E-mail"}}
-    destinations: [{{type: directory, path: "{out}"}}]""")
+    feedd: Feedd = await start_feedd(
+        workers=1,
+        pipeline_extra=f"""mappings: {{email: "E-mail"}}
+    destinations: [{{type: directory, path: "{out}"}}]""",
+    )
     await upload(feedd, "/inbox/bad.csv", b"E-mail\nnot-an-email\nstill not\n")
     [run] = await finished(feedd, 1)
     assert run.status is RunStatus.FAILED and run.error is not None and run.deliveries == ()
@@ -63,8 +73,13 @@ async def test_a_file_with_rows_but_no_valid_row_fails_and_delivers_nothing(
     assert not out.exists() or list(out.iterdir()) == []
     report = (await outbox_has(feedd, "bad.csv.report.json"))["bad.csv.report.json"]
     assert report["error"]["code"] == "no_valid_rows" and "send the whole file again" in report["hint"]
-    assert report["errors"][0] == {"row": 2, "field": "email", "column": "E-mail", "code": "type",
-                                   "message": "email: 'not-an-email' is not an email address"}
+    assert report["errors"][0] == {
+        "row": 2,
+        "field": "email",
+        "column": "E-mail",
+        "code": "type",
+        "message": "email: 'not-an-email' is not an email address",
+    }
     assert report["sha256"] == run.source.sha256 and report["size"] == run.source.size
     assert report["receivedAt"] == run.to_json()["createdAt"]
 
@@ -72,8 +87,9 @@ async def test_a_file_with_rows_but_no_valid_row_fails_and_delivers_nothing(
 async def test_a_repeated_unique_value_names_the_row_it_repeats(start_feedd: Callable[..., Any]) -> None:
     feedd: Feedd = await start_feedd(workers=1)
     text = feedd.config_path.read_text()
-    await feedd.reload(text.replace("email: {type: email, required: true}",
-                                    "email: {type: email, required: true, unique: true}"))
+    await feedd.reload(
+        text.replace("email: {type: email, required: true}", "email: {type: email, required: true, unique: true}")
+    )
     await upload(feedd, "/inbox/twice.csv", b"email\nann@example.org\nbob@example.org\nann@example.org\n")
     [run] = await finished(feedd, 1)
     assert run.status is RunStatus.COMPLETED and (run.counts.valid, run.counts.invalid) == (2, 1)
@@ -85,7 +101,8 @@ async def test_a_repeated_unique_value_names_the_row_it_repeats(start_feedd: Cal
 
 
 async def test_the_partner_hears_of_a_duplicate_and_of_a_file_no_pipeline_takes(
-        start_feedd: Callable[..., Any]) -> None:
+    start_feedd: Callable[..., Any],
+) -> None:
     feedd: Feedd = await start_feedd(workers=1)
     await upload(feedd, "/inbox/a.csv", b"email\nann@example.org\n")
     await finished(feedd, 1)
@@ -117,10 +134,14 @@ async def test_an_empty_file_fails_with_empty_input_and_is_reported(start_feedd:
 
 
 async def test_an_empty_file_completes_with_no_rows_when_the_pipeline_allows_it(
-        start_feedd: Callable[..., Any], tmp_path: Path) -> None:
+    start_feedd: Callable[..., Any], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    feedd: Feedd = await start_feedd(workers=1, pipeline_extra=f"""allow_empty: true
-    destinations: [{{type: directory, path: "{out}"}}]""")
+    feedd: Feedd = await start_feedd(
+        workers=1,
+        pipeline_extra=f"""allow_empty: true
+    destinations: [{{type: directory, path: "{out}"}}]""",
+    )
     await upload(feedd, "/inbox/today.csv", b"")
     [run] = await finished(feedd, 1, until=(RunStatus.DELIVERED, RunStatus.FAILED))
     assert run.status is RunStatus.DELIVERED and run.error is None
