@@ -28,6 +28,7 @@ from feedd.pipeline.runner import Runner
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
 from feedd.store.sqlite import SqliteStore
+from feedd.summary import next_steps
 from feedd.watcher import Watcher
 
 DRAIN_SECONDS = 30.0  # README, "Install as a systemd service": running work reaches a safe point within 30 s of SIGTERM
@@ -84,6 +85,7 @@ class Daemon:
                 sdnotify.notify("READY=1", "STATUS=serving")
                 log.get().info("ready", config=str(self.config.path), state_dir=str(self.config.state_dir),
                                event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
+                self._tell_next_steps()
                 if (interval := sdnotify.watchdog_interval()) is not None:
                     self._spawn(self._watchdog(interval))
                 await self._stop.wait()
@@ -96,6 +98,16 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.get().info("stopped")
         return 0
+
+    def _tell_next_steps(self) -> None:
+        """Where a new user goes from here: logged, and one plain line on a terminal's stderr (the log
+        itself may be JSON, or on stdout where the eye does not look)."""
+        steps = next_steps(self.config, self.sftp.addresses if self.sftp else [],
+                           self.http.addresses if self.http else [])
+        log.get().info("next steps", **steps)
+        if sys.stderr.isatty():
+            print(f"feedd: SFTP on {steps.get('sftp', '-')}, HTTP on {steps.get('http', '-')}. {steps['next']}",
+                  file=sys.stderr)
 
     async def start(self) -> None:
         """Start every part in order; on failure, stop what started and raise."""

@@ -7,8 +7,9 @@ is taken once.
 A file is reached from its space's root one folder at a time, never through a link (`open_parent`), and
 moved into the spool through that open folder: a link planted in a space, or a folder renamed meanwhile,
 cannot make another partner's or the host's file this partner's. Only a regular file with no other hard
-link is taken. What was decided about a file (offered, refused, ignored as empty) is remembered with the
-file's inode, size and time, so that scans do not offer it again, nor log it again, until it changes.
+link is taken; an empty file is taken like any other (its pipeline decides what 0 bytes mean). What was
+decided about a file (offered, refused) is remembered with the file's inode, size and time, so that
+scans do not offer it again, nor log it again, until it changes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from feedd import log
 from feedd.config import Config
 from feedd.durable import low_on_space
 from feedd.intake import Input, accept
-from feedd.model import Direction, SourceKind
+from feedd.model import Direction, Run, RunStatus, SourceKind
+from feedd.reports import place_intake_report
 from feedd.spaces import Space, Spaces, Stamp, fd_path, open_parent, stamp
 from feedd.store import Store
 
@@ -107,7 +109,6 @@ class Drops:
         # (connection, rel) -> the file as it was when last offered or refused: scans leave it alone
         # until it changes (a take that failed forgets it, so the next scan tries again)
         self.decided: dict[tuple[str, str], Stamp] = {}
-        self._empty: dict[tuple[str, str], Stamp] = {}  # empty files logged, as they were then
 
     def offer_found(self, space: Space, rel: str, found: Stamp) -> None:
         """A scan or a file event found `rel` quiet, as `found`: offer it, unless it was decided on as it is."""
@@ -115,27 +116,12 @@ class Drops:
         if self.decided.get(key) == found:
             return
         self.decided[key] = found
-        marker = self._config().sftp.done_marker
-        if found[1] == 0 and not (marker and rel.endswith(marker)):  # a done marker is an offer of its file
-            # decided here, without a take: a scan may find thousands of them at once
-            if key not in self._scheduled and self.waiting_reason(space, rel) is None:
-                self._ignore_empty(space, rel, found)
-            return
         self.offer(space, rel)
-
-    def _ignore_empty(self, space: Space, rel: str, found: Stamp) -> None:
-        """Log an empty file once (a CLOSE's take and a scan may both come across it), again if it changes."""
-        key = (space.name, rel)
-        self.decided[key] = found
-        if self._empty.get(key) != found:
-            self._empty[key] = found
-            log.get(connection=space.name).info("drop.empty_ignored", file=rel)
 
     def undecide(self, keys: list[tuple[str, str]]) -> None:
         """Forget the decisions about files that are gone."""
         for key in keys:
             self.decided.pop(key, None)
-            self._empty.pop(key, None)
 
     def offer_tree(self, space: Space, folder: str) -> None:
         """Offer every file below `folder` (a real path in the space, e.g. a folder just renamed); the
@@ -251,9 +237,6 @@ class Drops:
                 # its bytes are also reachable by another name, maybe outside the space: not the partner's to give
                 self._refuse(space, rel, st, "the file has other hard links")
                 return
-            if st.st_size == 0:
-                self._ignore_empty(space, rel, stamp(st))
-                return
             pipeline = match_pipeline(config, space.name, rel)
             # moved through the open folder: where it was checked, whatever is renamed meanwhile
             item = Input(space.name, SourceKind.SFTP, rel, fd_path(folder, name, space.root / rel), pipeline)
@@ -263,6 +246,7 @@ class Drops:
             space.entries = max(0, space.entries - 1)
             space.forget(rel)
             self.decided.pop(key, None)
+            await self._report(config, space, run)
             if config.sftp.done_marker:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name + config.sftp.done_marker, dir_fd=folder)
@@ -273,6 +257,17 @@ class Drops:
             self.taking.discard(key)
             if folder >= 0:
                 os.close(folder)
+
+    @staticmethod
+    async def _report(config: Config, space: Space, run: Run) -> None:
+        """A drop intake failed (a duplicate, no matching pipeline) is never processed: its report is placed
+        here, so that the partner hears of it. The file is taken whatever happens to its report."""
+        if run.status is not RunStatus.FAILED:
+            return
+        try:
+            space.used += await asyncio.to_thread(place_intake_report, config, run, space.outbox)
+        except Exception:
+            log.get(connection=space.name, run_id=run.run_id).exception("drop.report_failed", file=run.source.name)
 
     def _refuse(self, space: Space, rel: str, st: os.stat_result | None, why: str) -> None:
         if st is not None:

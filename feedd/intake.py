@@ -249,7 +249,8 @@ def _decide(r: _Request, sha: str, size: int, overrides: dict[str, bool], origin
         status = RunStatus.FAILED
         error = RunError("no_matching_pipeline",
                          f"{item.name}: no {direction} pipeline of connection {item.connection!r} matches this name")
-    elif original is not None and _checks_duplicates(r):
+    elif original is not None and size > 0 and _checks_duplicates(r):
+        # (every empty file has the same sha256: "nothing today" again is not a repeat of yesterday's)
         status, duplicate_of = RunStatus.FAILED, original
         error = RunError("duplicate_input", f"{item.name}: same content (sha256 {sha[:12]}...) as run "
                                             f"{original}; not processed again")

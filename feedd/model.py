@@ -174,6 +174,8 @@ class Run:
             },
             "counts": {"rows": self.counts.rows, "valid": self.counts.valid, "invalid": self.counts.invalid},
             "mapping": dict(self.mapping),
+            # how each field's column was chosen (and why a configured column was not used)
+            "mappingReasons": dict(self.meta.get("mapping_reasons") or {}),
             "errors": [
                 {"row": e.row, "field": e.field, "code": e.code, "message": e.message} for e in self.errors
             ],

@@ -1,8 +1,34 @@
-"""The short human summary `feedd check` prints for a valid config."""
+"""The short human summaries: what `feedd check` prints for a valid config, and where to go next once
+`feedd serve` listens."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from feedd.config import Config
+from feedd.config.values import Address
+
+_ANY = ("0.0.0.0", "::", "")  # a wildcard listen address is reached locally through the loopback
+
+
+def next_steps(config: Config, sftp: Sequence[Address], http: Sequence[Address]) -> dict[str, str]:
+    """The bound SFTP and HTTP addresses and what to do next: upload a file, then list its run."""
+    # the example config's demo partner when there is one (its password is in the README), else the first
+    enabled = [c.name for c in config.connections.values() if c.enabled]
+    user = "demo" if "demo" in enabled else enabled[0] if enabled else "<connection>"
+    out: dict[str, str] = {}
+    steps: list[str] = []
+    if sftp:
+        host = "127.0.0.1" if sftp[0].host in _ANY else sftp[0].host
+        out["sftp"] = str(sftp[0])
+        steps.append(f"upload into inbox/: sftp -P {sftp[0].port} {user}@{host}")
+    if http:
+        host = "127.0.0.1" if http[0].host in _ANY else http[0].host
+        url = f"{'https' if config.http.tls else 'http'}://{Address(host, http[0].port)}"
+        out["http"] = url
+        steps.append(f"then: feedd runs list --url {url} --key <api key>")
+    out["next"] = ", ".join(steps)
+    return out
 
 
 def summarize(config: Config) -> str:

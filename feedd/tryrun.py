@@ -27,9 +27,9 @@ def try_file(config: Config, pipeline: str, file: str) -> int:
     print(f"  rows {outcome.rows}   valid {outcome.valid}   invalid {outcome.invalid}")
     if outcome.detected:
         d = outcome.detected
-        extra = (f", delimiter {d['delimiter']!r}" if d["delimiter"] else "") + \
-            (f", {d['compression']}" if d["compression"] else "")
-        print(f"  read as {d['format']}, {d['encoding']}{extra}")
+        extra = (f", delimiter {d['delimiter']!r}" if d.get("delimiter") else "") + \
+            (f", {d['compression']}" if d.get("compression") else "")
+        print(f"  read as {d['format']}" + (f", {d['encoding']}" if d.get("encoding") else "") + extra)
     if outcome.reasons:
         print("  mapping:")
         width = max(len(t) for t in outcome.reasons)
@@ -37,6 +37,8 @@ def try_file(config: Config, pipeline: str, file: str) -> int:
             source = why["source"] if why["source"] is not None else f"<{why['reason']}>"
             score = f" {why['score']:.2f}" if why["reason"] == "similar" else ""
             print(f"    {target:<{width}}  <- {source}  ({why['reason']}{score})")
+            if "fallback" in why:
+                print(f"    {'':<{width}}     {why['fallback']}")
     if outcome.error is not None:
         print(f"  error: {outcome.error[0]}: {outcome.error[1]}")
     if outcome.errors:

@@ -156,6 +156,20 @@ def test_try_prints_counts_mapping_and_errors_and_writes_nothing(tmp_path: Path)
     assert not (tmp_path / "var").exists(), "try writes nothing"
 
 
+def test_try_shows_a_fallback_mapping_and_reads_an_empty_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "feedd.yaml", MINIMAL + '    mappings: {email: "Email"}\n')
+    data = tmp_path / "renamed.csv"
+    data.write_text("EMAIL\nann@example.org\n")
+    result = run_cli("try", "-c", str(cfg), "--pipeline", "demo-contacts", str(data))
+    assert result.returncode == 0, result.stderr
+    assert "email  <- EMAIL  (normalized)" in result.stdout
+    assert "the configured column 'Email' is not in the file's header; the auto-map chose 'EMAIL'" in result.stdout
+    data.write_bytes(b"")
+    result = run_cli("try", "-c", str(cfg), "--pipeline", "demo-contacts", str(data))
+    assert result.returncode == 1, result.stderr
+    assert "error: empty_input: renamed.csv: the file is empty (0 bytes)" in result.stdout
+
+
 def test_try_exits_1_when_the_run_would_fail(tmp_path: Path) -> None:
     cfg = write(tmp_path, "feedd.yaml", MINIMAL)
     data = tmp_path / "x.csv"

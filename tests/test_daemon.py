@@ -47,6 +47,19 @@ def test_ready_after_listening_then_sigterm_drains_and_exits_0(
         pass
 
 
+def test_serve_says_where_to_go_next(tmp_path: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, write(tmp_path, "feedd.yaml", MINIMAL))
+    sftp = d.wait_log("listening", service="sftp")["address"]
+    http = d.http_port()
+    steps = d.wait_log("next steps")
+    assert steps["sftp"] == sftp and steps["http"] == f"http://127.0.0.1:{http}"
+    port = sftp.rsplit(":", 1)[1]
+    assert steps["next"] == (f"upload into inbox/: sftp -P {port} demo@127.0.0.1, "
+                             f"then: feedd runs list --url http://127.0.0.1:{http} --key <api key>")
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
 def test_abstract_notify_socket(tmp_path: Path, daemons: list[Daemon]) -> None:
     sock = NotifySocket(abstract=f"feedd-test-{time.monotonic_ns()}")
     try:

@@ -47,7 +47,8 @@ NONE: tuple[str, ...] = ()
 TEXT_TYPES = (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM)
 ORDERED_TYPES = (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME)
 PIPELINE_KEYS = ("connection", "schema", "direction", "active", "match", "format", "auto_map", "mappings",
-                 "egress", "max_error_rate", "reports", "output", "destinations", "skip_duplicates")
+                 "egress", "max_error_rate", "reports", "output", "destinations", "skip_duplicates",
+                 "allow_empty")
 OUTPUT_PLACEHOLDERS = ("stem", "name", "ext", "run_id", "connection", "pipeline", "date", "time")
 NO_ARG_TRANSFORMS = ("trim", "lower", "upper", "title", "digits")
 ARG_TRANSFORMS = ("null_if", "replace", "date", "datetime", "number", "boolean", "map", "default", "truncate",
@@ -192,6 +193,7 @@ def pipelines(r: Reader, v: Any, at: At, schemas: Mapping[str, Schema],
             output=_output(r, m, sub),
             destinations=dests,
             skip_duplicates=r.get(m, sub, "skip_duplicates", boolean, True),
+            allow_empty=r.get(m, sub, "allow_empty", boolean, False),
         )
     return out
 

@@ -240,6 +240,7 @@ class Pipeline:
     output: OutputConfig = OutputConfig()
     destinations: tuple[Destination, ...] = ()
     skip_duplicates: bool = True  # the same content again from the same connection is recorded, not processed
+    allow_empty: bool = False  # a 0-byte input completes with 0 rows ("nothing today") instead of failing
 
 
 @dataclass(frozen=True, slots=True)

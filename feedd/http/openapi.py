@@ -106,6 +106,9 @@ SCHEMAS: dict[str, Any] = {
             lastError=_nullable("string"), deliveredAt=_NTIME)},
         duplicateOf=_nullable("string"), createdAt=_TIME, startedAt=_NTIME, finishedAt=_NTIME,
         acknowledgedAt=_NTIME, deliveryFailed={"type": "boolean"},
+        mappingReasons={"type": "object", "additionalProperties": _object(
+            ["source", "reason", "score"], {"fallback": {"type": "string"}}, source=_nullable("string"),
+            reason={"type": "string"}, score={"type": "number"})},
     ),
     "Event": _object(
         ["eventId", "url", "type", "status", "attempts", "lastError", "nextAttemptAt", "createdAt", "data"],

@@ -1,10 +1,11 @@
 """Which source column fills which schema field, and the compiled function that maps one row.
 
 Explicit mappings from the config come first. With `auto_map`, every other field is matched to a
-header: by the mapping this connection used for the same header set before (memory), then the exact or
-normalised name (case, spaces, punctuation, snake/camel), then the field's `aliases`, then string
-similarity above a threshold. Each choice carries its reason and score. Below the threshold nothing is
-guessed.
+header (and so is a field whose configured column is not in the file, with or without `auto_map`: a
+renamed column is better guessed and explained than silently left empty): by the mapping this
+connection used for the same header set before (memory), then the exact or normalised name (case,
+spaces, punctuation, snake/camel), then the field's `aliases`, then string similarity above a
+threshold. Each choice carries its reason and score. Below the threshold nothing is guessed.
 """
 
 from __future__ import annotations
@@ -42,12 +43,32 @@ class Choice:
     source: str | None  # the header used, or None for a template/constant
     reason: str  # mapping | template | value | memory | exact | normalized | alias | similar
     score: float = 1.0
+    configured: str | None = None  # the configured column, absent from the file, this choice stands in for
+
+    def describe(self) -> dict[str, Any]:
+        """The choice as runs and reports show it (`fallback` says why a configured column was not used)."""
+        out: dict[str, Any] = {"source": self.source, "reason": self.reason, "score": self.score}
+        if self.configured is not None:
+            found = f"{self.source!r} ({self.reason} match)" if self.source is not None else "no column"
+            out["fallback"] = (f"the configured column {self.configured!r} is not in the file's header; "
+                               f"the auto-map chose {found} instead")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     choices: dict[str, Choice]
     unmapped_required: dict[str, list[str]]  # field -> best candidate headers (empty when none close)
+    missing: dict[str, str]  # field -> its configured column, absent from the file's header
+
+    def reasons(self) -> dict[str, dict[str, Any]]:
+        """target -> how it was chosen; a field whose configured column is missing and that nothing
+        replaced is listed too, with no source."""
+        out = {t: c.describe() for t, c in self.choices.items()}
+        for target, column in self.missing.items():
+            if target not in out:
+                out[target] = Choice(target, None, "missing", 0.0, column).describe()
+        return out
 
     def as_mapping(self) -> dict[str, str]:
         """target -> source as the run records it (templates and constants shown as written)."""
@@ -58,23 +79,30 @@ def plan(pipeline: Pipeline, schema: Schema, headers: Sequence[str],
          memory: Mapping[str, str] | None = None) -> Plan:
     explicit = {m.target: m for m in pipeline.mappings}
     choices: dict[str, Choice] = {}
+    missing: dict[str, str] = {}
+    present = set(headers)
     for field in schema.fields:
         m = explicit.get(field.name)
-        if m is not None and (m.source or m.template or m.has_value):
+        if m is not None and m.source and m.source not in present:
+            missing[field.name] = m.source
+        elif m is not None and (m.source or m.template or m.has_value):
             reason = "mapping" if m.source else "template" if m.template else "value"
             choices[field.name] = Choice(field.name, m.source, reason)
-    if pipeline.auto_map:
+    if pipeline.auto_map or missing:
         taken: set[str] = {c.source for c in choices.values() if c.source}
         for field in schema.fields:
-            if field.name in choices:
+            if field.name in choices or not (pipeline.auto_map or field.name in missing):
                 continue
             choice = _guess(field.name, field.aliases, headers, taken, memory or {})
-            if choice is not None and choice.source is not None:
-                choices[field.name] = choice
-                taken.add(choice.source)
+            if choice is None or choice.source is None:
+                continue
+            taken.add(choice.source)
+            if field.name in missing:
+                choice = Choice(choice.target, choice.source, choice.reason, choice.score, missing[field.name])
+            choices[field.name] = choice
     unmapped = {f.name: _candidates(f.name, headers) for f in schema.fields
                 if f.required and f.name not in choices and f.default is None}
-    return Plan(choices, unmapped)
+    return Plan(choices, unmapped, missing)
 
 
 def _guess(target: str, aliases: Sequence[str], headers: Sequence[str], taken: set[str],
@@ -112,10 +140,13 @@ RowFn = Callable[[Sequence[str]], tuple[dict[str, Any], RowErrors | None]]
 _TEXT_METHODS = {"trim": "strip", "lower": "lower", "upper": "upper", "title": "title"}
 
 
-def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan, rows: int = 0) -> RowFn:
+def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chosen: Plan, rows: int = 0,
+                at: list[int] | None = None) -> RowFn:
     """One function: a row of source cells -> (typed record, errors or None). Built once per file, as
     generated code: per field, the getter, the transforms, the type and every rule in one straight line.
-    `rows`: how many rows are expected, when known (sizes the `unique` tables)."""
+    `rows`: how many rows are expected, when known (sizes the `unique` tables). `at`: the slower variant
+    that names the row a `unique` value repeats (`at[0]` is the row number, set by the caller before
+    each row): a second pass made only when a file has repeats, so the first pays nothing for it."""
     index = {h: i for i, h in enumerate(headers)}
     explicit = {m.target: m for m in pipeline.mappings}
     ns: dict[str, Any] = {"_TE": TransformError}
@@ -130,7 +161,13 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
         if m is not None:
             body += _transform_code(m, key, ns)
         body += field_code(field, key, ns)
-        if field.unique:
+        if field.unique and at is not None:
+            ns["_at"], ns[f"_first_{key}"] = at, {}
+            body += ["if v is not None:",
+                     f"    f = _first_{key}.setdefault(v, _at[0])",
+                     "    if f != _at[0]: raise _FE('unique', "
+                     "f'{_show(v)} appears more than once in this file (repeats row {f})')"]
+        elif field.unique:
             body += unique_code(key, ns, ints=field.type == FieldType.INTEGER, rows=rows)
         name = repr(field.name)
         lines += [

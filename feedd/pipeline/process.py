@@ -8,6 +8,7 @@ the parent.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -23,6 +24,7 @@ from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_t
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
 from feedd.pipeline.validate import Unique, repeats
 from feedd.pipeline.write import RecordWriter, RejectWriter, write_json
+from feedd.reports import advice, columns
 
 MAX_ERRORS = 100  # row errors kept on the run (all of them are in the rejects)
 EXTENSIONS = {"jsonl": "jsonl", "csv": "csv", "json": "json"}
@@ -39,6 +41,7 @@ class Job:
     memory: dict[str, str] | None = None
     previous_headers: list[str] | None = None
     span: Span | None = None  # one stretch of the input (see `process_stretch`), or the whole of it
+    receipt: dict[str, Any] | None = None  # the input's sha256, size and receivedAt, for the report
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,8 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
             outcome.valid += o.valid
             outcome.invalid += o.invalid
             outcome.errors.extend(o.errors[:MAX_ERRORS - len(outcome.errors)])
+        if any(c == "unique" for _, _, c, _ in outcome.errors):
+            _name_repeats(job, outcome.errors)
         rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", outcome.headers)
         rejects.join([(Path(o.rejects_path or ""), Path(o.rejects_csv_path or "")) for o in outcomes])
         outcome.rejects_path, outcome.rejects_csv_path = (str(p) for p in rejects.close())
@@ -216,27 +221,39 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
 
 
 def _report(job: Job, out: Path, outcome: Outcome) -> None:
+    code, error = outcome.error if outcome.error is not None else (None, None)
+    rejects = f"{job.source_name.rsplit('/', 1)[-1]}.rejects.csv" if job.pipeline.reports else None
+    message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects)
     report = {
         "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,
+        "message": message, "hint": hint, **(job.receipt or {}),
         "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid},
         "mapping": outcome.reasons, "detected": outcome.detected,
-        "error": None if outcome.error is None else {"code": outcome.error[0], "message": outcome.error[1]},
-        "errors": [{"row": r, "field": f, "code": c, "message": m} for r, f, c, m in outcome.errors],
+        "error": None if outcome.error is None else {"code": code, "message": error},
+        "errors": columns(outcome.errors, outcome.mapping, outcome.headers),
     }
     outcome.report_path = str(write_json(out / "report.json", report))
 
 
 def _run(job: Job, out: Path, outcome: Outcome) -> None:
     pipe = job.pipeline
+    if os.path.getsize(job.input_path) == 0:
+        if not pipe.allow_empty:
+            raise ReadError("empty_input", "the file is empty (0 bytes), and this pipeline does not take empty "
+                                           "files (allow_empty: false)")
+        # "Nothing today": a run of 0 rows, with empty outputs for its destinations
+        _map_rows(job, out, outcome, {"format": "empty"}, [], Rows(iter(()), io.StringIO()), empty=True)
+        return
     detected, headers, rows = open_rows(Path(job.input_path), pipe.format)
     with rows:
         _map_rows(job, out, outcome, detected.as_dict(), headers, rows)
 
 
 def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], headers: list[str],
-              rows: Rows, *, body: bool = False) -> dict[str, Unique]:
+              rows: Rows, *, body: bool = False, empty: bool = False) -> dict[str, Unique]:
     """Map, validate and write `rows`; the `unique` tables filled on the way are returned. `body`: write
-    record and reject bodies for `merge`, and leave the error rate to it."""
+    record and reject bodies for `merge`, and leave the error rate to it. `empty`: the input has no bytes
+    at all, so no field can be missing a column."""
     pipe, schema = job.pipeline, job.schema
     outcome.detected, outcome.headers, outcome.header_key = detected, headers, header_key(headers)
     if job.previous_headers is not None and set(job.previous_headers) != set(headers):
@@ -244,10 +261,10 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
                          "removed": [h for h in job.previous_headers if h not in headers]}
     chosen: Plan = plan(pipe, schema, headers, job.memory)
     outcome.mapping = chosen.as_mapping()
-    outcome.reasons = {t: {"source": c.source, "reason": c.reason, "score": c.score}
-                       for t, c in chosen.choices.items()}
-    if chosen.unmapped_required:
-        parts = [f"{f} (closest headers: {', '.join(c) or 'none'})" for f, c in chosen.unmapped_required.items()]
+    outcome.reasons = chosen.reasons()
+    if chosen.unmapped_required and not empty:
+        parts = [f"{f} ({_configured(chosen, f)}closest headers: {', '.join(c) or 'none'})"
+                 for f, c in chosen.unmapped_required.items()]
         outcome.status = "failed"
         outcome.error = ("unmapped_required_field",
                          f"{job.source_name}: required field(s) with no column: {'; '.join(parts)}")
@@ -297,8 +314,40 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     outcome.rejects_path, csv_path = (str(p) for p in rejects.close())
     outcome.rejects_csv_path = csv_path
     if not body:
+        if any(c == "unique" for _, _, c, _ in errors):
+            _name_repeats(job, errors)
         _error_rate(job, outcome)
     return unique_tables(row_fn, schema)
+
+
+def _name_repeats(job: Job, errors: list[tuple[int, str | None, str, str]]) -> None:
+    """The kept `unique` errors say which row their value repeats: the first pass keeps only hashes (fast,
+    small), so a second pass, made only for a file with repeats and only up to the last kept one, finds it."""
+    wanted = {(r, f) for r, f, c, _ in errors if c == "unique"}
+    last = max(r for r, _ in wanted)
+    at = [0]
+    found: dict[tuple[int, str | None], str] = {}
+    detected, headers, rows = open_rows(Path(job.input_path), job.pipeline.format)
+    json_input = detected.as_dict().get("format") in ("json", "jsonl")
+    # the same headers and memory make the same plan as the first pass
+    row_fn = compile_row(job.pipeline, job.schema, headers, plan(job.pipeline, job.schema, headers, job.memory),
+                         at=at)
+    with rows:
+        for number, cells in rows:
+            if number > last:
+                break
+            if json_input and bad_row(cells) is not None:
+                continue
+            at[0] = number
+            for f, c, m in row_fn(cells)[1] or ():
+                if c == "unique" and (number, f) in wanted:
+                    found[number, f] = m
+    errors[:] = [(r, f, c, found.get((r, f), m)) for r, f, c, m in errors]
+
+
+def _configured(chosen: Plan, target: str) -> str:
+    column = chosen.missing.get(target)
+    return f"mapped to column {column!r}, which is not in the file's header; " if column is not None else ""
 
 
 def _error_rate(job: Job, outcome: Outcome) -> None:
@@ -308,6 +357,12 @@ def _error_rate(job: Job, outcome: Outcome) -> None:
         outcome.error = ("too_many_errors", f"{job.source_name}: {outcome.invalid} of {outcome.rows} rows are invalid "
                                             f"({outcome.invalid / outcome.rows:.1%}, more than max_error_rate "
                                             f"{pipe.max_error_rate:.1%}); nothing is delivered")
+    elif outcome.rows and not outcome.valid:
+        # Even with max_error_rate 1.0 (the default): a file none of whose rows is usable is a broken file
+        # (wrong columns, wrong format), not a good delivery of nothing.
+        outcome.status = "failed"
+        outcome.error = ("no_valid_rows", f"{job.source_name}: none of its {outcome.rows} rows is valid; "
+                                          "nothing is delivered")
 
 
 def _both(first: Callable[[dict[str, Any]], None], second: Callable[[dict[str, Any]], None]) -> Callable[[Any], None]:

@@ -42,6 +42,7 @@ from feedd.model import (
     utcnow,
 )
 from feedd.pipeline.process import Job, Outcome, Span, headers_key, merge, output_name, process, process_stretch
+from feedd.reports import receipt
 from feedd.spaces import Space, Spaces
 from feedd.store import Remembered, RunQuery, Store
 
@@ -193,7 +194,7 @@ class Runner:
             memory = None
         previous = await self._previous_headers(run)
         job = Job(run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema],
-                  str(runs_dir(config) / run.run_id), memory, previous)
+                  str(runs_dir(config) / run.run_id), memory, previous, receipt=receipt(run))
         assert self._pool is not None
         try:
             work = asyncio.ensure_future(self._process(job, run))

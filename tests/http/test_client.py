@@ -71,7 +71,7 @@ async def test_feedd_push_and_feedd_runs(api: Api, tmp_path: Path) -> None:
     code, out, err = await cli("push", "--connection", "demo", "--pipeline", "demo-orders-out", "--part-size", "3",
                                "--wait", str(jsonl), env=env)
     assert code == 0, err
-    assert "7 records" in out and "delivered" in out
+    assert "7 records" in out and ": delivered: 7 rows, 7 valid, 0 rejected" in out
     code, out, err = await cli("push", "--connection", "demo", "--pipeline", "demo-orders-out",
                                "--filename", "extra.csv", str(array), env=env)
     assert code == 0, err

@@ -257,8 +257,9 @@ async def test_a_file_reload_that_clashes_with_a_managed_name_is_refused(api: Ap
 
     # At start, the clash is a bad config: exit 2, naming both places.
     await api.daemon.stop()
-    done = subprocess.run([sys.executable, "-m", "feedd", "serve", "-c", str(api.config_path)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "feedd", "serve", "-c",
+                                                    str(api.config_path)],
+                                   capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert "connections.globex" in done.stderr and "feedd.yaml:" in done.stderr and "the store" in done.stderr
 

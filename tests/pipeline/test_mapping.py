@@ -71,7 +71,11 @@ def test_alias_and_nothing_guessed_below_the_threshold(config: Config) -> None:
     pipe, schema = config.pipelines["acme-employees"], config.schemas["employee"]
     chosen = plan(pipe, schema, ["Employee ID", "mail", "Colour"])
     assert (chosen.choices["email"].source, chosen.choices["email"].reason) == ("mail", "alias")
-    assert "active" not in chosen.choices and "status" in chosen.choices  # explicit, even if the column is missing
+    assert "active" not in chosen.choices
+    # configured, but its column is missing and nothing is close: no column, and the reason says why
+    assert "status" not in chosen.choices and chosen.missing["status"] == "Status"
+    fallback = chosen.reasons()["status"]["fallback"]
+    assert "'Status' is not in the file's header; the auto-map chose no column" in fallback
     missing = plan(pipe, schema, ["Employee ID", "Contact"])
     assert list(missing.unmapped_required) == ["email"]
 

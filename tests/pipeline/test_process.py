@@ -117,7 +117,10 @@ def test_duplicate_integer_ids_are_rejected_across_a_long_file(tmp_path: Path) -
     assert outcome.status == "completed" and (outcome.valid, outcome.invalid) == (150_001, 3)
     assert [(e[0], e[1], e[2]) for e in outcome.errors] == [
         (150_002, "employee_id", "unique"), (150_003, "employee_id", "unique"), (150_005, "employee_id", "unique")]
-    assert "employee_id: '70000' appears more than once in this file" in outcome.errors[0]
+    assert [e[3] for e in outcome.errors] == [
+        "employee_id: '70000' appears more than once in this file (repeats row 70001)",
+        "employee_id: '149999' appears more than once in this file (repeats row 150000)",
+        "employee_id: '-5' appears more than once in this file (repeats row 150004)"]
 
 
 @pytest.mark.parametrize("name", ["staff.jsonl", "staff.json"])

@@ -223,10 +223,11 @@ async def test_done_marker(start_feedd) -> None:  # type: ignore[no-untyped-def]
     assert inbox(feedd) == [], "the marker is removed with its file"
 
 
-async def test_empty_files_are_not_taken(feedd: Feedd) -> None:
+async def test_empty_files_are_taken_like_any_other(feedd: Feedd) -> None:
     await upload(feedd, "/inbox/empty.csv", b"")
-    await asyncio.sleep(1.2)
-    assert await feedd.runs() == []
+    [run] = await feedd.wait_runs(1)
+    assert (run.source.name, run.source.size, run.status) == ("inbox/empty.csv", 0, RunStatus.QUEUED)
+    assert inbox(feedd) == []
 
 
 async def test_same_content_again_is_a_duplicate_and_new_content_a_new_run(feedd: Feedd) -> None:

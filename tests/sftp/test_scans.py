@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -18,29 +17,22 @@ from tests.sftp.logs import capture_logs, events, wait_for, wait_scans
 CSV = b"email\nann@example.org\n"
 
 
-async def test_empty_files_are_logged_once_not_at_every_scan(feedd: Feedd) -> None:
+async def test_empty_files_are_taken_once_each_not_at_every_scan(feedd: Feedd) -> None:
     inbox = feedd.space() / "inbox"
     with capture_logs() as logs:
         await wait_scans(logs, 1)
         (inbox / "sub").mkdir()
-        for i in range(200):
+        for i in range(40):
             (inbox / ("sub" if i % 2 else ".") / f"empty{i:03d}.csv").write_bytes(b"")
         async with await feedd.connect() as conn, conn.start_sftp_client() as sftp:
             async with sftp.open("/inbox/by-sftp.csv", "wb"):
                 pass
-        await wait_for(lambda: len(events(logs, "drop.empty_ignored")) >= 201)
+        runs = await feedd.wait_runs(41)
         await wait_scans(logs, 3)
-        # a file that changes is looked at again: once more
-        (inbox / "empty000.csv").write_bytes(CSV)
-        [run] = await feedd.wait_runs(1)
-        assert run.source.name == "inbox/empty000.csv"
-        (inbox / "empty000.csv").write_bytes(b"")
-        await wait_for(lambda: len(events(logs, "drop.empty_ignored")) >= 202)
-        await wait_scans(logs, 2)
-    seen = Counter(e["file"] for e in events(logs, "drop.empty_ignored"))
-    assert len(seen) == 201 and seen["inbox/by-sftp.csv"] == 1
-    assert set(seen.values()) == {1, 2} and seen["inbox/empty000.csv"] == 2, seen.most_common(3)
-    assert sorted(p.name for p in inbox.iterdir())[:3] == ["by-sftp.csv", "empty000.csv", "empty002.csv"]
+    runs = await feedd.runs()
+    assert len(runs) == 41 and {r.source.size for r in runs} == {0}
+    assert len({r.source.name for r in runs}) == 41 and all(r.duplicate_of is None for r in runs)
+    assert sorted(p.name for p in inbox.iterdir()) == ["sub"]
     assert events(logs, "watch.tick_failed") == []
 
 
@@ -80,7 +72,7 @@ async def test_an_inbox_holds_at_most_max_entries_per_space(start_feedd: Callabl
 
 
 async def test_a_done_marker_copied_in_by_other_means_releases_its_file(start_feedd: Callable[..., Any]) -> None:
-    """Markers are usually empty files: a scan's decision about empty files must not swallow them."""
+    """Markers are usually empty files: one is an offer of its file, never an (empty) input itself."""
     feedd: Feedd = await start_feedd(sftp_extra='done_marker: ".done"')
     inbox = feedd.space() / "inbox"
     (inbox / "x.csv").write_bytes(CSV)
@@ -91,4 +83,5 @@ async def test_a_done_marker_copied_in_by_other_means_releases_its_file(start_fe
         [run] = await feedd.wait_runs(1)
         assert run.source.name == "inbox/x.csv"
         await wait_for(lambda: not (inbox / "x.csv.done").exists())
-    assert events(logs, "drop.empty_ignored") == []
+        await wait_scans(logs, 2)
+    assert [r.source.name for r in await feedd.runs()] == ["inbox/x.csv"], "the marker is no input of its own"
