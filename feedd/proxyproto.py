@@ -178,7 +178,7 @@ async def read_header(sock: socket.socket, seconds: float = HEADER_TIMEOUT) -> H
 class _PeerTransport(asyncio.Transport):
     """The connection's transport, with `peername` the partner's address from the header."""
 
-    def __init__(self, transport: asyncio.Transport, peer: Any) -> None:
+    def __init__(self, transport: Any, peer: Any) -> None:  # uvloop's transports are not asyncio.Transport
         super().__init__()
         self._transport = transport
         self._peer = peer
@@ -242,7 +242,6 @@ class _Relabelled(asyncio.Protocol):
         self._peer = peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self._inner.connection_made(_PeerTransport(transport, self._peer))
 
     def data_received(self, data: bytes) -> None:
