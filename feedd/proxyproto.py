@@ -180,7 +180,7 @@ class _PeerTransport(asyncio.Transport):
 
     def __init__(self, transport: Any, peer: Any) -> None:  # uvloop's transports are not asyncio.Transport
         super().__init__()
-        self._transport = transport
+        self._transport: asyncio.Transport = transport
         self._peer = peer
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
