@@ -109,3 +109,24 @@ async def test_off_keeps_plain_connections_and_takes_no_header(start_feedd: Call
     # a balancer sending headers to a port that does not expect them: SSH fails, nothing is trusted
     with haproxy(tmp_path, feedd.port) as front, pytest.raises((asyncssh.Error, OSError)):
         await connect(front, PARTNER)
+
+
+async def test_headers_written_by_hand_ipv6_and_local(start_feedd: Callable[..., Any]) -> None:
+    """A v1 TCP6 header gives an IPv6 partner address; a v2 LOCAL header (a balancer's own check) keeps the
+    socket's address."""
+    feedd: Feedd = await start_feedd(sftp_extra=PROXIED, demo_extra='allowed_ips: ["2001:db8::/32", "127.0.0.1/32"]')
+
+    async def login_after(header: bytes) -> None:
+        sock = socket.create_connection(("127.0.0.1", feedd.port), timeout=20)
+        sock.sendall(header)
+        sock.setblocking(False)
+        async with await asyncio.wait_for(asyncssh.connect(
+                sock=sock, username="demo", password=DEMO_PASSWORD, known_hosts=None, client_keys=None), 20):
+            pass
+
+    with capture_logs() as logs:
+        await login_after(b"PROXY TCP6 2001:db8::5 2001:db8::1 40000 22\r\n")
+        await login_after(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")
+        assert [e["ip"] for e in events(logs, "sftp.login")] == ["2001:db8::5", "127.0.0.1"]
+        with pytest.raises(asyncssh.PermissionDenied):  # not in allowed_ips
+            await login_after(b"PROXY TCP6 2001:db9::5 2001:db8::1 40000 22\r\n")
