@@ -104,6 +104,9 @@ async def test_allowed_ips_see_the_partner_address(start_feedd: Callable[..., An
 async def test_off_keeps_plain_connections_and_takes_no_header(start_feedd: Callable[..., Any],
                                                                tmp_path: Path) -> None:
     feedd: Feedd = await start_feedd()
+    assert feedd.daemon.sftp is not None
+    # asyncssh's own listener, as before the option existed: nothing of the PROXY protocol on the path
+    assert not any(isinstance(s._server, proxyproto.Listener) for s in feedd.daemon.sftp._servers)
     async with await connect(feedd.port, PARTNER) as conn, conn.start_sftp_client() as sftp:
         assert "inbox" in await sftp.listdir("/")
     # a balancer sending headers to a port that does not expect them: SSH fails, nothing is trusted
