@@ -147,7 +147,7 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
             "max_connections_per_connection",
             "idle_timeout", "max_sessions_per_connection", "ban", "partial_max_age", "scan_interval",
             "min_free_space", "max_folder_depth", "max_entries_per_space", "fast_path",
-            "algorithms")
+            "algorithms", "proxy_protocol")
     m = r.mapping(top.get("sftp"), at, keys)
     ban_at = at.key(m, "ban") if m else at
     ban = r.mapping(m.get("ban") if m else None, ban_at, ("after_failures", "within", "for"))
@@ -169,6 +169,7 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
         max_entries_per_space=r.get(m, at, "max_entries_per_space", integer(1), 100_000),
         fast_path=r.get(m, at, "fast_path", boolean, True),
         algorithms=r.get(m, at, "algorithms", algorithms, Algorithms()),
+        proxy_protocol=r.get(m, at, "proxy_protocol", boolean, False),
         ban=BanConfig(
             after_failures=r.get(ban, ban_at, "after_failures", integer(1), 5),
             within=r.get(ban, ban_at, "within", duration, 300.0),
@@ -197,7 +198,7 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
     m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus",
-                                            "tls"))
+                                            "tls", "proxy_protocol"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
@@ -229,6 +230,7 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
             cors_origins=r.get(tus, tus_at, "cors_origins", strings, ()),
         ),
         tls=r.get(m, at, "tls", _tls, None),
+        proxy_protocol=r.get(m, at, "proxy_protocol", boolean, False),
     )
 
 

@@ -78,6 +78,7 @@ class SftpConfig:
     max_entries_per_space: int = 100_000  # files and folders in one inbox/ (SFTP create and mkdir)
     fast_path: bool = True  # feedd's speed-ups to asyncssh's receive path (feedd.sftp.wire)
     algorithms: Algorithms = field(default_factory=Algorithms)  # what the SSH server offers
+    proxy_protocol: bool = False  # behind a load balancer: each connection starts with a PROXY header
 
 
 class Role(StrEnum):
@@ -124,6 +125,7 @@ class HttpConfig:
     api_keys: tuple[ApiKey, ...] = ()
     tus: TusConfig = TusConfig()
     tls: TlsConfig | None = None  # None: plain HTTP
+    proxy_protocol: bool = False  # behind a load balancer: each connection starts with a PROXY header
 
 
 @dataclass(frozen=True, slots=True)

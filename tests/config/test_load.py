@@ -359,3 +359,13 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.yaml", env={})
     assert "file not found" in str(info.value)
+
+
+def test_proxy_protocol_is_off_unless_turned_on_per_listener(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL)
+    assert cfg.sftp.proxy_protocol is False and cfg.http.proxy_protocol is False
+    text = MINIMAL.replace('sftp: {listen: "127.0.0.1:0"}', 'sftp: {listen: "127.0.0.1:0", proxy_protocol: true}')
+    cfg = load(tmp_path, text)
+    assert cfg.sftp.proxy_protocol is True and cfg.http.proxy_protocol is False
+    text = MINIMAL.replace('http: {listen: "127.0.0.1:0"}', 'http: {listen: "127.0.0.1:0", proxy_protocol: 1}')
+    assert any("proxy_protocol" in e for e in errors(tmp_path, text))
