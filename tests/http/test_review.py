@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from feedd.config import load_config
@@ -35,6 +36,13 @@ async def until(check: Callable[[], Any], what: str, within: float = 20.0) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not in time")
         await asyncio.sleep(0.05)
+
+
+async def conforms(api: Api, name: str, answer: Any) -> None:
+    """`answer` is what /openapi.json says a `name` is."""
+    _, doc = await api.call("GET", "/openapi.json", key=None)
+    jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+                                    ).validate(answer)
 
 
 async def waiting(api: Api, count: int = 1) -> list[dict[str, Any]]:
@@ -96,6 +104,8 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
     assert sample["headers"] == ["E-Mail Addr"]
     assert sample["rows"] == [{"row": 2, "cells": ["ann@example.org"]}, {"row": 3, "cells": ["bob@example.org"]}]
     assert sample["unmapped"] == {"email": {"configured": None, "closest": ["E-Mail Addr"]}}
+    await conforms(api, "InputSample", sample)
+    await conforms(api, "Run", held)
 
     # a preview changes nothing: the run, the outputs, the mapping memory
     _, before = await api.call("GET", f"/runs/{run_id}")
@@ -104,6 +114,7 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
     assert seen["status"] == "completed" and seen["counts"] == {"rows": 2, "valid": 2, "invalid": 0}
     assert seen["mapping"]["email"]["source"] == "E-Mail Addr" and seen["mapping"]["email"]["reason"] == "review"
     assert seen["errors"] == [] and seen["error"] is None
+    await conforms(api, "Preview", seen)
     status, seen = await api.call("POST", f"/runs/{run_id}/preview", json={"mapping": {"emial": "E-Mail Addr"}})
     assert status == 422 and "did you mean 'email'" in seen["error"]["details"][0]["message"], seen
     _, after = await api.call("GET", f"/runs/{run_id}")
@@ -114,6 +125,7 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
         "decision": "approve", "mapping": {"email": "E-Mail Addr"}, "remember": True})
     assert status == 200, queued
     assert queued["status"] == "queued" and queued["review"]["decision"]["actor"] == "admin"
+    await conforms(api, "Run", queued)
     done = await api.wait_run(run_id)
     assert done["status"] == "delivered", done
     assert done["counts"] == {"rows": 2, "valid": 2, "invalid": 0}
@@ -188,6 +200,7 @@ async def test_reject_fails_the_run_and_the_partner_reads_the_message(start_api:
     assert status == 200, failed
     assert failed["status"] == "failed"
     assert failed["error"] == {"code": "rejected_by_reviewer", "message": message}
+    await conforms(api, "Run", failed)
     report = json.loads((await outbox(api))["wrong.csv.report.json"])
     assert report["status"] == "failed" and report["message"] == message
     assert report["error"]["code"] == "rejected_by_reviewer"
@@ -214,6 +227,7 @@ async def test_too_many_errors_and_drift_wait_with_their_details(start_api: Call
     assert held["review"]["reason"] == "too_many_errors"
     assert held["review"]["details"] == {"rows": 3, "valid": 1, "invalid": 2, "rate": 0.6667, "maxErrorRate": 0.3}
     assert held["counts"] == {"rows": 3, "valid": 1, "invalid": 2} and len(held["errors"]) == 2
+    await conforms(api, "Run", held)
     # approving accepts the valid rows (the preview says so first)
     status, seen = await api.call("POST", f"/runs/{held['runId']}/preview", json={})
     assert (status, seen["status"], seen["counts"]["valid"]) == (200, "completed", 1), seen
