@@ -78,9 +78,15 @@ def review_path(run_id: str) -> str:
 class Reviews:
     """The review service. `base` gives the base URL of links (see `base_url`)."""
 
-    def __init__(self, config: Callable[[], Config], store: Store, workers: Workers | None,
-                 spaces: Spaces | None = None, base: Callable[[], str] | None = None,
-                 notify: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: Store,
+        workers: Workers | None,
+        spaces: Spaces | None = None,
+        base: Callable[[], str] | None = None,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
         self._config = config
         self._store = store
         self._workers = workers
@@ -110,8 +116,9 @@ class Reviews:
         result = await self._in_worker(sample, job, rows)
         return {"runId": run.run_id, "status": str(run.status), **result}
 
-    async def preview(self, run: Run, mapping: Mapping[str, Any] | None = None,
-                      max_error_rate: float | None = None) -> dict[str, Any]:
+    async def preview(
+        self, run: Run, mapping: Mapping[str, Any] | None = None, max_error_rate: float | None = None
+    ) -> dict[str, Any]:
         """What approving the run with this mapping would give, changing nothing: `{status, counts, mapping
         (field -> {source, reason, score}), errors (the first 100), error}`. The same code as a real run, in
         a worker, with its outputs written to a scratch folder that is deleted."""
@@ -125,9 +132,16 @@ class Reviews:
 
     # Deciding
 
-    async def approve(self, run: Run, actor: str, mapping: Mapping[str, Any] | None = None,
-                      remember: bool = False, max_error_rate: float | None = None) -> Run:
-        """Queue the run again, to be processed with `mapping` over the configured one (and `max_error_rate`:
+    async def approve(
+        self,
+        run: Run,
+        actor: str,
+        mapping: Mapping[str, Any] | None = None,
+        remember: bool = False,
+        max_error_rate: float | None = None,
+    ) -> Run:
+        """Queue the run again (`held` while its pipeline is inactive), to be processed with `mapping` over
+        the configured one (and `max_error_rate`:
         by default the pipeline's, or 1.0 for a run held for `too_many_errors`: approving it accepts its
         valid rows). It then goes on like any run. With `remember`, the mapping is kept for this connection
         and header set, and the next file with these headers maps by it (reason `remembered`)."""
@@ -137,19 +151,43 @@ class Reviews:
         decided = self._decision(run, pipe, schema, mapping, max_error_rate)
         chosen, _ = decision.apply(pipe, schema, decided)
         review = dict(run.meta.get("review") or {})
-        review["decision"] = {**decided, "decision": "approve", "remember": remember, "actor": actor,
-                              "at": iso(utcnow())}
-        again = replace(run, status=RunStatus.QUEUED, error=None, counts=Counts(), errors=(), started_at=None,
-                        finished_at=None, meta={**run.meta, "review": review})
+        review["decision"] = {
+            **decided,
+            "decision": "approve",
+            "remember": remember,
+            "actor": actor,
+            "at": iso(utcnow()),
+        }
+        # An inactive pipeline keeps the approved run `held`, as it keeps new inputs, until it is switched on.
+        active = (await self._store.pipeline_overrides()).get(pipe.name, pipe.active)
+        again = replace(
+            run,
+            status=RunStatus.QUEUED if active else RunStatus.HELD,
+            error=None,
+            counts=Counts(),
+            errors=(),
+            started_at=None,
+            finished_at=None,
+            meta={**run.meta, "review": review},
+        )
         remembered = self._remembered(run, chosen) if remember else None
         if not await self._store.update_run(again, expect=RunStatus.NEEDS_REVIEW, remember=remembered):
             raise WrongState(f"run {run.run_id} was decided meanwhile; look again")
-        await self._audit(actor, AuditAction.APPROVE, run, {
-            "status": str(RunStatus.QUEUED), "mapping": decided.get("mapping") or {}, "remember": remember,
-            "rememberedMapping": remembered.mapping if remembered else None,
-            "maxErrorRate": decided.get("maxErrorRate")})
+        await self._audit(
+            actor,
+            AuditAction.APPROVE,
+            run,
+            {
+                "status": str(again.status),
+                "mapping": decided.get("mapping") or {},
+                "remember": remember,
+                "rememberedMapping": remembered.mapping if remembered else None,
+                "maxErrorRate": decided.get("maxErrorRate"),
+            },
+        )
         log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info(
-            "run.approved", actor=actor, remember=remember)
+            "run.approved", actor=actor, remember=remember
+        )
         if self._workers is not None:
             self._workers.wake()
         return again
@@ -159,16 +197,26 @@ class Reviews:
         self._waiting(run)
         message = message.strip()
         if not message:
-            raise InvalidReview("message: say why, for the partner",
-                                [{"path": "message", "message": "a message for the partner is required"}])
+            raise InvalidReview(
+                "message: say why, for the partner",
+                [{"path": "message", "message": "a message for the partner is required"}],
+            )
         if len(message) > MAX_MESSAGE:
-            raise InvalidReview(f"message: at most {MAX_MESSAGE} characters",
-                                [{"path": "message", "message": f"at most {MAX_MESSAGE} characters"}])
+            raise InvalidReview(
+                f"message: at most {MAX_MESSAGE} characters",
+                [{"path": "message", "message": f"at most {MAX_MESSAGE} characters"}],
+            )
         config = self._config()
         review = dict(run.meta.get("review") or {})
         review["decision"] = {"decision": "reject", "message": message, "actor": actor, "at": iso(utcnow())}
-        failed = replace(run, status=RunStatus.FAILED, finished_at=utcnow(), deliveries=(),
-                         error=RunError("rejected_by_reviewer", message), meta={**run.meta, "review": review})
+        failed = replace(
+            run,
+            status=RunStatus.FAILED,
+            finished_at=utcnow(),
+            deliveries=(),
+            error=RunError("rejected_by_reviewer", message),
+            meta={**run.meta, "review": review},
+        )
         queued = events.make(config, "run.failed", failed.to_json())
         if not await self._store.update_run(failed, expect=RunStatus.NEEDS_REVIEW, events=queued):
             raise WrongState(f"run {run.run_id} was decided meanwhile; look again")
@@ -195,20 +243,24 @@ class Reviews:
         config = self._config()
         pipe = effective(config, run)
         if pipe is None or pipe.schema not in config.schemas:
-            raise ConflictError(f"run {run.run_id} has no pipeline in the config (it was {run.pipeline!r})",
-                                code="pipeline_removed")
+            raise ConflictError(
+                f"run {run.run_id} has no pipeline in the config (it was {run.pipeline!r})", code="pipeline_removed"
+            )
         return pipe, config.schemas[pipe.schema]
 
     async def _input_present(self, run: Run) -> None:
         if not await asyncio.to_thread(Path(run.spool_path).is_file):
             raise ConflictError(f"run {run.run_id}: its input is no longer in the spool", code="input_missing")
 
-    def _decision(self, run: Run, pipe: Pipeline, schema: Schema, mapping: Mapping[str, Any] | None,
-                  max_error_rate: float | None) -> dict[str, Any]:
+    def _decision(
+        self, run: Run, pipe: Pipeline, schema: Schema, mapping: Mapping[str, Any] | None, max_error_rate: float | None
+    ) -> dict[str, Any]:
         """The decision as stored on the run, checked against the schema and the input's header."""
         if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
-            raise InvalidReview("maxErrorRate: expected a number from 0 to 1",
-                                [{"path": "maxErrorRate", "message": "expected a number from 0 to 1"}])
+            raise InvalidReview(
+                "maxErrorRate: expected a number from 0 to 1",
+                [{"path": "maxErrorRate", "message": "expected a number from 0 to 1"}],
+            )
         review = run.meta.get("review")
         if max_error_rate is None and isinstance(review, dict) and review.get("reason") == "too_many_errors":
             max_error_rate = 1.0
@@ -234,8 +286,17 @@ class Reviews:
         pipe, reviewed = decision.apply(pipe, schema, decided)
         key = run.meta.get("header_key")
         memory = await self._store.recall_mapping(run.connection, key) if isinstance(key, str) else None
-        return Job(run.run_id, run.spool_path, run.source.name, pipe, schema, "", memory, reviewed=reviewed,
-                   approved=decided is not None)
+        return Job(
+            run.run_id,
+            run.spool_path,
+            run.source.name,
+            pipe,
+            schema,
+            "",
+            memory,
+            reviewed=reviewed,
+            approved=decided is not None,
+        )
 
     async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         if self._workers is None:

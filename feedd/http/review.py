@@ -67,7 +67,7 @@ class ReviewApi(Routes):
         body = await json_body(request)
         choice = field(body, "decision", str)
         if choice not in _DECISIONS:
-            raise ApiError(400, "invalid_body", "decision: expected \"approve\" or \"reject\"")
+            raise ApiError(400, "invalid_body", 'decision: expected "approve" or "reject"')
         with _translated():
             if choice == "approve":
                 mapping = field(body, "mapping", dict, required=False)

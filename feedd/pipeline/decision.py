@@ -51,11 +51,16 @@ def parse_mapping(raw: Any, schema: Schema, headers: Sequence[str] | None = None
             columns = [m.source] if m.source else []
             for column in columns:
                 if column not in known:
-                    details.append({"path": f"mappings.{m.target}",
-                                    "message": f"no column {column!r} in the input's header{suggest(column, known)}"})
+                    details.append(
+                        {
+                            "path": f"mappings.{m.target}",
+                            "message": f"no column {column!r} in the input's header{suggest(column, known)}",
+                        }
+                    )
     if details:
-        raise InvalidDecision([{"path": d["path"].replace("mappings", "mapping", 1), "message": d["message"]}
-                               for d in details])
+        raise InvalidDecision(
+            [{"path": d["path"].replace("mappings", "mapping", 1), "message": d["message"]} for d in details]
+        )
     return parsed
 
 
@@ -84,8 +89,9 @@ def overlay(pipe: Pipeline, chosen: Sequence[FieldMapping], raw: Mapping[str, An
     return replace(pipe, mappings=tuple(out.values()))
 
 
-def apply(pipe: Pipeline, schema: Schema, decision: Mapping[str, Any] | None,
-          headers: Sequence[str] | None = None) -> tuple[Pipeline, tuple[str, ...]]:
+def apply(
+    pipe: Pipeline, schema: Schema, decision: Mapping[str, Any] | None, headers: Sequence[str] | None = None
+) -> tuple[Pipeline, tuple[str, ...]]:
     """(the pipeline for this run, the fields the reviewer mapped). `decision`: `{mapping?, maxErrorRate?}`;
     None leaves the pipeline as it is. InvalidDecision when it does not fit the schema (or `headers`)."""
     if not decision:

@@ -41,8 +41,9 @@ async def until(check: Callable[[], Any], what: str, within: float = 20.0) -> An
 async def conforms(api: Api, name: str, answer: Any) -> None:
     """`answer` is what /openapi.json says a `name` is."""
     _, doc = await api.call("GET", "/openapi.json", key=None)
-    jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
-                                    ).validate(answer)
+    jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": doc["components"]}).validate(
+        answer
+    )
 
 
 async def waiting(api: Api, count: int = 1) -> list[dict[str, Any]]:
@@ -78,16 +79,15 @@ async def outbox(api: Api) -> dict[str, bytes]:
 
 
 async def test_a_renamed_required_column_waits_then_approve_remembers_the_mapping(
-    start_api: Callable[..., Any], receiver: Receiver,
+    start_api: Callable[..., Any],
+    receiver: Receiver,
 ) -> None:
-    api: Api = await start_api(pipeline_extra=REVIEWED,
-                               extra=f'webhooks:\n  - {{url: "{receiver.url("/events")}"}}\n')
+    api: Api = await start_api(pipeline_extra=REVIEWED, extra=f'webhooks:\n  - {{url: "{receiver.url("/events")}"}}\n')
     await drop(api, "first.csv", "E-Mail Addr\nann@example.org\nbob@example.org\n")
     [held] = await waiting(api)
     run_id = held["runId"]
     assert held["review"]["reason"] == "unmapped_required_field"
-    assert held["review"]["details"] == {"fields": [{"field": "email", "configured": None,
-                                                      "closest": ["E-Mail Addr"]}]}
+    assert held["review"]["details"] == {"fields": [{"field": "email", "configured": None, "closest": ["E-Mail Addr"]}]}
     assert held["error"] is None and held["deliveries"] == []
 
     # the event links into the console's review page, on the port as bound
@@ -121,8 +121,11 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
     assert after == before
     assert out_files(api) == [] and "first.csv.report.json" not in (await outbox(api))
 
-    status, queued = await api.call("POST", f"/runs/{run_id}/review", json={
-        "decision": "approve", "mapping": {"email": "E-Mail Addr"}, "remember": True})
+    status, queued = await api.call(
+        "POST",
+        f"/runs/{run_id}/review",
+        json={"decision": "approve", "mapping": {"email": "E-Mail Addr"}, "remember": True},
+    )
     assert status == 200, queued
     assert queued["status"] == "queued" and queued["review"]["decision"]["actor"] == "admin"
     await conforms(api, "Run", queued)
@@ -131,8 +134,10 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
     assert done["counts"] == {"rows": 2, "valid": 2, "invalid": 0}
     assert done["mappingReasons"]["email"]["reason"] == "review"
     _, records = await api.call("GET", f"/runs/{run_id}/records")
-    assert [json.loads(line) for line in records.splitlines()] == [{"email": "ann@example.org"},
-                                                                   {"email": "bob@example.org"}]
+    assert [json.loads(line) for line in records.splitlines()] == [
+        {"email": "ann@example.org"},
+        {"email": "bob@example.org"},
+    ]
     assert len(out_files(api)) == 1
     assert json.loads((await outbox(api))["first.csv.report.json"])["status"] == "completed"
 
@@ -146,8 +151,9 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
     # decided once: a second decision, or one on a run that is not waiting, is refused
     status, body = await api.call("POST", f"/runs/{run_id}/review", json={"decision": "approve"})
     assert status == 409 and body["error"]["code"] == "wrong_state"
-    status, body = await api.call("POST", f"/runs/{second['runId']}/review",
-                                  json={"decision": "reject", "message": "no"})
+    status, body = await api.call(
+        "POST", f"/runs/{second['runId']}/review", json={"decision": "reject", "message": "no"}
+    )
     assert status == 409
 
     status, audit = await api.call("GET", "/audit")
@@ -161,18 +167,28 @@ async def test_approve_without_remember_keeps_the_mapping_to_that_run(start_api:
     api: Api = await start_api(pipeline_extra=REVIEWED)
     await drop(api, "one.csv", "Contact\nann@example.org\n")
     [held] = await waiting(api)
-    status, _ = await api.call("POST", f"/runs/{held['runId']}/review",
-                               json={"decision": "approve", "mapping": {"email": "Contact"}})
+    # approved while the pipeline is switched off: held like new inputs, until it is on again
+    status, _ = await api.call("PATCH", "/pipelines/demo-contacts", json={"active": False})
+    assert status == 200
+    status, approved = await api.call(
+        "POST", f"/runs/{held['runId']}/review", json={"decision": "approve", "mapping": {"email": "Contact"}}
+    )
+    assert (status, approved["status"]) == (200, "held"), approved
+    status, _ = await api.call("PATCH", "/pipelines/demo-contacts", json={"active": True})
     assert status == 200
     assert (await api.wait_run(held["runId"]))["status"] == "delivered"
     await drop(api, "two.csv", "Contact\nbob@example.org\n")
     await waiting(api)  # not remembered: the next file waits for a person again
 
 
-async def test_reject_fails_the_run_and_the_partner_reads_the_message(start_api: Callable[..., Any],
-                                                                     receiver: Receiver) -> None:
-    api: Api = await start_api(pipeline_extra=REVIEWED, http_extra='public_url: "https://feedd.example.org/"',
-                               extra=f'webhooks:\n  - {{url: "{receiver.url("/events")}"}}\n')
+async def test_reject_fails_the_run_and_the_partner_reads_the_message(
+    start_api: Callable[..., Any], receiver: Receiver
+) -> None:
+    api: Api = await start_api(
+        pipeline_extra=REVIEWED,
+        http_extra='public_url: "https://feedd.example.org/"',
+        extra=f'webhooks:\n  - {{url: "{receiver.url("/events")}"}}\n',
+    )
     await drop(api, "wrong.csv", "Kontakt\nann@example.org\n")
     [held] = await waiting(api)
     run_id = held["runId"]
@@ -184,8 +200,11 @@ async def test_reject_fails_the_run_and_the_partner_reads_the_message(start_api:
     assert await until(link, "run.needs_review") == f"https://feedd.example.org/ui/runs/{run_id}/review"
 
     # an app key may read runs, not review them
-    for method, path, body in (("GET", "input/headers", None), ("POST", "preview", {}),
-                               ("POST", "review", {"decision": "reject", "message": "no"})):
+    for method, path, body in (
+        ("GET", "input/headers", None),
+        ("POST", "preview", {}),
+        ("POST", "review", {"decision": "reject", "message": "no"}),
+    ):
         status, answer = await api.call(method, f"/runs/{run_id}/{path}", key=DEMO_KEY, json=body)
         assert status == 403, (path, answer)
     status, answer = await api.call("POST", f"/runs/{run_id}/review", json={"decision": "reject"})
@@ -259,8 +278,9 @@ async def test_needs_review_rests_across_a_restart(start_api: Callable[..., Any]
     _, still = await again.call("GET", f"/runs/{held['runId']}")  # ...and leaves the waiting run alone
     assert still["status"] == "needs_review" and still["review"] == held["review"]
     assert still["finishedAt"] == held["finishedAt"], "not processed again"
-    status, _ = await again.call("POST", f"/runs/{held['runId']}/review",
-                                 json={"decision": "approve", "mapping": {"email": "Kontakt"}})
+    status, _ = await again.call(
+        "POST", f"/runs/{held['runId']}/review", json={"decision": "approve", "mapping": {"email": "Kontakt"}}
+    )
     assert status == 200
     assert (await again.wait_run(held["runId"]))["status"] == "delivered"
 
