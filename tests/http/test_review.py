@@ -247,6 +247,10 @@ async def test_too_many_errors_and_drift_wait_with_their_details(start_api: Call
     assert held["review"]["details"] == {"rows": 3, "valid": 1, "invalid": 2, "rate": 0.6667, "maxErrorRate": 0.3}
     assert held["counts"] == {"rows": 3, "valid": 1, "invalid": 2} and len(held["errors"]) == 2
     await conforms(api, "Run", held)
+    status, rejects = await api.call("GET", f"/runs/{held['runId']}/rejects")
+    assert status == 200 and [json.loads(line)["row"] for line in rejects.splitlines()] == [3, 4]
+    status, _ = await api.call("GET", f"/runs/{held['runId']}/records")
+    assert status == 409, "not output while it waits"
     # approving accepts the valid rows (the preview says so first)
     status, seen = await api.call("POST", f"/runs/{held['runId']}/preview", json={})
     assert (status, seen["status"], seen["counts"]["valid"]) == (200, "completed", 1), seen
