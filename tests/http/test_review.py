@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import pytest
 from feedd.config import load_config
 from feedd.errors import ConfigError
 from tests.delivery.conftest import Receiver, receiver
-from tests.http.conftest import CONFIG, DEMO_KEY, Api
+from tests.helpers import DEMO_HASH, Daemon, write
+from tests.http.conftest import ADMIN_KEY, CONFIG, DEMO_KEY, Api, sha
 from tests.http.test_runs import drop
 from tests.sftp.conftest import fetch_outbox
 
@@ -310,3 +312,58 @@ def test_an_unknown_review_reason_is_a_config_error_with_a_hint(tmp_path: Path) 
     [issue] = [i for i in caught.value.issues if "review" in i.path]
     assert issue.path == "pipelines.demo-contacts.review[0]"
     assert "did you mean 'unmapped_required_field'" in issue.message
+
+
+def test_a_waiting_run_survives_kill_9(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        "feedd.yaml",
+        f"""\
+state_dir: ./var
+log: {{level: debug, format: json}}
+sftp: {{listen: "127.0.0.1:0", settle: 300ms}}
+http:
+  listen: "127.0.0.1:0"
+  api_keys: [{{name: admin, key_sha256: "{sha(ADMIN_KEY)}", role: admin}}]
+schemas:
+  contact: {{fields: {{email: {{type: email, required: true}}}}}}
+connections:
+  demo: {{password_hash: "{DEMO_HASH}"}}
+pipelines:
+  demo-contacts:
+    connection: demo
+    schema: contact
+    match: ["inbox/*.csv"]
+    review: [unmapped_required_field]
+""",
+    )
+    first = Daemon(config)
+    try:
+        first.http_port()
+        inbox = tmp_path / "var" / "spaces" / "demo" / "inbox"
+        (inbox / "copied.csv").write_text("Kontakt\nann@example.org\n")  # a file drop (not over SFTP)
+        run_id = first.wait_log("run.finished", status="needs_review")["run_id"]
+    finally:
+        first.stop()  # kill -9, workers included
+    second = Daemon(config)
+    try:
+        base = f"http://127.0.0.1:{second.http_port()}"
+        second.wait_log("ready")
+
+        def call(method: str, path: str, body: Any = None) -> Any:
+            request = urllib.request.Request(  # noqa: S310 - loopback only
+                base + path,
+                method=method,
+                data=None if body is None else json.dumps(body).encode(),
+                headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+                return json.load(answer)
+
+        assert call("GET", f"/runs/{run_id}")["status"] == "needs_review"
+        assert not [e for e in second.lines if e.get("event") == "run.resumed"]
+        approved = call("POST", f"/runs/{run_id}/review", {"decision": "approve", "mapping": {"email": "Kontakt"}})
+        assert approved["status"] == "queued"
+        assert second.wait_log("run.finished", run_id=run_id)["status"] == "completed"
+    finally:
+        second.stop()
