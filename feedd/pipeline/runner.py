@@ -299,6 +299,8 @@ class Runner:
                         stretches=outcome.stretches)
             if outcome.review is not None:
                 meta["review"] = outcome.review
+            elif _decision(run) is None:
+                meta.pop("review", None)  # an earlier wait that no approval answered no longer applies
         done = replace(
             run, status=status, finished_at=utcnow(), error=error, meta=meta,
             counts=Counts(outcome.rows, outcome.valid, outcome.invalid) if outcome else run.counts,
