@@ -141,9 +141,9 @@ class Reviews:
         max_error_rate: float | None = None,
     ) -> Run:
         """Queue the run again (`held` while its pipeline is inactive), to be processed with `mapping` over
-        the configured one (and `max_error_rate`:
-        by default the pipeline's, or 1.0 for a run held for `too_many_errors`: approving it accepts its
-        valid rows). It then goes on like any run. With `remember`, the mapping is kept for this connection
+        the configured one and with `max_error_rate` (by default the pipeline's, or 1.0 for a run held for
+        `too_many_errors`: approving it accepts its valid rows). It then goes on like any run, and may still
+        fail (the preview says how it would end). With `remember`, the mapping is kept for this connection
         and header set, and the next file with these headers maps by it (reason `remembered`)."""
         self._waiting(run)
         pipe, schema = self._pipeline(run)
