@@ -208,7 +208,7 @@ def _push(args: argparse.Namespace) -> int:
             counts, error = run.get("counts") or {}, run.get("error")
             print(f"run {run['runId']}: {run['status']}: {counts.get('rows', 0)} rows, {counts.get('valid', 0)} valid,"
                   f" {counts.get('invalid', 0)} rejected" + (f"; {error['code']}: {error['message']}" if error else ""))
-            return 0 if run["status"] != "failed" else 1
+            return 0 if run["status"] not in ("failed", "needs_review") else 1
     except (ClientError, ValueError, OSError, TimeoutError) as exc:
         print(f"\nfeedd push: {exc}" if tty else f"feedd push: {exc}", file=sys.stderr)
         return 1

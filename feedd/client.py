@@ -101,12 +101,13 @@ class Client:
         return self.request("GET", f"/runs/{urllib.parse.quote(run_id)}")  # type: ignore[no-any-return]
 
     def wait_for_run(self, run_id: str, timeout: float = 300.0, interval: float = 0.5) -> dict[str, Any]:
-        """Poll until the run is delivered or failed, or completed with nothing left pending."""
+        """Poll until the run is delivered or failed, or completed with nothing left pending, or waits for a
+        person (`needs_review`: nothing happens to it until someone decides)."""
         deadline = time.monotonic() + timeout
         while True:
             run = self.run(run_id)
             pending = any(d["status"] == "pending" for d in run["deliveries"])
-            if run["status"] in TERMINAL or (run["status"] == "completed" and not pending):
+            if run["status"] in (*TERMINAL, "needs_review") or (run["status"] == "completed" and not pending):
                 return run
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout:.0f} s")

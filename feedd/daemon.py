@@ -25,6 +25,7 @@ from feedd.events import EventSender
 from feedd.http.app import HttpServer
 from feedd.live import Live
 from feedd.pipeline.runner import Runner
+from feedd.review import Reviews, base_url, review_path
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
 from feedd.store.sqlite import SqliteStore
@@ -65,6 +66,7 @@ class Daemon:
         self.drops: Drops | None = None
         self.http: HttpServer | None = None
         self.sftp: SftpService | None = None
+        self.reviews: Reviews | None = None
 
     @property
     def config(self) -> Config:
@@ -130,15 +132,20 @@ class Daemon:
         sender = EventSender(lambda: self.config, store)
         live.on_change(sender.wake)
         dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake)
+
+        def base() -> str:  # links into the console name the port as bound (`listen` may say port 0)
+            return base_url(self.config, self.http.addresses if self.http is not None else ())
+
         runner = Runner(lambda: self.config, store, spaces, workers=self.workers, deliver=dispatcher.wake,
-                        notify=sender.wake)
+                        notify=sender.wake, review_url=lambda run_id: base() + review_path(run_id))
+        self.reviews = reviews = Reviews(lambda: self.config, store, runner, spaces, base, notify=sender.wake)
 
         def accepted() -> None:  # a new run (and its event) is in the store
             runner.wake()
             sender.wake()
 
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
-        self.http = HttpServer(config, store, runner, accepted, live)
+        self.http = HttpServer(config, store, runner, accepted, live, reviews)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
         parts: list[Component] = [
             sender,

@@ -52,7 +52,7 @@ from feedd.errors import ConfigError, ConfigIssue
 from feedd.model import ManagedObject
 
 EVENT_TYPES = (
-    "run.queued", "run.completed", "run.delivered", "run.failed", "run.held",
+    "run.queued", "run.completed", "run.delivered", "run.failed", "run.held", "run.needs_review",
     "upload.completed", "upload.aborted", "schema.drift", "config.changed",
 )
 TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
@@ -198,7 +198,7 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
     m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus",
-                                            "tls", "proxy_protocol"))
+                                            "tls", "proxy_protocol", "public_url"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
@@ -231,7 +231,16 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
         ),
         tls=r.get(m, at, "tls", _tls, None),
         proxy_protocol=r.get(m, at, "proxy_protocol", boolean, False),
+        public_url=r.get(m, at, "public_url", _public_url, None),
     )
+
+
+def _public_url(r: Reader, v: Any, at: At) -> str:
+    """The base people reach the HTTP port by (behind a proxy: its URL), without a trailing slash."""
+    s = http_url(r, v, at).rstrip("/")
+    if "?" in s or "#" in s:
+        raise Bad(f"expected a base URL without a query or fragment, got {s!r}")
+    return s
 
 
 def _tls(r: Reader, v: Any, at: At) -> TlsConfig | None:

@@ -126,6 +126,7 @@ class HttpConfig:
     tus: TusConfig = TusConfig()
     tls: TlsConfig | None = None  # None: plain HTTP
     proxy_protocol: bool = False  # behind a load balancer: each connection starts with a PROXY header
+    public_url: str | None = None  # how people reach this port (links in events); None: from `listen`
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,12 @@ class Destination:
     remote_path: str | None = None  # sftp `path`
 
 
+# What a pipeline's `review` may name: the run-level failures a person can settle by choosing columns
+# (`unmapped_required_field`), accepting the rows that are valid (`too_many_errors`) or the new header
+# set (`schema_drift`, not a failure on its own).
+REVIEW_REASONS = ("unmapped_required_field", "too_many_errors", "schema_drift")
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     name: str
@@ -243,6 +250,7 @@ class Pipeline:
     destinations: tuple[Destination, ...] = ()
     skip_duplicates: bool = True  # the same content again from the same connection is recorded, not processed
     allow_empty: bool = False  # a 0-byte input completes with 0 rows ("nothing today") instead of failing
+    review: tuple[str, ...] = ()  # failures (REVIEW_REASONS) that send a run to a person instead of failing it
 
 
 @dataclass(frozen=True, slots=True)

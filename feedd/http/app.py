@@ -20,11 +20,13 @@ from feedd.http.api import Handler, errors
 from feedd.http.limits import InFlight
 from feedd.http.manage import ManageApi, Releaser
 from feedd.http.protocol import use_json_errors
+from feedd.http.review import ReviewApi
 from feedd.http.runs import EventsApi, Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
 from feedd.http.views import ViewsApi
 from feedd.live import Live as Owner
+from feedd.review import Reviews
 from feedd.store import Store
 
 MAX_CONNECTIONS = 256  # open client connections; more wait in the listen backlog
@@ -96,7 +98,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
-              accepted: Callable[[], None] | None = None, owner: Owner | None = None) -> web.Application:
+              accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+              reviews: Reviews | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
     in_flight = InFlight(lambda: live.config)
@@ -118,6 +121,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     EventsApi(live, store).routes(app)
     ViewsApi(live, store).routes(app)
     ManageApi(live, store, owner, runs).routes(app)
+    ReviewApi(live, store, reviews).routes(app)
     return app
 
 
@@ -162,9 +166,10 @@ class HttpServer:
     name = "http"
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
-                 accepted: Callable[[], None] | None = None, owner: Owner | None = None) -> None:
+                 accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+                 reviews: Reviews | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted, owner)
+        self._app = build_app(config, store, runs, accepted, owner, reviews)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []

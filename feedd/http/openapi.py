@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from feedd.config.values import REVIEW_REASONS
 from feedd.model import RunStatus, UploadState
 
 JSON = "application/json"
@@ -106,10 +107,58 @@ SCHEMAS: dict[str, Any] = {
             lastError=_nullable("string"), deliveredAt=_NTIME)},
         duplicateOf=_nullable("string"), createdAt=_TIME, startedAt=_NTIME, finishedAt=_NTIME,
         acknowledgedAt=_NTIME, deliveryFailed={"type": "boolean"},
-        mappingReasons={"type": "object", "additionalProperties": _object(
-            ["source", "reason", "score"], {"fallback": {"type": "string"}}, source=_nullable("string"),
-            reason={"type": "string"}, score={"type": "number"})},
+        mappingReasons={"type": "object", "additionalProperties": _ref("MappingChoice")},
+        review={"oneOf": [{"type": "null"}, _ref("Review")]},
     ),
+    "MappingChoice": _object(["source", "reason", "score"], {"fallback": {"type": "string"}},
+                             source=_nullable("string"), reason={"type": "string"}, score={"type": "number"}),
+    "Review": {"type": "object", "required": ["reason", "message", "details"], "properties": {
+        "reason": {"enum": list(REVIEW_REASONS)}, "message": _nullable("string"),
+        "details": {"type": "object", "description": "unmapped_required_field: {fields: [{field, configured, "
+                                                     "closest}]}; schema_drift: {added, removed}; "
+                                                     "too_many_errors: {rows, valid, invalid, rate, maxErrorRate}"},
+        "decision": {"type": "object", "description": "what a reviewer decided: {decision: approve|reject, actor, "
+                                                      "at, mapping?, remember?, maxErrorRate?, message?}"}},
+        "additionalProperties": False},
+    "InputSample": _object(
+        ["runId", "status", "headers", "rows", "detected", "error", "suggestions", "unmapped"],
+        runId={"type": "string"}, status={"enum": [str(s) for s in RunStatus]},
+        headers={"type": "array", "items": {"type": "string"}},
+        rows={"type": "array", "maxItems": 20, "items": _object(["row", "cells"], row={"type": "integer"},
+                                                               cells={"type": "array"})},
+        detected={"type": "object"},
+        error={"oneOf": [{"type": "null"}, _object(["code", "message"], code={"type": "string"},
+                                                   message={"type": "string"})]},
+        suggestions={"type": "object", "additionalProperties": _ref("MappingChoice")},
+        unmapped={"type": "object", "additionalProperties": _object(
+            ["configured", "closest"], configured=_nullable("string"),
+            closest={"type": "array", "items": {"type": "string"}})}),
+    "PreviewRequest": _object([], {
+        "mapping": _ref("ReviewMapping"),
+        "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1}}),
+    "ReviewMapping": {"type": "object", "description": "schema field -> a header of the input, or a mapping "
+                                                       "object as in the config ({from, transforms, default, "
+                                                       "template, value})",
+                      "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "object"}]}},
+    "Preview": _object(
+        ["runId", "status", "counts", "mapping", "errors", "error"],
+        runId={"type": "string"}, status={"enum": ["completed", "failed"]},
+        counts=_object(["rows", "valid", "invalid"], rows={"type": "integer"}, valid={"type": "integer"},
+                       invalid={"type": "integer"}),
+        mapping={"type": "object", "additionalProperties": _ref("MappingChoice")},
+        errors={"type": "array", "maxItems": 100, "items": _object(
+            ["row", "field", "code", "message"], row={"type": "integer"}, field=_nullable("string"),
+            code={"type": "string"}, message={"type": "string"})},
+        error={"oneOf": [{"type": "null"}, _object(["code", "message"], code={"type": "string"},
+                                                   message={"type": "string"})]}),
+    "ReviewDecision": {"oneOf": [
+        _object(["decision"], {"mapping": _ref("ReviewMapping"), "remember": {"type": "boolean"},
+                               "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1}},
+                decision={"const": "approve"}),
+        _object(["decision", "message"], decision={"const": "reject"},
+                message={"type": "string", "minLength": 1, "maxLength": 2000, "pattern": "\\S"}),
+    ]},
     "Event": _object(
         ["eventId", "url", "type", "status", "attempts", "lastError", "nextAttemptAt", "createdAt", "data"],
         eventId={"type": "string"}, url={"type": "string"}, type={"type": "string"},
@@ -229,6 +278,17 @@ PATHS: dict[str, Any] = {
     "/runs/{runId}/retry": {"post": _op(
         "Re-deliver failed destinations, or process the input again", _json(_ref("Run"), "The run"),
         400, 403, 404, 409, 413, params=[_RUN_ID], body=_body("Retry", required=False))},
+    "/runs/{runId}/input/headers": {"get": _op(
+        "The input's header row and first 20 rows as read, with the mapping's suggestions (admin keys)",
+        _json(_ref("InputSample"), "The sample"), 403, 404, 409, params=[_RUN_ID])},
+    "/runs/{runId}/preview": {"post": _op(
+        "What approving the run with this mapping would give; changes nothing (admin keys)",
+        _json(_ref("Preview"), "The preview"), 400, 403, 404, 409, 413, 422, params=[_RUN_ID],
+        body=_body("PreviewRequest", required=False))},
+    "/runs/{runId}/review": {"post": _op(
+        "Decide a run in needs_review: approve (processed again with the mapping) or reject (admin keys)",
+        _json(_ref("Run"), "The run, queued again or failed"), 400, 403, 404, 409, 413, 422, params=[_RUN_ID],
+        body=_body("ReviewDecision"))},
     "/connections": {"get": _op("Connections this key may use (no secrets)", _json(
         _object(["data"], data={"type": "array", "items": _ref("Connection")}), "Connections"))},
     "/pipelines": {"get": _op("Pipelines of those connections", _json(
