@@ -223,3 +223,20 @@ def test_the_config_files_objects_and_app_keys_are_refused(served: Served) -> No
     assert demo["enabled"] is True
     code, out, err = served.apply(OBJECTS, key=ADMIN_KEY)  # an app key may not manage objects
     assert code == 1 and out == "" and "schema contact: 403 forbidden" in err
+
+
+def test_a_body_nested_too_deep_is_refused_not_a_server_error(served: Served) -> None:
+    # well under what the JSON parser takes, far over what any config object needs
+    deep = "[" * 500 + "]" * 500
+    for method, path, body in (("POST", "/schemas", f'{{"name": "deep", "fields": {deep}}}'),
+                               ("PATCH", "/schemas/contact", f'{{"fields": {deep}}}')):
+        if method == "PATCH":
+            assert served.apply(OBJECTS)[0] == 0
+        req = urllib.request.Request(served.url + path, data=body.encode(), method=method,  # noqa: S310
+                                     headers={"Authorization": f"Bearer {ROOT_KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)  # noqa: S310 - loopback only
+        assert info.value.code == 422
+        error = json.loads(info.value.read())["error"]
+        assert error["code"] == "invalid_config" and "nested deeper" in error["details"][0]["message"]
+    assert served.call("GET", "/schemas/deep")[0] == 404
