@@ -240,3 +240,14 @@ def test_a_body_nested_too_deep_is_refused_not_a_server_error(served: Served) ->
         error = json.loads(info.value.read())["error"]
         assert error["code"] == "invalid_config" and "nested deeper" in error["details"][0]["message"]
     assert served.call("GET", "/schemas/deep")[0] == 404
+
+
+def test_an_encoding_name_that_is_no_text_is_refused_not_a_server_error(served: Served) -> None:
+    body = ('{"name": "odd", "connection": "demo", "schema": "order", "match": ["inbox/*"], '
+            '"format": {"encoding": "\\ud800"}}')  # a lone surrogate: valid JSON, no text
+    req = urllib.request.Request(served.url + "/pipelines", data=body.encode(), method="POST",  # noqa: S310
+                                 headers={"Authorization": f"Bearer {ROOT_KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)  # noqa: S310 - loopback only
+    assert info.value.code == 422
+    assert [d["path"] for d in json.loads(info.value.read())["error"]["details"]] == ["format.encoding"]
