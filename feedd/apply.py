@@ -40,7 +40,7 @@ def read_objects(path: Path, warn: Callable[[str], None]) -> Objects:
     from feedd.config.source import read_yaml
 
     issues: list[Any] = []
-    tree = read_yaml(path, issues, base=path.parent)
+    tree = read_yaml(path, issues, base=Path.cwd())  # messages name the file as the command line did
     if issues or tree is None:
         raise ApplyFileError("; ".join(str(i) for i in issues) or f"{path}: cannot read")
     data = plain(tree)

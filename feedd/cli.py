@@ -304,6 +304,10 @@ def _apply(args: argparse.Namespace) -> int:
     except ApplyFileError as exc:
         print(f"feedd apply: {exc}", file=sys.stderr)
         return 1
+    if args.prune and not objects:  # most likely the wrong file: it would delete every managed object
+        print(f"feedd apply: {args.file} has no schemas:, connections: or pipelines: section; --prune would "
+              f"delete every object created over the API (give an empty section to mean that)", file=sys.stderr)
+        return 1
     return apply(client, objects, prune=args.prune, dry_run=args.dry_run)
 
 

@@ -163,6 +163,10 @@ def test_dry_run_reports_what_would_change_and_writes_nothing(served: Served) ->
 
 def test_prune_deletes_the_managed_objects_the_file_does_not_name(served: Served) -> None:
     assert served.apply(OBJECTS)[0] == 0
+    # a file with no section at all is most likely the wrong file: pruning with it is refused
+    code, out, err = served.apply("log: {level: info}\n", "--prune")
+    assert code == 1 and out == "" and "--prune would delete every object" in err
+    assert served.call("GET", "/pipelines/partner-contacts")[0] == 200
     only_schema = "schemas:\n  contact:\n    fields:\n      email: {type: email, required: true, aliases: [e-mail]}\n"
     code, out, err = served.apply(only_schema, "--prune", "--dry-run")
     assert code == 0, err
