@@ -242,7 +242,7 @@ def _encoding(r: Reader, v: Any, at: At) -> str:
     if s != "auto":
         try:
             codecs.lookup(s)
-        except LookupError:
+        except (LookupError, UnicodeError):  # a name that is no text (a lone surrogate, from an API body)
             raise Bad(f"unknown encoding {s!r} (for example utf-8, utf-16, cp1252, latin-1, or auto)") from None
     return s
 
