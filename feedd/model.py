@@ -171,6 +171,7 @@ class Run:
                 "name": self.source.name,
                 "size": self.source.size,
                 "sha256": self.source.sha256,
+                "receivedAt": iso(self.created_at),
             },
             "counts": {"rows": self.counts.rows, "valid": self.counts.valid, "invalid": self.counts.invalid},
             "mapping": dict(self.mapping),
@@ -195,7 +196,14 @@ class Run:
             "startedAt": iso(self.started_at),
             "finishedAt": iso(self.finished_at),
             "acknowledgedAt": iso(self.acknowledged_at),
+            # what retention deleted of the run (README, "Retention")
+            "swept": {"input": self.swept("input"), "outputs": self.swept("outputs")},
         }
+
+    def swept(self, part: str) -> bool:
+        """Whether retention deleted the run's `input` or `outputs`."""
+        marks = self.meta.get("swept")
+        return isinstance(marks, dict) and bool(marks.get(part))
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,8 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 def _file(run: Run, path: Any, what: str) -> web.StreamResponse:
+    if run.swept("outputs"):
+        raise ApiError(410, "swept", f"run {run.run_id}: its {what} were deleted by retention")
     if run.status not in (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED) or not path \
             or not Path(path).is_file():
         raise ApiError(409, "not_ready", f"run {run.run_id} is {run.status} and has no {what} to read")

@@ -350,6 +350,8 @@ class Runner:
         if run.status in (RunStatus.QUEUED, RunStatus.PROCESSING, RunStatus.HELD):
             raise ValueError(f"run {run.run_id} is {run.status}: nothing to retry yet")
         if reprocess or run.status is RunStatus.FAILED:
+            if run.swept("input"):
+                raise ValueError(f"run {run.run_id}: its input was deleted by retention")
             if run.pipeline is None:
                 raise ValueError(f"run {run.run_id} matches no pipeline: add one, then drop the file again")
             if not await asyncio.to_thread(Path(run.spool_path).is_file):
@@ -361,6 +363,9 @@ class Runner:
             log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.reprocess")
             return again
         failed = [d for d in run.deliveries if d.status is DeliveryStatus.FAILED]
+        if failed and run.swept("outputs"):
+            raise ValueError(f"run {run.run_id}: its outputs were deleted by retention, so nothing can be "
+                             "delivered again")
         if not failed:
             raise ValueError(f"run {run.run_id} is {run.status} with nothing that failed to deliver; "
                              "use {\"reprocess\": true} to run it again")
