@@ -36,6 +36,7 @@ _ERRORS = {
     408: "The body did not arrive in time",
     409: "The resource is in the wrong state for this",
     413: "The body is too large",
+    410: "Gone: deleted by retention",
     422: "Valid JSON with the wrong meaning",
     429: "Too many requests in progress for this key or address (or on the port): see Retry-After",
     507: "The server is low on disk space (sftp.min_free_space): try again later",
