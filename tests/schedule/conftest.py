@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -25,13 +25,13 @@ T = TypeVar("T")
 
 
 class Clock:
-    """The schedule's now: where the test puts it."""
+    """The schedule's now: where the test puts it (the real time while it puts it nowhere)."""
 
     def __init__(self, now: datetime | None = None) -> None:
-        self.now = now or utcnow()
+        self.now = now
 
     def __call__(self) -> datetime:
-        return self.now
+        return self.now or utcnow()
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 20.0) -> T:
@@ -82,6 +82,3 @@ def outbox(api: Api) -> Path:
     assert space is not None
     return space.outbox
 
-
-def anything(value: Any) -> Any:
-    return value
