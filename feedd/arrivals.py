@@ -58,8 +58,13 @@ class Missed:
     reported_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"expectedBy": iso(self.expected_by), "opens": iso(self.opens), "deadline": iso(self.deadline),
-                "lastArrivalAt": iso(self.last_arrival_at), "reportedAt": iso(self.reported_at)}
+        return {
+            "expectedBy": iso(self.expected_by),
+            "opens": iso(self.opens),
+            "deadline": iso(self.deadline),
+            "lastArrivalAt": iso(self.last_arrival_at),
+            "reportedAt": iso(self.reported_at),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +166,10 @@ def notice_name(pipe: Pipeline, expect: Expect, w: Window) -> str:
     tz = zone(expect)
     local = w.expected_by.astimezone(tz)
     day = local.date()
-    several = any(other is not None and other.astimezone(tz).date() == day
-                  for other in (due_before(expect, w.expected_by), due_after(expect, w.expected_by)))
+    several = any(
+        other is not None and other.astimezone(tz).date() == day
+        for other in (due_before(expect, w.expected_by), due_after(expect, w.expected_by))
+    )
     stamp = local.strftime("%Y-%m-%dT%H%M") if several else day.isoformat()
     return f"MISSING-{pipe.name}-{stamp}.txt"
 

@@ -56,8 +56,13 @@ async def sweep(config: Config, store: Store, spaces: Spaces, now: datetime) -> 
     for part, name in ((SweptPart.INPUT, "inputs"), (SweptPart.OUTPUTS, "outputs")):
         for pipeline, retention in _groups(config):
             age = retention.inputs if part is SweptPart.INPUT else retention.outputs
-            query = SweepQuery(part, _ago(now, age), _ago(now, retention.after_ack), pipeline,
-                               others if pipeline is None else frozenset())
+            query = SweepQuery(
+                part,
+                _ago(now, age),
+                _ago(now, retention.after_ack),
+                pipeline,
+                others if pipeline is None else frozenset(),
+            )
             for _ in range(PAGES):
                 runs = await store.sweep_candidates(query)
                 for run in runs:
@@ -65,7 +70,8 @@ async def sweep(config: Config, store: Store, spaces: Spaces, now: datetime) -> 
                         continue  # taken back meanwhile (a retry): it keeps its files
                     files, size = await asyncio.to_thread(
                         _remove_input if part is SweptPart.INPUT else _remove_outputs,
-                        Path(run.spool_path) if part is SweptPart.INPUT else config.state_dir / "runs" / run.run_id)
+                        Path(run.spool_path) if part is SweptPart.INPUT else config.state_dir / "runs" / run.run_id,
+                    )
                     done.add(name, files, size)
                 if len(runs) < query.limit:
                     break
@@ -74,16 +80,23 @@ async def sweep(config: Config, store: Store, spaces: Spaces, now: datetime) -> 
         age = outbox_age(config, space.name)
         if age is None:
             continue
-        files, size = await asyncio.to_thread(_sweep_outbox, space.outbox, (now - timedelta(seconds=age)).timestamp(),
-                                              keep.get(space.name, set()))
+        files, size = await asyncio.to_thread(
+            _sweep_outbox, space.outbox, (now - timedelta(seconds=age)).timestamp(), keep.get(space.name, set())
+        )
         space.used = max(0, space.used - size)  # the loop owns the count; the thread only deleted
         done.add("outbox", files, size)
     for what, size in done.bytes.items():
         if size:
             metrics.RETENTION_RECLAIMED.labels(what).inc(size)
-    log.get().info("retention.swept", inputs=done.files["inputs"], inputs_bytes=done.bytes["inputs"],
-                   outputs=done.files["outputs"], outputs_bytes=done.bytes["outputs"],
-                   outbox=done.files["outbox"], outbox_bytes=done.bytes["outbox"])
+    log.get().info(
+        "retention.swept",
+        inputs=done.files["inputs"],
+        inputs_bytes=done.bytes["inputs"],
+        outputs=done.files["outputs"],
+        outputs_bytes=done.bytes["outputs"],
+        outbox=done.files["outbox"],
+        outbox_bytes=done.bytes["outbox"],
+    )
     return done
 
 

@@ -29,9 +29,16 @@ TICK = 60.0  # seconds between looks at most; sooner when a deadline comes soone
 class Scheduler:
     name = "schedule"
 
-    def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces,
-                 notify: Callable[[], None] = lambda: None, *, clock: Callable[[], datetime] = utcnow,
-                 tick: float = TICK) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: Store,
+        spaces: Spaces,
+        notify: Callable[[], None] = lambda: None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        tick: float = TICK,
+    ) -> None:
         self._config = config
         self._store = store
         self._spaces = spaces
@@ -94,13 +101,18 @@ class Scheduler:
         windows, skipped = arrivals.closed(expect, after, now)
         logger = log.get(pipeline=pipe.name, connection=pipe.connection)
         if skipped:
-            logger.warning("arrivals.skipped", windows=skipped, most=arrivals.MAX_CATCHUP,
-                           reason="more windows closed while the daemon was stopped than are judged at once")
+            logger.warning(
+                "arrivals.skipped",
+                windows=skipped,
+                most=arrivals.MAX_CATCHUP,
+                reason="more windows closed while the daemon was stopped than are judged at once",
+            )
         checked = state.checked_until
         missed: list[Missed] = []
         for w in windows:
             arrived, undecided, _ = arrivals.judge(
-                await self._store.received(pipe.name, w.opens, w.deadline, expect.min_rows))
+                await self._store.received(pipe.name, w.opens, w.deadline, expect.min_rows)
+            )
             if undecided and not arrived and now < w.deadline + timedelta(seconds=arrivals.PENDING_WAIT):
                 break  # a file of this window is still being processed: its outcome decides
             if not arrived and not undecided:
@@ -113,14 +125,28 @@ class Scheduler:
         for m in missed:
             if expect.notify_partner:
                 await self._notice(pipe, expect, m)
-            queued += events.make(config, "arrival.missed", {
-                "pipeline": pipe.name, "connection": pipe.connection, "expectedBy": iso(m.expected_by),
-                "deadline": iso(m.deadline), "opens": iso(m.opens), "lastArrivalAt": iso(m.last_arrival_at)})
+            queued += events.make(
+                config,
+                "arrival.missed",
+                {
+                    "pipeline": pipe.name,
+                    "connection": pipe.connection,
+                    "expectedBy": iso(m.expected_by),
+                    "deadline": iso(m.deadline),
+                    "opens": iso(m.opens),
+                    "lastArrivalAt": iso(m.last_arrival_at),
+                },
+            )
         await self._store.save_arrival_state(pipe.name, state.since, checked, missed, queued)
         for m in missed:
             metrics.ARRIVALS_MISSED.labels(pipe.name).inc()
-            logger.warning("arrival.missed", expected_by=iso(m.expected_by), deadline=iso(m.deadline),
-                           last_arrival_at=iso(m.last_arrival_at), notified=expect.notify_partner)
+            logger.warning(
+                "arrival.missed",
+                expected_by=iso(m.expected_by),
+                deadline=iso(m.deadline),
+                last_arrival_at=iso(m.last_arrival_at),
+                notified=expect.notify_partner,
+            )
         if queued:
             self._notify()
         return _next_deadline(expect, now)

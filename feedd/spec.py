@@ -52,13 +52,15 @@ def accepted(pipe: Pipeline, f: FieldSpec) -> list[str]:
     if m is not None and m.source:
         names.append(m.source)
     elif m is not None and m.template:
-        names += [p.strip() for p in m.template.replace("{{", "").replace("}}", "").split("{")[1:]
-                  for p in [p.split("}")[0]]]
+        names += [
+            p.strip() for p in m.template.replace("{{", "").replace("}}", "").split("{")[1:] for p in [p.split("}")[0]]
+        ]
     elif m is not None and m.has_value:
         return []
-    if m is None or pipe.auto_map or m.source:  # a configured column missing falls back to the auto-map
-        if m is None or m.source:
-            names += [n for n in (f.name, *f.aliases) if n not in names]
+    # an unmapped field is auto-mapped when the pipeline says so; a configured column missing from a file
+    # falls back to the auto-map whatever it says
+    if (m is None and pipe.auto_map) or (m is not None and m.source):
+        names += [n for n in (f.name, *f.aliases) if n not in names]
     return names
 
 
@@ -69,9 +71,9 @@ def rules(f: FieldSpec) -> str:
     if f.values:
         parts.append(f"one of {', '.join(f.values)}")
     if f.min is not None:
-        parts.append(f"at least {f.min}")
+        parts.append(f"at least {_number(f.min)}")
     if f.max is not None:
-        parts.append(f"at most {f.max}")
+        parts.append(f"at most {_number(f.max)}")
     if f.min_length is not None:
         parts.append(f"at least {f.min_length} characters")
     if f.max_length is not None:
@@ -79,6 +81,10 @@ def rules(f: FieldSpec) -> str:
     if f.default is not None:
         parts.append(f"{f.default} when empty")
     return "; ".join(parts)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def example(pipe: Pipeline, f: FieldSpec) -> str:
@@ -101,8 +107,11 @@ def example(pipe: Pipeline, f: FieldSpec) -> str:
         return str(arg[0][0]) if arg and arg[0] else "true"
     if f.type in (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER):
         low = f.min if f.min is not None else 1
-        value = f"{int(low) if f.type is FieldType.INTEGER else float(low) + 0.5:g}" \
-            if f.type is not FieldType.DECIMAL else f"{float(low) + 10.5:.2f}"
+        value = (
+            f"{int(low) if f.type is FieldType.INTEGER else float(low) + 0.5:g}"
+            if f.type is not FieldType.DECIMAL
+            else f"{float(low) + 10.5:.2f}"
+        )
         arg = transforms.get("number")
         return value.replace(".", arg[0]) if arg else value
     if f.type is FieldType.EMAIL:
@@ -115,10 +124,15 @@ def example(pipe: Pipeline, f: FieldSpec) -> str:
 def _rows(pipe: Pipeline, schema: Schema) -> Iterator[dict[str, str]]:
     for f in schema.fields:
         names = accepted(pipe, f)
-        yield {"field": f.name, "type": str(f.type), "required": "yes" if f.required else "no",
-               "unique": "yes" if f.unique else "no", "rules": rules(f),
-               "accepted_headers": " | ".join(names) if names else "(set by us, not sent)",
-               "example": example(pipe, f) if names else ""}
+        yield {
+            "field": f.name,
+            "type": str(f.type),
+            "required": "yes" if f.required else "no",
+            "unique": "yes" if f.unique else "no",
+            "rules": rules(f),
+            "accepted_headers": " | ".join(names) if names else "(set by us, not sent)",
+            "example": example(pipe, f) if names else "",
+        }
 
 
 def render(pipe: Pipeline, schema: Schema) -> tuple[str, str]:
@@ -130,8 +144,9 @@ def render(pipe: Pipeline, schema: Schema) -> tuple[str, str]:
     writer.writerows(rows)
     sent = [(f, r) for f, r in zip(schema.fields, rows, strict=True) if accepted(pipe, f)]
     sample = io.StringIO()
-    csv.writer(sample, lineterminator="\n").writerows([[accepted(pipe, f)[0] for f, _ in sent],
-                                                       [r["example"] for _, r in sent]])
+    csv.writer(sample, lineterminator="\n").writerows(
+        [[accepted(pipe, f)[0] for f, _ in sent], [r["example"] for _, r in sent]]
+    )
     lines = [
         f"# Feed '{pipe.name}': what to send",
         "",
@@ -141,8 +156,11 @@ def render(pipe: Pipeline, schema: Schema) -> tuple[str, str]:
         "",
         "| Field | Type | Required | Unique | Rules | Accepted column names | Example |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-        *(f"| {r['field']} | {r['type']} | {r['required']} | {r['unique']} | {_md(r['rules'])} | "
-          f"{_md(r['accepted_headers'])} | {_md(r['example'])} |" for r in rows),
+        *(
+            f"| {r['field']} | {r['type']} | {r['required']} | {r['unique']} | {_md(r['rules'])} | "
+            f"{_md(r['accepted_headers'])} | {_md(r['example'])} |"
+            for r in rows
+        ),
         "",
         "An example file:",
         "",

@@ -52,6 +52,7 @@ PIPELINE_KEYS = ("connection", "schema", "direction", "active", "match", "format
                  "egress", "max_error_rate", "reports", "output", "destinations", "skip_duplicates",
                  "allow_empty", "expect", "retention")
 RETENTION_KEYS = ("inputs", "outputs", "outbox", "after_ack")
+KEEP = Retention()  # every age null: kept forever
 OUTPUT_PLACEHOLDERS = ("stem", "name", "ext", "run_id", "connection", "pipeline", "date", "time")
 NO_ARG_TRANSFORMS = ("trim", "lower", "upper", "title", "digits")
 ARG_TRANSFORMS = ("null_if", "replace", "date", "datetime", "number", "boolean", "map", "default", "truncate",
@@ -154,7 +155,7 @@ def _regex(r: Reader, v: Any, at: At) -> str:
 
 
 def pipelines(r: Reader, v: Any, at: At, schemas: Mapping[str, Schema],
-              connections: Mapping[str, Connection], retention: Retention = Retention()) -> dict[str, Pipeline]:
+              connections: Mapping[str, Connection], retention: Retention = KEEP) -> dict[str, Pipeline]:
     out = {}
     for name, body, sub in r.named(v, at, "pipeline"):
         m = r.mapping(body, sub, PIPELINE_KEYS)

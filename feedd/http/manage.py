@@ -8,12 +8,12 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from feedd import arrivals
 from feedd.config.values import ApiKey
 from feedd.errors import ConflictError, NotFoundError
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_admin, require_connection
 from feedd.http.views import connection_view, pipeline_view
 from feedd.live import InvalidObject, Live, Outcome, Shown, StaleVersion
-from feedd import arrivals
 from feedd.model import ObjectKind, iso, utcnow
 from feedd.store import Store
 

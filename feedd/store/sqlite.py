@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from feedd.arrivals import ArrivalState, Missed, Received
 from feedd.errors import ConflictError
 from feedd.model import (
     AuditAction,
@@ -36,7 +37,6 @@ from feedd.model import (
     UploadState,
     utcnow,
 )
-from feedd.arrivals import ArrivalState, Missed, Received
 from feedd.store import SWEEPABLE, Remembered, RunQuery, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
 

@@ -53,9 +53,15 @@ async def start_feedd(tmp_path: Path, host_key: Path) -> AsyncIterator[Callable[
 
     async def start(clock: Clock, *, pipeline_extra: str = "", extra: str = "", workers: int = 1) -> Api:
         text = CONFIG + extra
-        for name, value in {"host_key": str(host_key), "hash": DEMO_HASH, "admin": sha(ADMIN_KEY),
-                            "demo": sha(DEMO_KEY), "http_extra": "", "pipeline_extra": pipeline_extra,
-                            "sftp_extra": ""}.items():
+        for name, value in {
+            "host_key": str(host_key),
+            "hash": DEMO_HASH,
+            "admin": sha(ADMIN_KEY),
+            "demo": sha(DEMO_KEY),
+            "http_extra": "",
+            "pipeline_extra": pipeline_extra,
+            "sftp_extra": "",
+        }.items():
             text = text.replace(f"@{name}@", value)
         path = write(tmp_path, "feedd.yaml", text)
         daemon = Daemon(load_config(path, env={}), drain_seconds=2, workers=workers, clock=clock, tick=0.05)
@@ -81,4 +87,3 @@ def outbox(api: Api) -> Path:
     space = api.daemon.spaces.get("demo")
     assert space is not None
     return space.outbox
-

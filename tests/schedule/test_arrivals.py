@@ -48,7 +48,8 @@ async def missed_events(api: Api) -> list[dict[str, Any]]:
 
 
 async def test_a_missed_minute_is_reported_once_then_a_file_keeps_the_next_from_being_missed(
-        start_feedd: Start, receiver: Receiver) -> None:
+    start_feedd: Start, receiver: Receiver
+) -> None:
     due, grace = plan()
     clock = Clock(due - timedelta(seconds=1))  # watching starts before the window to miss
     api = await start_feedd(clock, **setup(receiver, grace))

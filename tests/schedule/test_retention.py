@@ -24,8 +24,10 @@ AGES = "retention: {inputs: 1s, outputs: 1s, outbox: 1s, sweep_every: 200ms}\n"
 
 
 def reclaimed() -> float:
-    return sum(REGISTRY.get_sample_value("feedd_retention_reclaimed_bytes_total", {"part": p}) or 0.0
-               for p in ("inputs", "outputs", "outbox"))
+    return sum(
+        REGISTRY.get_sample_value("feedd_retention_reclaimed_bytes_total", {"part": p}) or 0.0
+        for p in ("inputs", "outputs", "outbox")
+    )
 
 
 async def unfinished(api: Api, status: RunStatus, pending: bool = False) -> tuple[Run, Path, Path]:
@@ -40,18 +42,31 @@ async def unfinished(api: Api, status: RunStatus, pending: bool = False) -> tupl
     outputs = config.state_dir / "runs" / run_id
     outputs.mkdir(parents=True)
     (outputs / "records.jsonl").write_text("{}\n")
-    run = Run(run_id, "demo-contacts", "demo", Direction.INBOUND, status, Source(SourceKind.SFTP, "x.csv", 20, "0" * 64),
-              str(spooled), created_at=utcnow() - timedelta(days=3), finished_at=utcnow() - timedelta(days=2),
-              meta={"records": str(outputs / "records.jsonl")},
-              deliveries=(Delivery(run_id, "outbox", next_attempt_at=utcnow() + timedelta(days=1)),) if pending else ())
+    source = Source(SourceKind.SFTP, "x.csv", 20, "0" * 64)
+    run = Run(
+        run_id,
+        "demo-contacts",
+        "demo",
+        Direction.INBOUND,
+        status,
+        source,
+        str(spooled),
+        created_at=utcnow() - timedelta(days=3),
+        finished_at=utcnow() - timedelta(days=2),
+        meta={"records": str(outputs / "records.jsonl")},
+        deliveries=(Delivery(run_id, "outbox", next_attempt_at=utcnow() + timedelta(days=1)),) if pending else (),
+    )
     await store.insert_run(run)
     return run, spooled, outputs
 
 
 async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(start_feedd: Start) -> None:
     api = await start_feedd(Clock(), extra=AGES)
-    keep = [await unfinished(api, RunStatus.PROCESSING), await unfinished(api, RunStatus.HELD),
-            await unfinished(api, RunStatus.COMPLETED, pending=True)]
+    keep = [
+        await unfinished(api, RunStatus.PROCESSING),
+        await unfinished(api, RunStatus.HELD),
+        await unfinished(api, RunStatus.COMPLETED, pending=True),
+    ]
     before = reclaimed()
     box = outbox(api)
     assert sorted(p.name for p in box.iterdir()) == ["demo-contacts.spec.csv", "demo-contacts.spec.md"]
@@ -94,7 +109,7 @@ async def test_a_pipeline_keeps_inputs_forever_over_the_top_level(start_feedd: S
     (outbox(api).parent / "inbox" / "staff.csv").write_text("email\na@example.com\n")
 
     async def outputs_swept() -> dict[str, Any] | None:
-        status, page = await api.call("GET", "/runs?pipeline=demo-contacts")
+        _, page = await api.call("GET", "/runs?pipeline=demo-contacts")
         done = [r for r in page["data"] if r["swept"]["outputs"]]
         return done[0] if done else None
 

@@ -3,6 +3,7 @@ the windows they cut time into, and what counts as an arrival."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -55,9 +56,13 @@ def test_windows_tile_time_so_one_file_answers_one_window() -> None:
     expect = Expect("0 6 * * 1-5", "UTC", grace=1800)
     windows, skipped = closed(expect, utc(2026, 11, 30), utc(2026, 12, 3, 6, 30))  # Monday .. Thursday 06:30
     assert skipped == 0
-    assert [w.expected_by for w in windows] == [utc(2026, 11, 30, 6), utc(2026, 12, 1, 6), utc(2026, 12, 2, 6),
-                                                utc(2026, 12, 3, 6)]
-    for before, after in zip(windows, windows[1:], strict=False):
+    assert [w.expected_by for w in windows] == [
+        utc(2026, 11, 30, 6),
+        utc(2026, 12, 1, 6),
+        utc(2026, 12, 2, 6),
+        utc(2026, 12, 3, 6),
+    ]
+    for before, after in itertools.pairwise(windows):
         assert before.deadline == after.opens
     # Monday's window opens at Friday's deadline: the weekend belongs to Monday
     assert windows[0].opens == utc(2026, 11, 27, 6, 30)
@@ -76,10 +81,19 @@ def test_a_window_not_yet_past_its_grace_is_not_judged() -> None:
     assert len(closed(expect, utc(2026, 1, 1), utc(2026, 1, 1, 0, 1, 5))[0]) == 1
 
 
-@pytest.mark.parametrize(("status", "enough", "verdict"), [
-    ("completed", True, True), ("delivered", True, True), ("completed", False, False), ("failed", True, False),
-    ("queued", True, None), ("processing", False, None), ("held", False, True), ("needs_review", False, True),
-])
+@pytest.mark.parametrize(
+    ("status", "enough", "verdict"),
+    [
+        ("completed", True, True),
+        ("delivered", True, True),
+        ("completed", False, False),
+        ("failed", True, False),
+        ("queued", True, None),
+        ("processing", False, None),
+        ("held", False, True),
+        ("needs_review", False, True),
+    ],
+)
 def test_what_counts_as_an_arrival(status: str, enough: bool, verdict: bool | None) -> None:
     assert counts(status, enough) is verdict
 
@@ -88,8 +102,13 @@ def test_judge_waits_for_undecided_runs_and_names_the_last_arrival() -> None:
     t = utc(2026, 1, 1)
     assert judge([Received("failed", True, 3, t)]) == (False, False, None)
     assert judge([Received("processing", True, 1, t)]) == (False, True, None)
-    got = judge([Received("completed", True, 1, t), Received("delivered", True, 2, t + timedelta(hours=1)),
-                 Received("failed", True, 1, t + timedelta(hours=2))])
+    got = judge(
+        [
+            Received("completed", True, 1, t),
+            Received("delivered", True, 2, t + timedelta(hours=1)),
+            Received("failed", True, 1, t + timedelta(hours=2)),
+        ]
+    )
     assert got == (True, False, t + timedelta(hours=1))
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from feedd.arrivals import Missed
 from feedd.errors import ConflictError
 from feedd.model import (
     AuditAction,
@@ -30,7 +31,6 @@ from feedd.model import (
     new_id,
     utcnow,
 )
-from feedd.arrivals import Missed
 from feedd.store import Remembered, RunQuery, Store, SweepQuery, SweptPart
 
 
@@ -263,8 +263,9 @@ class StoreContract:
         await store.save_arrival_state("p", t0, None)
         state = await store.arrival_state("p")
         assert state is not None and state.since == t0 and state.checked_until is None and state.missed == ()
-        windows = [Missed(t0 + timedelta(minutes=n), t0 + timedelta(minutes=n - 1), t0 + timedelta(minutes=n, seconds=5),
-                          None if n == 1 else t0, t0 + timedelta(minutes=n, seconds=6)) for n in (1, 2, 3)]
+        windows = [Missed(t0 + timedelta(minutes=n), t0 + timedelta(minutes=n - 1),
+                          t0 + timedelta(minutes=n, seconds=5), None if n == 1 else t0,
+                          t0 + timedelta(minutes=n, seconds=6)) for n in (1, 2, 3)]
         event = Event("msg_1", "http://x/", "arrival.missed", "{}")
         await store.save_arrival_state("p", t0, windows[1].expected_by, windows[:2], [event])
         # the same window again (a repeat after a crash) is kept as first recorded, not doubled
