@@ -119,20 +119,26 @@ def window(expect: Expect, due: datetime) -> Window:
     return Window(due, opens, due + grace)
 
 
-def closed(expect: Expect, after: datetime, now: datetime, most: int = MAX_CATCHUP) -> tuple[list[Window], int]:
+def closed(expect: Expect, after: datetime, now: datetime, most: int = MAX_CATCHUP) -> tuple[list[Window], bool]:
     """The windows whose cron time is after `after` and whose deadline has passed by `now`, oldest first: at
-    most the `most` newest of them, and how many older ones were left out."""
+    most the `most` newest of them, and whether older ones were left out. Walked back from `now`, so a long
+    stop of a frequent schedule costs `most` steps, not one per window missed."""
     grace = timedelta(seconds=expect.grace)
+    start = now - grace
+    if start.microsecond == 0:  # cronsim steps back from the whole second below: `start` itself may be due
+        start += timedelta(microseconds=1)
     dues: list[datetime] = []
-    skipped = 0
-    cursor = after
-    while (due := due_after(expect, cursor)) is not None and due + grace <= now:
+    skipped = False
+    walk = CronSim(expect.cron, start.astimezone(zone(expect)), reverse=True)
+    for local in walk:
+        due = _utc(local)
+        if due <= after:
+            break
+        if len(dues) == most:
+            skipped = True
+            break
         dues.append(due)
-        if len(dues) > most:
-            dues.pop(0)
-            skipped += 1
-        cursor = due
-    return [window(expect, d) for d in dues], skipped
+    return [window(expect, d) for d in reversed(dues)], skipped
 
 
 def counts(status: str, enough: bool) -> bool | None:

@@ -55,7 +55,7 @@ def test_an_hourly_schedule_keeps_every_real_hour_across_the_fall_back() -> None
 def test_windows_tile_time_so_one_file_answers_one_window() -> None:
     expect = Expect("0 6 * * 1-5", "UTC", grace=1800)
     windows, skipped = closed(expect, utc(2026, 11, 30), utc(2026, 12, 3, 6, 30))  # Monday .. Thursday 06:30
-    assert skipped == 0
+    assert not skipped
     assert [w.expected_by for w in windows] == [
         utc(2026, 11, 30, 6),
         utc(2026, 12, 1, 6),
@@ -71,7 +71,7 @@ def test_windows_tile_time_so_one_file_answers_one_window() -> None:
 def test_a_long_stop_judges_at_most_the_newest_windows() -> None:
     expect = Expect("* * * * *", "UTC", grace=5)
     windows, skipped = closed(expect, utc(2026, 1, 1), utc(2026, 1, 1, 3), most=100)
-    assert len(windows) == 100 and skipped == 79
+    assert len(windows) == 100 and skipped
     assert windows[-1].expected_by == utc(2026, 1, 1, 2, 59)
 
 
@@ -118,3 +118,11 @@ def test_notice_names_carry_the_time_only_when_the_day_has_several() -> None:
     assert notice_name(pipe, daily, window(daily, utc(2026, 12, 3, 5))) == "MISSING-acme-hr-2026-12-03.txt"
     hourly = Expect("0 * * * *", "Europe/Berlin")
     assert notice_name(pipe, hourly, window(hourly, utc(2026, 12, 3, 5))) == "MISSING-acme-hr-2026-12-03T0600.txt"
+
+
+@pytest.mark.parametrize("start", [utc(2026, 3, 27, 12), utc(2026, 10, 23, 12)])
+def test_windows_judged_after_a_stop_are_the_same_across_a_daylight_saving_change(start: datetime) -> None:
+    expect = Expect("30 2 * * *", "Europe/Berlin", grace=600)
+    forward = dues(expect, start, 4)
+    windows, skipped = closed(expect, start, forward[-1] + timedelta(seconds=600))
+    assert [w.expected_by for w in windows] == forward and not skipped
