@@ -50,8 +50,10 @@ def _groups(config: Config) -> list[tuple[str | None, Retention]]:
 
 
 async def sweep(config: Config, store: Store, spaces: Spaces, now: datetime) -> Swept:
-    """One sweep; logs one line with what it removed."""
+    """One sweep; logs one line with what it removed. Nothing at all when no age is set anywhere."""
     done = Swept()
+    if all(r == Retention() for _, r in _groups(config)):
+        return done
     others = frozenset(config.pipelines)
     for part, name in ((SweptPart.INPUT, "inputs"), (SweptPart.OUTPUTS, "outputs")):
         for pipeline, retention in _groups(config):
