@@ -103,9 +103,9 @@ class Scheduler:
         if skipped:
             logger.warning(
                 "arrivals.skipped",
-                windows=skipped,
-                most=arrivals.MAX_CATCHUP,
-                reason="more windows closed while the daemon was stopped than are judged at once",
+                judged=len(windows),
+                reason="more windows closed while the daemon was stopped than are judged at once; "
+                "the older ones are not reported",
             )
         checked = state.checked_until
         missed: list[Missed] = []
