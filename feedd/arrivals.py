@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 from cronsim import CronSim
 
 from feedd.config.values import Expect, Pipeline
-from feedd.model import RunStatus, iso
+from feedd.model import ArrivalState, Missed, Received, RunStatus, iso
 
 if TYPE_CHECKING:
     from feedd.store import Store
+
+__all__ = ["ArrivalState", "Missed", "Received", "Window"]
 
 MAX_CATCHUP = 100  # windows judged at most after a long stop; older ones are skipped (and logged)
 PENDING_WAIT = 3600.0  # seconds past a deadline a window waits for its undecided runs; then they count
@@ -45,47 +47,6 @@ class Window:
     expected_by: datetime
     opens: datetime
     deadline: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Missed:
-    """A window reported missed (persisted, so that a restart neither forgets nor repeats it)."""
-
-    expected_by: datetime
-    opens: datetime
-    deadline: datetime
-    last_arrival_at: datetime | None
-    reported_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "expectedBy": iso(self.expected_by),
-            "opens": iso(self.opens),
-            "deadline": iso(self.deadline),
-            "lastArrivalAt": iso(self.last_arrival_at),
-            "reportedAt": iso(self.reported_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ArrivalState:
-    """What the schedule has judged of one pipeline: watched `since` (windows due before are not judged),
-    every window due up to `checked_until` judged, and the last missed ones (newest first)."""
-
-    since: datetime
-    checked_until: datetime | None
-    missed: tuple[Missed, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """The runs of a pipeline received in a stretch of time, grouped: `count` runs in `status`, `enough`
-    telling whether they have the valid rows asked for (or none at all), the newest received at `last_at`."""
-
-    status: str
-    enough: bool
-    count: int
-    last_at: datetime
 
 
 def zone(expect: Expect) -> zoneinfo.ZoneInfo:

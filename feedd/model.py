@@ -207,6 +207,47 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Missed:
+    """A window reported missed (persisted, so that a restart neither forgets nor repeats it)."""
+
+    expected_by: datetime
+    opens: datetime
+    deadline: datetime
+    last_arrival_at: datetime | None
+    reported_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expectedBy": iso(self.expected_by),
+            "opens": iso(self.opens),
+            "deadline": iso(self.deadline),
+            "lastArrivalAt": iso(self.last_arrival_at),
+            "reportedAt": iso(self.reported_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalState:
+    """What the schedule has judged of one pipeline: watched `since` (windows due before are not judged),
+    every window due up to `checked_until` judged, and the last missed ones (newest first)."""
+
+    since: datetime
+    checked_until: datetime | None
+    missed: tuple[Missed, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """The runs of a pipeline received in a stretch of time, grouped: `count` runs in `status`, `enough`
+    telling whether they have the valid rows asked for (or none at all), the newest received at `last_at`."""
+
+    status: str
+    enough: bool
+    count: int
+    last_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Upload:
     """An outbound multipart session or a tus upload, as stored."""
 

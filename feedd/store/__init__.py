@@ -8,14 +8,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from feedd.arrivals import ArrivalState, Missed, Received
 from feedd.model import (
+    ArrivalState,
     AuditEntry,
     Delivery,
     DeliveryStatus,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
+    Received,
     Run,
     RunStatus,
     Upload,

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from feedd.arrivals import ArrivalState, Missed, Received
 from feedd.errors import ConflictError
 from feedd.model import (
+    ArrivalState,
     AuditAction,
     AuditEntry,
     Counts,
@@ -26,7 +26,9 @@ from feedd.model import (
     Direction,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
+    Received,
     RowError,
     Run,
     RunError,

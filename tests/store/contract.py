@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 
-from feedd.arrivals import Missed
 from feedd.errors import ConflictError
 from feedd.model import (
     AuditAction,
@@ -19,6 +18,7 @@ from feedd.model import (
     Direction,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
     RowError,
     Run,
