@@ -54,18 +54,18 @@ class ManageApi(Routes):
         active = await self._store.pipeline_overrides() if kind is ObjectKind.PIPELINE else {}
         answers = [self._answer(s, active) for s in self._owned().all(kind) if self._visible(key, s)]
         for answer in answers:
-            await self._arrivals(answer)
+            await self._arrivals(kind, answer)
         return web.json_response({"data": answers})
 
     async def get(self, request: web.Request) -> web.Response:
         key = authenticate(request, self.config)
         found = self._find(key, _kind(request), request.match_info["name"])
         active = await self._store.pipeline_overrides() if found.kind is ObjectKind.PIPELINE else {}
-        return web.json_response(await self._arrivals(self._answer(found, active)), headers=_etag(found))
+        return web.json_response(await self._arrivals(found.kind, self._answer(found, active)), headers=_etag(found))
 
-    async def _arrivals(self, answer: dict[str, Any]) -> dict[str, Any]:
+    async def _arrivals(self, kind: ObjectKind, answer: dict[str, Any]) -> dict[str, Any]:
         """A pipeline that expects files also shows their arrivals (README, "Expected arrivals")."""
-        pipe = self.config.pipelines.get(answer["name"]) if "schema" in answer and "connection" in answer else None
+        pipe = self.config.pipelines.get(answer["name"]) if kind is ObjectKind.PIPELINE else None
         if pipe is not None and (found := await arrivals.shown(self._store, pipe, utcnow())) is not None:
             answer["arrivals"] = found
         return answer

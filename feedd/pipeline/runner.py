@@ -356,8 +356,10 @@ class Runner:
                 raise ValueError(f"run {run.run_id} matches no pipeline: add one, then drop the file again")
             if not await asyncio.to_thread(Path(run.spool_path).is_file):
                 raise ValueError(f"run {run.run_id}: its input is no longer in the spool")
+            # its input is there (checked above): outputs swept by retention are made again
             again = replace(run, status=RunStatus.QUEUED, error=None, counts=Counts(), errors=(), mapping={},
-                            started_at=None, finished_at=None, acknowledged_at=None, duplicate_of=None)
+                            started_at=None, finished_at=None, acknowledged_at=None, duplicate_of=None,
+                            meta={k: v for k, v in run.meta.items() if k != "swept"})
             if not await self._store.update_run(again, expect=run.status):
                 raise ValueError(f"run {run.run_id} changed meanwhile; look again")
             log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.reprocess")

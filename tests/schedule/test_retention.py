@@ -116,6 +116,10 @@ async def test_a_pipeline_keeps_inputs_forever_over_the_top_level(start_feedd: S
     run = await eventually(outputs_swept)
     assert run["swept"] == {"input": False, "outputs": True}
     assert [p for p in spool_dir(api.daemon.config).iterdir() if p.name.startswith(run["runId"])]
+    # its input is still there: processing it again makes outputs again, and the run no longer says they went
+    status, again = await api.call("POST", f"/runs/{run['runId']}/retry", json={"reprocess": True})
+    assert status == 200 and again["status"] == "queued", again
+    assert again["swept"] == {"input": False, "outputs": False}
 
 
 def upload(port: int, name: str, data: bytes) -> None:
