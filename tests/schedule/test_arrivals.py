@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
+
 from feedd.metrics import REGISTRY
 from feedd.model import iso, utcnow
 from tests.delivery.conftest import Receiver
@@ -48,7 +50,7 @@ async def missed_events(api: Api) -> list[dict[str, Any]]:
 
 
 async def test_a_missed_minute_is_reported_once_then_a_file_keeps_the_next_from_being_missed(
-    start_feedd: Start, receiver: Receiver
+    start_feedd: Start, receiver: Receiver, capfd: pytest.CaptureFixture[str]
 ) -> None:
     due, grace = plan()
     clock = Clock(due - timedelta(seconds=1))  # watching starts before the window to miss
@@ -88,6 +90,8 @@ async def test_a_missed_minute_is_reported_once_then_a_file_keeps_the_next_from_
     assert [m["expectedBy"] for m in arrivals["missed"]] == [iso(due)]
     assert arrivals["nextDueAt"] is not None
     assert len(receiver.at("/events")) == 1
+    logged = [line for line in capfd.readouterr().out.splitlines() if "arrival.missed" in line]
+    assert len(logged) == 1 and "demo-contacts" in logged[0], logged
 
 
 async def test_a_restart_reports_a_window_missed_while_down_once(start_feedd: Start, receiver: Receiver) -> None:

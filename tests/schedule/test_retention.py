@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+import pytest
 
 from feedd.intake import spool_dir
 from feedd.metrics import REGISTRY
@@ -60,7 +61,9 @@ async def unfinished(api: Api, status: RunStatus, pending: bool = False) -> tupl
     return run, spooled, outputs
 
 
-async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(start_feedd: Start) -> None:
+async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(
+    start_feedd: Start, capfd: pytest.CaptureFixture[str]
+) -> None:
     api = await start_feedd(Clock(), extra=AGES)
     keep = [
         await unfinished(api, RunStatus.PROCESSING),
@@ -97,6 +100,9 @@ async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(start_f
     counted = space.used
     assert counted == space.measure()  # what the quota counts is what is on disk
     assert reclaimed() > before
+    # one line per sweep, with counts and bytes: the sweep that took the run's input says so
+    lines = [line for line in capfd.readouterr().out.splitlines() if "retention.swept" in line]
+    assert any("inputs=1 " in line and "outputs=" in line and "outbox_bytes=" in line for line in lines), lines
 
     for kept, spooled, outputs in keep:
         assert spooled.exists() and (outputs / "records.jsonl").exists(), kept.status
