@@ -229,11 +229,13 @@ class Missed:
 @dataclass(frozen=True, slots=True)
 class ArrivalState:
     """What the schedule has judged of one pipeline: watched `since` (windows due before are not judged),
-    every window due up to `checked_until` judged, and the last missed ones (newest first)."""
+    every window due up to `checked_until` judged, the last missed ones (newest first), and against which
+    expectation (a changed one is watched afresh)."""
 
     since: datetime
     checked_until: datetime | None
     missed: tuple[Missed, ...] = ()
+    expect: str = ""  # the expectation judged (`Expect.key`); "" while the pipeline expects nothing
 
 
 @dataclass(frozen=True, slots=True)

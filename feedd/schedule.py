@@ -54,11 +54,20 @@ class Scheduler:
 
     async def start(self) -> None:
         await self._write_specs(self._config())
+        await self._pause_unexpected(self._config())
         self._task = supervisor.supervise(self.name, self._loop)
 
     async def reload(self, config: Config) -> None:
         await self._write_specs(config)
+        await self._pause_unexpected(config)
         self.wake()
+
+    async def _pause_unexpected(self, config: Config) -> None:
+        """A pipeline that no longer expects files forgets what it was judged against: if it expects them
+        again later, it is watched from then on."""
+        for pipe in config.pipelines.values():
+            if pipe.expect is None and (state := await self._store.arrival_state(pipe.name, missed=0)) and state.expect:
+                await self._store.save_arrival_state(pipe.name, state.since, state.checked_until, expect="")
 
     async def stop(self, deadline: float) -> None:
         await supervisor.cancel(self._task)
@@ -94,8 +103,10 @@ class Scheduler:
     async def check(self, config: Config, pipe: Pipeline, expect: Expect, now: datetime) -> datetime | None:
         """Judge the pipeline's windows closed by `now`; the next deadline to look again at."""
         state = await self._store.arrival_state(pipe.name, missed=0)
-        if state is None:  # watched from now on: nothing before it is judged
-            await self._store.save_arrival_state(pipe.name, now, None)
+        if state is None or state.expect != expect.key:
+            # watched from now on (first seen, changed, or expected again after a pause): nothing before now
+            # is judged, so a schedule put back after weeks does not report every window of the pause
+            await self._store.save_arrival_state(pipe.name, now, None, expect=expect.key)
             return _next_deadline(expect, now)
         after = max(state.checked_until or state.since, state.since)
         windows, skipped = arrivals.closed(expect, after, now)
@@ -137,7 +148,7 @@ class Scheduler:
                     "lastArrivalAt": iso(m.last_arrival_at),
                 },
             )
-        await self._store.save_arrival_state(pipe.name, state.since, checked, missed, queued)
+        await self._store.save_arrival_state(pipe.name, state.since, checked, missed, queued, expect.key)
         for m in missed:
             metrics.ARRIVALS_MISSED.labels(pipe.name).inc()
             logger.warning(

@@ -234,6 +234,11 @@ class Expect:
     min_rows: int = 0  # valid rows a run needs to count (a completed empty file always counts)
     notify_partner: bool = False
 
+    @property
+    def key(self) -> str:
+        """What decides the windows and what counts in them: a change starts watching afresh."""
+        return f"{self.cron}|{self.timezone}|{self.grace:g}|{self.min_rows}"
+
 
 @dataclass(frozen=True, slots=True)
 class Retention:

@@ -176,7 +176,8 @@ class Store(Protocol):
         (newest first); None before it was first watched."""
 
     async def save_arrival_state(self, pipeline: str, since: datetime, checked_until: datetime | None,
-                                 missed: Sequence[Missed] = (), events: Sequence[Event] = ()) -> None:
+                                 missed: Sequence[Missed] = (), events: Sequence[Event] = (),
+                                 expect: str = "") -> None:
         """Record what was judged, the windows found missed (one already recorded is kept as it was) and
         their events, in one transaction."""
 

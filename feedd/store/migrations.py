@@ -130,6 +130,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         pipeline        TEXT PRIMARY KEY,
         since           TEXT NOT NULL,
         checked_until   TEXT,
+        expect          TEXT NOT NULL DEFAULT '',
         updated_at      TEXT NOT NULL
     );
 

@@ -567,7 +567,8 @@ class SqliteStore:
 
     async def arrival_state(self, pipeline: str, missed: int = 10) -> ArrivalState | None:
         def read(conn: sqlite3.Connection) -> ArrivalState | None:
-            row = conn.execute("SELECT since, checked_until FROM arrivals WHERE pipeline = ?", (pipeline,)).fetchone()
+            row = conn.execute("SELECT since, checked_until, expect FROM arrivals WHERE pipeline = ?",
+                               (pipeline,)).fetchone()
             if row is None:
                 return None
             rows = conn.execute("SELECT * FROM arrivals_missed WHERE pipeline = ? ORDER BY expected_by DESC LIMIT ?",
@@ -576,16 +577,18 @@ class SqliteStore:
                 since=_dt(row[0]) or utcnow(), checked_until=_dt(row[1]),
                 missed=tuple(Missed(_dt(r["expected_by"]) or utcnow(), _dt(r["opens"]) or utcnow(),
                                     _dt(r["deadline"]) or utcnow(), _dt(r["last_arrival_at"]),
-                                    _dt(r["reported_at"]) or utcnow()) for r in rows))
+                                    _dt(r["reported_at"]) or utcnow()) for r in rows),
+                expect=row[2])
 
         return await self._in_db(read)
 
     async def save_arrival_state(self, pipeline: str, since: datetime, checked_until: datetime | None,
-                                 missed: Sequence[Missed] = (), events: Sequence[Event] = ()) -> None:
+                                 missed: Sequence[Missed] = (), events: Sequence[Event] = (),
+                                 expect: str = "") -> None:
         statements: list[tuple[str, tuple[Any, ...]]] = [(
-            "INSERT INTO arrivals VALUES (?, ?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET since = excluded.since, "
-            "checked_until = excluded.checked_until, updated_at = excluded.updated_at",
-            (pipeline, _utc_ts(since), _utc_ts(checked_until), _ts(utcnow())))]
+            "INSERT INTO arrivals VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET since = excluded.since, "
+            "checked_until = excluded.checked_until, expect = excluded.expect, updated_at = excluded.updated_at",
+            (pipeline, _utc_ts(since), _utc_ts(checked_until), expect, _ts(utcnow())))]
         statements += [("INSERT OR IGNORE INTO arrivals_missed VALUES (?, ?, ?, ?, ?, ?)",
                         (pipeline, _utc_ts(m.expected_by), _utc_ts(m.opens), _utc_ts(m.deadline),
                          _utc_ts(m.last_arrival_at), _utc_ts(m.reported_at))) for m in missed]

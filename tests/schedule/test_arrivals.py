@@ -115,6 +115,31 @@ async def test_a_restart_reports_a_window_missed_while_down_once(start_feedd: St
     assert list(outbox(api).glob("MISSING-*")) == []  # notify_partner is off
 
 
+async def test_a_schedule_put_back_after_a_pause_is_watched_from_then_on(
+    start_feedd: Start, receiver: Receiver
+) -> None:
+    due, grace = plan()
+    clock = Clock(due - timedelta(seconds=1))
+    api = await start_feedd(clock, **setup(receiver, grace, notify=False))
+    await eventually(lambda: api.daemon.store.arrival_state("demo-contacts"))  # type: ignore[union-attr]
+    await stop(api)
+
+    api = await start_feedd(clock, extra=setup(receiver, grace)["extra"])  # expects nothing for a while
+    state = await api.daemon.store.arrival_state("demo-contacts")  # type: ignore[union-attr]
+    assert state is not None and state.expect == ""
+    await stop(api)
+
+    clock.now = due + timedelta(seconds=grace + 0.1)  # the window closed during the pause
+    api = await start_feedd(clock, **setup(receiver, grace, notify=False))
+
+    async def watched_again() -> bool:
+        state = await api.daemon.store.arrival_state("demo-contacts")  # type: ignore[union-attr]
+        return state is not None and state.expect != "" and state.since == clock.now
+
+    await eventually(watched_again)
+    assert await missed_events(api) == []
+
+
 async def _async(value: Any) -> Any:
     return value
 

@@ -260,9 +260,10 @@ class StoreContract:
     async def test_arrival_state_keeps_what_was_judged_and_each_missed_window_once(self, store: Store) -> None:
         assert await store.arrival_state("p") is None
         t0 = utcnow().replace(microsecond=0)
-        await store.save_arrival_state("p", t0, None)
+        await store.save_arrival_state("p", t0, None, expect="* * * * *|UTC|5|0")
         state = await store.arrival_state("p")
         assert state is not None and state.since == t0 and state.checked_until is None and state.missed == ()
+        assert state.expect == "* * * * *|UTC|5|0"
         windows = [Missed(t0 + timedelta(minutes=n), t0 + timedelta(minutes=n - 1),
                           t0 + timedelta(minutes=n, seconds=5), None if n == 1 else t0,
                           t0 + timedelta(minutes=n, seconds=6)) for n in (1, 2, 3)]
