@@ -44,6 +44,8 @@ from feedd.config.values import (
     LogConfig,
     Role,
     SftpConfig,
+    StoreConfig,
+    StoreType,
     TlsConfig,
     TusConfig,
     WebhookSubscription,
@@ -55,7 +57,7 @@ EVENT_TYPES = (
     "run.queued", "run.completed", "run.delivered", "run.failed", "run.held",
     "upload.completed", "upload.aborted", "schema.drift", "config.changed",
 )
-TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
+TOP_KEYS = ("state_dir", "store", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
@@ -104,6 +106,7 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         connections=connections,
         pipelines=pl.pipelines(r, top.get("pipelines"), root.key(top, "pipelines"), schemas, connections),
         webhooks=_webhooks(r, top.get("webhooks"), root.key(top, "webhooks")),
+        store=_store(r, top, root),
         files=source.files,
         bodies={section: {name: plain(body) for name, body in top[section].items()}
                 for section in NAMED_SECTIONS if isinstance(top.get(section), LocMap)},
@@ -121,6 +124,19 @@ def _log(r: Reader, top: LocMap, root: At) -> LogConfig:
         level=r.get(m, at, "level", choice("debug", "info", "warning", "error"), "info"),
         format=r.get(m, at, "format", choice("console", "json"), None),
     )
+
+
+def _store(r: Reader, top: LocMap, root: At) -> StoreConfig:
+    at = root.key(top, "store")
+    m = r.mapping(top.get("store"), at, ("type", "dsn"))
+    kind = StoreType(r.get(m, at, "type", choice(*StoreType), str(StoreType.SQLITE)))
+    dsn = r.get(m, at, "dsn", nonempty, None)
+    if kind is StoreType.POSTGRESQL and dsn is None and m is not None:
+        r.issue(at, "missing required key 'dsn' (the PostgreSQL connection string, e.g. "
+                    "postgresql://feedd@db.example.com/feedd)")
+    elif kind is StoreType.SQLITE and dsn is not None and m is not None:
+        r.issue(at.key(m, "dsn"), "dsn is only read with type: postgresql (SQLite lives in state_dir)")
+    return StoreConfig(kind, dsn)
 
 
 def listen(r: Reader, v: Any, at: At) -> tuple[Address, ...]:
