@@ -160,6 +160,7 @@ def _hostkey(args: argparse.Namespace) -> int:
     try:
         if args.generate:
             keys = hostkeys.generate(config)
+            asyncio.run(configured.record_host_key(config, keys[0].fingerprint, replace=True))
         else:
             keys, _ = hostkeys.ensure(config, state_exists=asyncio.run(configured.state_exists(config)))
     except StartupError as exc:

@@ -119,6 +119,11 @@ class Daemon:
                            algorithm=key.algorithm, path=str(key.path))
         self.store = store = await configured.open_store(config)
         try:
+            await configured.record_host_key(config, keys[0].fingerprint)
+        except BaseException:
+            await self.stop()
+            raise
+        try:
             self.live = live = await Live.open(await asyncio.to_thread(read_file, config.path), config, store,
                                                self._apply)
         except BaseException:

@@ -72,10 +72,15 @@ def ensure(config: Config, *, state_exists: bool) -> tuple[list[HostKey], bool]:
     paths = [p for p in (directory / ED25519, directory / RSA) if p.is_file()]
     if paths:
         return [_describe(p) for p in paths], False
-    if state_exists or directory.exists():
-        where = "the PostgreSQL store (store.dsn)" if config.store.type is StoreType.POSTGRESQL else config.state_dir
+    if config.store.type is StoreType.POSTGRESQL and state_exists:
         raise StartupError(
-            f"host key {directory / ED25519} is missing but the state in {where} exists. "
+            f"host key {directory / ED25519} is missing but other nodes of the PostgreSQL store (store.dsn) "
+            "serve with a host key. Refusing to start with a new key: partners would see a changed host key. "
+            "Give this node the same host keys (share state_dir, or copy host_keys/ from another node)."
+        )
+    if state_exists or directory.exists():
+        raise StartupError(
+            f"host key {directory / ED25519} is missing but the state in {config.state_dir} exists. "
             "Refusing to start with a new key: partners would see a changed host key. Restore the key from "
             "a backup, or run `feedd hostkey --generate` to make a new one on purpose and tell partners its "
             "fingerprint."

@@ -42,10 +42,28 @@ async def open_store(config: Config) -> Store:
 
 
 async def state_exists(config: Config) -> bool:
-    """Whether feedd has run with this state before (its database exists), for the host keys' check."""
+    """Whether feedd has served with this state before, for the host keys' check: SQLite's file exists, or
+    a node has recorded its host key in the PostgreSQL store (a schema made by `feedd migrate` alone is not
+    enough: the first node then makes the keys)."""
     if config.store.type is StoreType.POSTGRESQL:
-        return bool(await _postgresql().holds_state(_dsn(config)))
+        return await _postgresql().recorded_host_key(_dsn(config)) is not None
     return sqlite_path(config).exists()
+
+
+async def record_host_key(config: Config, fingerprint: str, *, replace: bool = False) -> None:
+    """With PostgreSQL, record the host key every node must serve with; StartupError if another one is."""
+    if config.store.type is not StoreType.POSTGRESQL:
+        return  # one node: its state_dir holds the key and the database together
+    postgresql = _postgresql()
+    if replace:  # `feedd hostkey --generate`, perhaps before any node has started
+        await postgresql.migrate(_dsn(config))
+    recorded = await postgresql.record_host_key(_dsn(config), fingerprint, replace=replace)
+    if recorded != fingerprint:
+        raise StartupError(
+            f"this node's host key {fingerprint} is not the one the other nodes of the PostgreSQL store serve "
+            f"with ({recorded}): partners would see a changed host key. Give every node the same host keys "
+            "(share state_dir, or set sftp.host_keys to the same files), or run `feedd hostkey --generate` to "
+            "replace the key on purpose.")
 
 
 async def migrate(config: Config) -> tuple[int, int]:

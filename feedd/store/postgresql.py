@@ -6,6 +6,7 @@ one run or one object cannot both win. Also here: the schema's migrations, run u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -113,6 +114,7 @@ class PostgresStore:
 
     def __init__(self, pool: AsyncConnectionPool[Connection]) -> None:
         self._pool = pool
+        self._returning: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = POOL_SIZE) -> PostgresStore:
@@ -132,18 +134,45 @@ class PostgresStore:
         return cls(pool)
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool, given back after the block.
+
+        Not the pool's own `connection()`: while it waits for a free connection, it waits in asyncio.wait_for,
+        which on Python 3.11 can swallow a cancel that lands as the connection comes, and a component being
+        stopped would then go on to wait forever. The wait runs in a task of its own here, so a cancel always
+        reaches the caller; a connection that comes after all goes straight back.
+        """
+        getting = asyncio.ensure_future(self._pool.getconn())
+        try:
+            conn = await asyncio.shield(getting)
+        except asyncio.CancelledError:
+            getting.add_done_callback(self._give_back)
+            raise
+        try:
+            async with conn:  # as the pool's connection(): rolled back if the block raises
+                yield conn
+        finally:
+            await self._pool.putconn(conn)
+
+    def _give_back(self, getting: asyncio.Future[Connection]) -> None:
+        if not getting.cancelled() and getting.exception() is None:
+            task = asyncio.ensure_future(self._pool.putconn(getting.result()))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+
+    @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Connection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             yield conn
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
     async def schema_version(self) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             return await _version(conn)
 
     async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
@@ -232,7 +261,7 @@ class PostgresStore:
         return {(row["connection"], row["sha256"]): row["run_id"] for row in rows if row["run_id"] is not None}
 
     async def save_delivery(self, delivery: Delivery) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(_UPSERT_DELIVERY, _delivery_row(delivery))
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
@@ -247,7 +276,7 @@ class PostgresStore:
                 await cur.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
 
     async def save_event(self, event: Event) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute("UPDATE events SET status = %s, attempts = %s, last_error = %s, next_attempt_at = %s "
                                "WHERE event_id = %s AND url = %s",
                                (str(event.status), event.attempts, event.last_error, event.next_attempt_at,
@@ -299,7 +328,7 @@ class PostgresStore:
         row = (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts,
                json.dumps({str(k): v for k, v in u.parts.items()}), u.records, u.offset, u.length, u.filename,
                u.run_id, json.dumps(u.meta), u.created_at, u.updated_at, u.expires_at)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(_UPSERT_UPLOAD, row)
 
     async def get_upload(self, upload_id: str) -> Upload | None:
@@ -314,13 +343,13 @@ class PostgresStore:
         return [_upload_from(row) for row in rows]
 
     async def disable_target(self, target: str, reason: str) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute("INSERT INTO disabled_targets VALUES (%s, %s, %s) ON CONFLICT (target) DO UPDATE SET "
                                "reason = excluded.reason, disabled_at = excluded.disabled_at",
                                (target, reason, utcnow()))
 
     async def enable_target(self, target: str) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute("DELETE FROM disabled_targets WHERE target = %s", (target,))
 
     async def disabled_targets(self) -> dict[str, str]:
@@ -334,7 +363,7 @@ class PostgresStore:
         return runs, uploads
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(_UPSERT_MAPPING, _mapping_row(Remembered(connection, header_key, mapping)))
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
@@ -343,7 +372,7 @@ class PostgresStore:
         return dict(json.loads(rows[0]["mapping"])) if rows else None
 
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute("INSERT INTO pipeline_overrides VALUES (%s, %s, %s) ON CONFLICT (pipeline) DO UPDATE "
                                "SET active = excluded.active, updated_at = excluded.updated_at",
                                (pipeline, active, utcnow()))
@@ -413,6 +442,8 @@ class PostgresStore:
         return entries, (str(rows[-1]["seq"]) if more else None)
 
     async def close(self) -> None:
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
         await self._pool.close()
 
 
@@ -438,10 +469,28 @@ async def _connect(dsn: str) -> Connection:
         raise StartupError(f"cannot connect to the PostgreSQL store (store.dsn): {exc}".rstrip()) from exc
 
 
-async def holds_state(dsn: str) -> bool:
-    """Whether the database already holds a feedd schema (a state that host keys were made for)."""
+async def recorded_host_key(dsn: str) -> str | None:
+    """The fingerprint of the host key the nodes of this database serve with, once one has started."""
     async with await _connect(dsn) as conn:
-        return await _version(conn) > 0
+        if await _version(conn) == 0:
+            return None
+        row = await (await conn.execute("SELECT host_key FROM feedd_schema")).fetchone()
+        return row["host_key"] if row else None
+
+
+async def record_host_key(dsn: str, fingerprint: str, *, replace: bool = False) -> str:
+    """Record the host key's fingerprint unless one is recorded already (or `replace`); returns the one recorded.
+
+    Partners reach every node under one address, so every node must serve with one key: the first node
+    records it, and a node with another key is refused instead of showing partners a changed key.
+    """
+    keep = "%s" if replace else "coalesce(host_key, %s)"
+    async with await _connect(dsn) as conn:
+        row = await (await conn.execute(f"UPDATE feedd_schema SET host_key = {keep} RETURNING host_key",
+                                        (fingerprint,))).fetchone()
+    if row is None:
+        raise StartupError("the PostgreSQL store has no schema yet: run `feedd migrate`")
+    return str(row["host_key"])
 
 
 async def migrate(dsn: str) -> tuple[int, int]:
@@ -470,7 +519,7 @@ async def _migrate(dsn: str) -> tuple[int, int]:
                     continue
                 async with conn.transaction():
                     if current == 0:
-                        await conn.execute("CREATE TABLE feedd_schema (version INTEGER NOT NULL)")
+                        await conn.execute("CREATE TABLE feedd_schema (version INTEGER NOT NULL, host_key TEXT)")
                         await conn.execute("INSERT INTO feedd_schema VALUES (0)")
                     await conn.execute(sql)  # no parameters: the whole script goes in one simple query
                     await conn.execute("UPDATE feedd_schema SET version = %s", (version,))
