@@ -83,22 +83,57 @@ _QUEUED_HEADS = f"""
         ) q WHERE names.name IS NOT NULL)
     ORDER BY r.run_id"""
 
-_DELIVERY_COLUMNS = "run_id, destination, status, attempts, last_error, delivered_at, next_attempt_at"
-_UPSERT_DELIVERY = (f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
-                    "attempts = excluded.attempts, last_error = excluded.last_error, "
-                    "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
-_INSERT_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-
-_EVENT_COLUMNS = "event_id, url, type, body, status, attempts, last_error, next_attempt_at, created_at"
+# The rows written along with a run or an object go in with it, in one statement: WITH clauses insert them
+# only if the main change took place, so a write is one round trip, atomic without a transaction around it.
+# Each row's values are cast: in a VALUES list PostgreSQL cannot infer a parameter's type from the table.
+_DELIVERIES = ("deliveries", ("run_id", "destination", "status", "attempts", "last_error", "delivered_at",
+                              "next_attempt_at"),
+               ("text", "text", "text", "int", "text", "timestamptz", "timestamptz"),
+               "ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
+               "attempts = excluded.attempts, last_error = excluded.last_error, "
+               "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
 # An event already queued for the same subscriber is kept as it is.
-_INSERT_EVENT = (f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                 "ON CONFLICT (event_id, url) DO NOTHING")
+_EVENTS = ("events", ("event_id", "url", "type", "body", "status", "attempts", "last_error", "next_attempt_at",
+                      "created_at"),
+           ("text", "text", "text", "text", "text", "int", "text", "timestamptz", "timestamptz"),
+           "ON CONFLICT (event_id, url) DO NOTHING")
+_MAPPINGS = ("mapping_memory", ("connection", "header_key", "mapping", "updated_at"),
+             ("text", "text", "text", "timestamptz"),
+             "ON CONFLICT (connection, header_key) DO UPDATE SET mapping = excluded.mapping, "
+             "updated_at = excluded.updated_at")
+_AUDIT = ("audit", ("at", "actor", "action", "kind", "name", "before", "after"),
+          ("timestamptz", "text", "text", "text", "text", "text", "text"), "")
 
-_UPSERT_MAPPING = ("INSERT INTO mapping_memory VALUES (%s, %s, %s, %s) ON CONFLICT (connection, header_key) "
-                   "DO UPDATE SET mapping = excluded.mapping, updated_at = excluded.updated_at")
+_Table = tuple[str, tuple[str, ...], tuple[str, ...], str]
 
-_INSERT_AUDIT = "INSERT INTO audit (at, actor, action, kind, name, before, after) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+
+class _Statement:
+    """One statement made of WITH clauses: a main change, then rows written only if it changed a row."""
+
+    def __init__(self, main: str | None = None, params: Sequence[Any] = ()) -> None:
+        self._clauses: list[str] = []
+        self.params: list[Any] = []
+        self._guard = ""
+        if main is not None:
+            self._clauses.append(f"changed AS ({main} RETURNING 1)")
+            self.params += params
+            self._guard = " WHERE EXISTS (SELECT 1 FROM changed)"
+
+    def rows(self, table: _Table, rows: Sequence[tuple[Any, ...]]) -> _Statement:
+        if rows:
+            name, columns, types, conflict = table
+            row = f"({', '.join(f'%s::{t}' for t in types)})"
+            self._clauses.append(
+                f"w{len(self._clauses)} AS (INSERT INTO {name} ({', '.join(columns)}) "
+                f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) AS v{self._guard} {conflict})")
+            self.params += [value for r in rows for value in r]
+        return self
+
+    @property
+    def sql(self) -> str:
+        last = "SELECT count(*) AS n FROM changed" if self._guard else "SELECT 1 AS n"
+        return f"WITH {', '.join(self._clauses)} {last}" if self._clauses else last
+
 
 _UPLOAD_COLUMNS = (
     "upload_id", "kind", "state", "connection", "pipeline", "total_parts", "parts", "records", '"offset"', "length",
@@ -160,12 +195,6 @@ class PostgresStore:
             self._returning.add(task)
             task.add_done_callback(self._returning.discard)
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Connection]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self._connection() as conn, conn.transaction():
-            yield conn
-
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
@@ -176,16 +205,19 @@ class PostgresStore:
             return await _version(conn)
 
     async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
+        statement = _Statement(_INSERT_RUN, _run_row(run))
+        statement.rows(_DELIVERIES, [_delivery_row(d) for d in run.deliveries])
+        statement.rows(_EVENTS, [_event_row(e) for e in events])
         try:
-            async with self._tx() as conn:
-                await conn.execute(_INSERT_RUN, _run_row(run))
-                async with conn.cursor() as cur:
-                    if run.deliveries:
-                        await cur.executemany(_INSERT_DELIVERY, [_delivery_row(d) for d in run.deliveries])
-                    if events:
-                        await cur.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+            await self._write(statement)
         except psycopg.errors.UniqueViolation as exc:
             raise ConflictError(f"run {run.run_id} already exists") from exc
+
+    async def _write(self, statement: _Statement) -> int:
+        """Run one statement (atomic on its own); the number of rows its main change wrote."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(statement.sql, statement.params)).fetchone()
+        return int(row["n"]) if row else 0
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
@@ -201,18 +233,12 @@ class PostgresStore:
             sql, params = f"{_UPDATE_RUN} WHERE run_id = %s AND status = %s", (*row[1:], run.run_id, str(expect))
         else:
             sql, params = f"{_UPDATE_RUN} WHERE run_id = %s", (*row[1:], run.run_id)
-        async with self._tx() as conn:
-            cur = await conn.execute(sql, params)
-            if cur.rowcount != 1:
-                return False  # nothing else is written either
-            if remember is not None:
-                await conn.execute(_UPSERT_MAPPING, _mapping_row(remember))
-            async with conn.cursor() as many:
-                if deliveries:
-                    await many.executemany(_UPSERT_DELIVERY, [_delivery_row(d) for d in deliveries])
-                if events:
-                    await many.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
-        return True
+        statement = _Statement(sql, params)
+        statement.rows(_MAPPINGS, [_mapping_row(remember)] if remember is not None else [])
+        # One row per destination: an upsert cannot touch a row twice in one statement (the last one wins).
+        statement.rows(_DELIVERIES, [_delivery_row(d) for d in {d.destination: d for d in deliveries}.values()])
+        statement.rows(_EVENTS, [_event_row(e) for e in events])
+        return await self._write(statement) == 1
 
     async def get_run(self, run_id: str) -> Run | None:
         rows = await self._read(f"{_SELECT_RUNS} WHERE r.run_id = %s", (run_id,))
@@ -261,8 +287,7 @@ class PostgresStore:
         return {(row["connection"], row["sha256"]): row["run_id"] for row in rows if row["run_id"] is not None}
 
     async def save_delivery(self, delivery: Delivery) -> None:
-        async with self._connection() as conn:
-            await conn.execute(_UPSERT_DELIVERY, _delivery_row(delivery))
+        await self._write(_Statement().rows(_DELIVERIES, [_delivery_row(delivery)]))
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         rows = await self._read(
@@ -272,8 +297,7 @@ class PostgresStore:
 
     async def add_events(self, events: Sequence[Event]) -> None:
         if events:
-            async with self._tx() as conn, conn.cursor() as cur:
-                await cur.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+            await self._write(_Statement().rows(_EVENTS, [_event_row(e) for e in events]))
 
     async def save_event(self, event: Event) -> None:
         async with self._connection() as conn:
@@ -363,8 +387,7 @@ class PostgresStore:
         return runs, uploads
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
-        async with self._connection() as conn:
-            await conn.execute(_UPSERT_MAPPING, _mapping_row(Remembered(connection, header_key, mapping)))
+        await self._write(_Statement().rows(_MAPPINGS, [_mapping_row(Remembered(connection, header_key, mapping))]))
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
         rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = %s AND header_key = %s",
@@ -411,23 +434,11 @@ class PostgresStore:
     async def _write_object(self, sql: str, params: tuple[Any, ...], audit: AuditEntry,
                             events: Sequence[Event]) -> bool:
         """An object's change, with its audit entry and events only if it changed a row."""
-        async with self._tx() as conn:
-            cur = await conn.execute(sql, params)
-            if cur.rowcount != 1:
-                return False
-            await self._along(conn, audit, events)
-        return True
-
-    @staticmethod
-    async def _along(conn: Connection, audit: AuditEntry, events: Sequence[Event]) -> None:
-        await conn.execute(_INSERT_AUDIT, _audit_row(audit))
-        if events:
-            async with conn.cursor() as cur:
-                await cur.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+        statement = _Statement(sql, params).rows(_AUDIT, [_audit_row(audit)])
+        return await self._write(statement.rows(_EVENTS, [_event_row(e) for e in events])) == 1
 
     async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None:
-        async with self._tx() as conn:
-            await self._along(conn, entry, events)
+        await self._write(_Statement().rows(_AUDIT, [_audit_row(entry)]).rows(_EVENTS, [_event_row(e) for e in events]))
 
     async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
         limit = max(1, limit)

@@ -76,3 +76,22 @@ async def test_two_nodes_claiming_the_same_runs_each_get_a_share_never_the_same(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_call_cancelled_as_a_pooled_connection_comes_to_it_is_cancelled(pg_dsn: str) -> None:
+    """Stopping a component cancels its store call; that cancel must not be lost when it lands just as
+    the pool hands the waiting call a connection (the component would go on, and its stop wait forever)."""
+    store = await PostgresStore.open(pg_dsn, pool_size=1)
+    try:
+        for _ in range(5):
+            async with store._connection():  # the pool's only connection, held
+                waiting = asyncio.create_task(store.get_run("nope"))
+                await asyncio.sleep(0.05)
+                assert not waiting.done()
+            # the connection went to the waiting call as the block ended; it is cancelled before it runs
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert await store.get_run("nope") is None, "the connection came back to the pool"
+    finally:
+        await store.close()
