@@ -207,6 +207,8 @@ class Daemon:
 
     async def _apply(self, config: Config) -> None:
         """Put a new config in force in every part (the config's owner calls this, then swaps)."""
+        if config.store != self.config.store:  # the store holds what is running: it is opened once
+            log.get().warning("store changed: takes effect at the next restart")
         if self.spaces is not None:
             self.spaces.apply(config)  # new connections get their space before they can log in
         for component in self.components:

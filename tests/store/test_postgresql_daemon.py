@@ -23,6 +23,7 @@ from feedd.store import RunQuery
 from feedd.store.postgresql_migrations import MIGRATIONS
 from tests.helpers import DEMO_PASSWORD, MINIMAL, run_cli, write
 from tests.sftp.conftest import Feedd, demo_key, host_key, render
+from tests.sftp.logs import capture_logs, events
 
 __all__ = ["demo_key", "host_key"]
 
@@ -129,3 +130,24 @@ def test_migrate_on_sqlite_makes_the_database_in_state_dir(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert f"schema upgraded from version 0 to {MIGRATIONS[-1][0]}" in result.stdout
     assert (tmp_path / "var" / "feedd.db").is_file()
+
+
+async def test_a_reload_keeps_the_store_it_started_with(tmp_path: Path, pg_dsn: str, demo_key: tuple[Path, str],
+                                                        host_key: Path) -> None:
+    path = write(tmp_path, "feedd.yaml", render(demo_key[1], str(host_key)))
+    daemon = Daemon(load_config(path, env={}), drain_seconds=1, workers=0)
+    await daemon.start()
+    try:
+        path.write_text(path.read_text() + f'store: {{type: postgresql, dsn: "{pg_dsn}"}}\n')
+        with capture_logs() as logs:
+            assert await daemon.reload()
+        assert events(logs, "store changed: takes effect at the next restart")
+        feedd = Feedd(daemon, tmp_path, demo_key[0], path)
+        async with await feedd.connect(password=DEMO_PASSWORD) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("inbox/people.csv", "wb") as f:
+                await f.write(b"email\nann@example.org\n")
+        assert len(await feedd.wait_runs(1)) == 1  # in the SQLite store it was opened with
+    finally:
+        await daemon.stop()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('runs')").fetchone() == (None,)
