@@ -1,7 +1,8 @@
 """`PostgresStore`: the Store in a PostgreSQL database that several feedd nodes share, through a psycopg
-connection pool. Each method is one statement or one transaction; the conditional writes (a run at its
-expected status, an object at its version) check and write in that same transaction, so two nodes racing for
-one run or one object cannot both win. Also here: the schema's migrations, run under an advisory lock.
+connection pool. Each method is one statement, atomic on its own; the conditional writes (a run at its
+expected status, an object at its version) check and write in that same statement, so two nodes racing for
+one run or one object cannot both win. Also here: the schema's migrations, run under an advisory lock, and
+the host key every node must serve with.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ Connection = psycopg.AsyncConnection[DictRow]
 
 # pg_advisory_lock's key for migrations: any fixed number, the same on every node ("feedd" in ASCII).
 MIGRATION_LOCK = 0x6665656464
-POOL_SIZE = 10  # connections per node: the writers that can be in a transaction at once
+POOL_SIZE = 10  # connections per node: the statements it can have in flight at once
 
 _RUN_COLUMNS = (
     "run_id", "pipeline", "connection", "direction", "status", "source_kind", "source_name", "source_size",
@@ -157,7 +158,7 @@ class PostgresStore:
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             dsn, min_size=1, max_size=max(1, pool_size), open=False, name="feedd",
             connection_class=psycopg.AsyncConnection[DictRow],
-            # Autocommit: a read is one statement and one round trip; writes open their own transaction.
+            # Autocommit: every read and write is one statement, so one round trip and no BEGIN or COMMIT.
             kwargs={"autocommit": True, "row_factory": dict_row}, configure=_configure)
         try:
             await pool.open(wait=True, timeout=30.0)
