@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("psycopg", reason="the postgresql extra is not installed: pip install -e '.[test]'")
 
-from feedd.model import RunStatus, utcnow
+from feedd.errors import ConflictError
+from feedd.model import AuditAction, AuditEntry, ManagedObject, ObjectKind, RunStatus, utcnow
 from feedd.store.postgresql import PostgresStore, migrate
 from feedd.store.postgresql_migrations import MIGRATIONS
 from tests.store.contract import StoreContract, make_run
@@ -95,3 +96,29 @@ async def test_a_call_cancelled_as_a_pooled_connection_comes_to_it_is_cancelled(
         assert await store.get_run("nope") is None, "the connection came back to the pool"
     finally:
         await store.close()
+
+
+async def test_two_nodes_changing_one_object_at_once_one_wins_and_one_audit_entry_says_so(pg_dsn: str) -> None:
+    first, second = await PostgresStore.open(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        for round_ in range(10):  # the two writes meet in different orders from round to round
+            name = f"acme{round_}"
+            obj = ManagedObject(ObjectKind.CONNECTION, name, {"quota": "1GiB"})
+            create = AuditEntry("ops", AuditAction.CREATE, "connection", name, None, obj.body)
+            made = await asyncio.gather(first.save_object(obj, expect=None, audit=create),
+                                        second.save_object(obj, expect=None, audit=create), return_exceptions=True)
+            assert made.count(True) == 1 and sum(isinstance(m, ConflictError) for m in made) == 1, made
+            writes = [(store, replace(obj, body={"quota": f"{n}GiB"}, version=2)) for n, store in ((2, first),
+                                                                                                  (3, second))]
+            won = await asyncio.gather(*(store.save_object(
+                changed, expect=1, audit=AuditEntry("ops", AuditAction.UPDATE, "connection", name, obj.body,
+                                                    changed.body)) for store, changed in writes))
+            assert sorted(won) == [False, True]
+            [stored] = [o for o in await second.managed_objects() if o.name == name]
+            assert stored.version == 2 and stored.body == writes[won.index(True)][1].body
+        entries, _ = await first.list_audit(limit=1000)
+        assert [e.action for e in entries].count(AuditAction.UPDATE) == 10
+        assert [e.action for e in entries].count(AuditAction.CREATE) == 10
+    finally:
+        await first.close()
+        await second.close()
