@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from feedd.config import Config
-from feedd.config.values import Address
+from feedd.config.values import Address, StoreType
 
 _ANY = ("0.0.0.0", "::", "")  # a wildcard listen address is reached locally through the loopback
 
@@ -36,6 +36,8 @@ def summarize(config: Config) -> str:
     if len(config.files) > 1:
         lines.append(f"  files: {', '.join(config.files)}")
     lines.append(f"  state_dir: {config.state_dir}")
+    if config.store.type is StoreType.POSTGRESQL:
+        lines.append("  store: postgresql (store.dsn; shared by every node)")  # the DSN may hold a password
     lines.append(f"  sftp: {', '.join(map(str, config.sftp.listen))}   http: {', '.join(map(str, config.http.listen))}")
     lines.append(f"  connections ({len(config.connections)}):")
     for c in config.connections.values():

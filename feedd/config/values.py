@@ -45,6 +45,19 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+class StoreType(StrEnum):
+    SQLITE = "sqlite"  # embedded, in state_dir: one node
+    POSTGRESQL = "postgresql"  # shared by any number of nodes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where durable state lives. `dsn` (a libpq URI or key=value string) is set for PostgreSQL only."""
+
+    type: StoreType = StoreType.SQLITE
+    dsn: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
@@ -305,3 +318,4 @@ class Config:
     files: tuple[str, ...] = ()
     # Each named object as written (file or API), section -> name -> body: what the API shows back.
     bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    store: StoreConfig = StoreConfig()
