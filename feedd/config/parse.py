@@ -55,7 +55,8 @@ EVENT_TYPES = (
     "run.queued", "run.completed", "run.delivered", "run.failed", "run.held",
     "upload.completed", "upload.aborted", "schema.drift", "config.changed",
 )
-TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
+TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "lookups", "schemas", "connections", "pipelines",
+            "webhooks")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
@@ -93,7 +94,8 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
     root = At(tree.loc, "")
     state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
     connections = _connections(r, top.get("connections"), root.key(top, "connections"))
-    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"))
+    lookups = pl.lookups(r, top.get("lookups"), root.key(top, "lookups"))
+    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"), lookups)
     config = Config(
         path=source.path,
         state_dir=state_dir,
@@ -104,6 +106,7 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         connections=connections,
         pipelines=pl.pipelines(r, top.get("pipelines"), root.key(top, "pipelines"), schemas, connections),
         webhooks=_webhooks(r, top.get("webhooks"), root.key(top, "webhooks")),
+        lookups=lookups,
         files=source.files,
         bodies={section: {name: plain(body) for name, body in top[section].items()}
                 for section in NAMED_SECTIONS if isinstance(top.get(section), LocMap)},

@@ -18,7 +18,7 @@ import yaml
 
 from feedd.errors import ConfigIssue
 
-NAMED_SECTIONS = ("schemas", "connections", "pipelines")
+NAMED_SECTIONS = ("lookups", "schemas", "connections", "pipelines")
 LIST_SECTIONS = ("webhooks",)
 
 
