@@ -96,11 +96,12 @@ def intake_report(config: Config, run: Run) -> dict[str, Any]:
         "message": message,
         "hint": hint,
         **receipt(run),
-        "counts": {"rows": 0, "valid": 0, "invalid": 0},
+        "counts": {"rows": 0, "valid": 0, "invalid": 0, "warned": 0},
         "mapping": {},
         "detected": {},
         "error": None if run.error is None else {"code": run.error.code, "message": run.error.message},
         "errors": [],
+        "warnings": [],
     }
     if run.duplicate_of is not None:
         report["duplicateOf"] = run.duplicate_of

@@ -267,7 +267,8 @@ class Runner:
                         drift=outcome.drift, records=outcome.records_path, rejects=outcome.rejects_path,
                         records_jsonl=outcome.records_jsonl_path,
                         report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds,
-                        stretches=outcome.stretches)
+                        stretches=outcome.stretches, warned=outcome.warned,
+                        warnings=[list(w) for w in outcome.warnings])
         done = replace(
             run, status=status, finished_at=utcnow(), error=error, meta=meta,
             counts=Counts(outcome.rows, outcome.valid, outcome.invalid) if outcome else run.counts,
