@@ -24,5 +24,5 @@ def test_run_json_is_camel_case_per_contract() -> None:
                 "error", "deliveries", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"):
         assert key in body
     assert body["source"] == {"kind": "sftp", "name": "inbox/a.csv", "size": 3, "sha256": "ab" * 32}
-    assert body["counts"] == {"rows": 0, "valid": 0, "invalid": 0}
+    assert body["counts"] == {"rows": 0, "valid": 0, "invalid": 0, "warned": 0}
     assert body["createdAt"].endswith("Z")

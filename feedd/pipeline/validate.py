@@ -277,7 +277,7 @@ def _rule_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
         fail(f"v {op} _{code}_{key}", code, f"{{_show(v)}} {words} {{_{code}_text_{key}}}")
     if spec.in_lookup is not None:
         found = ns[f"_lookup_{key}"] = lookups.values(spec.in_lookup)
-        ns[f"_lookup_name_{key}"] = spec.in_lookup.name
+        ns[f"_lookup_name_{key}"] = repr(spec.in_lookup.name)
         lines.append("lk = v if v.__class__ is str else str(v)")
         if isinstance(found, frozenset):
             lines.append(f"ok = lk in _lookup_{key}")
