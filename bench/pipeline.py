@@ -1,6 +1,6 @@
 """Pipeline throughput: feedd's worker against a plain csv+json loop (the floor) and frictionless.
 
-    python bench/pipeline.py [--rows 1000000] [--rounds 3] [--flat-rows 4000000]
+    python bench/pipeline.py [--rows 1000000] [--rounds 3] [--flat-rows 4000000] [--rules]
 
 Generates a CSV with 10 columns (ids, emails, names, decimals, dates, enums, quoted free text,
 booleans; about 0.1% invalid rows), then runs each contender in its own process on it and prints rows/s,
@@ -8,7 +8,8 @@ peak RSS and the ratios: (a) the floor, `csv.DictReader` + orjson (json if orjso
 with no validation; (b) frictionless `validate` with an equivalent Table Schema, when installed;
 (c) feedd's `process()` with a mapping and every rule on, in one worker. Each contender runs `--rounds`
 times and its fastest round counts (the machine's noise only ever slows a round down). Then feedd runs
-once more on a file `--flat-rows` long to show its peak memory does not grow with the file.
+once more on a file `--flat-rows` long to show its peak memory does not grow with the file. `--rules` also
+runs feedd with two cross-field rules and a lookup added to the same schema ("feedd+rules").
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ pipelines:
       active: "Active"
       score: "Score"
     max_error_rate: 0.5
+"""
+
+# Two cross-field rules and a lookup (of every surname the data uses), for `--rules`.
+RULES = """\
+    rules:
+      - {when: "status == 'terminated'", require: [joined]}
+      - {check: "score <= 100 or not active", message: "score above 100 for an active person"}
+lookups:
+  surnames: {file: ./surnames.csv, column: name}
 """
 
 FLOOR = """
@@ -145,6 +155,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--flat-rows", type=int, default=4_000_000, help="0 skips the memory-growth run")
+    ap.add_argument("--rules", action="store_true", help="also run with two cross-field rules and a lookup")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="feedd-pipeline-bench-"))
     data = work / "people.csv"
@@ -158,11 +169,19 @@ def main() -> int:
     except ImportError:
         print("frictionless not installed (pip install frictionless): skipped")
     results["feedd"] = best(args.rounds, FEEDD, str(data), str(work / "out"), str(work / "feedd.yaml"))
+    if args.rules:
+        (work / "surnames.csv").write_text("name\n" + "".join(f"Last{i}\n" for i in range(997)))
+        ruled = CONFIG.replace("last:      {type: string, max_length: 50}",
+                               "last:      {type: string, max_length: 50, in_lookup: surnames}")
+        (work / "rules.yaml").write_text(ruled.replace("connections:", RULES + "connections:", 1))
+        results["feedd+rules"] = best(args.rounds, FEEDD, str(data), str(work / "out-rules"), str(work / "rules.yaml"))
     floor_rate = args.rows / results["floor"][0]
     print(f"{args.rows:,} rows, {data.stat().st_size / 2**20:.0f} MiB")
     for name, (seconds, peak) in results.items():
         rate = args.rows / seconds
         print(f"{name:13} {rate:10,.0f} rows/s  {rate / floor_rate:5.2f}x floor  peak RSS {peak:6.0f} MiB")
+    if "feedd+rules" in results:
+        print(f"feedd+rules / feedd: {results['feedd'][0] / results['feedd+rules'][0]:.2f}x")
     if "frictionless" in results:
         print(f"feedd / frictionless: {results['frictionless'][0] / results['feedd'][0]:.1f}x")
     summary = {k: {"rows_per_s": round(args.rows / s), "peak_rss_mib": round(p)} for k, (s, p) in results.items()}

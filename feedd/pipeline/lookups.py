@@ -17,6 +17,7 @@ import csv
 import os
 import time
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,29 +36,39 @@ class Values:
 
     __slots__ = ("blob", "count", "extra", "mask", "places", "shift", "table")
 
-    def __init__(self, values: list[str]) -> None:
-        bits = max(4, (len(values) * 2).bit_length())  # at most half full: short probes, misses included
+    def __init__(self, values: Iterable[str], count: int) -> None:
+        """`values` (read once, repeats allowed), of which there are at most `count`."""
+        bits = max(4, (count * 2).bit_length())  # at most half full: short probes, misses included
         self.table = array("Q", bytes(8 << bits))
         self.places = array("Q", bytes(8 << bits))
         self.shift, self.mask = 64 - bits, (1 << bits) - 1
-        self.extra: frozenset[str] = frozenset()  # values whose 64-bit hash another value already has
-        self.blob = "".join(values)
+        self.blob = ""
         self.count = 0
-        extra, start = [], 0
+        extra: list[str] = []  # values whose 64-bit hash another value already has
+        # While building, a second hash per slot tells a repeated value from a different one with the same
+        # hash, without looking back into the text not yet joined (both alike by chance: about 1 in 2**128).
+        second = array("Q", bytes(8 << bits))
+        parts: list[str] = []  # the text, joined a chunk at a time: no million small strings held at once
+        chunk: list[str] = []
+        table, places, shift, mask, start = self.table, self.places, self.shift, self.mask, 0
         for value in values:
-            place, start = start << LENGTH_BITS | len(value), start + len(value)
             k = (hash(value) * MIX) & MASK or 1
-            i = k >> self.shift
-            while x := self.table[i]:
-                if x == k:
-                    break
-                i = (i + 1) & self.mask
-            if x == k:
-                if self.text(i) != value:
+            i = k >> shift
+            while (x := table[i]) and x != k:
+                i = (i + 1) & mask
+            if x:  # the same hash: the same value again (skipped), or a rare collision
+                if second[i] != hash((value, 1)) & MASK:
                     extra.append(value)
                 continue
-            self.table[i], self.places[i] = k, place
+            table[i], places[i], second[i] = k, start << LENGTH_BITS | len(value), hash((value, 1)) & MASK
+            start += len(value)
             self.count += 1
+            chunk.append(value)
+            if len(chunk) >= 4096:
+                parts.append("".join(chunk))
+                chunk.clear()
+        del second
+        self.blob = "".join([*parts, *chunk])
         self.extra = frozenset(extra)
         self.count += len(self.extra)
 
@@ -133,7 +144,11 @@ def read(lookup: Lookup) -> frozenset[str] | Values:
                 raise ReadError("lookup_missing", f"lookup {lookup.name!r}: {str(lookup.file)!r} has no column "
                                                   f"{lookup.column!r} any more")
             j = header.index(lookup.column)
-            found = [v for row in rows if len(row) > j and (v := row[j].strip())]  # repeats: both forms skip them
+            count = sum(1 for _ in rows)  # a first pass: how large a table, without holding every value
+            f.seek(0)
+            rows = csv.reader(f, delimiter="\t" if lookup.file.suffix.lower() == ".tsv" else ",")
+            next(rows, None)
+            found = (v for row in rows if len(row) > j and (v := row[j].strip()))  # repeats are skipped
+            return frozenset(found) if count <= SET_MAX else Values(found, count)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReadError("lookup_missing", f"lookup {lookup.name!r}: cannot read {str(lookup.file)!r}: {exc}") from None
-    return frozenset(found) if len(found) <= SET_MAX else Values(found)
