@@ -128,7 +128,8 @@ class _Writer:
         if isinstance(node, ast.Constant):
             return self.constant(node, node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
-                and isinstance(node.operand, ast.Constant) and _is_number(node.operand.value):
+                and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float)) \
+                and not isinstance(node.operand.value, bool):
             value = node.operand.value
             return self.constant(node, -value if isinstance(node.op, ast.USub) else value)
         if isinstance(node, ast.Name):

@@ -189,7 +189,7 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
 
 def warnings_of(row_fn: RowFn) -> list[tuple[str | None, str, str]]:
     """The list a compiled row function adds the row's warnings to (the caller reads and clears it)."""
-    warns: list[tuple[str | None, str, str]] = row_fn.__globals__["_warns"]  # type: ignore[attr-defined]
+    warns: list[tuple[str | None, str, str]] = row_fn.__globals__["_warns"]
     return warns
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -11,9 +12,13 @@ from typing import Any
 import pytest
 
 from feedd.config import Config, load_config
+from feedd.daemon import Daemon
+from feedd.model import RunStatus
 from feedd.pipeline import lookups
 from feedd.pipeline.process import Job, Outcome, process
 from tests.helpers import DEMO_HASH, write
+from tests.pipeline.test_runner import finished, upload
+from tests.sftp.conftest import Feedd, fetch_outbox, render
 
 CONFIG = f"""\
 state_dir: ./var
@@ -157,3 +162,43 @@ def test_a_large_lookup_is_compact_and_exact(tmp_path: Path) -> None:
     rows = "".join(f"E{i},active,2020-01-01,,1,{c},\n" for i, c in enumerate(["P0000007", "Q0000007", codes[-1]]))
     outcome = run(config, tmp_path, HEADER + rows)
     assert [e[:3] for e in outcome.errors] == [(3, "department", "in_lookup")]
+
+
+async def test_a_drop_shows_warnings_beside_errors_in_the_run_and_the_partners_report(
+        tmp_path: Path, demo_key: tuple[Path, str], host_key: Path) -> None:
+    write(tmp_path, "domains.csv", "domain\nexample.org\n")
+    text = render(demo_key[1], str(host_key)).replace("      email: {type: email, required: true}\n", """\
+      email: {type: email, required: true}
+      domain: {type: string, in_lookup: domains, severity: warning}
+      left: {type: date}
+      joined: {type: date}
+    rules:
+      - {check: "left >= joined", message: "left before joining"}
+      - {check: "lower(domain) != 'example.net'", message: "example.net is retired", severity: warning}
+lookups:
+  domains: {file: ./domains.csv, column: domain}
+""", 1)
+    daemon = Daemon(load_config(write(tmp_path, "feedd.yaml", text), env={}), drain_seconds=2, workers=1)
+    await daemon.start()
+    try:
+        feedd = Feedd(daemon, tmp_path, demo_key[0], tmp_path / "feedd.yaml")
+        await upload(feedd, "/inbox/people.csv", b"email,domain,left,joined\n"
+                                                 b"ann@example.org,example.org,,2020-01-01\n"
+                                                 b"bob@example.net,example.net,,2020-01-01\n"
+                                                 b"cy@example.org,example.org,2019-01-01,2020-01-01\n")
+        [run] = await finished(feedd, 1)
+        files = await asyncio.to_thread(fetch_outbox, feedd.port)
+    finally:
+        await daemon.stop()
+    assert run.status is RunStatus.COMPLETED, run.error
+    body = run.to_json()
+    assert body["counts"] == {"rows": 3, "valid": 2, "invalid": 1, "warned": 1}
+    assert body["errors"] == [{"row": 4, "field": None, "code": "rule", "message": "left before joining"}]
+    assert body["warnings"] == [
+        {"row": 3, "field": "domain", "code": "in_lookup",
+         "message": "domain: 'example.net' is not in the lookup 'domains'"},
+        {"row": 3, "field": None, "code": "rule", "message": "example.net is retired"},
+    ]
+    report = json.loads(files["people.csv.report.json"])
+    assert report["counts"] == body["counts"]
+    assert [(w["row"], w["code"]) for w in report["warnings"]] == [(3, "in_lookup"), (3, "rule")]
