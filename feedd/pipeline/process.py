@@ -227,7 +227,8 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
 def _report(job: Job, out: Path, outcome: Outcome) -> None:
     code, error = outcome.error if outcome.error is not None else (None, None)
     rejects = f"{job.source_name.rsplit('/', 1)[-1]}.rejects.csv" if job.pipeline.reports else None
-    message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects)
+    message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects,
+                           outcome.warned)
     report = {
         "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,
         "message": message, "hint": hint, **(job.receipt or {}),
