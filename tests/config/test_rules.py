@@ -15,6 +15,7 @@ from feedd.config import load_config
 from feedd.config.expressions import ExpressionError, FieldInfo, Kind, condition, parse
 from feedd.config.values import Config, Severity
 from feedd.errors import ConfigError
+from feedd.pipeline.validate import BASE_NAMESPACE
 from tests.helpers import DEMO_HASH, write
 
 CONFIG = f"""\
@@ -172,3 +173,25 @@ def test_fuzz_the_loader_reports_instead_of_crashing(tmp_path: Path, text: str) 
     except ConfigError as exc:
         found = exc.issues
     assert all(i.line >= 1 and i.path for i in found)
+
+
+@pytest.mark.parametrize(("text", "values", "expected"), [
+    ("a == null", {"a": None}, True),
+    ("a != null", {"a": None}, False),
+    ("n > 1", {"n": None}, None),  # unknown: a check passes, a `when` does not apply
+    ("not (n > 1)", {"n": None}, None),
+    ("n > 1 and m > 5", {"n": None}, False),  # false and unknown: false
+    ("n > 1 or m > 1", {"n": None}, True),  # unknown or true: true
+    ("n > 1 or m > 5", {"n": None}, None),
+    ("a in ['x', 'y']", {"a": None}, None),
+    ("len(a) > 0", {"a": None}, None),
+    ("upper(b) == 'Y'", {}, True),
+    ("b < today()", {"b": "2020-01-01"}, True),
+    ("b < today()", {"b": "2999-01-01"}, False),
+    ("0 <= m <= 3", {}, True),
+    ("-1 < m and m not in [1, 2]", {}, True),
+])
+def test_expressions_follow_three_valued_logic(text: str, values: dict[str, object], expected: object) -> None:
+    env = {"a": "x", "b": "y", "n": 2, "m": 3, "ok": True, "_today": BASE_NAMESPACE["_today"], **values}
+    source = condition(text, FIELDS).source
+    assert eval(compile(source, "<rule>", "eval"), {"__builtins__": {"len": len}}, env) is expected  # noqa: S307
