@@ -63,6 +63,10 @@ class Compiled:
     kind: Kind
     nullable: bool
     fields: tuple[str, ...]  # the fields it reads, in order of first use
+    # For a condition, two more forms, plain Python with short-circuits (no three-valued temporaries):
+    # `holds` is true exactly when the condition is true, `fails` exactly when it is false.
+    holds: str = ""
+    fails: str = ""
 
 
 def parse(text: str, fields: Mapping[str, FieldInfo], name: Callable[[str], str] = lambda f: f) -> Compiled:
@@ -119,8 +123,11 @@ class _Writer:
         self.temps += 1
         return f"_x{self.temps}"
 
-    def done(self, source: str, kind: Kind, nullable: bool) -> Compiled:
-        return Compiled(source, kind, nullable, tuple(self.used))
+    def done(self, source: str, kind: Kind, nullable: bool, holds: str = "", fails: str = "") -> Compiled:
+        if kind is Kind.BOOLEAN and not holds:  # a leaf: a boolean field or literal, an equality
+            holds, fails = (f"({source} is True)", f"({source} is False)") if nullable else \
+                (source, f"(not {source})")
+        return Compiled(source, kind, nullable, tuple(self.used), holds, fails)
 
     def node(self, node: ast.expr, depth: int) -> Compiled:
         if depth > MAX_DEPTH:
@@ -140,9 +147,10 @@ class _Writer:
             inner = self.node(node.operand, depth + 1)
             self.need(node.operand, inner, Kind.BOOLEAN, "'not'")
             if not inner.nullable:
-                return self.done(f"(not {inner.source})", Kind.BOOLEAN, False)
+                return self.done(f"(not {inner.source})", Kind.BOOLEAN, False, inner.fails, inner.holds)
             t = self.temp()
-            return self.done(f"(None if ({t} := {inner.source}) is None else not {t})", Kind.BOOLEAN, True)
+            return self.done(f"(None if ({t} := {inner.source}) is None else not {t})", Kind.BOOLEAN, True,
+                             inner.fails, inner.holds)
         if isinstance(node, ast.Compare):
             return self.compare(node, depth)
         if isinstance(node, ast.Call):
@@ -217,16 +225,19 @@ class _Writer:
         return self.join("and", pairs)  # a < b < c: each pair, joined with `and`
 
     def join(self, word: str, parts: list[Compiled]) -> Compiled:
+        other = "or" if word == "and" else "and"
+        holds = "(" + f" {word} ".join(p.holds for p in parts) + ")"
+        fails = "(" + f" {other} ".join(p.fails for p in parts) + ")"  # De Morgan: holds in three-valued logic too
         if not any(p.nullable for p in parts):
-            return self.done("(" + f" {word} ".join(p.source for p in parts) + ")", Kind.BOOLEAN, False)
+            return self.done("(" + f" {word} ".join(p.source for p in parts) + ")", Kind.BOOLEAN, False, holds, fails)
         # Three-valued: `and` is false if any part is false, else unknown if any is unknown, else true.
-        stop, other = ("False", "True") if word == "and" else ("True", "False")
+        stop, last = ("False", "True") if word == "and" else ("True", "False")
         source = parts[0].source
         for part in parts[1:]:
             a, b = self.temp(), self.temp()
             source = (f"({stop} if ({a} := {source}) is {stop} or ({b} := {part.source}) is {stop} "
-                      f"else None if {a} is None or {b} is None else {other})")
-        return self.done(source, Kind.BOOLEAN, True)
+                      f"else None if {a} is None or {b} is None else {last})")
+        return self.done(source, Kind.BOOLEAN, True, holds, fails)
 
     def member(self, node: ast.Compare, left: Compiled, op: ast.cmpop, right: ast.expr, depth: int) -> Compiled:
         if not isinstance(right, (ast.List, ast.Tuple, ast.Set)):
@@ -266,7 +277,7 @@ class _Writer:
 
     def guarded(self, args: list[Compiled], body: Callable[[list[str]], str], kind: Kind) -> Compiled:
         """`body` over `args`, giving null when any nullable argument is null."""
-        names, tests = [], []
+        names, tests, known = [], [], []
         for arg in args:
             if not arg.nullable:
                 names.append(arg.source)
@@ -274,9 +285,13 @@ class _Writer:
             t = self.temp()
             names.append(t)
             tests.append(f"({t} := {arg.source}) is None")
+            known.append(f"({t} := {arg.source}) is not None")
         if not tests:
             return self.done(f"({body(names)})", kind, False)
-        return self.done(f"(None if {' or '.join(tests)} else {body(names)})", kind, True)
+        holds, fails = (f"({' and '.join(known)} and ({body(names)}))",
+                        f"({' and '.join(known)} and not ({body(names)}))") \
+            if kind is Kind.BOOLEAN else ("", "")
+        return self.done(f"(None if {' or '.join(tests)} else {body(names)})", kind, True, holds, fails)
 
 
 def _is_number(value: object) -> bool:

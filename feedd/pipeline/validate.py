@@ -315,10 +315,10 @@ def rules_code(schema: Schema, names: Mapping[str, str], ns: dict[str, Any]) -> 
             body.append(f"if {missing}: {add}((None, 'rule', _rule_require_{j}))")
         if check is not None:
             ns[f"_rule_check_{j}"] = rule.message or f"failed the check {rule.check}"
-            test = f"{check.source} is False" if check.nullable else f"not {check.source}"
+            test = check.fails
             body.append(f"if {test}: {add}((None, 'rule', _rule_check_{j}))")
         if when is not None:
-            test = f"{when.source} is True" if when.nullable else when.source
+            test = when.holds
             body = [f"if {test}:", *_indent(body)]
         lines += [f"if errs is None or _clean(errs, _rule_fields_{j}):", *_indent(body)]
     return lines

@@ -110,8 +110,9 @@ FIELDS = {"a": FieldInfo(Kind.TEXT, True), "b": FieldInfo(Kind.TEXT, False), "n"
 # What compiled source may contain: the nodes the writer emits and nothing else. Names are the fields,
 # its temporaries and `_today`; the only calls are len() and _today(), the only attributes lower/upper.
 ALLOWED_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.Compare,
-                 ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.Constant,
-                 ast.Name, ast.Load, ast.Store, ast.NamedExpr, ast.IfExp, ast.Tuple, ast.Call, ast.Attribute)
+                 ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot,
+                 ast.Constant, ast.Name, ast.Load, ast.Store, ast.NamedExpr, ast.IfExp, ast.Tuple, ast.Call,
+                 ast.Attribute)
 
 
 def assert_safe(source: str) -> None:
@@ -134,9 +135,16 @@ def check_text(text: str) -> None:
         compiled = parse(text, FIELDS)
     except ExpressionError:
         return
-    assert_safe(compiled.source)
-    env = {"a": "x", "b": "y", "n": None, "m": 3, "ok": None, "_today": lambda: "2026-01-01"}
-    eval(compile(compiled.source, "<fuzz>", "eval"), {"__builtins__": {"len": len}}, env)  # noqa: S307 - checked above
+    for source in (compiled.source, compiled.holds, compiled.fails):
+        if not source:
+            continue
+        assert_safe(source)
+        env = {"a": "x", "b": "y", "n": None, "m": 3, "ok": None, "_today": lambda: "2026-01-01"}
+        value = eval(compile(source, "<fuzz>", "eval"), {"__builtins__": {"len": len}}, env)  # noqa: S307 - checked
+        if source == compiled.source:
+            result = value
+        elif compiled.kind is Kind.BOOLEAN:  # the short forms agree with the three-valued value
+            assert bool(value) is (result is (source == compiled.holds)), (text, source)
 
 
 TOKENS = ["a", "b", "n", "m", "ok", "null", "true", "false", "len", "lower", "upper", "today", "'t'", "1", "-2",
@@ -157,10 +165,33 @@ def test_fuzz_any_text_is_refused_or_safe(text: str) -> None:
     check_text(text)
 
 
+LEAVES = st.sampled_from(["a", "b", "n", "m", "ok", "null", "true", "'t'", "1", "-2", "len(a)", "lower(b)",
+                          "today()", "[1, 'x']", "upper(n)"])
+OPERATORS = st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "in", "not in", "and", "or"])
+GRAMMAR = st.recursive(LEAVES, lambda inner: st.one_of(
+    st.tuples(inner, OPERATORS, inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+    inner.map(lambda e: f"not {e}")), max_leaves=8)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(GRAMMAR)
+def test_fuzz_near_grammatical_expressions_are_refused_or_safe(text: str) -> None:
+    """Sentences built from the grammar's own parts, most of them well formed: their compiled forms must
+    stay inside the allow-list and agree with each other."""
+    check_text(text)
+
+
 def test_the_fuzzed_grammar_is_reached() -> None:
     """The fuzz above would pass vacuously if every input were refused: some sentences it can build do compile."""
-    for text in ("a == 't'", "not ok and m > 1", "len(lower(a)) >= -2 or n in [1, 3.5]", "today() > b"):
-        assert_safe(condition(text, FIELDS).source)
+    for text in ("a == 't'", "not ok and m > 1", "len(lower(a)) >= -2 or n in [1, 3.5]", "today() > b",
+                 "(n > 1) and ((ok == true) or not (a in [1, 'x']))"):
+        try:
+            compiled = condition(text, FIELDS)
+        except ExpressionError:
+            assert text.startswith("(n > 1)"), text  # a number list for text `a`: refused
+            continue
+        for source in (compiled.source, compiled.holds, compiled.fails):
+            assert_safe(source)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -193,5 +224,12 @@ def test_fuzz_the_loader_reports_instead_of_crashing(tmp_path: Path, text: str) 
 ])
 def test_expressions_follow_three_valued_logic(text: str, values: dict[str, object], expected: object) -> None:
     env = {"a": "x", "b": "y", "n": 2, "m": 3, "ok": True, "_today": BASE_NAMESPACE["_today"], **values}
-    source = condition(text, FIELDS).source
-    assert eval(compile(source, "<rule>", "eval"), {"__builtins__": {"len": len}}, env) is expected  # noqa: S307
+    compiled = condition(text, FIELDS)
+
+    def run(source: str) -> object:
+        return eval(compile(source, "<rule>", "eval"), {"__builtins__": {"len": len}}, dict(env))  # noqa: S307
+
+    assert run(compiled.source) is expected
+    # the short forms rules compile to: true exactly when it holds, or exactly when it fails
+    assert bool(run(compiled.holds)) is (expected is True)
+    assert bool(run(compiled.fails)) is (expected is False)
