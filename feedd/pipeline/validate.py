@@ -278,12 +278,14 @@ def _rule_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
     if spec.in_lookup is not None:
         found = ns[f"_lookup_{key}"] = lookups.values(spec.in_lookup)
         ns[f"_lookup_name_{key}"] = repr(spec.in_lookup.name)
-        lines.append("lk = v if v.__class__ is str else str(v)")
+        message = f"{{_show(v)}} is not in the lookup {{_lookup_name_{key}}}"
+        text = "v" if spec.type in (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM) else \
+            "(v if v.__class__ is str else str(v))"  # the values are text; text fields' values already are
         if isinstance(found, frozenset):
-            lines.append(f"ok = lk in _lookup_{key}")
+            fail(f"{text} not in _lookup_{key}", "in_lookup", message)
         else:
-            lines += lookups.values_code(f"_lookup_{key}", "lk")
-        fail("not ok", "in_lookup", f"{{_show(v)}} is not in the lookup {{_lookup_name_{key}}}")
+            lines += [f"lk = {text}", *lookups.values_code(f"_lookup_{key}", "lk")]
+            fail("not ok", "in_lookup", message)
     return lines
 
 
