@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from feedd.config import Config, load_config
+from feedd.config.values import FieldSpec, FieldType, Lookup
 from feedd.daemon import Daemon
 from feedd.model import RunStatus
 from feedd.pipeline import lookups
 from feedd.pipeline.process import Job, Outcome, process
+from feedd.pipeline.validate import FieldError, compile_field
 from tests.helpers import DEMO_HASH, write
 from tests.pipeline.test_runner import finished, upload
 from tests.sftp.conftest import Feedd, fetch_outbox, render
@@ -202,3 +204,12 @@ lookups:
     report = json.loads(files["people.csv.report.json"])
     assert report["counts"] == body["counts"]
     assert [(w["row"], w["code"]) for w in report["warnings"]] == [(3, "in_lookup"), (3, "rule")]
+
+
+def test_numbers_are_looked_up_by_their_text(tmp_path: Path) -> None:
+    ref = write(tmp_path, "grades.csv", "grade\n1\n2\n10\n")
+    check = compile_field(FieldSpec("grade", FieldType.INTEGER, in_lookup=Lookup("grades", ref, "grade")))
+    assert check("10") == 10 and check(2) == 2
+    with pytest.raises(FieldError) as info:
+        check("3")
+    assert info.value.code == "in_lookup"
