@@ -181,7 +181,7 @@ def _rules(r: Reader, v: Any, at: At, fields: tuple[FieldSpec, ...]) -> tuple[Ru
                 r.issue(sub.key(m, "require"), f"unknown field {field_name!r}{suggest(field_name, names)}")
         out.append(Rule(when=exprs.get("when"), require=require, check=exprs.get("check"),
                         message=r.get(m, sub, "message", nonempty, None),
-                        severity=Severity(r.get(m, sub, "severity", choice(*Severity), "error")), at=sub.path))
+                        severity=Severity(r.get(m, sub, "severity", choice(*Severity), "error"))))
     return tuple(out)
 
 

@@ -172,7 +172,6 @@ class Rule:
     check: str | None = None
     message: str | None = None
     severity: Severity = Severity.ERROR
-    at: str = ""  # its key path, e.g. schemas.employee.rules[0]
 
 
 @dataclass(frozen=True, slots=True)
