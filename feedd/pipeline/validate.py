@@ -5,7 +5,9 @@ decimals as exact strings, dates and datetimes in ISO 8601) or raises `FieldErro
 message that says which value failed and what was expected. The checks are generated as source text
 (`field_code`) so that a whole row compiles into one function without a call per rule: this is where a
 run spends its time. Only identifiers and `repr()` literals are ever put into the source; every value
-from the config travels in the namespace.
+from the config travels in the namespace. A schema's cross-field rules (`rules_code`) go in the same
+function, as the source `feedd.config.expressions` writes from their checked syntax trees. A rule or field
+with `severity: warning` adds to the `_warns` list in the namespace instead of failing the row.
 """
 
 from __future__ import annotations
