@@ -159,7 +159,8 @@ def _rules(r: Reader, v: Any, at: At, fields: tuple[FieldSpec, ...]) -> tuple[Ru
     for body, sub in r.items(v, at):
         m = r.mapping(body, sub, RULE_KEYS)
         if m is None:
-            r.issue(sub, "expected a rule: {when, require} or {check, message}")
+            if body is None:  # anything else that is not a mapping has been reported by `mapping`
+                r.issue(sub, "expected a rule: {when, require} or {check, message}")
             continue
         if "require" not in m and "check" not in m:
             r.issue(sub, "a rule needs 'require' (fields that must have a value) or 'check' (a condition)")
