@@ -47,7 +47,13 @@ def summarize(config: Config) -> str:
         lines.append(f"    {c.name}: {'+'.join(auth)}{state}")
     lines.append(f"  schemas ({len(config.schemas)}):")
     for s in config.schemas.values():
-        lines.append(f"    {s.name}: {len(s.fields)} fields")
+        rules = f", {len(s.rules)} rule{'s' if len(s.rules) != 1 else ''}" if s.rules else ""
+        lines.append(f"    {s.name}: {len(s.fields)} fields{rules}")
+    if config.lookups:
+        lines.append(f"  lookups ({len(config.lookups)}):")
+        for lk in config.lookups.values():
+            refresh = f", refresh {lk.refresh:g}s" if lk.refresh else ""
+            lines.append(f"    {lk.name}: {lk.file} column {lk.column!r}{refresh}")
     lines.append(f"  pipelines ({len(config.pipelines)}):")
     for p in config.pipelines.values():
         dests = ", ".join(d.key for d in p.destinations) or "none"

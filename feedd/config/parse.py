@@ -58,8 +58,8 @@ EVENT_TYPES = (
     "run.queued", "run.completed", "run.delivered", "run.failed", "run.held", "run.needs_review",
     "upload.completed", "upload.aborted", "schema.drift", "config.changed", "arrival.missed",
 )
-TOP_KEYS = ("state_dir", "store", "include", "log", "sftp", "http", "schemas", "connections", "pipelines",
-            "webhooks", "retention")
+TOP_KEYS = ("state_dir", "store", "include", "log", "sftp", "http", "lookups", "schemas", "connections",
+            "pipelines", "webhooks", "retention")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
@@ -97,7 +97,8 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
     root = At(tree.loc, "")
     state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
     connections = _connections(r, top.get("connections"), root.key(top, "connections"))
-    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"))
+    lookups = pl.lookups(r, top.get("lookups"), root.key(top, "lookups"))
+    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"), lookups)
     retention_at = root.key(top, "retention")
     retention = pl.retention_of(r, top.get("retention"), retention_at, Retention(), ("sweep_every",))
     retention_m = top.get("retention") if isinstance(top.get("retention"), LocMap) else None
@@ -115,6 +116,7 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         retention=retention,
         sweep_every=r.get(retention_m, retention_at, "sweep_every", _positive_duration, 3600.0),
         store=_store(r, top, root),
+        lookups=lookups,
         files=source.files,
         bodies={section: {name: plain(body) for name, body in top[section].items()}
                 for section in NAMED_SECTIONS if isinstance(top.get(section), LocMap)},
