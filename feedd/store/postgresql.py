@@ -1,9 +1,8 @@
 """`PostgresStore`: the Store in a PostgreSQL database that several feedd nodes share, through a psycopg
 connection pool. Each method is one statement, atomic on its own (but mark_swept: two, in a transaction
-under the run's row lock); the conditional writes (a run at its
-expected status, an object at its version) check and write in that same statement, so two nodes racing for
-one run or one object cannot both win. Also here: the schema's migrations, run under an advisory lock, and
-the host key every node must serve with.
+under the run's row lock); the conditional writes (a run at its expected status, an object at its version)
+check and write in that same statement, so two nodes racing for one run or one object cannot both win.
+Also here: the schema's migrations, run under an advisory lock, and the host key every node must serve with.
 """
 
 from __future__ import annotations
