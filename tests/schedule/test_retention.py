@@ -68,6 +68,7 @@ async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(
     keep = [
         await unfinished(api, RunStatus.PROCESSING),
         await unfinished(api, RunStatus.HELD),
+        await unfinished(api, RunStatus.NEEDS_REVIEW),
         await unfinished(api, RunStatus.COMPLETED, pending=True),
     ]
     before = reclaimed()
