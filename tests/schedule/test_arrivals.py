@@ -8,13 +8,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
-
 from feedd.metrics import REGISTRY
 from feedd.model import iso, utcnow
 from tests.delivery.conftest import Receiver
 from tests.http.conftest import Api
 from tests.schedule.conftest import Clock, eventually, outbox, stop
+from tests.sftp.logs import capture_logs
 
 Start = Callable[..., Awaitable[Api]]
 
@@ -50,48 +49,50 @@ async def missed_events(api: Api) -> list[dict[str, Any]]:
 
 
 async def test_a_missed_minute_is_reported_once_then_a_file_keeps_the_next_from_being_missed(
-    start_feedd: Start, receiver: Receiver, capfd: pytest.CaptureFixture[str]
+    start_feedd: Start, receiver: Receiver
 ) -> None:
-    due, grace = plan()
-    clock = Clock(due - timedelta(seconds=1))  # watching starts before the window to miss
-    api = await start_feedd(clock, **setup(receiver, grace))
-    assert api.daemon.scheduler is not None and api.daemon.store is not None
-    await eventually(lambda: api.daemon.store.arrival_state("demo-contacts"))  # type: ignore[union-attr]
-    before = missed_total()
+    # the log line is read as logged, whatever an earlier test made of the output's configuration
+    with capture_logs() as logs:
+        due, grace = plan()
+        clock = Clock(due - timedelta(seconds=1))  # watching starts before the window to miss
+        api = await start_feedd(clock, **setup(receiver, grace))
+        assert api.daemon.scheduler is not None and api.daemon.store is not None
+        await eventually(lambda: api.daemon.store.arrival_state("demo-contacts"))  # type: ignore[union-attr]
+        before = missed_total()
 
-    clock.now = due + timedelta(seconds=grace + 0.1)
-    api.daemon.scheduler.wake()
-    got = await eventually(lambda: _async(receiver.at("/events")))
-    body = json.loads(got[0].body)
-    assert body["type"] == "arrival.missed"
-    assert body["data"]["pipeline"] == "demo-contacts" and body["data"]["connection"] == "demo"
-    assert body["data"]["expectedBy"] == iso(due) and body["data"]["lastArrivalAt"] is None
-    assert missed_total() == before + 1
-    notices = sorted(outbox(api).glob("MISSING-demo-contacts-*.txt"))
-    assert [p.name for p in notices] == [f"MISSING-demo-contacts-{due:%Y-%m-%dT%H%M}.txt"]
-    assert "No file arrived for the feed 'demo-contacts'" in notices[0].read_text()
+        clock.now = due + timedelta(seconds=grace + 0.1)
+        api.daemon.scheduler.wake()
+        got = await eventually(lambda: _async(receiver.at("/events")))
+        body = json.loads(got[0].body)
+        assert body["type"] == "arrival.missed"
+        assert body["data"]["pipeline"] == "demo-contacts" and body["data"]["connection"] == "demo"
+        assert body["data"]["expectedBy"] == iso(due) and body["data"]["lastArrivalAt"] is None
+        assert missed_total() == before + 1
+        notices = sorted(outbox(api).glob("MISSING-demo-contacts-*.txt"))
+        assert [p.name for p in notices] == [f"MISSING-demo-contacts-{due:%Y-%m-%dT%H%M}.txt"]
+        assert "No file arrived for the feed 'demo-contacts'" in notices[0].read_text()
 
-    inbox = outbox(api).parent / "inbox"
-    (inbox / "today.csv").write_text("email\na@example.com\n")
-    runs = await eventually(lambda: _finished(api))
-    assert runs[0]["status"] in ("completed", "delivered")
+        inbox = outbox(api).parent / "inbox"
+        (inbox / "today.csv").write_text("email\na@example.com\n")
+        runs = await eventually(lambda: _finished(api))
+        assert runs[0]["status"] in ("completed", "delivered")
 
-    clock.now = due + timedelta(seconds=60 + grace + 0.1)
-    api.daemon.scheduler.wake()
-    await eventually(lambda: judged(api, due + timedelta(minutes=1)))
-    assert [e["expectedBy"] for e in await missed_events(api)] == [iso(due)]
-    assert missed_total() == before + 1
-    assert len(list(outbox(api).glob("MISSING-*"))) == 1
+        clock.now = due + timedelta(seconds=60 + grace + 0.1)
+        api.daemon.scheduler.wake()
+        await eventually(lambda: judged(api, due + timedelta(minutes=1)))
+        assert [e["expectedBy"] for e in await missed_events(api)] == [iso(due)]
+        assert missed_total() == before + 1
+        assert len(list(outbox(api).glob("MISSING-*"))) == 1
 
-    status, shown = await api.call("GET", "/pipelines/demo-contacts")
-    assert status == 200
-    arrivals = shown["arrivals"]
-    assert arrivals["lastAt"] == runs[0]["source"]["receivedAt"]
-    assert [m["expectedBy"] for m in arrivals["missed"]] == [iso(due)]
-    assert arrivals["nextDueAt"] is not None
-    assert len(receiver.at("/events")) == 1
-    logged = [line for line in capfd.readouterr().out.splitlines() if "arrival.missed" in line]
-    assert len(logged) == 1 and "demo-contacts" in logged[0], logged
+        status, shown = await api.call("GET", "/pipelines/demo-contacts")
+        assert status == 200
+        arrivals = shown["arrivals"]
+        assert arrivals["lastAt"] == runs[0]["source"]["receivedAt"]
+        assert [m["expectedBy"] for m in arrivals["missed"]] == [iso(due)]
+        assert arrivals["nextDueAt"] is not None
+        assert len(receiver.at("/events")) == 1
+        logged = [e for e in logs if e.get("event") == "arrival.missed"]
+        assert len(logged) == 1 and logged[0]["pipeline"] == "demo-contacts", logged
 
 
 async def test_a_restart_reports_a_window_missed_while_down_once(start_feedd: Start, receiver: Receiver) -> None:
