@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from feedd import hostkeys, intake, log, sdnotify, supervisor
 from feedd.config import Config, load_config
 from feedd.config.parse import read_file
+from feedd.console.app import ConsoleParts
 from feedd.delivery.dispatcher import Dispatcher
 from feedd.drops import Drops
 from feedd.errors import ConfigError, FeeddError
@@ -25,6 +26,7 @@ from feedd.events import EventSender
 from feedd.http.app import HttpServer
 from feedd.live import Live
 from feedd.pipeline.runner import Runner
+from feedd.sftp.auth import Bans
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
 from feedd.store.sqlite import SqliteStore
@@ -138,8 +140,13 @@ class Daemon:
             sender.wake()
 
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
-        self.http = HttpServer(config, store, runner, accepted, live)
-        self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
+        bans = Bans(config.sftp.ban)  # SFTP and console logins count toward the same bans
+
+        def logins() -> list[tuple[str, str, float]]:
+            return self.sftp.logins() if self.sftp is not None else []
+
+        self.http = HttpServer(config, store, runner, accepted, live, console=ConsoleParts(bans, spaces, logins))
+        self.sftp = SftpService(config, spaces, drops, [k.path for k in keys], bans)
         parts: list[Component] = [
             sender,
             dispatcher,

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from feedd import __version__, log, metrics, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
+from feedd.console.app import Console, ConsoleParts
 from feedd.errors import StartupError
 from feedd.http import openapi, tls
 from feedd.http.api import Handler, errors
@@ -25,6 +26,7 @@ from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
 from feedd.http.views import ViewsApi
 from feedd.live import Live as Owner
+from feedd.sftp.auth import Bans
 from feedd.store import Store
 
 MAX_CONNECTIONS = 256  # open client connections; more wait in the listen backlog
@@ -96,7 +98,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
-              accepted: Callable[[], None] | None = None, owner: Owner | None = None) -> web.Application:
+              accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+              console: ConsoleParts | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
     in_flight = InFlight(lambda: live.config)
@@ -118,6 +121,8 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     EventsApi(live, store).routes(app)
     ViewsApi(live, store).routes(app)
     ManageApi(live, store, owner, runs).routes(app)
+    # The console is routed whatever `http.console` says, so that a reload can turn it on or off.
+    Console(live, store, console or ConsoleParts(Bans(config.sftp.ban)), owner, runs, runs).routes(app)
     return app
 
 
@@ -162,9 +167,10 @@ class HttpServer:
     name = "http"
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
-                 accepted: Callable[[], None] | None = None, owner: Owner | None = None) -> None:
+                 accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+                 console: ConsoleParts | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted, owner)
+        self._app = build_app(config, store, runs, accepted, owner, console)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []

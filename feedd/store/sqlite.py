@@ -386,6 +386,15 @@ class SqliteStore:
             names = sorted(query.connections)
             clauses.append(f"connection IN ({', '.join('?' * len(names))})" if names else "0")
             params += names
+        if query.since_id is not None:
+            clauses.append("run_id >= ?")
+            params.append(query.since_id)
+        if query.until_id is not None:
+            clauses.append("run_id < ?")
+            params.append(query.until_id)
+        if query.name:
+            clauses.append("instr(lower(source_name), ?) > 0")
+            params.append(query.name.lower())
         if query.cursor is not None:
             clauses.append("run_id > ?" if query.oldest_first else "run_id < ?")
             params.append(query.cursor)
@@ -472,6 +481,36 @@ class SqliteStore:
             return runs, uploads
 
         return await self._in_db(counts)
+
+    async def run_stats(self, since_id: str, connection: str | None = None) -> list[tuple[str, str, str, int]]:
+        where, params = ("connection = ? AND run_id >= ?", [connection, since_id]) if connection is not None \
+            else ("run_id >= ?", [since_id])
+        rows = await self._read(f"SELECT connection, substr(created_at, 1, 10), status, count(*) FROM runs "
+                                f"WHERE {where} GROUP BY 1, 2, 3", params)
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def failing_deliveries(self, since_id: str) -> dict[str, int]:
+        rows = await self._read(
+            "SELECT connection, count(*) FROM runs WHERE run_id >= ? AND EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.run_id = runs.run_id AND d.status = 'failed') GROUP BY connection", [since_id])
+        return {r[0]: r[1] for r in rows}
+
+    async def count_by_connection(self, status: RunStatus) -> dict[str, int]:
+        rows = await self._read("SELECT connection, count(*) FROM runs WHERE status = ? GROUP BY connection",
+                                [str(status)])
+        return {r[0]: r[1] for r in rows}
+
+    async def last_arrivals(self, connections: Collection[str]) -> dict[str, datetime]:
+        def probe(conn: sqlite3.Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for name in connections:
+                row = conn.execute("SELECT created_at FROM runs WHERE connection = ? ORDER BY run_id DESC LIMIT 1",
+                                   [name]).fetchone()
+                if row is not None and (at := _dt(row[0])) is not None:
+                    out[name] = at
+            return out
+
+        return await self._in_db(probe)
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
         await self._write((f"{_UPSERT_MAPPING_SELECT} WHERE true {_ON_MAPPING_CONFLICT}",
