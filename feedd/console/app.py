@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ PAGE = 50  # runs or audit entries per page
 LIST_FILES = 200  # files shown per inbox/ or outbox/
 REJECTED_ROWS = 20  # rejected rows shown on a run's page
 CHART_DAYS = 14
+OVERVIEW_FRESH = 0.5  # seconds the overview table's numbers are shared between requests
 _ID = re.compile(r"[0-9A-Z]{26}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SECURITY_HEADERS = {
@@ -94,6 +96,7 @@ class Console:
         self._runs = runs
         self._releaser = releaser
         self.sessions = Sessions()
+        self._overview: tuple[float, list[dict[str, Any]], datetime] | None = None
         self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                        autoescape=True, undefined=jinja2.StrictUndefined)
         self._env.filters["when"] = _when
@@ -253,11 +256,24 @@ class Console:
 
     # Overview
 
-    async def _overview_values(self) -> dict[str, Any]:
+    async def _overview_values(self, chart: bool) -> dict[str, Any]:
+        """The overview's numbers; the table's are shared by every console for OVERVIEW_FRESH seconds, so
+        that many open consoles refreshing every second cost the store the same as one."""
         now = utcnow()
+        values: dict[str, Any] = {"now": now}
+        if chart:
+            stats = await self._store.run_stats(id_floor(charts.first_day(now, CHART_DAYS)))
+            values["chart"] = charts.runs_per_day(stats, now, CHART_DAYS)
+        cached = self._overview
+        if cached is not None and time.monotonic() - cached[0] < OVERVIEW_FRESH:
+            return {**values, "rows": cached[1], "now": cached[2]}
+        rows = await self._overview_rows(now)
+        self._overview = (time.monotonic(), rows, now)
+        return {**values, "rows": rows}
+
+    async def _overview_rows(self, now: datetime) -> list[dict[str, Any]]:
         since = id_floor(now - timedelta(hours=24))
         names = sorted(self.config.connections)
-        stats = await self._store.run_stats(id_floor(charts.first_day(now, CHART_DAYS)))
         recent: dict[str, dict[str, int]] = {n: {} for n in names}
         stats24 = await self._store.run_stats(since)
         for conn, _day, status, count in stats24:
@@ -266,15 +282,14 @@ class Console:
         failing = await self._store.failing_deliveries(since)
         review = await self._store.count_by_connection(_NEEDS_REVIEW) if _NEEDS_REVIEW else {}
         last = await self._store.last_arrivals(names)
-        rows = [{"name": n, "last": last.get(n), "recent": recent.get(n, {}), "failing": failing.get(n, 0),
+        return [{"name": n, "last": last.get(n), "recent": recent.get(n, {}), "failing": failing.get(n, 0),
                  "review": review.get(n, 0), "failed": recent.get(n, {}).get("failed", 0)} for n in names]
-        return {"rows": rows, "chart": charts.runs_per_day(stats, now, CHART_DAYS), "now": now}
 
     async def overview(self, request: web.Request, who: Who) -> web.StreamResponse:
-        return self._render(request, who, "overview.html", await self._overview_values())
+        return self._render(request, who, "overview.html", await self._overview_values(chart=True))
 
     async def overview_table(self, request: web.Request, who: Who) -> web.StreamResponse:
-        return self._render(request, who, "overview_table.html", await self._overview_values())
+        return self._render(request, who, "overview_table.html", await self._overview_values(chart=False))
 
     # Runs
 
@@ -417,7 +432,7 @@ class Console:
     async def connection_save(self, request: web.Request, who: Who) -> web.StreamResponse:
         name = request.match_info.get("name")
         form = await request.post()
-        values = {k: _text(form.get(k)) or "" for k in ("name", "password", "authorized_keys", "allowed_ips",
+        values: dict[str, Any] = {k: _text(form.get(k)) or "" for k in ("name", "password", "authorized_keys", "allowed_ips",
                                                         "quota", "max_file_size")}
         values["enabled"] = _text(form.get("enabled")) == "1"
         body: dict[str, Any] = {"enabled": values["enabled"]}
