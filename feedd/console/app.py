@@ -262,8 +262,7 @@ class Console:
         now = utcnow()
         values: dict[str, Any] = {"now": now}
         if chart:
-            stats = await self._store.run_stats(id_floor(charts.first_day(now, CHART_DAYS)))
-            values["chart"] = charts.runs_per_day(stats, now, CHART_DAYS)
+            values["chart"] = await self._chart(now, None)
         cached = self._overview
         if cached is not None and time.monotonic() - cached[0] < OVERVIEW_FRESH:
             return {**values, "rows": cached[1], "now": cached[2]}
@@ -275,8 +274,7 @@ class Console:
         since = id_floor(now - timedelta(hours=24))
         names = sorted(self.config.connections)
         recent: dict[str, dict[str, int]] = {n: {} for n in names}
-        stats24 = await self._store.run_stats(since)
-        for conn, _day, status, count in stats24:
+        for conn, status, count in await self._store.run_counts(since):
             recent.setdefault(conn, {})
             recent[conn][status] = recent[conn].get(status, 0) + count
         failing = await self._store.failing_deliveries(since)
@@ -284,6 +282,10 @@ class Console:
         last = await self._store.last_arrivals(names)
         return [{"name": n, "last": last.get(n), "recent": recent.get(n, {}), "failing": failing.get(n, 0),
                  "review": review.get(n, 0), "failed": recent.get(n, {}).get("failed", 0)} for n in names]
+
+    async def _chart(self, now: datetime, connection: str | None) -> charts.Chart:
+        first = charts.first_day(now, CHART_DAYS)
+        return charts.runs_per_day(await self._store.runs_per_day(first, CHART_DAYS, connection), now, CHART_DAYS)
 
     async def overview(self, request: web.Request, who: Who) -> web.StreamResponse:
         return self._render(request, who, "overview.html", await self._overview_values(chart=True))
@@ -400,7 +402,6 @@ class Console:
         inbox, outbox = await asyncio.to_thread(
             lambda: (_files(space.inbox if space else None), _files(space.outbox if space else None)))
         now = utcnow()
-        stats = await self._store.run_stats(id_floor(charts.first_day(now, CHART_DAYS)), name)
         shown = self._owner.get(ObjectKind.CONNECTION, name) if self._owner else None
         return self._render(request, who, "connection.html", {
             "conn": conn, "used": space.used if space else None, "inbox": inbox, "outbox": outbox,
@@ -408,7 +409,7 @@ class Console:
             "pipelines": [p for p in self.config.pipelines.values() if p.connection == name],
             "source": str(shown.source) if shown else "file",
             "body": json.dumps(shown.body, indent=2) if shown else "",
-            "chart": charts.runs_per_day(stats, now, CHART_DAYS)})
+            "chart": await self._chart(now, name)})
 
     async def connection_form(self, request: web.Request, who: Who, errors: list[dict[str, str]] | None = None,
                               values: dict[str, Any] | None = None, status: int = 200) -> web.StreamResponse:
@@ -432,8 +433,8 @@ class Console:
     async def connection_save(self, request: web.Request, who: Who) -> web.StreamResponse:
         name = request.match_info.get("name")
         form = await request.post()
-        values: dict[str, Any] = {k: _text(form.get(k)) or "" for k in ("name", "password", "authorized_keys", "allowed_ips",
-                                                        "quota", "max_file_size")}
+        fields = ("name", "password", "authorized_keys", "allowed_ips", "quota", "max_file_size")
+        values: dict[str, Any] = {k: _text(form.get(k)) or "" for k in fields}
         values["enabled"] = _text(form.get("enabled")) == "1"
         body: dict[str, Any] = {"enabled": values["enabled"]}
         for key in ("authorized_keys", "allowed_ips"):

@@ -49,12 +49,12 @@ def first_day(now: datetime, days: int) -> datetime:
     return start.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def runs_per_day(stats: list[tuple[str, str, str, int]], now: datetime, days: int) -> Chart:
-    """`stats` as the store's `run_stats` gives them (connection, day, status, runs), summed over connections."""
+def runs_per_day(stats: list[tuple[str, str, int]], now: datetime, days: int) -> Chart:
+    """`stats` as the store's `runs_per_day` gives them: (day, status, runs)."""
     start = first_day(now, days)
     names = [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(days)]
     counts: dict[str, dict[str, int]] = {d: {} for d in names}
-    for _conn, day, status, n in stats:
+    for day, status, n in stats:
         if day in counts:
             key = status if status in STATUSES else "other"
             counts[day][key] = counts[day].get(key, 0) + n

@@ -118,9 +118,13 @@ class Store(Protocol):
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(runs by status, uploads by state), for metrics."""
 
-    async def run_stats(self, since_id: str, connection: str | None = None) -> list[tuple[str, str, str, int]]:
-        """(connection, day YYYY-MM-DD, status, runs) of the runs with an id >= `since_id`: a range of the id
-        index, never the whole table."""
+    async def run_counts(self, since_id: str) -> list[tuple[str, str, int]]:
+        """(connection, status, runs) of the runs with an id >= `since_id`: a range of the id index."""
+
+    async def runs_per_day(self, first_day: datetime, days: int,
+                           connection: str | None = None) -> list[tuple[str, str, int]]:
+        """(day YYYY-MM-DD, status, runs) for `days` days from `first_day` (a UTC midnight), by run ids (which
+        sort by creation time): ranges of an index, never the whole table."""
 
     async def failing_deliveries(self, since_id: str) -> dict[str, int]:
         """connection -> runs with an id >= `since_id` that have a delivery failed for good."""

@@ -1,0 +1,163 @@
+"""The console's pages over a store with many runs: how long each takes to render, server-side.
+
+    python bench/console.py [--runs 100000] [--connections 20] [--rounds 30]
+
+Fills a fresh store with `--runs` runs (spread over 30 days, `--connections` connections, mixed statuses,
+a few with failed deliveries), starts the HTTP app with the console in this process, logs in, and times
+each page `--rounds` times: the time from the request's arrival to its answer, measured inside the app by
+a middleware (so the client's own work does not count). Prints the median and the worst per page. The goal
+for the runs list is under 100 ms at 100,000 runs: every page reads the store through bounded queries.
+It prints figures; it gates nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+from aiohttp import web
+
+from feedd.config import load_config
+from feedd.credentials import hash_password
+from feedd.http.app import build_app
+from feedd.model import (
+    Counts,
+    Delivery,
+    DeliveryStatus,
+    Direction,
+    Run,
+    RunStatus,
+    Source,
+    SourceKind,
+    id_floor,
+)
+from feedd.store.sqlite import SqliteStore, _delivery_row, _run_row
+
+PASSWORD = "bench-password"  # noqa: S105 - the benchmark's own throwaway operator
+STATUSES = [RunStatus.DELIVERED] * 14 + [RunStatus.COMPLETED] * 3 + [RunStatus.FAILED] * 2 + [RunStatus.HELD]
+
+
+def config_text(connections: int) -> str:
+    conns = "\n".join(f"  c{i:02d}: {{password_hash: \"{HASH}\"}}" for i in range(connections))
+    return (f"state_dir: ./var\nlog: {{level: warning, format: json}}\n"
+            f"sftp: {{listen: \"127.0.0.1:0\"}}\n"
+            f"http:\n  listen: \"127.0.0.1:0\"\n  operators:\n"
+            f"    - {{name: bench, password_hash: \"{HASH}\", role: admin}}\n"
+            f"schemas:\n  s: {{fields: {{email: {{type: email}}}}}}\n"
+            f"connections:\n{conns}\n")
+
+
+HASH = ""
+
+
+def fill(db: Path, runs: int, connections: int) -> str:
+    """Writes the runs straight into the database (the store's own row format); returns one run id."""
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    start = now - timedelta(days=30)
+    step = (now - start) / runs
+    conn = sqlite3.connect(db)
+    columns = len(_run_row(_run("0" * 26, "c00", RunStatus.QUEUED, now)))
+    some = ""
+    with conn:
+        for i in range(runs):
+            at = start + step * i
+            rid = id_floor(at)[:10] + f"{i:016d}"
+            status = rng.choice(STATUSES)
+            run = _run(rid, f"c{rng.randrange(connections):02d}", status, at)
+            marks = ", ".join("?" * columns)
+            conn.execute(f"INSERT INTO runs VALUES ({marks})", _run_row(run))  # noqa: S608 - placeholders only
+            if status is RunStatus.COMPLETED and rng.random() < 0.3:
+                conn.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", _delivery_row(Delivery(
+                    rid, "webhook:x", DeliveryStatus.FAILED, 8, "HTTP 503")))
+            some = rid
+    conn.close()
+    return some
+
+
+def _run(rid: str, connection: str, status: RunStatus, at: datetime) -> Run:
+    return Run(rid, "p", connection, Direction.INBOUND, status,
+               Source(SourceKind.SFTP, f"inbox/orders-{rid[-6:]}.csv", 12345, "0" * 64), "/nonexistent",
+               counts=Counts(100, 98, 2), mapping={"email": "E-mail"}, created_at=at, started_at=at,
+               finished_at=at)
+
+
+async def main() -> None:
+    global HASH
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    HASH = hash_password(PASSWORD)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "feedd.yaml").write_text(config_text(args.connections))
+        config = load_config(root / "feedd.yaml", env={})
+        config.state_dir.mkdir(parents=True)
+        store = await SqliteStore.open(config.state_dir / "bench.db")
+        await store.close()
+        started = time.monotonic()
+        some = fill(config.state_dir / "bench.db", args.runs, args.connections)
+        print(f"{args.runs} runs written in {time.monotonic() - started:.1f} s")
+        store = await SqliteStore.open(config.state_dir / "bench.db")
+        timings: dict[str, list[float]] = {}
+
+        @web.middleware
+        async def timed(request: web.Request, handler: Any) -> web.StreamResponse:
+            t0 = time.perf_counter()
+            try:
+                return await handler(request)
+            finally:
+                timings.setdefault(request.path_qs, []).append(time.perf_counter() - t0)
+
+        app = build_app(config, store)
+        app.middlewares.insert(0, timed)  # type: ignore[attr-defined]
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        day = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%d")
+        pages = ["/ui/runs", "/ui/runs?status=failed", "/ui/runs?connection=c03",
+                 "/ui/runs?connection=c03&status=completed", f"/ui/runs?from={day}&to={day}",
+                 f"/ui/runs?from={day}&to={day}&name=orders-0001", "/ui/", "/ui/overview/table",
+                 f"/ui/runs/{some}", "/ui/connections/c03", "/ui/pipelines", "/ui/audit"]
+        try:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # an IP host
+                async with http.get(f"{url}/ui/login") as r:
+                    text = await r.text()
+                csrf = text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+                async with http.post(f"{url}/ui/login", data={"csrf": csrf, "name": "bench", "password": PASSWORD,
+                                                              "next": "/ui/"}) as r:
+                    assert r.status == 200, r.status
+                timings.clear()
+                for _ in range(args.rounds):
+                    for page in pages:
+                        async with http.get(url + page) as r:
+                            assert r.status == 200, (page, r.status, await r.text())
+                            await r.read()
+        finally:
+            await runner.cleanup()
+            await store.close()
+        print(f"{'page':58} {'median ms':>10} {'worst ms':>9}")
+        for page in pages:
+            t = timings[page]
+            print(f"{page:58} {statistics.median(t) * 1000:10.1f} {max(t) * 1000:9.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
