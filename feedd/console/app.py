@@ -29,7 +29,6 @@ from feedd.config import Config
 from feedd.config.values import Operator
 from feedd.console import charts
 from feedd.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
-from feedd.credentials import verify_password
 from feedd.errors import ConflictError, NotFoundError
 from feedd.http.api import ApiError
 from feedd.http.manage import Releaser, switch_active
@@ -37,7 +36,7 @@ from feedd.http.runs import Retrier, acknowledge, run_file
 from feedd.http.views import pipeline_view
 from feedd.live import InvalidObject, Live, Source, StaleVersion
 from feedd.model import DeliveryStatus, ObjectKind, Run, RunStatus, id_floor, utcnow
-from feedd.sftp.auth import _DUMMY_HASH, FAILURE_DELAY, Bans, escaped
+from feedd.sftp.auth import FAILURE_DELAY, Bans, escaped, verify_queued
 from feedd.spaces import Spaces
 from feedd.store import RunQuery, Store
 
@@ -216,8 +215,8 @@ class Console:
         name = _text(form.get("name")) or ""
         password = _text(form.get("password")) or ""
         operator = next((o for o in self.config.http.operators if o.name == name), None)
-        phc = operator.password_hash if operator is not None else _DUMMY_HASH
-        ok = bool(password) and await asyncio.to_thread(verify_password, phc, password) and operator is not None
+        phc = operator.password_hash if operator is not None else None
+        ok = bool(password) and await verify_queued(phc, password) and operator is not None
         if not ok or operator is None:
             banned = bans.fail(ip)
             who = "operator" if operator is not None else "unknown operator"

@@ -58,6 +58,14 @@ def _lower_priority() -> None:
 _VERIFY_THREADS = ThreadPoolExecutor(VERIFY_SLOTS, thread_name_prefix="feedd-verify", initializer=_lower_priority)
 
 
+async def verify_queued(phc: str | None, password: str) -> bool:
+    """A password checked in the verify threads (first come, first served, at most VERIFY_SLOTS at a time),
+    against a dummy hash when there is none, so that timing does not tell whether the name exists. The
+    console's logins come here too: they share the same few threads with SFTP's."""
+    return await asyncio.get_running_loop().run_in_executor(_VERIFY_THREADS, verify_password, phc or _DUMMY_HASH,
+                                                            password)
+
+
 @dataclass(frozen=True, slots=True)
 class Startups:
     """OpenSSH's MaxStartups `start:rate:full`, counting connections at work on a login."""
