@@ -148,7 +148,8 @@ X11Forwarding no
         self.proc.wait(10)
 
 
-VARIANTS = ("default", "asyncio-loop", "no-fast-path")
+VARIANTS = ("default", "asyncio-loop", "no-fast-path", "managed-1000")
+MANAGED = 1000  # connections created over the API beside the benchmark's own, for `managed-1000`
 
 
 class Feedd(Server):
@@ -187,10 +188,26 @@ pipelines:
     active: {"true" if process else "false"}
 """)
         env = {"FEEDD_EVENT_LOOP": "asyncio"} if variant == "asyncio-loop" else None
-        self.spawn([sys.executable, "-m", "feedd", "serve", "-c", str(config)], "bench", "/inbox", state / "spool",
-                   env)
+        cmd = [sys.executable, "-m", "feedd", "serve", "-c", str(config)]
+        if variant == "managed-1000":
+            # Made once, as the API would store them, then served after a restart: what is measured is a
+            # daemon with that many connections in force, not the time it took to create them.
+            self.spawn(cmd, "bench", "/inbox", state / "spool", env)
+            self.stop()
+            self._add_managed(state / "feedd.db", pubkey)
+        self.spawn(cmd, "bench", "/inbox", state / "spool", env)
         self.db = state / "feedd.db"
         self.inbox = state / "spaces" / "bench" / "inbox"
+
+    @staticmethod
+    def _add_managed(db: Path, pubkey: str) -> None:
+        import sqlite3
+
+        now = "2026-01-01T00:00:00+00:00"
+        body = json.dumps({"authorized_keys": [pubkey], "quota": "1GiB"})
+        with sqlite3.connect(db) as conn:
+            conn.executemany("INSERT INTO managed_objects VALUES ('connection', ?, ?, 1, ?, ?)",
+                             [(f"partner-{i:04d}", body, now, now) for i in range(MANAGED)])
 
     def runs(self, *statuses: str) -> int:
         import sqlite3
