@@ -1,12 +1,16 @@
 """The console's pages over a store with many runs: how long each takes to render, server-side.
 
-    python bench/console.py [--runs 100000] [--connections 20] [--rounds 30]
+    python bench/console.py [--runs 100000] [--connections 20] [--rounds 30] [--drops 20]
 
 Fills a fresh store with `--runs` runs (spread over 30 days, `--connections` connections, mixed statuses,
 a few with failed deliveries), starts the HTTP app with the console in this process, logs in, and times
 each page `--rounds` times: the time from the request's arrival to its answer, measured inside the app by
 a middleware (so the client's own work does not count). Prints the median and the worst per page. The goal
 for the runs list is under 100 ms at 100,000 runs: every page reads the store through bounded queries.
+
+Then, with `--drops` and Playwright and Debian's chromium at hand, the time from an SFTP drop (the
+client's close of the file) to the run showing on the overview in a real browser, which refreshes its
+table every second: a full daemon in this process, a fresh state, one file at a time.
 It prints figures; it gates nothing.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -43,6 +48,7 @@ from feedd.model import (
     SourceKind,
     id_floor,
 )
+from feedd.store import RunQuery
 from feedd.store.sqlite import SqliteStore, _delivery_row, _run_row
 
 PASSWORD = "bench-password"  # noqa: S105 - the benchmark's own throwaway operator
@@ -100,6 +106,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--drops", type=int, default=20)
     args = parser.parse_args()
     HASH = hash_password(PASSWORD)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +164,67 @@ async def main() -> None:
         for page in pages:
             t = timings[page]
             print(f"{page:58} {statistics.median(t) * 1000:10.1f} {max(t) * 1000:9.1f}")
+    if args.drops:
+        await drop_to_overview(args.drops)
+
+
+async def drop_to_overview(drops: int) -> None:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        print("drop to overview: skipped (pip install playwright)")
+        return
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("drop to overview: skipped (apt-get install chromium)")
+        return
+    import asyncssh
+
+    from feedd.daemon import Daemon
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "feedd.yaml").write_text(
+            config_text(1) + "pipelines:\n  p: {connection: c00, schema: s, match: ['inbox/*.csv']}\n")
+        daemon = Daemon(load_config(root / "feedd.yaml", env={}), drain_seconds=2, workers=1)
+        await daemon.start()
+        assert daemon.http is not None
+        assert daemon.sftp is not None
+        url = f"http://127.0.0.1:{daemon.http.addresses[0].port}"
+        seen: list[float] = []
+        stored: list[float] = []
+        try:
+            async with async_playwright() as p, asyncssh.connect(
+                    "127.0.0.1", daemon.sftp.addresses[0].port, username="c00", password=PASSWORD, known_hosts=None,
+                    client_keys=None) as ssh, ssh.start_sftp_client() as sftp:
+                browser = await p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+                page = await browser.new_page()
+                await page.goto(f"{url}/ui/login")
+                await page.fill("#name", "bench")
+                await page.fill("#password", PASSWORD)
+                await page.click("button[type=submit]")
+                await page.wait_for_selector("tr[data-connection=c00]")
+                for i in range(drops):
+                    # at a random moment of the page's refresh cycle, as a partner's drop would come
+                    await asyncio.sleep(random.random())
+                    async with sftp.open(f"/inbox/d{i}.csv", "wb") as f:
+                        await f.write(b"email\nann@example.org\n")
+                    closed = time.monotonic()
+                    assert daemon.store is not None
+                    for _ in range(3000):
+                        if len((await daemon.store.list_runs(RunQuery(limit=drops + 1)))[0]) > i:
+                            break
+                        await asyncio.sleep(0.005)
+                    stored.append(time.monotonic() - closed)
+                    await page.wait_for_selector(f"tr[data-connection=c00][data-runs='{i + 1}']", timeout=30_000)
+                    seen.append(time.monotonic() - closed)
+                await browser.close()
+        finally:
+            await daemon.stop()
+        seen.sort()
+        print(f"drop to a run in the store: median {statistics.median(stored) * 1000:.0f} ms")
+        print(f"drop to overview in a browser ({drops} drops): median {statistics.median(seen) * 1000:.0f} ms, "
+              f"p90 {seen[int(len(seen) * 0.9) - 1] * 1000:.0f} ms, worst {seen[-1] * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
