@@ -105,6 +105,27 @@ async def test_an_operator_sees_a_failed_drop_opens_it_and_acks_it(start_api: Ca
     assert "globex" in api.daemon.config.connections
     entries, _ = await api.daemon.store.list_audit()  # type: ignore[union-attr]
     assert (entries[0].actor, entries[0].action, entries[0].name) == ("admin", "create", "globex")
+    await page.get_by_role("link", name="Edit").click()
+    await page.get_by_label("Enabled").uncheck()
+    await page.get_by_label("Max file size (e.g. 1GiB; empty: none)").fill("1MiB")
+    await page.get_by_role("button", name="Save").click()
+    await page.get_by_role("heading", name="Connection globex").wait_for()
+    globex = api.daemon.config.connections["globex"]
+    assert not globex.enabled and globex.max_file_size == 1024**2 and globex.password_hash  # the password kept
+
+    # Failed logins from another browser get this address banned; this operator's session goes on, sees
+    # the ban and lifts it, and the other browser can log in again.
+    other = await (await browser.new_context()).new_page()
+    for _ in range(5):  # sftp.ban.after_failures defaults to 5
+        await log_in(other, api.url, "admin", "wrong")
+        await other.get_by_text("Wrong name or password", exact=False).wait_for()
+    await page.goto(f"{api.url}/ui/connections")
+    await page.screenshot(path=str(shots / "connections-banned.png"), full_page=True)
+    await page.get_by_role("button", name="Unban 127.0.0.1").click()
+    await page.get_by_role("heading", name="Connections").wait_for()
+    assert await page.get_by_role("button", name="Unban 127.0.0.1").count() == 0
+    await log_in(other, api.url, "admin")
+    await other.get_by_role("heading", name="Overview").wait_for()
 
     # Phone width: the same page, one column, nothing cut off sideways.
     await page.set_viewport_size({"width": 390, "height": 844})
@@ -141,6 +162,21 @@ async def test_a_viewer_sees_but_cannot_change(start_api: Callable[..., Any], br
     assert forged.status == 403
     [run] = await api.runs()
     assert run.acknowledged_at is None
+
+    # With JavaScript off and only the keyboard, an admin logs in and acknowledges the run.
+    plain = await (await browser.new_context(java_script_enabled=False)).new_page()
+    await plain.goto(f"{api.url}/ui/runs/{run.run_id}")  # not logged in: to the login page, and back after it
+    await plain.get_by_label("Name").focus()
+    await plain.keyboard.type("admin")
+    await plain.keyboard.press("Tab")
+    await plain.keyboard.type(DEMO_PASSWORD)
+    await plain.keyboard.press("Enter")
+    ack = plain.get_by_role("button", name="Acknowledge")
+    await ack.focus()
+    await plain.keyboard.press("Enter")
+    await plain.get_by_text("Done: acknowledged.").wait_for()
+    [run] = await api.runs()
+    assert run.acknowledged_at is not None
 
 
 async def test_wrong_passwords_ban_the_address_and_sessions_expire(start_api: Callable[..., Any], browser: Any,
