@@ -15,11 +15,11 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 from aiohttp import web
@@ -29,7 +29,7 @@ from feedd.config import Config
 from feedd.config.values import Operator
 from feedd.console import charts
 from feedd.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
-from feedd.errors import ConflictError, NotFoundError
+from feedd.errors import ConflictError, FeeddError, NotFoundError
 from feedd.http.api import ApiError
 from feedd.http.manage import Releaser, switch_active
 from feedd.http.runs import Retrier, acknowledge, run_file
@@ -56,6 +56,19 @@ _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
 }
+
+
+class ReviewService(Protocol):
+    """The review loop's service (the same one the HTTP API calls): what the review page needs of it."""
+
+    async def sample(self, run: Run) -> dict[str, Any]: ...
+
+    async def preview(self, run: Run, mapping: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+
+    async def approve(self, run: Run, actor: str, mapping: Mapping[str, Any] | None = None,
+                      remember: bool = False) -> Run: ...
+
+    async def reject(self, run: Run, actor: str, message: str) -> Run: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +100,9 @@ Page = Callable[["Console", web.Request, Who], Awaitable[web.StreamResponse]]
 
 class Console:
     def __init__(self, live: Any, store: Store, parts: ConsoleParts, owner: Live | None,
-                 runs: Retrier | None, releaser: Releaser | None) -> None:
+                 runs: Retrier | None, releaser: Releaser | None, reviews: ReviewService | None = None) -> None:
         self._live = live
+        self._reviews = reviews
         self._store = store
         self._parts = parts
         self._owner = owner
@@ -118,6 +132,9 @@ class Console:
             ("GET", "/ui/runs", Console.runs_page),
             ("GET", "/ui/runs/{runId}", Console.run_page),
             ("GET", "/ui/runs/{runId}/review", Console.review_page),
+            ("POST", "/ui/runs/{runId}/review/preview", Console.review_preview),
+            ("POST", "/ui/runs/{runId}/review/approve", Console.review_approve),
+            ("POST", "/ui/runs/{runId}/review/reject", Console.review_reject),
             ("GET", "/ui/runs/{runId}/records", Console.download),
             ("GET", "/ui/runs/{runId}/rejects", Console.download),
             ("POST", "/ui/runs/{runId}/ack", Console.ack),
@@ -344,10 +361,81 @@ class Console:
             "can_reprocess": status in ("completed", "delivered", "failed"),
             "review": run.meta.get("review"), "flash": request.query.get("done")})
 
-    async def review_page(self, request: web.Request, who: Who) -> web.StreamResponse:
+    async def review_page(self, request: web.Request, who: Who, chosen: dict[str, str] | None = None,
+                          preview: dict[str, Any] | None = None, errors: list[dict[str, str]] | None = None,
+                          message: str = "", status: int = 200) -> web.StreamResponse:
+        """A run waiting for a person: its first rows, a header per schema field (the suggestion chosen
+        first), a preview of what a mapping gives, and the decision. Without the review service (or for a
+        run not waiting), only why it was sent to review."""
         run = await self._run(request)
-        return self._render(request, who, "review.html", {"run": run, "status": str(run.status),
-                                                          "review": run.meta.get("review")})
+        values: dict[str, Any] = {"run": run, "status": str(run.status), "review": run.meta.get("review"),
+                                  "sample": None, "fields": [], "preview": preview, "errors": errors or [],
+                                  "message": message}
+        if self._reviews is not None and _NEEDS_REVIEW is not None and run.status is _NEEDS_REVIEW:
+            try:
+                sample = await self._reviewing(self._reviews.sample(run))
+            except FeeddError as exc:  # e.g. the input is gone from the spool
+                raise Refused(409, str(exc)) from None
+            pipe = self.config.pipelines.get(run.pipeline or "")
+            schema = self.config.schemas.get(pipe.schema) if pipe is not None else None
+            suggestions = sample.get("suggestions") or {}
+            unmapped = sample.get("unmapped") or {}
+            fields = []
+            for spec in schema.fields if schema is not None else ():
+                hint = suggestions.get(spec.name) or {}
+                selected = chosen.get(spec.name, "") if chosen is not None else (hint.get("source") or "")
+                fields.append({"name": spec.name, "type": str(spec.type), "required": spec.required,
+                               "selected": selected, "hint": hint,
+                               "closest": (unmapped.get(spec.name) or {}).get("closest") or []})
+            values.update(sample=sample, fields=fields)
+        return self._render(request, who, "review.html", values, status)
+
+    async def _reviewing(self, pending: Awaitable[Any]) -> Any:
+        """The service's answer, its refusals as pages."""
+        try:
+            return await pending
+        except (ConflictError, NotFoundError) as exc:
+            raise Refused(409 if isinstance(exc, ConflictError) else 404, str(exc)) from None
+
+    def _review_form(self, form: Any) -> dict[str, str]:
+        """field -> header chosen (fields left on "not mapped" are left out)."""
+        return {key[4:]: value for key, value in form.items()
+                if isinstance(key, str) and key.startswith("map.") and isinstance(value, str) and value}
+
+    async def review_preview(self, request: web.Request, who: Who) -> web.StreamResponse:
+        if self._reviews is None:
+            raise Refused(409, "reviews are not available here")
+        run = await self._run(request)
+        chosen = self._review_form(await request.post())
+        try:
+            preview = await self._reviewing(self._reviews.preview(run, chosen))
+        except FeeddError as exc:
+            return await self.review_page(request, who, chosen, None, _details(exc), status=422)
+        return await self.review_page(request, who, chosen, preview)
+
+    async def review_approve(self, request: web.Request, who: Who) -> web.StreamResponse:
+        if self._reviews is None:
+            raise Refused(409, "reviews are not available here")
+        run = await self._run(request)
+        form = await request.post()
+        chosen = self._review_form(form)
+        try:
+            await self._reviewing(self._reviews.approve(run, who.operator.name, chosen,
+                                                        remember=_text(form.get("remember")) == "1"))
+        except FeeddError as exc:
+            return await self.review_page(request, who, chosen, None, _details(exc), status=422)
+        raise web.HTTPSeeOther(f"/ui/runs/{run.run_id}?done=approved")
+
+    async def review_reject(self, request: web.Request, who: Who) -> web.StreamResponse:
+        if self._reviews is None:
+            raise Refused(409, "reviews are not available here")
+        run = await self._run(request)
+        message = _text((await request.post()).get("message")) or ""
+        try:
+            await self._reviewing(self._reviews.reject(run, who.operator.name, message))
+        except FeeddError as exc:
+            return await self.review_page(request, who, None, None, _details(exc), message, status=422)
+        raise web.HTTPSeeOther(f"/ui/runs/{run.run_id}?done=rejected")
 
     async def download(self, request: web.Request, who: Who) -> web.StreamResponse:
         run = await self._run(request)
@@ -515,6 +603,11 @@ class Console:
 
 
 _NEEDS_REVIEW: RunStatus | None = next((s for s in RunStatus if s.value == "needs_review"), None)
+
+
+def _details(exc: Exception) -> list[dict[str, str]]:
+    details = getattr(exc, "details", None)
+    return details if isinstance(details, list) and details else [{"path": "", "message": str(exc)}]
 
 
 def _text(value: Any) -> str | None:
