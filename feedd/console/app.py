@@ -111,7 +111,7 @@ class Console:
         self.sessions = Sessions()
         self._overview: tuple[float, list[dict[str, Any]], datetime] | None = None
         self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                                       autoescape=True, undefined=jinja2.StrictUndefined)
+                                       autoescape=True)
         self._env.filters["when"] = _when
         self._env.filters["bytes"] = _bytes
 

@@ -98,7 +98,7 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
-              accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+              accepted: Callable[[], None] | None = None, owner: Owner | None = None, *,
               console: ConsoleParts | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
@@ -167,10 +167,10 @@ class HttpServer:
     name = "http"
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
-                 accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+                 accepted: Callable[[], None] | None = None, owner: Owner | None = None, *,
                  console: ConsoleParts | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted, owner, console)
+        self._app = build_app(config, store, runs, accepted, owner, console=console)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []
