@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_id")
         if action == "retry":
             p.add_argument("--reprocess", action="store_true")
+    ap = sub.add_parser("apply", help="create or update the schemas, connections and pipelines of a YAML file "
+                                      "over the side API (an admin key)")
+    _api_args(ap)
+    ap.add_argument("-f", "--file", required=True, help="YAML file with schemas:, connections:, pipelines:")
+    ap.add_argument("--prune", action="store_true",
+                    help="also delete the objects created over the API that the file does not name")
+    ap.add_argument("--dry-run", action="store_true", help="check every object and print what would change")
+    get = sub.add_parser("get", help="print schemas, connections or pipelines in the config file's shape")
+    _api_args(get)
+    get.add_argument("section", choices=["connections", "schemas", "pipelines"])
+    get.add_argument("name", nargs="?", help="one object (default: all)")
+    get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="default: %(default)s")
     return parser
 
 
@@ -71,7 +83,7 @@ def _api_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey,
-               "try": _try, "push": _push, "runs": _runs}
+               "try": _try, "push": _push, "runs": _runs, "apply": _apply, "get": _get}
     try:
         code = handler[args.command](args)
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
@@ -208,7 +220,7 @@ def _push(args: argparse.Namespace) -> int:
             counts, error = run.get("counts") or {}, run.get("error")
             print(f"run {run['runId']}: {run['status']}: {counts.get('rows', 0)} rows, {counts.get('valid', 0)} valid,"
                   f" {counts.get('invalid', 0)} rejected" + (f"; {error['code']}: {error['message']}" if error else ""))
-            return 0 if run["status"] != "failed" else 1
+            return 0 if run["status"] not in ("failed", "needs_review") else 1
     except (ClientError, ValueError, OSError, TimeoutError) as exc:
         print(f"\nfeedd push: {exc}" if tty else f"feedd push: {exc}", file=sys.stderr)
         return 1
@@ -265,3 +277,52 @@ def _run_table(runs: list[dict[str, Any]]) -> list[str]:
                      f"{(r['pipeline'] or '-'):{wp}}  {r['counts']['rows']:>8}  {r['counts']['invalid']:>7}  "
                      f"{error:22}  {delivery:8}  {r['source']['name']}")
     return lines
+
+
+def _api_client(args: argparse.Namespace, what: str) -> Any:
+    """A client for the side API from --url/--key/--cacert, or None after saying why not."""
+    from feedd.client import Client
+
+    if not args.key:
+        print(f"feedd {what}: an API key is needed (--key or $FEEDD_API_KEY)", file=sys.stderr)
+        return None
+    try:
+        return Client(args.url, args.key, cafile=args.cacert)
+    except OSError as exc:  # an unreadable --cacert (ssl.SSLError is an OSError)
+        print(f"feedd {what}: --cacert {args.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from feedd.apply import ApplyFileError, apply, read_objects
+
+    client = _api_client(args, "apply")
+    if client is None:
+        return 2
+    try:
+        objects = read_objects(Path(args.file), lambda text: print(f"warning: {text}", file=sys.stderr))
+    except ApplyFileError as exc:
+        print(f"feedd apply: {exc}", file=sys.stderr)
+        return 1
+    if args.prune and not objects:  # most likely the wrong file: it would delete every managed object
+        print(f"feedd apply: {args.file} has no schemas:, connections: or pipelines: section; --prune would "
+              f"delete every object created over the API (give an empty section to mean that)", file=sys.stderr)
+        return 1
+    return apply(client, objects, prune=args.prune, dry_run=args.dry_run)
+
+
+def _get(args: argparse.Namespace) -> int:
+    from feedd.apply import dump, get
+    from feedd.client import ClientError
+
+    client = _api_client(args, "get")
+    if client is None:
+        return 2
+    try:
+        print(dump(get(client, args.section, args.name), args.output), end="")
+    except ClientError as exc:
+        print(f"feedd get: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -28,13 +28,15 @@ Progress = Callable[[int, int, int], None]  # (parts sent, total parts, records 
 
 
 class ClientError(Exception):
-    """An error answer from the API (status, code and message from its body), or no answer at all."""
+    """An error answer from the API (status, code and message from its body, and the `details` of an invalid
+    object: [{path, message}]), or no answer at all."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.details = details or []
 
 
 class Client:
@@ -44,11 +46,12 @@ class Client:
         self.timeout = timeout
         self._ssl = _tls_context(cafile) if self.url.startswith("https://") else None
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method, headers={  # noqa: S310 - http(s) only
             "Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json",
-            "Accept": "application/json"})
+            "Accept": "application/json", **(headers or {})})
         if not self.url.startswith(("http://", "https://")):
             raise ClientError(0, "bad_url", f"{self.url!r} is not an http(s) URL")
         try:
@@ -57,7 +60,8 @@ class Client:
         except urllib.error.HTTPError as exc:
             try:
                 error = json.loads(exc.read().decode())["error"]
-                raise ClientError(exc.code, error["code"], error["message"]) from None
+                details = error.get("details") if isinstance(error.get("details"), list) else None
+                raise ClientError(exc.code, error["code"], error["message"], details) from None
             except (ValueError, KeyError, TypeError):
                 raise ClientError(exc.code, "http_error", str(exc.reason)) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -101,12 +105,13 @@ class Client:
         return self.request("GET", f"/runs/{urllib.parse.quote(run_id)}")  # type: ignore[no-any-return]
 
     def wait_for_run(self, run_id: str, timeout: float = 300.0, interval: float = 0.5) -> dict[str, Any]:
-        """Poll until the run is delivered or failed, or completed with nothing left pending."""
+        """Poll until the run is delivered or failed, or completed with nothing left pending, or waits for a
+        person (`needs_review`: nothing happens to it until someone decides)."""
         deadline = time.monotonic() + timeout
         while True:
             run = self.run(run_id)
             pending = any(d["status"] == "pending" for d in run["deliveries"])
-            if run["status"] in TERMINAL or (run["status"] == "completed" and not pending):
+            if run["status"] in (*TERMINAL, "needs_review") or (run["status"] == "completed" and not pending):
                 return run
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout:.0f} s")

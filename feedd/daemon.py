@@ -26,6 +26,7 @@ from feedd.events import EventSender
 from feedd.http.app import HttpServer
 from feedd.live import Live
 from feedd.pipeline.runner import Runner
+from feedd.review import Reviews, base_url, review_path
 from feedd.sftp.auth import Bans
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
@@ -67,6 +68,7 @@ class Daemon:
         self.drops: Drops | None = None
         self.http: HttpServer | None = None
         self.sftp: SftpService | None = None
+        self.reviews: Reviews | None = None
 
     @property
     def config(self) -> Config:
@@ -132,8 +134,13 @@ class Daemon:
         sender = EventSender(lambda: self.config, store)
         live.on_change(sender.wake)
         dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake)
+
+        def base() -> str:  # links into the console name the port as bound (`listen` may say port 0)
+            return base_url(self.config, self.http.addresses if self.http is not None else ())
+
         runner = Runner(lambda: self.config, store, spaces, workers=self.workers, deliver=dispatcher.wake,
-                        notify=sender.wake)
+                        notify=sender.wake, review_url=lambda run_id: base() + review_path(run_id))
+        self.reviews = reviews = Reviews(lambda: self.config, store, runner, spaces, base, notify=sender.wake)
 
         def accepted() -> None:  # a new run (and its event) is in the store
             runner.wake()
@@ -145,7 +152,8 @@ class Daemon:
         def logins() -> list[tuple[str, str, float]]:
             return self.sftp.logins() if self.sftp is not None else []
 
-        self.http = HttpServer(config, store, runner, accepted, live, console=ConsoleParts(bans, spaces, logins))
+        self.http = HttpServer(config, store, runner, accepted, live, reviews,
+                               console=ConsoleParts(bans, spaces, logins))
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys], bans)
         parts: list[Component] = [
             sender,

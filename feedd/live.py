@@ -22,7 +22,7 @@ from feedd.store import RunQuery, Store
 
 FILE_ACTOR = "config file"
 # A run in one of these still needs its pipeline and connection as they are.
-_LIVE_STATUSES = (RunStatus.QUEUED, RunStatus.PROCESSING, RunStatus.HELD)
+_LIVE_STATUSES = (RunStatus.QUEUED, RunStatus.PROCESSING, RunStatus.HELD, RunStatus.NEEDS_REVIEW)
 
 
 class Source(StrEnum):

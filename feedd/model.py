@@ -18,6 +18,7 @@ class RunStatus(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     HELD = "held"
+    NEEDS_REVIEW = "needs_review"  # resting: waits for a person's decision (README, "Review")
 
     @property
     def finished(self) -> bool:
@@ -197,6 +198,8 @@ class Run:
                 for d in self.deliveries
             ],
             "duplicateOf": self.duplicate_of,
+            # why the run was sent to a person, and what they decided (null for a run never reviewed)
+            "review": self.meta.get("review") or None,
             "createdAt": iso(self.created_at),
             "startedAt": iso(self.started_at),
             "finishedAt": iso(self.finished_at),
@@ -256,15 +259,18 @@ class AuditAction(StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     RELOAD = "reload"
+    APPROVE = "approve"  # a run in `needs_review` approved (kind "run")
+    REJECT = "reject"
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One change of the config in force: who, what, and the object before and after (never a secret)."""
+    """One change of the config in force, or a reviewer's decision on a run: who, what, and the object
+    before and after (never a secret)."""
 
     actor: str
     action: AuditAction
-    kind: str  # an ObjectKind, or "config" for a reload of the file
+    kind: str  # an ObjectKind, "config" for a reload of the file, or "run" for a review decision
     name: str
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None

@@ -30,6 +30,8 @@ _HINTS = {
     "in the message), or tell us the new column names.",
     "no_valid_rows": "No row could be used: check the errors below. Usually the columns or the file format are "
     "not the ones expected. Fix them and send the whole file again.",
+    "rejected_by_reviewer": "The file was looked at on our side and not accepted: the message says why. Fix "
+    "what it asks and send the whole file again.",
     "too_many_errors": "Too many rows were invalid, so nothing was accepted. Fix the rows listed in the errors "
     "(every rejected row is in the .rejects.csv file) and send the whole file again.",
 }
@@ -40,6 +42,9 @@ def advice(
     status: str, code: str | None, error: str | None, rows: int, valid: int, invalid: int, rejects: str | None = None
 ) -> tuple[str, str]:
     """(message, hint): what happened to the file and what the partner can do next, in plain words."""
+    if status == "needs_review":
+        return (f"The file is waiting for a person on our side to look at it: {error}",
+                "Nothing to do yet: you get a new report once it has been decided.")
     if code is not None:
         return error or code, _HINTS.get(code, _GENERIC)
     if rows == 0:
@@ -122,6 +127,26 @@ def place_intake_report(config: Config, run: Run, outbox: Path) -> int:
     folder = config.state_dir / "runs" / run.run_id
     folder.mkdir(parents=True, exist_ok=True)
     written = write_json(folder / "report.json", intake_report(config, run))
+    return place(written, outbox, report_name(run.source.name)).stat().st_size
+
+
+def place_decided_report(config: Config, run: Run, outbox: Path) -> int:
+    """In a thread: write the report of a run decided without a new pass over its input (a reviewer
+    rejected it: the error's message is theirs) into the partner's `outbox`, when it gets one; the bytes
+    added. It carries what the run found before (counts, mapping, first errors)."""
+    if not reports_for(config, run):
+        return 0
+    report = intake_report(config, run)
+    found = run.meta.get("headers")
+    headers: list[str] = found if isinstance(found, list) else []
+    report.update(
+        counts={"rows": run.counts.rows, "valid": run.counts.valid, "invalid": run.counts.invalid},
+        mapping=run.meta.get("mapping_reasons") or {}, detected=run.meta.get("detected") or {},
+        errors=columns([(e.row, e.field, e.code, e.message) for e in run.errors], run.mapping, headers),
+    )
+    folder = config.state_dir / "runs" / run.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_json(folder / "report.json", report)
     return place(written, outbox, report_name(run.source.name)).stat().st_size
 
 

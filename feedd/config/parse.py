@@ -54,7 +54,7 @@ from feedd.errors import ConfigError, ConfigIssue
 from feedd.model import ManagedObject
 
 EVENT_TYPES = (
-    "run.queued", "run.completed", "run.delivered", "run.failed", "run.held",
+    "run.queued", "run.completed", "run.delivered", "run.failed", "run.held", "run.needs_review",
     "upload.completed", "upload.aborted", "schema.drift", "config.changed",
 )
 TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
@@ -149,7 +149,7 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
             "max_connections_per_connection",
             "idle_timeout", "max_sessions_per_connection", "ban", "partial_max_age", "scan_interval",
             "min_free_space", "max_folder_depth", "max_entries_per_space", "fast_path",
-            "algorithms")
+            "algorithms", "proxy_protocol")
     m = r.mapping(top.get("sftp"), at, keys)
     ban_at = at.key(m, "ban") if m else at
     ban = r.mapping(m.get("ban") if m else None, ban_at, ("after_failures", "within", "for"))
@@ -171,6 +171,7 @@ def _sftp(r: Reader, top: LocMap, root: At, state_dir: Path) -> SftpConfig:
         max_entries_per_space=r.get(m, at, "max_entries_per_space", integer(1), 100_000),
         fast_path=r.get(m, at, "fast_path", boolean, True),
         algorithms=r.get(m, at, "algorithms", algorithms, Algorithms()),
+        proxy_protocol=r.get(m, at, "proxy_protocol", boolean, False),
         ban=BanConfig(
             after_failures=r.get(ban, ban_at, "after_failures", integer(1), 5),
             within=r.get(ban, ban_at, "within", duration, 300.0),
@@ -199,7 +200,8 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
     m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus",
-                                            "tls", "console", "operators", "session_ttl"))
+                                            "tls", "console", "operators", "session_ttl",
+                                            "proxy_protocol", "public_url"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
@@ -234,6 +236,8 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
         console=r.get(m, at, "console", boolean, True),
         operators=tuple(r.get(m, at, "operators", _operators, [])),
         session_ttl=r.get(m, at, "session_ttl", duration, 12 * 3600.0),
+        proxy_protocol=r.get(m, at, "proxy_protocol", boolean, False),
+        public_url=r.get(m, at, "public_url", _public_url, None),
     )
 
 
@@ -255,6 +259,15 @@ def _operators(r: Reader, v: Any, at: At) -> list[Operator]:
         seen.add(op.name)
         out.append(op)
     return out
+
+
+
+def _public_url(r: Reader, v: Any, at: At) -> str:
+    """The base people reach the HTTP port by (behind a proxy: its URL), without a trailing slash."""
+    s = http_url(r, v, at).rstrip("/")
+    if "?" in s or "#" in s:
+        raise Bad(f"expected a base URL without a query or fragment, got {s!r}")
+    return s
 
 
 def _tls(r: Reader, v: Any, at: At) -> TlsConfig | None:

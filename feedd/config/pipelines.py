@@ -27,6 +27,7 @@ from feedd.config.reader import (
 from feedd.config.source import LocMap
 from feedd.config.units import suggest
 from feedd.config.values import (
+    REVIEW_REASONS,
     Connection,
     Destination,
     DestinationType,
@@ -48,7 +49,7 @@ TEXT_TYPES = (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM)
 ORDERED_TYPES = (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME)
 PIPELINE_KEYS = ("connection", "schema", "direction", "active", "match", "format", "auto_map", "mappings",
                  "egress", "max_error_rate", "reports", "output", "destinations", "skip_duplicates",
-                 "allow_empty")
+                 "allow_empty", "review")
 OUTPUT_PLACEHOLDERS = ("stem", "name", "ext", "run_id", "connection", "pipeline", "date", "time")
 NO_ARG_TRANSFORMS = ("trim", "lower", "upper", "title", "digits")
 ARG_TRANSFORMS = ("null_if", "replace", "date", "datetime", "number", "boolean", "map", "default", "truncate",
@@ -194,8 +195,23 @@ def pipelines(r: Reader, v: Any, at: At, schemas: Mapping[str, Schema],
             destinations=dests,
             skip_duplicates=r.get(m, sub, "skip_duplicates", boolean, True),
             allow_empty=r.get(m, sub, "allow_empty", boolean, False),
+            review=r.get(m, sub, "review", _review, ()),
         )
     return out
+
+
+def _review(r: Reader, v: Any, at: At) -> tuple[str, ...]:
+    """`review: [unmapped_required_field, ...]`: each a known reason (with a did-you-mean), each once."""
+    out: list[str] = []
+    for item, sub in r.items(v, at):
+        try:
+            reason = choice(*REVIEW_REASONS)(r, item, sub)
+        except Bad as exc:
+            r.issue(sub, str(exc))
+            continue
+        if reason not in out:
+            out.append(reason)
+    return tuple(out)
 
 
 def _format(r: Reader, pm: LocMap, pat: At) -> FormatConfig:
@@ -226,7 +242,7 @@ def _encoding(r: Reader, v: Any, at: At) -> str:
     if s != "auto":
         try:
             codecs.lookup(s)
-        except LookupError:
+        except (LookupError, UnicodeError):  # a name that is no text (a lone surrogate, from an API body)
             raise Bad(f"unknown encoding {s!r} (for example utf-8, utf-16, cp1252, latin-1, or auto)") from None
     return s
 

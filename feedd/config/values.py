@@ -78,6 +78,7 @@ class SftpConfig:
     max_entries_per_space: int = 100_000  # files and folders in one inbox/ (SFTP create and mkdir)
     fast_path: bool = True  # feedd's speed-ups to asyncssh's receive path (feedd.sftp.wire)
     algorithms: Algorithms = field(default_factory=Algorithms)  # what the SSH server offers
+    proxy_protocol: bool = False  # behind a load balancer: each connection starts with a PROXY header
 
 
 class Role(StrEnum):
@@ -147,6 +148,8 @@ class HttpConfig:
     console: bool = True  # the operator console at /ui/
     operators: tuple[Operator, ...] = ()
     session_ttl: float = 12 * 3600.0  # a console session ends this long after its login
+    proxy_protocol: bool = False  # behind a load balancer: each connection starts with a PROXY header
+    public_url: str | None = None  # how people reach this port (links in events); None: from `listen`
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,12 @@ class Destination:
     remote_path: str | None = None  # sftp `path`
 
 
+# What a pipeline's `review` may name: the run-level failures a person can settle by choosing columns
+# (`unmapped_required_field`), accepting the rows that are valid (`too_many_errors`) or the new header
+# set (`schema_drift`, not a failure on its own).
+REVIEW_REASONS = ("unmapped_required_field", "too_many_errors", "schema_drift")
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     name: str
@@ -264,6 +273,7 @@ class Pipeline:
     destinations: tuple[Destination, ...] = ()
     skip_duplicates: bool = True  # the same content again from the same connection is recorded, not processed
     allow_empty: bool = False  # a 0-byte input completes with 0 rows ("nothing today") instead of failing
+    review: tuple[str, ...] = ()  # failures (REVIEW_REASONS) that send a run to a person instead of failing it
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from feedd import __version__, log, metrics, supervisor
+from feedd import __version__, log, metrics, proxyproto, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
 from feedd.console.app import Console, ConsoleParts
@@ -21,11 +21,13 @@ from feedd.http.api import Handler, errors
 from feedd.http.limits import InFlight
 from feedd.http.manage import ManageApi, Releaser
 from feedd.http.protocol import use_json_errors
+from feedd.http.review import ReviewApi
 from feedd.http.runs import EventsApi, Retrier, RunsApi
 from feedd.http.tus import Tus
 from feedd.http.uploads import Uploads
 from feedd.http.views import ViewsApi
 from feedd.live import Live as Owner
+from feedd.review import Reviews
 from feedd.sftp.auth import Bans
 from feedd.store import Store
 
@@ -98,8 +100,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
-              accepted: Callable[[], None] | None = None, owner: Owner | None = None, *,
-              console: ConsoleParts | None = None) -> web.Application:
+              accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+              reviews: Reviews | None = None, *, console: ConsoleParts | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
     in_flight = InFlight(lambda: live.config)
@@ -121,8 +123,10 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     EventsApi(live, store).routes(app)
     ViewsApi(live, store).routes(app)
     ManageApi(live, store, owner, runs).routes(app)
+    ReviewApi(live, store, reviews).routes(app)
     # The console is routed whatever `http.console` says, so that a reload can turn it on or off.
-    Console(live, store, console or ConsoleParts(Bans(config.sftp.ban)), owner, runs, runs).routes(app)
+    Console(live, store, console or ConsoleParts(Bans(config.sftp.ban)), owner, runs, runs,
+            reviews).routes(app)
     return app
 
 
@@ -167,14 +171,15 @@ class HttpServer:
     name = "http"
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
-                 accepted: Callable[[], None] | None = None, owner: Owner | None = None, *,
-                 console: ConsoleParts | None = None) -> None:
+                 accepted: Callable[[], None] | None = None, owner: Owner | None = None,
+                 reviews: Reviews | None = None, *, console: ConsoleParts | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted, owner, console=console)
+        self._app = build_app(config, store, runs, accepted, owner, reviews, console=console)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []
         self._ssl: ssl.SSLContext | None = None
+        self._proxied: list[proxyproto.Listener] = []  # with http.proxy_protocol on, in place of aiohttp's sites
 
     async def start(self) -> None:
         if self._config.http.tls is not None:
@@ -182,21 +187,38 @@ class HttpServer:
         await self._runner.setup()
         use_json_errors(self._runner.server)
         _cap_connections(self._runner.server)
-        for addr in self._config.http.listen:
-            site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS,
-                               ssl_context=self._ssl)
-            await site.start()
-            server = site._server  # aiohttp exposes the bound sockets only here (port 0 in tests)
-            for sock in getattr(server, "sockets", None) or ():
-                host, port = sock.getsockname()[:2]
-                self.addresses.append(Address(host, port))
+        if self._config.http.proxy_protocol:
+            await self._start_proxied()
+        else:
+            for addr in self._config.http.listen:
+                site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True, backlog=MAX_CONNECTIONS,
+                                   ssl_context=self._ssl)
+                await site.start()
+                server = site._server  # aiohttp exposes the bound sockets only here (port 0 in tests)
+                for sock in getattr(server, "sockets", None) or ():
+                    host, port = sock.getsockname()[:2]
+                    self.addresses.append(Address(host, port))
         await self._app[UPLOADS].start()
         for bound in self.addresses:
             log.get().info("listening", service="http", address=str(bound), tls=self._ssl is not None)
 
+    async def _start_proxied(self) -> None:
+        """Listeners that read each connection's PROXY header (then TLS, if on) before aiohttp's protocol
+        gets it, so `request.remote` is the partner's address rather than the balancer's."""
+        server = self._runner.server
+        assert server is not None  # set up by AppRunner.setup
+        for addr in self._config.http.listen:
+            listener = proxyproto.Listener("http", server, ssl_context=self._ssl, backlog=MAX_CONNECTIONS)
+            self._proxied.append(listener)
+            await listener.start(addr.host, addr.port)
+            for sock in listener.sockets:
+                host, port = sock.getsockname()[:2]
+                self.addresses.append(Address(host, port))
+
     async def reload(self, config: Config) -> None:
-        if config.http.listen != self._config.http.listen:
-            log.get().warning("http.listen changed: takes effect at the next restart")
+        for key in ("listen", "proxy_protocol"):
+            if getattr(config.http, key) != getattr(self._config.http, key):
+                log.get().warning(f"http.{key} changed: takes effect at the next restart")
         if (config.http.tls is None) != (self._ssl is None):
             log.get().warning("http.tls turned on or off: takes effect at the next restart")
         elif self._ssl is not None and config.http.tls is not None:
@@ -210,5 +232,9 @@ class HttpServer:
         self._app[LIVE].config = config
 
     async def stop(self, deadline: float) -> None:
+        for listener in self._proxied:
+            listener.close()
+        for listener in self._proxied:
+            await listener.wait_closed()
         await self._app[UPLOADS].stop()
         await self._runner.cleanup()

@@ -17,6 +17,9 @@ from feedd.model import ObjectKind, iso
 from feedd.store import Store
 
 MAX_LIMIT = 1000
+# A config object is a few levels deep; the config's readers walk bodies recursively, so a deeper body would
+# exhaust Python's recursion limit (a 500) before the validator could refuse it.
+MAX_DEPTH = 32
 _KINDS = {kind.section: kind for kind in ObjectKind}
 
 
@@ -96,7 +99,7 @@ class ManageApi(Routes):
         key = authenticate(request, self.config)
         require_admin(key)
         kind = _kind(request)
-        body = await json_body(request)
+        body = _shallow(await json_body(request))
         name = body.pop("name", None)
         if not isinstance(name, str) or not name:
             raise ApiError(422, "invalid_config", "name: required (a string)",
@@ -109,7 +112,7 @@ class ManageApi(Routes):
         key = authenticate(request, self.config)
         kind = _kind(request)
         name = request.match_info["name"]
-        body = await json_body(request)
+        body = _shallow(await json_body(request))
         if kind is ObjectKind.PIPELINE and set(body) == {"active"}:
             return await self._switch(key, name, field(body, "active", bool))
         require_admin(key)
@@ -179,6 +182,21 @@ async def switch_active(store: Store, releaser: Releaser | None, pipeline: str, 
     """The runtime switch: kept in the store; turning it on releases the held runs (returns how many)."""
     await store.set_pipeline_active(pipeline, active)
     return await releaser.release_held(pipeline) if active and releaser is not None else 0
+
+
+def _shallow(body: dict[str, Any]) -> dict[str, Any]:
+    """`body`, or 422 when it is nested deeper than MAX_DEPTH (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(422, "invalid_config", f"the object is nested deeper than {MAX_DEPTH} levels",
+                           details=[{"path": "", "message": f"nested deeper than {MAX_DEPTH} levels"}])
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return body
 
 
 def _kind(request: web.Request) -> ObjectKind:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from feedd.config.values import REVIEW_REASONS
 from feedd.model import RunStatus, UploadState
 
 JSON = "application/json"
@@ -35,6 +36,7 @@ _ERRORS = {
     404: "No such id or name",
     408: "The body did not arrive in time",
     409: "The resource is in the wrong state for this",
+    412: "A precondition (If-Match) no longer holds",
     413: "The body is too large",
     422: "Valid JSON with the wrong meaning",
     429: "Too many requests in progress for this key or address (or on the port): see Retry-After",
@@ -106,10 +108,58 @@ SCHEMAS: dict[str, Any] = {
             lastError=_nullable("string"), deliveredAt=_NTIME)},
         duplicateOf=_nullable("string"), createdAt=_TIME, startedAt=_NTIME, finishedAt=_NTIME,
         acknowledgedAt=_NTIME, deliveryFailed={"type": "boolean"},
-        mappingReasons={"type": "object", "additionalProperties": _object(
-            ["source", "reason", "score"], {"fallback": {"type": "string"}}, source=_nullable("string"),
-            reason={"type": "string"}, score={"type": "number"})},
+        mappingReasons={"type": "object", "additionalProperties": _ref("MappingChoice")},
+        review={"oneOf": [{"type": "null"}, _ref("Review")]},
     ),
+    "MappingChoice": _object(["source", "reason", "score"], {"fallback": {"type": "string"}},
+                             source=_nullable("string"), reason={"type": "string"}, score={"type": "number"}),
+    "Review": {"type": "object", "required": ["reason", "message", "details"], "properties": {
+        "reason": {"enum": list(REVIEW_REASONS)}, "message": _nullable("string"),
+        "details": {"type": "object", "description": "unmapped_required_field: {fields: [{field, configured, "
+                                                     "closest}]}; schema_drift: {added, removed}; "
+                                                     "too_many_errors: {rows, valid, invalid, rate, maxErrorRate}"},
+        "decision": {"type": "object", "description": "what a reviewer decided: {decision: approve|reject, actor, "
+                                                      "at, mapping?, remember?, maxErrorRate?, message?}"}},
+        "additionalProperties": False},
+    "InputSample": _object(
+        ["runId", "status", "headers", "rows", "detected", "error", "suggestions", "unmapped"],
+        runId={"type": "string"}, status={"enum": [str(s) for s in RunStatus]},
+        headers={"type": "array", "items": {"type": "string"}},
+        rows={"type": "array", "maxItems": 20, "items": _object(["row", "cells"], row={"type": "integer"},
+                                                               cells={"type": "array"})},
+        detected={"type": "object"},
+        error={"oneOf": [{"type": "null"}, _object(["code", "message"], code={"type": "string"},
+                                                   message={"type": "string"})]},
+        suggestions={"type": "object", "additionalProperties": _ref("MappingChoice")},
+        unmapped={"type": "object", "additionalProperties": _object(
+            ["configured", "closest"], configured=_nullable("string"),
+            closest={"type": "array", "items": {"type": "string"}})}),
+    "PreviewRequest": _object([], {
+        "mapping": _ref("ReviewMapping"),
+        "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1}}),
+    "ReviewMapping": {"type": "object", "description": "schema field -> a header of the input, or a mapping "
+                                                       "object as in the config ({from, transforms, default, "
+                                                       "template, value})",
+                      "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "object"}]}},
+    "Preview": _object(
+        ["runId", "status", "counts", "mapping", "errors", "error"],
+        runId={"type": "string"}, status={"enum": ["completed", "failed"]},
+        counts=_object(["rows", "valid", "invalid"], rows={"type": "integer"}, valid={"type": "integer"},
+                       invalid={"type": "integer"}),
+        mapping={"type": "object", "additionalProperties": _ref("MappingChoice")},
+        errors={"type": "array", "maxItems": 100, "items": _object(
+            ["row", "field", "code", "message"], row={"type": "integer"}, field=_nullable("string"),
+            code={"type": "string"}, message={"type": "string"})},
+        error={"oneOf": [{"type": "null"}, _object(["code", "message"], code={"type": "string"},
+                                                   message={"type": "string"})]}),
+    "ReviewDecision": {"oneOf": [
+        _object(["decision"], {"mapping": _ref("ReviewMapping"), "remember": {"type": "boolean"},
+                               "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1}},
+                decision={"const": "approve"}),
+        _object(["decision", "message"], decision={"const": "reject"},
+                message={"type": "string", "minLength": 1, "maxLength": 2000, "pattern": "\\S"}),
+    ]},
     "Event": _object(
         ["eventId", "url", "type", "status", "attempts", "lastError", "nextAttemptAt", "createdAt", "data"],
         eventId={"type": "string"}, url={"type": "string"}, type={"type": "string"},
@@ -157,7 +207,6 @@ SCHEMAS: dict[str, Any] = {
         format={"type": "object"}, output={"type": "object"},
         mappings={"type": "object", "additionalProperties": {"type": "string"}},
         destinations={"type": "array", "items": {"type": "object"}}),
-    "PipelinePatch": _object(["active"], active={"type": "boolean"}),
     "Suggestions": _object(
         ["suggestions", "unmapped"],
         suggestions={"type": "object", "additionalProperties": _object(
@@ -213,7 +262,7 @@ PATHS: dict[str, Any] = {
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
         _query("cursor", {"type": "string", "pattern": _ID}, "nextCursor of the previous page"),
     ])},
-    "/events": {"get": _op("Webhook events, newest first (keys with every connection only)",
+    "/events": {"get": _op("Webhook events, newest first (admin keys only)",
                            _json(_ref("EventPage"), "One page"), 400, 403, params=[
         _query("status", {"enum": ["pending", "delivered", "failed"]}, "only events in this state"),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
@@ -229,16 +278,17 @@ PATHS: dict[str, Any] = {
     "/runs/{runId}/retry": {"post": _op(
         "Re-deliver failed destinations, or process the input again", _json(_ref("Run"), "The run"),
         400, 403, 404, 409, 413, params=[_RUN_ID], body=_body("Retry", required=False))},
-    "/connections": {"get": _op("Connections this key may use (no secrets)", _json(
-        _object(["data"], data={"type": "array", "items": _ref("Connection")}), "Connections"))},
-    "/pipelines": {"get": _op("Pipelines of those connections", _json(
-        _object(["data"], data={"type": "array", "items": _ref("Pipeline")}), "Pipelines"))},
-    "/pipelines/{name}": {
-        "get": _op("One pipeline", _json(_ref("Pipeline"), "The pipeline"), 403, 404, params=[_NAME]),
-        "patch": _op("Switch a pipeline on or off (kept across restarts; on releases held runs)",
-                     _json(_ref("Pipeline"), "The pipeline"), 400, 403, 404, 413, params=[_NAME],
-                     body=_body("PipelinePatch")),
-    },
+    "/runs/{runId}/input/headers": {"get": _op(
+        "The input's header row and first 20 rows as read, with the mapping's suggestions (admin keys)",
+        _json(_ref("InputSample"), "The sample"), 403, 404, 409, params=[_RUN_ID])},
+    "/runs/{runId}/preview": {"post": _op(
+        "What approving the run with this mapping would give; changes nothing (admin keys)",
+        _json(_ref("Preview"), "The preview"), 400, 403, 404, 409, 413, 422, params=[_RUN_ID],
+        body=_body("PreviewRequest", required=False))},
+    "/runs/{runId}/review": {"post": _op(
+        "Decide a run in needs_review: approve (processed again with the mapping) or reject (admin keys)",
+        _json(_ref("Run"), "The run, queued again or failed"), 400, 403, 404, 409, 413, 422, params=[_RUN_ID],
+        body=_body("ReviewDecision"))},
     "/pipelines/{name}/mapping-suggestions": {"get": _op(
         "How the pipeline would map these headers", _json(_ref("Suggestions"), "Suggestions"), 400, 403, 404,
         params=[_NAME, {"name": "headers", "in": "query", "required": True,
@@ -305,6 +355,125 @@ PATHS.update({
 })
 
 
+# Connections, schemas and pipelines: both sources listed and read; the store's created, changed and deleted
+# with admin keys. Bodies are objects in the config file's own shape (snake_case, as a YAML block): the
+# config's validator judges them, so the document leaves their keys open.
+
+_SECTIONS = {"connections": "connection", "schemas": "schema", "pipelines": "pipeline"}
+_CONFIG_OBJECT = {"type": "object", "additionalProperties": True,
+                  "description": "the object in the config file's own shape (snake_case keys, as a YAML block)"}
+_WRAPPER = {
+    "name": {"type": "string"},
+    "source": {"enum": ["file", "api"], "description": "file: provisioned (read-only here); api: managed"},
+    "object": {**_CONFIG_OBJECT, "description": "the object in the config file's shape, without secrets (a "
+                                                "literal secret is shown as <redacted>; connections carry "
+                                                "hasPassword instead of a password)"},
+    "createdAt": _NTIME, "updatedAt": _NTIME,
+    "version": {**_nullable("integer"), "description": "raised by one at each change (null for the file's "
+                                                       "objects); the ETag, and what If-Match compares"},
+}
+_CHANGE = {"changed": {"type": "boolean", "description": "whether the request changed (or, with dryRun, would "
+                                                         "change) the object"},
+           "dryRun": {"const": True, "description": "present when nothing was written (?dryRun=true)"}}
+
+
+def _answer(flat: dict[str, Any] | None, *, flat_required: bool) -> dict[str, Any]:
+    """A managed-object answer: the wrapper, and for connections and pipelines the flat view apps read.
+    The flat view is of the config in force, so a dry-run creation (not in force) answers without it."""
+    props = {**(flat["properties"] if flat else {}), **_WRAPPER, **_CHANGE}
+    required = [*_WRAPPER, *(f for f in (flat["required"] if flat else []) if flat_required and f != "name")]
+    return {"type": "object", "required": required, "properties": props, "additionalProperties": False}
+
+
+SCHEMAS["Connection"] = _answer(SCHEMAS["Connection"], flat_required=True)
+SCHEMAS["ConnectionCreated"] = _answer(SCHEMAS["Connection"], flat_required=False)
+SCHEMAS["Pipeline"] = _answer(SCHEMAS["Pipeline"], flat_required=True)
+SCHEMAS["PipelineCreated"] = _answer(SCHEMAS["Pipeline"], flat_required=False)
+SCHEMAS["Schema"] = _answer(None, flat_required=True)
+SCHEMAS["SchemaCreated"] = SCHEMAS["Schema"]
+SCHEMAS["NewObject"] = {"type": "object", "required": ["name"], "additionalProperties": True,
+                        "properties": {"name": {"type": "string", "minLength": 1}},
+                        "description": "{name, ...the object in the config file's shape}"}
+SCHEMAS["ObjectPatch"] = {**_CONFIG_OBJECT, "description": "keys of the object in the config file's shape: each "
+                                                           "given key replaces that key whole; null restores "
+                                                           "its default"}
+SCHEMAS["PipelinePatch"] = {**_CONFIG_OBJECT, "properties": {"active": {"type": "boolean"}},
+                            "description": "{active} alone: the runtime switch (any pipeline, app keys too; kept "
+                                           "across restarts; on releases held runs). Other keys: as ObjectPatch"}
+SCHEMAS["InvalidConfig"] = _object(["error"], error=_object(
+    ["code", "message", "details"], code={"const": "invalid_config"}, message={"type": "string"},
+    details={"type": "array", "items": _object(
+        ["path", "message"], path={"type": "string", "description": "a key path inside the object"},
+        message={"type": "string"})}))
+SCHEMAS["AuditEntry"] = _object(
+    ["at", "actor", "action", "kind", "name", "before", "after"], at=_TIME, actor={"type": "string"},
+    action={"enum": ["create", "update", "delete", "reload"]},
+    kind={"enum": [*_SECTIONS.values(), "config"]}, name={"type": "string"},
+    before={"oneOf": [{"type": "null"}, {"type": "object"}]}, after={"oneOf": [{"type": "null"}, {"type": "object"}]})
+SCHEMAS["AuditPage"] = _object(["data", "nextCursor"], data={"type": "array", "items": _ref("AuditEntry")},
+                               nextCursor=_nullable("string"))
+
+_ETAG = {"ETag": {"description": "the object's version, quoted (managed objects only)", "required": False,
+                  "schema": {"type": "string", "pattern": '^"[0-9]+"$'}}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+             "schema": {"type": "string", "pattern": '^(W/)?"?[0-9]{1,18}"?$'},
+             "description": "the version last read (its ETag): 412 if the object changed since"}
+_DRY_RUN = _query("dryRun", {"enum": ["true", "false"]}, "true: validate and answer, write nothing")
+_MANAGE_ERRORS = {
+    403: "An app key (this needs an admin key), or a key that may not use this object",
+    409: "The name exists (exists), is the config file's (provisioned), or is in use (in_use)",
+    412: "If-Match names a version the object is no longer at",
+    422: "The object is not valid: each problem's key path and message in error.details",
+}
+
+
+def _with(op: dict[str, Any], *, ok_headers: bool = False, ok: str = "200",
+          extra_ok: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An operation with the management API's own error texts, 422 with details, and ETag on success."""
+    responses = op["responses"]
+    for code, text in _MANAGE_ERRORS.items():
+        if str(code) in responses:
+            schema = _ref("InvalidConfig") if code == 422 else _ref("Error")
+            responses[str(code)] = _json(schema, text)
+    if extra_ok:
+        responses.update(extra_ok)
+    if ok_headers:
+        for status in (ok, *(extra_ok or {})):
+            responses[status]["headers"] = _ETAG
+    return op
+
+
+for _section, _kind in _SECTIONS.items():
+    _answer_ref, _created_ref = _ref(_kind.capitalize()), _ref(f"{_kind.capitalize()}Created")
+    _patch = _body("PipelinePatch" if _kind == "pipeline" else "ObjectPatch")
+    PATHS[f"/{_section}"] = {
+        "get": _op(f"Every {_kind} of both sources (app keys: those of their connections)", _json(
+            _object(["data"], data={"type": "array", "items": _answer_ref}), f"The {_section}")),
+        "post": _with(_op(
+            f"Create a {_kind} (admin)", _json(_created_ref, "Created"), 400, 403, 409, 413, 422, ok_status=201,
+            body=_body("NewObject"), params=[_DRY_RUN]), ok="201", ok_headers=True,
+            extra_ok={"200": _json(_created_ref, "dryRun=true: valid, nothing written")}),
+    }
+    PATHS[f"/{_section}/{{name}}"] = {
+        "get": _with(_op(f"One {_kind}", _json(_answer_ref, f"The {_kind}"), 403, 404, params=[_NAME]),
+                     ok_headers=True),
+        "patch": _with(_op(
+            f"Change a managed {_kind} (admin)" + (
+                "; or switch any pipeline on or off with {active} alone (app keys too; kept across restarts; on "
+                "releases held runs: `released`)" if _kind == "pipeline" else ""),
+            _json(_answer_ref, f"The {_kind} (changed: false when the body changed nothing)"),
+            400, 403, 404, 409, 412, 413, 422, params=[_NAME, _IF_MATCH, _DRY_RUN], body=_patch), ok_headers=True),
+        "delete": _with(_op(f"Delete a managed {_kind} (admin; 409 while in use)",
+                            {"description": "Deleted"}, 400, 403, 404, 409, 412, ok_status=204,
+                            params=[_NAME, _IF_MATCH])),
+    }
+PATHS["/audit"] = {"get": _op("Every change of the config in force, newest first (admin)",
+                              _json(_ref("AuditPage"), "One page"), 400, 403, params=[
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)"),
+    _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "nextCursor of the previous page"),
+])}
+
+
 def operation_id(method: str, path: str) -> str:
     """`post /outbound/uploads/{uploadId}/complete` -> `postOutboundUploadsByUploadIdComplete`."""
     words = [f"By{w[1:-1][:1].upper()}{w[2:-1]}" if w.startswith("{") else w[:1].upper() + w[1:]
@@ -356,6 +525,18 @@ _links("/pipelines", "get", "200", GetPipeline=_FIRST_PIPELINE, PatchPipeline=_F
        MappingSuggestions=_FIRST_PIPELINE)
 _links("/pipelines/{name}", "get", "200", MappingSuggestions={"name": "$response.body#/name"},
        PatchPipeline={"name": "$response.body#/name"})
+
+
+for _section, _kind in _SECTIONS.items():
+    # a created or listed object to reading, changing and deleting it
+    _title = _kind.capitalize()
+    for _verb in ("get", "patch", "delete"):
+        _LINK_TARGETS[f"{_verb.capitalize()}{_title}"] = (f"/{_section}/{{name}}", _verb)
+    _by_name = {f"{v}{_title}": {"name": "$response.body#/name"} for v in ("Get", "Patch", "Delete")}
+    _first = {f"{v}{_title}": {"name": "$response.body#/data/0/name"} for v in ("Get", "Patch", "Delete")}
+    _links(f"/{_section}", "post", "201", **_by_name)
+    _links(f"/{_section}", "get", "200", **_first)
+    _links(f"/{_section}/{{name}}", "patch", "200", **{k: v for k, v in _by_name.items() if not k.startswith("Patch")})
 
 
 def document(version: str) -> dict[str, Any]:

@@ -161,11 +161,12 @@ def run_file(run: Run, what: str) -> web.StreamResponse:
 
 
 def _file(run: Run, path: Any, what: str) -> web.StreamResponse:
-    if run.status not in (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED) or not path \
-            or not Path(path).is_file():
+    # a run waiting for review shows its rejects (what a reviewer looks at), not its records (not output)
+    if run.status not in (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED, RunStatus.NEEDS_REVIEW) \
+            or not path or not Path(path).is_file():
         raise ApiError(409, "not_ready", f"run {run.run_id} is {run.status} and has no {what} to read")
-    if what == "records" and run.status is RunStatus.FAILED:
-        raise ApiError(409, "not_ready", f"run {run.run_id} failed: its records are not output")
+    if what == "records" and run.status in (RunStatus.FAILED, RunStatus.NEEDS_REVIEW):
+        raise ApiError(409, "not_ready", f"run {run.run_id} is {run.status}: its records are not output")
     return web.FileResponse(Path(path), headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
 
 

@@ -5,7 +5,9 @@ header (and so is a field whose configured column is not in the file, with or wi
 renamed column is better guessed and explained than silently left empty): by the mapping this
 connection used for the same header set before (memory), then the exact or normalised name (case,
 spaces, punctuation, snake/camel), then the field's `aliases`, then string similarity above a
-threshold. Each choice carries its reason and score. Below the threshold nothing is guessed.
+threshold. Each choice carries its reason and score. Below the threshold nothing is guessed. Without
+`auto_map`, memory still fills a field that has no configured column: what it holds was a person's
+choice (a reviewer's) or a mapping that worked, not a guess.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +43,7 @@ def header_key(headers: Sequence[str]) -> str:
 class Choice:
     target: str
     source: str | None  # the header used, or None for a template/constant
-    reason: str  # mapping | template | value | memory | exact | normalized | alias | similar
+    reason: str  # mapping | review | template | value | remembered | exact | normalized | alias | similar
     score: float = 1.0
     configured: str | None = None  # the configured column, absent from the file, this choice stands in for
 
@@ -76,7 +78,8 @@ class Plan:
 
 
 def plan(pipeline: Pipeline, schema: Schema, headers: Sequence[str],
-         memory: Mapping[str, str] | None = None) -> Plan:
+         memory: Mapping[str, str] | None = None, reviewed: Collection[str] = ()) -> Plan:
+    """`reviewed`: the fields whose mapping a reviewer chose for this run (reason `review`)."""
     explicit = {m.target: m for m in pipeline.mappings}
     choices: dict[str, Choice] = {}
     missing: dict[str, str] = {}
@@ -86,14 +89,17 @@ def plan(pipeline: Pipeline, schema: Schema, headers: Sequence[str],
         if m is not None and m.source and m.source not in present:
             missing[field.name] = m.source
         elif m is not None and (m.source or m.template or m.has_value):
-            reason = "mapping" if m.source else "template" if m.template else "value"
+            reason = "review" if field.name in reviewed else \
+                "mapping" if m.source else "template" if m.template else "value"
             choices[field.name] = Choice(field.name, m.source, reason)
-    if pipeline.auto_map or missing:
+    memory = memory or {}
+    if pipeline.auto_map or missing or memory:
         taken: set[str] = {c.source for c in choices.values() if c.source}
         for field in schema.fields:
-            if field.name in choices or not (pipeline.auto_map or field.name in missing):
+            guess = pipeline.auto_map or field.name in missing
+            if field.name in choices or not (guess or field.name in memory):
                 continue
-            choice = _guess(field.name, field.aliases, headers, taken, memory or {})
+            choice = _guess(field.name, field.aliases, headers, taken, memory, guess=guess)
             if choice is None or choice.source is None:
                 continue
             taken.add(choice.source)
@@ -106,11 +112,13 @@ def plan(pipeline: Pipeline, schema: Schema, headers: Sequence[str],
 
 
 def _guess(target: str, aliases: Sequence[str], headers: Sequence[str], taken: set[str],
-           memory: Mapping[str, str]) -> Choice | None:
+           memory: Mapping[str, str], *, guess: bool = True) -> Choice | None:
     free = [h for h in headers if h not in taken]
     remembered = memory.get(target)
     if remembered in free:
-        return Choice(target, remembered, "memory")
+        return Choice(target, remembered, "remembered")
+    if not guess:
+        return None
     if target in free:
         return Choice(target, target, "exact")
     by_norm = {normalize(h): h for h in free}

@@ -9,16 +9,18 @@ the parent.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from feedd.config.values import FieldType, FormatConfig, Pipeline, Schema
+from feedd.config.values import REVIEW_REASONS, FieldType, FormatConfig, Pipeline, Schema
 from feedd.durable import NAME_MAX, fit_name
 from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
@@ -42,6 +44,8 @@ class Job:
     previous_headers: list[str] | None = None
     span: Span | None = None  # one stretch of the input (see `process_stretch`), or the whole of it
     receipt: dict[str, Any] | None = None  # the input's sha256, size and receivedAt, for the report
+    reviewed: tuple[str, ...] = ()  # fields whose mapping a reviewer chose (their reason is `review`)
+    approved: bool = False  # a reviewer approved the run: the pipeline's `review` is not applied again
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,9 @@ class Outcome:
     report_path: str | None = None
     seconds: float = 0.0
     stretches: int = 1  # workers that processed a stretch of the input each
+    # status `needs_review`: why, as runs show it ({reason, message, details}; see `_hold`)
+    review: dict[str, Any] | None = None
+    unmapped: list[dict[str, Any]] = field(default_factory=list)  # required fields left without a column
 
 
 # A destination may write a temporary name beside the output (`.<name>.<run id>.tmp` on an SFTP server):
@@ -104,6 +111,61 @@ def headers_key(input_path: str, fmt: FormatConfig) -> str | None:
     return header_key(headers) if headers else None
 
 
+SAMPLE_ROWS = 20
+
+
+def sample(job: Job, rows: int = SAMPLE_ROWS) -> dict[str, Any]:
+    """In a worker: the input's header row and first `rows` rows as read (cells as the reader gives them),
+    what was detected, and how the pipeline's mapping would choose for these headers (`suggestions`, with
+    each reason and score; `unmapped`: required fields with no column and their closest headers)."""
+    headers: list[str] = []
+    first: list[dict[str, Any]] = []
+    detected: dict[str, Any] = {"format": "empty"}
+    error = None
+    try:
+        if os.path.getsize(job.input_path) > 0:
+            found, headers, read = open_rows(Path(job.input_path), job.pipeline.format)
+            detected = found.as_dict()
+            with read:
+                for number, cells in read:
+                    first.append({"row": number, "cells": [_cell(c) for c in cells]})
+                    if len(first) >= rows:
+                        break
+    except ReadError as exc:  # what was read so far is shown, with why reading stopped
+        error = {"code": exc.code, "message": f"{job.source_name}: {exc.message}"}
+    chosen = plan(job.pipeline, job.schema, headers, job.memory, job.reviewed)
+    return {"headers": headers, "rows": first, "detected": detected, "error": error,
+            "suggestions": chosen.reasons(),
+            "unmapped": {f: {"configured": chosen.missing.get(f), "closest": c}
+                         for f, c in chosen.unmapped_required.items()}}
+
+
+def _cell(value: Any) -> Any:
+    """A cell as JSON can carry it: text and plain JSON values as they are, anything else as its text."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def preview(job: Job) -> dict[str, Any]:
+    """In a worker: what processing the run with `job` would give (the same code as a real run), with its
+    outputs written to a scratch folder that is then deleted: nothing of the run changes."""
+    with tempfile.TemporaryDirectory(prefix="feedd-preview-") as scratch:
+        outcome = process(replace(job, out_dir=scratch))
+    return {
+        "status": outcome.status,
+        "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid},
+        "mapping": outcome.reasons,
+        "errors": [{"row": r, "field": f, "code": c, "message": m} for r, f, c, m in outcome.errors[:MAX_ERRORS]],
+        "error": None if outcome.error is None else {"code": outcome.error[0], "message": outcome.error[1]},
+        "review": outcome.review,
+        "headers": outcome.headers,
+    }
+
+
 def process(job: Job) -> Outcome:
     started = time.monotonic()
     out = Path(job.out_dir)
@@ -113,6 +175,7 @@ def process(job: Job) -> Outcome:
     outcome = Outcome("completed")
     _attempt(job, outcome, lambda: _run(job, out, outcome))
     outcome.seconds = round(time.monotonic() - started, 3)
+    _hold(job, outcome)
     _report(job, out, outcome)
     return outcome
 
@@ -216,12 +279,42 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
         outcome.records_jsonl_path = api_copy.result() if api_copy is not None else None
     _error_rate(job, outcome)
     outcome.seconds = round(max(o.seconds for o in outcomes) + time.monotonic() - started, 3)
+    _hold(job, outcome)
     _report(job, out, outcome)
     return outcome
 
 
+def _hold(job: Job, outcome: Outcome) -> None:
+    """Send the run to a person (`needs_review`) instead of failing it, when its pipeline's `review`
+    names what went wrong; or, for `schema_drift`, when its header set changed. Not for a run a reviewer
+    has approved: that one ends as any run does."""
+    policy = job.pipeline.review
+    if not policy or job.approved:
+        return
+    code, message = outcome.error if outcome.error is not None else (None, None)
+    details: dict[str, Any]
+    if code == "unmapped_required_field" and code in policy:
+        details = {"fields": outcome.unmapped}
+    elif code == "too_many_errors" and code in policy:
+        details = {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid,
+                   "rate": round(outcome.invalid / outcome.rows, 4) if outcome.rows else 0.0,
+                   "maxErrorRate": job.pipeline.max_error_rate}
+    elif "schema_drift" in policy and outcome.drift is not None and (code is None or code == "no_valid_rows"
+                                                                      or code in REVIEW_REASONS):
+        code, details = "schema_drift", dict(outcome.drift)
+        message = message or (f"{job.source_name}: the header differs from the last completed run's "
+                              f"(added: {', '.join(outcome.drift['added']) or 'none'}; "
+                              f"removed: {', '.join(outcome.drift['removed']) or 'none'})")
+    else:
+        return
+    outcome.status, outcome.error = "needs_review", None
+    outcome.review = {"reason": code, "message": message, "details": details}
+
+
 def _report(job: Job, out: Path, outcome: Outcome) -> None:
     code, error = outcome.error if outcome.error is not None else (None, None)
+    if outcome.review is not None:
+        error = outcome.review["message"]
     rejects = f"{job.source_name.rsplit('/', 1)[-1]}.rejects.csv" if job.pipeline.reports else None
     message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects)
     report = {
@@ -259,10 +352,12 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     if job.previous_headers is not None and set(job.previous_headers) != set(headers):
         outcome.drift = {"added": [h for h in headers if h not in job.previous_headers],
                          "removed": [h for h in job.previous_headers if h not in headers]}
-    chosen: Plan = plan(pipe, schema, headers, job.memory)
+    chosen: Plan = plan(pipe, schema, headers, job.memory, job.reviewed)
     outcome.mapping = chosen.as_mapping()
     outcome.reasons = chosen.reasons()
     if chosen.unmapped_required and not empty:
+        outcome.unmapped = [{"field": f, "configured": chosen.missing.get(f), "closest": c}
+                            for f, c in chosen.unmapped_required.items()]
         parts = [f"{f} ({_configured(chosen, f)}closest headers: {', '.join(c) or 'none'})"
                  for f, c in chosen.unmapped_required.items()]
         outcome.status = "failed"

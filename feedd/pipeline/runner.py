@@ -5,6 +5,8 @@ Parsing and validation never run on the event loop that serves SFTP: each run go
 per idle worker, then joined (see `process.merge`). A run whose worker dies fails with `worker_died`
 instead of hanging.
 Runs left `processing` by a crash are queued again at start: a restart resumes every unfinished run.
+A run its pipeline's `review` sends to a person rests in `needs_review` (never claimed, never requeued)
+until a decision queues it again with the reviewer's mapping (`pipeline.decision`) or fails it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from feedd import events, failpoints, log, metrics, supervisor
 from feedd.config import Config
@@ -41,11 +44,13 @@ from feedd.model import (
     SourceKind,
     utcnow,
 )
+from feedd.pipeline import decision
 from feedd.pipeline.process import Job, Outcome, Span, headers_key, merge, output_name, process, process_stretch
 from feedd.reports import receipt
 from feedd.spaces import Space, Spaces
 from feedd.store import Remembered, RunQuery, Store
 
+T = TypeVar("T")
 POLL_SECONDS = 0.2
 RECORD_RETRY_FIRST = 0.2  # seconds before trying again to record a run when the store failed
 RECORD_RETRY_MOST = 10.0
@@ -72,8 +77,10 @@ class Runner:
     name = "runner"
 
     def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces, workers: int | None = None,
-                 deliver: Callable[[], None] = lambda: None, notify: Callable[[], None] = lambda: None) -> None:
+                 deliver: Callable[[], None] = lambda: None, notify: Callable[[], None] = lambda: None,
+                 review_url: Callable[[str], str] | None = None) -> None:
         self._config = config
+        self._review_url = review_url  # run id -> where a person reviews it (`reviewUrl` of run.needs_review)
         self._store = store
         self._spaces = spaces
         self._deliver = deliver  # deliveries were queued: wake the dispatcher
@@ -92,6 +99,18 @@ class Runner:
     def wake(self) -> None:
         """New work was recorded: claim it now rather than at the next poll."""
         self._work.set()
+
+    async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a worker process, as runs are processed: for work on an input outside a run
+        (a review's sample or preview), which must never hold the event loop. With no workers (an
+        intake-only setup), in a thread."""
+        if self._pool is None:
+            return await asyncio.to_thread(fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except BrokenProcessPool:
+            self._pool = self._new_pool()
+            raise
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # One string hash seed for every worker, random per daemon: the stretches of one run, processed
@@ -178,10 +197,17 @@ class Runner:
     async def _run_once(self, run: Run) -> None:
         config = self._config()
         logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
-        pipe = _effective(config, run)
+        pipe = effective(config, run)
         if pipe is None or pipe.schema not in config.schemas:
             await self._finish(run, None, RunError("pipeline_removed", f"pipeline {run.pipeline!r} is no longer "
                                                                          "in the config"))
+            return
+        decided = _decision(run)
+        try:
+            pipe, reviewed = decision.apply(pipe, config.schemas[pipe.schema], decided)
+        except decision.InvalidDecision as exc:
+            await self._finish(run, None, RunError("review_mapping_invalid", f"the reviewer's mapping no longer "
+                                                                             f"fits the pipeline: {exc}"))
             return
         assert self._pool is not None
         try:
@@ -194,7 +220,8 @@ class Runner:
             memory = None
         previous = await self._previous_headers(run)
         job = Job(run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema],
-                  str(runs_dir(config) / run.run_id), memory, previous, receipt=receipt(run))
+                  str(runs_dir(config) / run.run_id), memory, previous, receipt=receipt(run), reviewed=reviewed,
+                  approved=decided is not None)
         assert self._pool is not None
         try:
             work = asyncio.ensure_future(self._process(job, run))
@@ -261,6 +288,8 @@ class Runner:
             error = RunError(*outcome.error)
         status = RunStatus.FAILED if error is not None or outcome is None or outcome.status != "completed" \
             else RunStatus.COMPLETED
+        if error is None and outcome is not None and outcome.status == "needs_review":
+            status = RunStatus.NEEDS_REVIEW
         meta = dict(run.meta)
         if outcome is not None:
             meta.update(detected=outcome.detected, headers=outcome.headers, header_key=outcome.header_key,
@@ -268,22 +297,30 @@ class Runner:
                         records_jsonl=outcome.records_jsonl_path,
                         report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds,
                         stretches=outcome.stretches)
+            if outcome.review is not None:
+                meta["review"] = outcome.review
+            elif _decision(run) is None:
+                meta.pop("review", None)  # an earlier wait that no approval answered no longer applies
         done = replace(
             run, status=status, finished_at=utcnow(), error=error, meta=meta,
             counts=Counts(outcome.rows, outcome.valid, outcome.invalid) if outcome else run.counts,
             mapping=outcome.mapping if outcome else run.mapping,
             errors=tuple(RowError(*e) for e in outcome.errors) if outcome else run.errors,
         )
-        pipe = _effective(config, run)
+        pipe = effective(config, run)
         deliveries: list[Delivery] = []
         remember: Remembered | None = None
         if outcome is not None and pipe is not None:
             space = self._spaces.get(run.connection)
-            if pipe.reports and run.direction is Direction.INBOUND and space is not None:
+            # A run waiting for review tells the partner nothing yet: its report comes with the decision.
+            if pipe.reports and run.direction is Direction.INBOUND and space is not None \
+                    and status is not RunStatus.NEEDS_REVIEW:
                 # The copies are made in a thread; the space's byte count is kept on the loop, its one owner.
                 space.used += await asyncio.to_thread(self._partner_reports, space, run, outcome)
             if status is RunStatus.COMPLETED:
-                if outcome.header_key:
+                decided = _decision(run)
+                if outcome.header_key and (decided is None or decided.get("remember")):
+                    # a reviewer's mapping for this run alone is not what the next file gets
                     remember = Remembered(run.connection, outcome.header_key,
                                           {t: c for t, c in outcome.mapping.items() if c in outcome.headers})
                 # The name the output gets everywhere is fixed now: a redelivery days later uses the same.
@@ -293,7 +330,10 @@ class Runner:
                 deliveries = [Delivery(run.run_id, d.key, next_attempt_at=now) for d in pipe.destinations]
                 done = replace(done, meta=meta, deliveries=tuple(deliveries))
         failpoints.hit("runner.before_record")
-        queued = events.make(config, f"run.{done.status}", done.to_json())
+        data = done.to_json()
+        if done.status is RunStatus.NEEDS_REVIEW and self._review_url is not None:
+            data["reviewUrl"] = self._review_url(run.run_id)
+        queued = events.make(config, f"run.{done.status}", data)
         if outcome is not None and outcome.drift:
             queued += events.make(config, "schema.drift", {
                 "runId": run.run_id, "connection": run.connection, "pipeline": run.pipeline, **outcome.drift})
@@ -349,6 +389,9 @@ class Runner:
         (`reprocess`, or a failed run). Raises ValueError when the run's state allows neither."""
         if run.status in (RunStatus.QUEUED, RunStatus.PROCESSING, RunStatus.HELD):
             raise ValueError(f"run {run.run_id} is {run.status}: nothing to retry yet")
+        if run.status is RunStatus.NEEDS_REVIEW and not reprocess:
+            raise ValueError(f"run {run.run_id} needs review: approve or reject it (POST /runs/{run.run_id}/review), "
+                             "or process it again as it is with {\"reprocess\": true}")
         if reprocess or run.status is RunStatus.FAILED:
             if run.pipeline is None:
                 raise ValueError(f"run {run.run_id} matches no pipeline: add one, then drop the file again")
@@ -365,7 +408,7 @@ class Runner:
             raise ValueError(f"run {run.run_id} is {run.status} with nothing that failed to deliver; "
                              "use {\"reprocess\": true} to run it again")
         pending = {d.destination: replace(d, status=DeliveryStatus.PENDING, next_attempt_at=utcnow()) for d in failed}
-        pipe = _effective(self._config(), run)
+        pipe = effective(self._config(), run)
         for dest in pipe.destinations if pipe else ():
             if dest.key in pending and dest.url:
                 await self._store.enable_target(dest.url)  # an operator's retry is the word to try again
@@ -435,12 +478,19 @@ def stretches(parts: object, most: int) -> list[Span]:
     return spans if len(spans) > 1 else []
 
 
+def _decision(run: Run) -> dict[str, Any] | None:
+    """The reviewer's approval the run carries (`meta.review.decision`), or None."""
+    review = run.meta.get("review")
+    found = review.get("decision") if isinstance(review, dict) else None
+    return found if isinstance(found, dict) and found.get("decision") == "approve" else None
+
+
 def _failed(run: Run, message: str) -> Run:
     return replace(run, status=RunStatus.FAILED, finished_at=utcnow(), deliveries=(),
                    error=RunError("internal_error", message))
 
 
-def _effective(config: Config, run: Run) -> Pipeline | None:
+def effective(config: Config, run: Run) -> Pipeline | None:
     """The run's pipeline as this run needs it: an upload's input is always the JSON array its parts made
     (whatever its file name says), and its output has the format the upload asked for."""
     pipe = config.pipelines.get(run.pipeline or "")

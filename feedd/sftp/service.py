@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncssh
 
-from feedd import log, metrics, supervisor
+from feedd import log, metrics, proxyproto, supervisor
 from feedd.config import Config
 from feedd.config.algorithms import weak as weak_algorithms
 from feedd.config.values import Address
@@ -46,6 +46,19 @@ class LoginGate(Gate):
         log.get(connection=self.username).warning("sftp.too_many_connections", ip=self.ip)
         if self.conn is not None:
             self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
+
+
+class ProxiedListen:
+    """With `sftp.proxy_protocol` on: what asyncssh takes as its `tunnel` (its hook for listening through
+    something other than a plain TCP server): a listener that reads each connection's PROXY header, then
+    starts asyncssh's server connection on it, the partner's address as its peer. asyncssh has no PROXY
+    protocol support of its own."""
+
+    async def create_server(self, session_factory: Callable[[str, int], asyncio.Protocol], host: str,
+                            port: int) -> proxyproto.Listener:
+        listener = proxyproto.Listener("sftp", lambda: session_factory(host, port))
+        await listener.start(host, port)
+        return listener
 
 
 class SftpService:
@@ -99,6 +112,8 @@ class SftpService:
                 server_version="feedd",
                 max_pktsize=MAX_PKTSIZE,
                 reuse_address=True,
+                # off: asyncssh's own listener, nothing added on the path
+                tunnel=ProxiedListen() if self._config.sftp.proxy_protocol else (),
             )
             self._servers.append(server)
             for sock in server.sockets:
@@ -179,7 +194,7 @@ class SftpService:
                     gate.conn.close()
 
     async def reload(self, config: Config) -> None:
-        for key in ("listen", "algorithms", "fast_path"):
+        for key in ("listen", "algorithms", "fast_path", "proxy_protocol"):
             if getattr(config.sftp, key) != getattr(self._config.sftp, key):
                 log.get().warning(f"sftp.{key} changed: takes effect at the next restart")
         self._config = config

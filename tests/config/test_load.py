@@ -388,3 +388,13 @@ def test_the_example_config_has_a_demo_operator() -> None:
     [admin] = cfg.http.operators
     assert admin.name == "admin" and admin.admin
     assert verify_password(admin.password_hash, "console-demo-change-me")  # the password the README states
+
+
+def test_proxy_protocol_is_off_unless_turned_on_per_listener(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL)
+    assert cfg.sftp.proxy_protocol is False and cfg.http.proxy_protocol is False
+    text = MINIMAL.replace('sftp: {listen: "127.0.0.1:0"}', 'sftp: {listen: "127.0.0.1:0", proxy_protocol: true}')
+    cfg = load(tmp_path, text)
+    assert cfg.sftp.proxy_protocol is True and cfg.http.proxy_protocol is False
+    text = MINIMAL.replace('http: {listen: "127.0.0.1:0"}', 'http: {listen: "127.0.0.1:0", proxy_protocol: 1}')
+    assert any("proxy_protocol" in e for e in errors(tmp_path, text))

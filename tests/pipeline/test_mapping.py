@@ -86,7 +86,7 @@ def test_memory_maps_odd_headers_the_second_time(config: Config) -> None:
     first = plan(pipe, schema, odd)
     assert "email" in first.unmapped_required
     second = plan(pipe, schema, odd, memory={"email": "Kontakt (privat)"})
-    assert (second.choices["email"].source, second.choices["email"].reason) == ("Kontakt (privat)", "memory")
+    assert (second.choices["email"].source, second.choices["email"].reason) == ("Kontakt (privat)", "remembered")
 
 
 def test_compiled_row_maps_transforms_and_validates(config: Config) -> None:

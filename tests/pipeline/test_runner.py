@@ -145,7 +145,7 @@ async def test_the_daemon_reads_no_input_itself(start_feedd: Callable[..., Any])
     finally:
         _watching.clear()
     assert [r.status for r in runs] == [RunStatus.COMPLETED, RunStatus.COMPLETED]
-    assert runs[1].meta["mapping_reasons"]["email"]["reason"] == "memory", "the same headers: the mapping remembered"
+    assert runs[1].meta["mapping_reasons"]["email"]["reason"] == "remembered", "the same headers: remembered"
     assert _opened_by_reader == [], "the daemon process opened inputs with the readers"
 
 
