@@ -294,7 +294,7 @@ class Console:
             recent.setdefault(conn, {})
             recent[conn][status] = recent[conn].get(status, 0) + count
         failing = await self._store.failing_deliveries(since)
-        review = await self._store.count_by_connection(_NEEDS_REVIEW) if _NEEDS_REVIEW else {}
+        review = await self._store.count_by_connection(RunStatus.NEEDS_REVIEW)
         last = await self._store.last_arrivals(names)
         return [{"name": n, "last": last.get(n), "recent": recent.get(n, {}), "failing": failing.get(n, 0),
                  "review": review.get(n, 0), "failed": recent.get(n, {}).get("failed", 0)} for n in names]
@@ -354,8 +354,8 @@ class Console:
             "completed", "delivered")
         return self._render(request, who, "run.html", {
             "run": run, "status": status, "timeline": _timeline(run), "reasons": reasons, "rejects": rejects,
-            "has_records": has_records, "has_rejects": bool(run.meta.get("rejects")) and status in (
-                "completed", "delivered", "failed"),
+            "has_records": has_records, "has_rejects": bool(run.meta.get("rejects")) and run.counts.invalid > 0
+            and status in ("completed", "delivered", "failed", "needs_review"),
             "can_retry": status in ("completed", "delivered")
             and any(d.status is DeliveryStatus.FAILED for d in run.deliveries),
             "can_reprocess": status in ("completed", "delivered", "failed"),
@@ -371,7 +371,7 @@ class Console:
         values: dict[str, Any] = {"run": run, "status": str(run.status), "review": run.meta.get("review"),
                                   "sample": None, "fields": [], "preview": preview, "errors": errors or [],
                                   "message": message}
-        if self._reviews is not None and _NEEDS_REVIEW is not None and run.status is _NEEDS_REVIEW:
+        if self._reviews is not None and run.status is RunStatus.NEEDS_REVIEW:
             try:
                 sample = await self._reviewing(self._reviews.sample(run))
             except FeeddError as exc:  # e.g. the input is gone from the spool
@@ -600,9 +600,6 @@ class Console:
             "entries": [(e, json.dumps(e.before, indent=1) if e.before else "",
                          json.dumps(e.after, indent=1) if e.after else "") for e in entries],
             "next_cursor": next_cursor})
-
-
-_NEEDS_REVIEW: RunStatus | None = next((s for s in RunStatus if s.value == "needs_review"), None)
 
 
 def _details(exc: Exception) -> list[dict[str, str]]:

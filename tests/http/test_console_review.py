@@ -16,7 +16,6 @@ from tests.http.test_runs import drop
 
 __all__ = ["browser"]
 
-pytest.importorskip("feedd.review", reason="the review service is not in this build")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
 
 REVIEWED = """review: [unmapped_required_field]
@@ -54,6 +53,8 @@ async def test_choose_the_column_preview_approve_and_the_next_file_maps_by_itsel
     await page.get_by_text("Done: approved.").wait_for()
     done = await api.wait_run(run.run_id)
     assert done["status"] == "delivered" and done["counts"]["valid"] == 2
+    await page.reload()
+    assert "delivered" in await page.locator("h1").inner_text()
 
     await drop(api, "second.csv", "E-Mail Addr\ncid@example.org\n")
 
@@ -67,6 +68,10 @@ async def test_choose_the_column_preview_approve_and_the_next_file_maps_by_itsel
     await page.goto(f"{api.url}/ui/runs/{run2.run_id}")
     assert "remembered" in await page.locator("main").inner_text()
     await page.screenshot(path=str(shots / "remembered.png"), full_page=True)
+    await page.get_by_role("button", name="Acknowledge").click()
+    await page.get_by_text("Done: acknowledged.").wait_for()
+    [run2] = [r for r in await api.runs() if r.source.name.endswith("second.csv")]
+    assert run2.acknowledged_at is not None
 
 
 async def test_reject_with_a_message_and_a_viewer_cannot_decide(start_api: Callable[..., Any], browser: Any) -> None:
