@@ -1,6 +1,6 @@
 """The composition root: builds the parts, starts them in order, stops them in reverse; signals and sd_notify.
 
-Order: store -> runner -> ingress (http, sftp, watcher). Ingress starts last so that
+Order: store -> runner -> schedule -> ingress (http, sftp, watcher). Ingress starts last so that
 nothing is accepted before the parts that record and process it are up, and stops first so that nothing
 new arrives while the rest drains.
 """
@@ -12,10 +12,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from feedd import hostkeys, intake, log, sdnotify, supervisor
+from feedd import hostkeys, intake, log, schedule, sdnotify, supervisor
 from feedd.config import Config, load_config
 from feedd.config.parse import read_file
 from feedd.console.app import ConsoleParts
@@ -25,8 +26,10 @@ from feedd.errors import ConfigError, FeeddError
 from feedd.events import EventSender
 from feedd.http.app import HttpServer
 from feedd.live import Live
+from feedd.model import utcnow
 from feedd.pipeline.runner import Runner
 from feedd.review import Reviews, base_url, review_path
+from feedd.schedule import Scheduler
 from feedd.sftp.auth import Bans
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
@@ -55,8 +58,11 @@ class Component(Protocol):
 class Daemon:
     """Owns the parts. `run()` is `feedd serve`; `start()`/`stop()` let tests run it in-process."""
 
-    def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS, workers: int | None = None) -> None:
+    def __init__(self, config: Config, *, drain_seconds: float = DRAIN_SECONDS, workers: int | None = None,
+                 clock: Callable[[], datetime] = utcnow, tick: float = schedule.TICK) -> None:
         self._initial = config
+        self._clock = clock  # what the schedule takes as now (tests move it through windows)
+        self._tick = tick
         self.live: Live | None = None
         self.drain_seconds = drain_seconds
         self.workers = workers
@@ -69,6 +75,7 @@ class Daemon:
         self.http: HttpServer | None = None
         self.sftp: SftpService | None = None
         self.reviews: Reviews | None = None
+        self.scheduler: Scheduler | None = None
 
     @property
     def config(self) -> Config:
@@ -146,6 +153,8 @@ class Daemon:
             runner.wake()
             sender.wake()
 
+        self.scheduler = Scheduler(lambda: self.config, store, spaces, sender.wake, clock=self._clock,
+                                   tick=self._tick)
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
         bans = Bans(config.sftp.ban)  # SFTP and console logins count toward the same bans
 
@@ -159,6 +168,7 @@ class Daemon:
             sender,
             dispatcher,
             runner,
+            self.scheduler,
             self.http,
             self.sftp,
             Watcher(lambda: self.config, spaces, drops),

@@ -185,6 +185,24 @@ def copy_whole(src: Path, dest: Path) -> Path:
     return dest
 
 
+def write_whole(dest: Path, data: bytes) -> Path:
+    """Write `data` to `dest` so that nobody ever sees half of it (a hidden temporary name beside it, fsync,
+    rename, fsync the folder). For small texts feedd makes itself; one writer per name."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(temp_name(dest.name, ".writing"))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    return dest
+
+
 def temp_name(name: str, suffix: str) -> str:
     """The hidden temporary name `.<name><suffix>` beside `name`, within NAME_MAX bytes."""
     return fit_name("." + name, NAME_MAX - len(suffix.encode())) + suffix

@@ -29,6 +29,11 @@ TASK_RESTARTS = Counter("feedd_task_restarts", "Restarts of a long-lived task af
 PROCESSING_SECONDS = Histogram("feedd_processing_seconds", "Time a worker took to process one run",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
                                registry=REGISTRY)
+ARRIVALS_MISSED = Counter("feedd_arrivals_missed", "Expected files that did not arrive in their window, by pipeline",
+                          ["pipeline"], registry=REGISTRY)
+RETENTION_RECLAIMED = Counter("feedd_retention_reclaimed_bytes",
+                              "Bytes deleted by retention sweeps, by part (inputs, outputs, outbox)", ["part"],
+                              registry=REGISTRY)
 
 
 def refresh(runs_by_status: dict[str, int], uploads_by_state: dict[str, int],

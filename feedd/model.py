@@ -178,6 +178,7 @@ class Run:
                 "name": self.source.name,
                 "size": self.source.size,
                 "sha256": self.source.sha256,
+                "receivedAt": iso(self.created_at),
             },
             "counts": {"rows": self.counts.rows, "valid": self.counts.valid, "invalid": self.counts.invalid},
             "mapping": dict(self.mapping),
@@ -204,7 +205,57 @@ class Run:
             "startedAt": iso(self.started_at),
             "finishedAt": iso(self.finished_at),
             "acknowledgedAt": iso(self.acknowledged_at),
+            # what retention deleted of the run (README, "Retention")
+            "swept": {"input": self.swept("input"), "outputs": self.swept("outputs")},
         }
+
+    def swept(self, part: str) -> bool:
+        """Whether retention deleted the run's `input` or `outputs`."""
+        marks = self.meta.get("swept")
+        return isinstance(marks, dict) and bool(marks.get(part))
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """A window reported missed (persisted, so that a restart neither forgets nor repeats it)."""
+
+    expected_by: datetime
+    opens: datetime
+    deadline: datetime
+    last_arrival_at: datetime | None
+    reported_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expectedBy": iso(self.expected_by),
+            "opens": iso(self.opens),
+            "deadline": iso(self.deadline),
+            "lastArrivalAt": iso(self.last_arrival_at),
+            "reportedAt": iso(self.reported_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalState:
+    """What the schedule has judged of one pipeline: watched `since` (windows due before are not judged),
+    every window due up to `checked_until` judged, the last missed ones (newest first), and against which
+    expectation (a changed one is watched afresh)."""
+
+    since: datetime
+    checked_until: datetime | None
+    missed: tuple[Missed, ...] = ()
+    expect: str = ""  # the expectation judged (`Expect.key`); "" while the pipeline expects nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """The runs of a pipeline received in a stretch of time, grouped: `count` runs in `status`, `enough`
+    telling whether they have the valid rows asked for (or none at all), the newest received at `last_at`."""
+
+    status: str
+    enough: bool
+    count: int
+    last_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

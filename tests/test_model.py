@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from feedd.model import Direction, Run, RunStatus, Source, SourceKind, new_id
+from feedd.model import Direction, Run, RunStatus, Source, SourceKind, iso, new_id
 
 
 def test_ids_sort_by_creation_time_even_within_a_millisecond() -> None:
@@ -23,6 +23,8 @@ def test_run_json_is_camel_case_per_contract() -> None:
     for key in ("runId", "pipeline", "connection", "direction", "status", "source", "counts", "mapping", "errors",
                 "error", "deliveries", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"):
         assert key in body
-    assert body["source"] == {"kind": "sftp", "name": "inbox/a.csv", "size": 3, "sha256": "ab" * 32}
+    assert body["source"] == {"kind": "sftp", "name": "inbox/a.csv", "size": 3, "sha256": "ab" * 32,
+                              "receivedAt": iso(run.created_at)}
+    assert body["swept"] == {"input": False, "outputs": False}
     assert body["counts"] == {"rows": 0, "valid": 0, "invalid": 0}
     assert body["createdAt"].endswith("Z")

@@ -10,11 +10,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from feedd.config.source import Loc, LocList, LocMap
+from feedd.config.source import API, Loc, LocList, LocMap
 from feedd.errors import ConfigIssue
 from feedd.model import ManagedObject
 
-API = "api"  # the "file" an API object's issues are located in
 REDACTED = "<redacted>"
 _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Keys inside an object whose values are secrets wherever they appear (a webhook destination's `secret`, an

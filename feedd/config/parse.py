@@ -44,6 +44,7 @@ from feedd.config.values import (
     LogConfig,
     Operator,
     OperatorRole,
+    Retention,
     Role,
     SftpConfig,
     TlsConfig,
@@ -55,9 +56,10 @@ from feedd.model import ManagedObject
 
 EVENT_TYPES = (
     "run.queued", "run.completed", "run.delivered", "run.failed", "run.held", "run.needs_review",
-    "upload.completed", "upload.aborted", "schema.drift", "config.changed",
+    "upload.completed", "upload.aborted", "schema.drift", "config.changed", "arrival.missed",
 )
-TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks")
+TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks",
+            "retention")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
@@ -96,6 +98,9 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
     state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
     connections = _connections(r, top.get("connections"), root.key(top, "connections"))
     schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"))
+    retention_at = root.key(top, "retention")
+    retention = pl.retention_of(r, top.get("retention"), retention_at, Retention(), ("sweep_every",))
+    retention_m = top.get("retention") if isinstance(top.get("retention"), LocMap) else None
     config = Config(
         path=source.path,
         state_dir=state_dir,
@@ -104,8 +109,11 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         http=_http(r, top, root, connections),
         schemas=schemas,
         connections=connections,
-        pipelines=pl.pipelines(r, top.get("pipelines"), root.key(top, "pipelines"), schemas, connections),
+        pipelines=pl.pipelines(r, top.get("pipelines"), root.key(top, "pipelines"), schemas, connections,
+                               retention),
         webhooks=_webhooks(r, top.get("webhooks"), root.key(top, "webhooks")),
+        retention=retention,
+        sweep_every=r.get(retention_m, retention_at, "sweep_every", _positive_duration, 3600.0),
         files=source.files,
         bodies={section: {name: plain(body) for name, body in top[section].items()}
                 for section in NAMED_SECTIONS if isinstance(top.get(section), LocMap)},
@@ -114,6 +122,13 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         order = {f: i for i, f in enumerate(source.files)}
         raise ConfigError(sorted(r.issues, key=lambda i: (order.get(i.file, len(order)), i.line)))
     return config
+
+
+def _positive_duration(r: Reader, v: Any, at: At) -> float:
+    seconds = duration(r, v, at)
+    if seconds <= 0:
+        raise Bad("expected a duration above 0 like 1h")
+    return seconds
 
 
 def _log(r: Reader, top: LocMap, root: At) -> LogConfig:

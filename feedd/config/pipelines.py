@@ -31,12 +31,14 @@ from feedd.config.values import (
     Connection,
     Destination,
     DestinationType,
+    Expect,
     FieldMapping,
     FieldSpec,
     FieldType,
     FormatConfig,
     OutputConfig,
     Pipeline,
+    Retention,
     Schema,
     Transform,
 )
@@ -49,7 +51,9 @@ TEXT_TYPES = (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM)
 ORDERED_TYPES = (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME)
 PIPELINE_KEYS = ("connection", "schema", "direction", "active", "match", "format", "auto_map", "mappings",
                  "egress", "max_error_rate", "reports", "output", "destinations", "skip_duplicates",
-                 "allow_empty", "review")
+                 "allow_empty", "review", "expect", "retention")
+RETENTION_KEYS = ("inputs", "outputs", "outbox", "after_ack")
+KEEP = Retention()  # every age null: kept forever
 OUTPUT_PLACEHOLDERS = ("stem", "name", "ext", "run_id", "connection", "pipeline", "date", "time")
 NO_ARG_TRANSFORMS = ("trim", "lower", "upper", "title", "digits")
 ARG_TRANSFORMS = ("null_if", "replace", "date", "datetime", "number", "boolean", "map", "default", "truncate",
@@ -152,7 +156,7 @@ def _regex(r: Reader, v: Any, at: At) -> str:
 
 
 def pipelines(r: Reader, v: Any, at: At, schemas: Mapping[str, Schema],
-              connections: Mapping[str, Connection]) -> dict[str, Pipeline]:
+              connections: Mapping[str, Connection], retention: Retention = KEEP) -> dict[str, Pipeline]:
     out = {}
     for name, body, sub in r.named(v, at, "pipeline"):
         m = r.mapping(body, sub, PIPELINE_KEYS)
@@ -196,6 +200,8 @@ def pipelines(r: Reader, v: Any, at: At, schemas: Mapping[str, Schema],
             skip_duplicates=r.get(m, sub, "skip_duplicates", boolean, True),
             allow_empty=r.get(m, sub, "allow_empty", boolean, False),
             review=r.get(m, sub, "review", _review, ()),
+            expect=_expect(r, m, sub, direction),
+            retention=retention_of(r, m.get("retention"), sub.key(m, "retention"), retention),
         )
     return out
 
@@ -212,6 +218,72 @@ def _review(r: Reader, v: Any, at: At) -> tuple[str, ...]:
         if reason not in out:
             out.append(reason)
     return tuple(out)
+
+
+def retention_of(r: Reader, v: Any, at: At, base: Retention, more: tuple[str, ...] = ()) -> Retention:
+    """`retention: {inputs, outputs, outbox, after_ack}` over `base`: a key given as null keeps forever, a key
+    left out keeps `base`'s age. `more`: other keys allowed here (read by the caller)."""
+    m = r.mapping(v, at, RETENTION_KEYS + more)
+    if m is None:
+        return base
+    ages = {}
+    for key in RETENTION_KEYS:
+        if key in m:
+            ages[key] = None if m[key] is None else r.get(m, at, key, _age, None)
+    return dataclasses.replace(base, **ages)
+
+
+def _age(r: Reader, v: Any, at: At) -> float:
+    seconds = duration(r, v, at)
+    if seconds <= 0:
+        raise Bad("expected an age above 0 like 30d or 12h (null keeps forever)")
+    return seconds
+
+
+def _expect(r: Reader, pm: LocMap, pat: At, direction: Direction) -> Expect | None:
+    at = pat.key(pm, "expect")
+    m = r.mapping(pm.get("expect"), at, ("cron", "timezone", "grace", "min_rows", "notify_partner"))
+    if m is None:
+        return None
+    expect = Expect(
+        cron=r.require(m, at, "cron", _cron, "0 0 * * *"),
+        timezone=r.get(m, at, "timezone", _timezone, "UTC"),
+        grace=r.get(m, at, "grace", duration, 0.0),
+        min_rows=r.get(m, at, "min_rows", integer(0), 0),
+        notify_partner=r.get(m, at, "notify_partner", boolean, False),
+    )
+    if expect.notify_partner and direction is Direction.OUTBOUND:
+        r.issue(at.key(m, "notify_partner"), "an outbound pipeline's files come from the side API, not from "
+                                             "the partner: there is nobody to notify")
+    return expect
+
+
+def _cron(r: Reader, v: Any, at: At) -> str:
+    # cronsim judges the expression exactly as the schedule will read it (5 fields, or 6 with seconds first)
+    from datetime import UTC, datetime
+
+    from cronsim import CronSim, CronSimError
+
+    s = " ".join(nonempty(r, v, at).split())
+    try:
+        CronSim(s, datetime.now(UTC))
+    except CronSimError as exc:
+        raise Bad(f"invalid cron expression {s!r}: {exc} (expected 5 fields: minute hour day-of-month month "
+                  "day-of-week, like '0 6 * * 1-5')") from None
+    return s
+
+
+def _timezone(r: Reader, v: Any, at: At) -> str:
+    import zoneinfo
+
+    s = nonempty(r, v, at).strip()
+    try:
+        zoneinfo.ZoneInfo(s)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zones = zoneinfo.available_timezones()
+        raise Bad(f"unknown time zone {s!r}{suggest(s, zones)} (an IANA name like 'Europe/Berlin' or 'UTC')") \
+            from None
+    return s
 
 
 def _format(r: Reader, pm: LocMap, pat: At) -> FormatConfig:

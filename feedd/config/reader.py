@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from feedd.config.source import Loc, LocList, LocMap
+from feedd.config.source import API, Loc, LocList, LocMap
 from feedd.config.units import UnitError, interpolate, parse_duration, parse_size, suggest
 from feedd.errors import ConfigIssue
 
@@ -114,6 +114,13 @@ def string(r: Reader, v: Any, at: At) -> str:
     if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise Bad(f"expected a string, got {describe(v)}")
     try:
+        if at.loc.file == API:
+            # The daemon's environment is the config file's to read: an API body that could name a variable
+            # would let whoever sends it read the daemon's secrets back through answers and messages.
+            if "${" in str(v):
+                raise Bad("${...} is read from the environment only in the config file; "
+                          "an object sent over the API holds the value itself")
+            return str(v)
         return interpolate(str(v), r.env)
     except UnitError as exc:
         raise Bad(str(exc)) from None

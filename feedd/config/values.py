@@ -256,6 +256,33 @@ REVIEW_REASONS = ("unmapped_required_field", "too_many_errors", "schema_drift")
 
 
 @dataclass(frozen=True, slots=True)
+class Expect:
+    """When a pipeline's file is expected: at each `cron` time (in `timezone`) plus `grace`, at least one
+    file must have arrived since the window before closed (README, "Expected arrivals")."""
+
+    cron: str
+    timezone: str = "UTC"
+    grace: float = 0.0
+    min_rows: int = 0  # valid rows a run needs to count (a completed empty file always counts)
+    notify_partner: bool = False
+
+    @property
+    def key(self) -> str:
+        """What decides the windows and what counts in them: a change starts watching afresh."""
+        return f"{self.cron}|{self.timezone}|{self.grace:g}|{self.min_rows}"
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long feedd keeps what it holds, in seconds; None keeps forever (README, "Retention")."""
+
+    inputs: float | None = None  # spooled inputs, after their run finished
+    outputs: float | None = None  # a run's outputs (records, rejects, report), after it finished
+    outbox: float | None = None  # files in a partner's outbox/, by age
+    after_ack: float | None = None  # inputs and outputs of an acknowledged run, after its acknowledgement
+
+
+@dataclass(frozen=True, slots=True)
 class Pipeline:
     name: str
     connection: str
@@ -274,6 +301,8 @@ class Pipeline:
     skip_duplicates: bool = True  # the same content again from the same connection is recorded, not processed
     allow_empty: bool = False  # a 0-byte input completes with 0 rows ("nothing today") instead of failing
     review: tuple[str, ...] = ()  # failures (REVIEW_REASONS) that send a run to a person instead of failing it
+    expect: Expect | None = None  # None: no file is expected at any time
+    retention: Retention = Retention()  # the top-level retention with this pipeline's own keys over it
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +323,8 @@ class Config:
     connections: dict[str, Connection] = field(default_factory=dict)
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     webhooks: tuple[WebhookSubscription, ...] = ()
+    retention: Retention = Retention()
+    sweep_every: float = 3600.0  # seconds between retention sweeps (one also runs at start)
     files: tuple[str, ...] = ()
     # Each named object as written (file or API), section -> name -> body: what the API shows back.
     bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

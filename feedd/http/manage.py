@@ -8,12 +8,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from feedd import arrivals
 from feedd.config.values import ApiKey
 from feedd.errors import ConflictError, NotFoundError
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_admin, require_connection
 from feedd.http.views import connection_view, pipeline_view
 from feedd.live import InvalidObject, Live, Outcome, Shown, StaleVersion
-from feedd.model import ObjectKind, iso
+from feedd.model import ObjectKind, iso, utcnow
 from feedd.store import Store
 
 MAX_LIMIT = 1000
@@ -54,14 +55,23 @@ class ManageApi(Routes):
         key = authenticate(request, self.config)
         kind = _kind(request)
         active = await self._store.pipeline_overrides() if kind is ObjectKind.PIPELINE else {}
-        return web.json_response({"data": [self._answer(s, active) for s in self._owned().all(kind)
-                                           if self._visible(key, s)]})
+        answers = [self._answer(s, active) for s in self._owned().all(kind) if self._visible(key, s)]
+        for answer in answers:
+            await self._arrivals(kind, answer)
+        return web.json_response({"data": answers})
 
     async def get(self, request: web.Request) -> web.Response:
         key = authenticate(request, self.config)
         found = self._find(key, _kind(request), request.match_info["name"])
         active = await self._store.pipeline_overrides() if found.kind is ObjectKind.PIPELINE else {}
-        return web.json_response(self._answer(found, active), headers=_etag(found))
+        return web.json_response(await self._arrivals(found.kind, self._answer(found, active)), headers=_etag(found))
+
+    async def _arrivals(self, kind: ObjectKind, answer: dict[str, Any]) -> dict[str, Any]:
+        """A pipeline that expects files also shows their arrivals (README, "Expected arrivals")."""
+        pipe = self.config.pipelines.get(answer["name"]) if kind is ObjectKind.PIPELINE else None
+        if pipe is not None and (found := await arrivals.shown(self._store, pipe, utcnow())) is not None:
+            answer["arrivals"] = found
+        return answer
 
     def _find(self, key: ApiKey, kind: ObjectKind, name: str) -> Shown:
         found = self._owned().get(kind, name)

@@ -161,6 +161,8 @@ def run_file(run: Run, what: str) -> web.StreamResponse:
 
 
 def _file(run: Run, path: Any, what: str) -> web.StreamResponse:
+    if run.swept("outputs"):
+        raise ApiError(410, "swept", f"run {run.run_id}: its {what} were deleted by retention")
     # a run waiting for review shows its rejects (what a reviewer looks at), not its records (not output)
     if run.status not in (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED, RunStatus.NEEDS_REVIEW) \
             or not path or not Path(path).is_file():

@@ -393,17 +393,24 @@ class Runner:
             raise ValueError(f"run {run.run_id} needs review: approve or reject it (POST /runs/{run.run_id}/review), "
                              "or process it again as it is with {\"reprocess\": true}")
         if reprocess or run.status is RunStatus.FAILED:
+            if run.swept("input"):
+                raise ValueError(f"run {run.run_id}: its input was deleted by retention")
             if run.pipeline is None:
                 raise ValueError(f"run {run.run_id} matches no pipeline: add one, then drop the file again")
             if not await asyncio.to_thread(Path(run.spool_path).is_file):
                 raise ValueError(f"run {run.run_id}: its input is no longer in the spool")
+            # its input is there (checked above): outputs swept by retention are made again
             again = replace(run, status=RunStatus.QUEUED, error=None, counts=Counts(), errors=(), mapping={},
-                            started_at=None, finished_at=None, acknowledged_at=None, duplicate_of=None)
+                            started_at=None, finished_at=None, acknowledged_at=None, duplicate_of=None,
+                            meta={k: v for k, v in run.meta.items() if k != "swept"})
             if not await self._store.update_run(again, expect=run.status):
                 raise ValueError(f"run {run.run_id} changed meanwhile; look again")
             log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.reprocess")
             return again
         failed = [d for d in run.deliveries if d.status is DeliveryStatus.FAILED]
+        if failed and run.swept("outputs"):
+            raise ValueError(f"run {run.run_id}: its outputs were deleted by retention, so nothing can be "
+                             "delivered again")
         if not failed:
             raise ValueError(f"run {run.run_id} is {run.status} with nothing that failed to deliver; "
                              "use {\"reprocess\": true} to run it again")

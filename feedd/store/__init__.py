@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 from feedd.model import (
+    ArrivalState,
     AuditEntry,
     Delivery,
     DeliveryStatus,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
+    Received,
     Run,
     RunStatus,
     Upload,
@@ -46,6 +50,32 @@ class Remembered:
     connection: str
     header_key: str
     mapping: dict[str, str]
+
+
+class SweptPart(StrEnum):
+    """What of a run retention deletes: its spooled input, or its outputs (records, rejects, report)."""
+
+    INPUT = "input"
+    OUTPUTS = "outputs"
+
+
+# A run in one of these has reached its end (a `completed` run only once no delivery is pending): nothing
+# else of it is ever swept.
+SWEEPABLE = (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepQuery:
+    """Runs whose `part` is still on disk and is due to go: finished before `finished_before`, or
+    acknowledged before `acked_before`. Of `pipeline`, or (with `pipeline` None) of every pipeline but
+    `others_than` (runs of no pipeline, or of one no longer in the config, included)."""
+
+    part: SweptPart
+    finished_before: datetime | None
+    acked_before: datetime | None
+    pipeline: str | None = None
+    others_than: frozenset[str] = frozenset()
+    limit: int = 500
 
 
 class Store(Protocol):
@@ -160,5 +190,28 @@ class Store(Protocol):
 
     async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
         """Audit entries newest first, and the cursor for the next page or None."""
+
+    async def arrival_state(self, pipeline: str, missed: int = 10) -> ArrivalState | None:
+        """What the schedule judged of `pipeline`'s expected arrivals, with its last `missed` missed windows
+        (newest first); None before it was first watched."""
+
+    async def save_arrival_state(self, pipeline: str, since: datetime, checked_until: datetime | None,
+                                 missed: Sequence[Missed] = (), events: Sequence[Event] = (),
+                                 expect: str = "") -> None:
+        """Record what was judged, the windows found missed (one already recorded is kept as it was) and
+        their events, in one transaction."""
+
+    async def received(self, pipeline: str, after: datetime | None, until: datetime | None,
+                       min_rows: int) -> list[Received]:
+        """The pipeline's runs created in (`after`, `until`], grouped by status and by whether they have at
+        least `min_rows` valid rows or no rows at all."""
+
+    async def sweep_candidates(self, query: SweepQuery) -> list[Run]:
+        """Runs in a SWEEPABLE state (a `completed` one without a pending delivery) whose `query.part` was
+        not swept yet and is due to go, oldest first."""
+
+    async def mark_swept(self, run_id: str, part: SweptPart) -> bool:
+        """Record in the run's meta (`swept.<part>`: true) that the part is gone, only while the run is
+        still in a SWEEPABLE state; False when it no longer is. Nothing else of the run is written."""
 
     async def close(self) -> None: ...

@@ -125,4 +125,28 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         after       TEXT
     );
     """),
+    (6, """
+    CREATE TABLE arrivals (
+        pipeline        TEXT PRIMARY KEY,
+        since           TEXT NOT NULL,
+        checked_until   TEXT,
+        expect          TEXT NOT NULL DEFAULT '',
+        updated_at      TEXT NOT NULL
+    );
+
+    CREATE TABLE arrivals_missed (
+        pipeline        TEXT NOT NULL,
+        expected_by     TEXT NOT NULL,
+        opens           TEXT NOT NULL,
+        deadline        TEXT NOT NULL,
+        last_arrival_at TEXT,
+        reported_at     TEXT NOT NULL,
+        PRIMARY KEY (pipeline, expected_by)
+    );
+
+    CREATE INDEX runs_by_pipeline_time ON runs (pipeline, created_at);
+    CREATE INDEX runs_input_kept ON runs (pipeline, finished_at) WHERE json_extract(meta, '$.swept.input') IS NULL;
+    CREATE INDEX runs_outputs_kept ON runs (pipeline, finished_at)
+        WHERE json_extract(meta, '$.swept.outputs') IS NULL;
+    """),
 )

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ import aiosqlite
 
 from feedd.errors import ConflictError
 from feedd.model import (
+    ArrivalState,
     AuditAction,
     AuditEntry,
     Counts,
@@ -27,7 +28,9 @@ from feedd.model import (
     Direction,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
+    Received,
     RowError,
     Run,
     RunError,
@@ -39,7 +42,7 @@ from feedd.model import (
     id_floor,
     utcnow,
 )
-from feedd.store import Remembered, RunQuery
+from feedd.store import SWEEPABLE, Remembered, RunQuery, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
 
 _RUN_COLUMNS = (
@@ -80,6 +83,11 @@ def _mapping_row(remembered: Remembered) -> tuple[str, str, str, str | None]:
 
 def _ts(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def _utc_ts(value: datetime | None) -> str | None:
+    """In UTC: how run times are written, so that the text of two times compares as the times do."""
+    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -627,6 +635,87 @@ class SqliteStore:
                 self._overrides = overrides
             return dict(overrides)
         return dict(self._overrides)
+
+    async def arrival_state(self, pipeline: str, missed: int = 10) -> ArrivalState | None:
+        def read(conn: sqlite3.Connection) -> ArrivalState | None:
+            row = conn.execute("SELECT since, checked_until, expect FROM arrivals WHERE pipeline = ?",
+                               (pipeline,)).fetchone()
+            if row is None:
+                return None
+            rows = conn.execute("SELECT * FROM arrivals_missed WHERE pipeline = ? ORDER BY expected_by DESC LIMIT ?",
+                                (pipeline, max(0, missed))).fetchall()
+            return ArrivalState(
+                since=_dt(row[0]) or utcnow(), checked_until=_dt(row[1]),
+                missed=tuple(Missed(_dt(r["expected_by"]) or utcnow(), _dt(r["opens"]) or utcnow(),
+                                    _dt(r["deadline"]) or utcnow(), _dt(r["last_arrival_at"]),
+                                    _dt(r["reported_at"]) or utcnow()) for r in rows),
+                expect=row[2])
+
+        return await self._in_db(read)
+
+    async def save_arrival_state(self, pipeline: str, since: datetime, checked_until: datetime | None,
+                                 missed: Sequence[Missed] = (), events: Sequence[Event] = (),
+                                 expect: str = "") -> None:
+        statements: list[tuple[str, tuple[Any, ...]]] = [(
+            "INSERT INTO arrivals VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET since = excluded.since, "
+            "checked_until = excluded.checked_until, expect = excluded.expect, updated_at = excluded.updated_at",
+            (pipeline, _utc_ts(since), _utc_ts(checked_until), expect, _ts(utcnow())))]
+        statements += [("INSERT OR IGNORE INTO arrivals_missed VALUES (?, ?, ?, ?, ?, ?)",
+                        (pipeline, _utc_ts(m.expected_by), _utc_ts(m.opens), _utc_ts(m.deadline),
+                         _utc_ts(m.last_arrival_at), _utc_ts(m.reported_at))) for m in missed]
+        statements += [(_INSERT_EVENT, _event_row(e)) for e in events]
+        await self._write(*statements)
+
+    async def received(self, pipeline: str, after: datetime | None, until: datetime | None,
+                       min_rows: int) -> list[Received]:
+        # created_at is written in UTC by one format, so the text compares as the time does
+        clauses, params = ["pipeline = ?"], [pipeline]
+        if after is not None:
+            clauses.append("created_at > ?")
+            params.append(_utc_ts(after) or "")
+        if until is not None:
+            clauses.append("created_at <= ?")
+            params.append(_utc_ts(until) or "")
+        rows = await self._read(
+            "SELECT status, (valid >= ? OR rows = 0) AS enough, count(*), max(created_at) FROM runs "
+            f"INDEXED BY runs_by_pipeline_time WHERE {' AND '.join(clauses)} GROUP BY status, enough",
+            (min_rows, *params))
+        return [Received(r[0], bool(r[1]), int(r[2]), _dt(r[3]) or utcnow()) for r in rows]
+
+    async def sweep_candidates(self, query: SweepQuery) -> list[Run]:
+        part = "input" if query.part is SweptPart.INPUT else "outputs"
+        due = []
+        params: list[Any] = []
+        if query.finished_before is not None:
+            due.append("finished_at < ?")
+            params.append(_utc_ts(query.finished_before))
+        if query.acked_before is not None:
+            due.append("acknowledged_at < ?")
+            params.append(_utc_ts(query.acked_before))
+        if not due:
+            return []
+        clauses = [f"json_extract(meta, '$.swept.{part}') IS NULL", f"({' OR '.join(due)})",
+                   f"status IN ({', '.join('?' * len(SWEEPABLE))})",
+                   "(status != 'completed' OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = runs.run_id "
+                   "AND d.status = 'pending'))"]
+        params += [str(s) for s in SWEEPABLE]
+        if query.pipeline is not None:
+            clauses.append("pipeline = ?")
+            params.append(query.pipeline)
+        else:
+            names = sorted(query.others_than)
+            clauses.append(f"(pipeline IS NULL OR pipeline NOT IN ({', '.join('?' * len(names))}))" if names
+                           else "1")
+            params += names
+        return await self._select_runs(f"WHERE {' AND '.join(clauses)}", params,
+                                       f"ORDER BY finished_at LIMIT {max(1, query.limit)}")
+
+    async def mark_swept(self, run_id: str, part: SweptPart) -> bool:
+        name = "input" if part is SweptPart.INPUT else "outputs"
+        marks = ", ".join("?" * len(SWEEPABLE))
+        return await self._write((
+            f"UPDATE runs SET meta = json_set(meta, '$.swept.{name}', json('true')) "
+            f"WHERE run_id = ? AND status IN ({marks})", (run_id, *(str(s) for s in SWEEPABLE)))) == 1
 
     async def close(self) -> None:
         if self._flusher is not None:

@@ -135,7 +135,8 @@ async def test_keys_changed_and_a_connection_disabled_over_the_api_apply_at_the_
     assert (await api.call("GET", "/connections/globex"))[1]["enabled"] is False
 
 
-async def test_invalid_bodies_get_the_config_files_messages_with_their_paths(api: Api, demo_key: Any) -> None:
+async def test_invalid_bodies_get_the_config_files_messages_with_their_paths(api: Api, demo_key: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     _, pubkey = demo_key
     assert (await api.call("POST", "/schemas", json=SCHEMA))[0] == 201
     cases: list[tuple[str, dict[str, Any], str, str]] = [
@@ -149,13 +150,18 @@ async def test_invalid_bodies_get_the_config_files_messages_with_their_paths(api
         ("connections", {"name": "globex", "authorized_keys": [pubkey], "enabld": False}, "enabld",
          "did you mean 'enabled'"),
         ("connections", {"name": "Bad Name", "authorized_keys": [pubkey]}, "", "invalid connection name"),
+        # the daemon's environment is not readable through a body
+        ("connections", {"name": "globex", "authorized_keys": [pubkey], "quota": "${FEEDD_TEST_SECRET}"},
+         "quota", "only in the config file"),
     ]
+    monkeypatch.setenv("FEEDD_TEST_SECRET", "do-not-show-me")
     for section, body, path, message in cases:
         status, answer = await api.call("POST", f"/{section}", json=body)
         assert status == 422, (body, answer)
         error = answer["error"]
         assert error["code"] == "invalid_config"
         assert any(d["path"] == path and message in d["message"] for d in error["details"]), (path, error)
+        assert "do-not-show-me" not in json.dumps(answer)
     status, answer = await api.call("POST", "/connections", data=b"{not json", headers={
         "Content-Type": "application/json"})
     assert status == 400

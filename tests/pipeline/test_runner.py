@@ -57,7 +57,10 @@ async def test_a_drop_is_processed_delivered_and_reported(start_feedd: Callable[
         {"email": "ann@example.org"}, {"email": "bob@example.org"}]
 
     files = await asyncio.to_thread(fetch_outbox, feedd.port)
-    assert set(files) == {"contacts.csv.report.json", "contacts.csv.rejects.csv", delivered.name}
+    # beside the data spec feedd keeps for the feed (demo-contacts.spec.csv and .md)
+    assert {n for n in files if ".spec." not in n} == {"contacts.csv.report.json", "contacts.csv.rejects.csv",
+                                                        delivered.name}
+    assert {n for n in files if ".spec." in n} == {"demo-contacts.spec.csv", "demo-contacts.spec.md"}
     report = json.loads(files["contacts.csv.report.json"])
     assert report["status"] == "completed" and report["counts"] == {"rows": 3, "valid": 2, "invalid": 1}
     assert report["mapping"]["email"]["reason"] == "exact"

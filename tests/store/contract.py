@@ -18,6 +18,7 @@ from feedd.model import (
     Direction,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
     RowError,
     Run,
@@ -30,7 +31,7 @@ from feedd.model import (
     new_id,
     utcnow,
 )
-from feedd.store import Remembered, RunQuery, Store
+from feedd.store import Remembered, RunQuery, Store, SweepQuery, SweptPart
 
 
 def make_run(connection: str = "acme", pipeline: str | None = "acme-hr", sha: str = "0" * 64, **kw: object) -> Run:
@@ -253,6 +254,91 @@ class StoreContract:
             await store.set_pipeline_active("p", i % 2 == 0)
             await reading
             assert (await store.pipeline_overrides())["p"] is (i % 2 == 0), i
+
+    # Expected arrivals
+
+    async def test_arrival_state_keeps_what_was_judged_and_each_missed_window_once(self, store: Store) -> None:
+        assert await store.arrival_state("p") is None
+        t0 = utcnow().replace(microsecond=0)
+        await store.save_arrival_state("p", t0, None, expect="* * * * *|UTC|5|0")
+        state = await store.arrival_state("p")
+        assert state is not None and state.since == t0 and state.checked_until is None and state.missed == ()
+        assert state.expect == "* * * * *|UTC|5|0"
+        windows = [Missed(t0 + timedelta(minutes=n), t0 + timedelta(minutes=n - 1),
+                          t0 + timedelta(minutes=n, seconds=5), None if n == 1 else t0,
+                          t0 + timedelta(minutes=n, seconds=6)) for n in (1, 2, 3)]
+        event = Event("msg_1", "http://x/", "arrival.missed", "{}")
+        await store.save_arrival_state("p", t0, windows[1].expected_by, windows[:2], [event])
+        # the same window again (a repeat after a crash) is kept as first recorded, not doubled
+        again = Missed(windows[1].expected_by, t0, t0, t0, t0)
+        await store.save_arrival_state("p", t0, windows[2].expected_by, [again, windows[2]])
+        state = await store.arrival_state("p", missed=2)
+        assert state is not None and state.checked_until == windows[2].expected_by
+        assert state.missed == (windows[2], windows[1])  # newest first, at most 2
+        assert len((await store.arrival_state("p")).missed) == 3  # type: ignore[union-attr]
+        assert [e.event_id for e in await store.events_of("arrival.missed")] == ["msg_1"]
+        assert await store.arrival_state("other") is None
+
+    async def test_received_groups_a_pipelines_runs_in_a_stretch_of_time(self, store: Store) -> None:
+        t0 = utcnow()
+        made = [
+            make_run(created_at=t0 - timedelta(seconds=30), status=RunStatus.COMPLETED, counts=Counts(5, 5, 0)),
+            make_run(created_at=t0 - timedelta(seconds=20), status=RunStatus.DELIVERED, counts=Counts(3, 1, 2)),
+            make_run(created_at=t0 - timedelta(seconds=10), status=RunStatus.COMPLETED, counts=Counts(0, 0, 0)),
+            make_run(created_at=t0 - timedelta(seconds=5), status=RunStatus.FAILED),
+            make_run(created_at=t0 + timedelta(seconds=5), status=RunStatus.QUEUED),
+            make_run(pipeline="other", created_at=t0 - timedelta(seconds=15), status=RunStatus.COMPLETED),
+        ]
+        for run in made:
+            await store.insert_run(run)
+        groups = {(g.status, g.enough): (g.count, g.last_at)
+                  for g in await store.received("acme-hr", t0 - timedelta(seconds=25), t0, min_rows=2)}
+        assert groups == {("delivered", False): (1, made[1].created_at), ("completed", True): (1, made[2].created_at),
+                          ("failed", True): (1, made[3].created_at)}
+        every = await store.received("acme-hr", None, None, min_rows=0)
+        assert sum(g.count for g in every) == 5
+        assert max(g.last_at for g in every) == made[4].created_at
+
+    # Retention
+
+    async def test_sweep_candidates_are_finished_runs_past_their_age_and_never_others(self, store: Store) -> None:
+        now = utcnow()
+        old = now - timedelta(days=2)
+        finished = {s: make_run(status=s, finished_at=old) for s in
+                    (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED, RunStatus.QUEUED,
+                     RunStatus.PROCESSING, RunStatus.HELD)}
+        young = make_run(status=RunStatus.FAILED, finished_at=now)
+        acked = make_run(status=RunStatus.DELIVERED, finished_at=now, acknowledged_at=now - timedelta(hours=2))
+        pending = make_run(status=RunStatus.COMPLETED, finished_at=old)
+        pending = replace(pending, deliveries=(Delivery(pending.run_id, "outbox"),))
+        unmatched = make_run(pipeline=None, status=RunStatus.FAILED, finished_at=old)
+        for run in [*finished.values(), young, acked, pending, unmatched]:
+            await store.insert_run(run)
+        query = SweepQuery(SweptPart.INPUT, now - timedelta(days=1), None, "acme-hr")
+        got = {r.run_id for r in await store.sweep_candidates(query)}
+        assert got == {finished[s].run_id for s in (RunStatus.COMPLETED, RunStatus.DELIVERED, RunStatus.FAILED)}
+        with_ack = replace(query, acked_before=now - timedelta(hours=1))
+        assert acked.run_id in {r.run_id for r in await store.sweep_candidates(with_ack)}
+        others = SweepQuery(SweptPart.OUTPUTS, now - timedelta(days=1), None, None, frozenset({"acme-hr"}))
+        assert [r.run_id for r in await store.sweep_candidates(others)] == [unmatched.run_id]
+        assert await store.sweep_candidates(SweepQuery(SweptPart.INPUT, None, None, "acme-hr")) == []
+
+    async def test_mark_swept_writes_only_the_mark_and_only_on_finished_runs(self, store: Store) -> None:
+        old = utcnow() - timedelta(days=2)
+        run = make_run(status=RunStatus.FAILED, finished_at=old, meta={"records": "/x"})
+        queued = make_run(status=RunStatus.QUEUED, finished_at=old)
+        for r in (run, queued):
+            await store.insert_run(r)
+        assert await store.mark_swept(run.run_id, SweptPart.INPUT)
+        assert not await store.mark_swept(queued.run_id, SweptPart.INPUT)
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.meta == {"records": "/x", "swept": {"input": True}}
+        assert got.swept("input") and not got.swept("outputs")
+        query = SweepQuery(SweptPart.INPUT, utcnow(), None, "acme-hr")
+        assert run.run_id not in {r.run_id for r in await store.sweep_candidates(query)}
+        outputs = replace(query, part=SweptPart.OUTPUTS)
+        assert run.run_id in {r.run_id for r in await store.sweep_candidates(outputs)}
+        assert not (await store.get_run(queued.run_id)).meta  # type: ignore[union-attr]
 
 
 def _fields(value: object) -> dict[str, object]:
