@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import jinja2
 from aiohttp import web
 
-from feedd import log
+from feedd import arrivals, log
 from feedd.config import Config
 from feedd.config.values import Operator
 from feedd.console import charts
@@ -296,8 +296,14 @@ class Console:
         failing = await self._store.failing_deliveries(since)
         review = await self._store.count_by_connection(RunStatus.NEEDS_REVIEW)
         last = await self._store.last_arrivals(names)
+        missed: dict[str, int] = {}
+        for pipe in self.config.pipelines.values():  # windows missed in the last 24 hours, per partner
+            if pipe.expect is not None and (state := await self._store.arrival_state(pipe.name)) is not None:
+                recent_missed = sum(1 for m in state.missed if m.expected_by >= now - timedelta(hours=24))
+                missed[pipe.connection] = missed.get(pipe.connection, 0) + recent_missed
         return [{"name": n, "last": last.get(n), "recent": recent.get(n, {}), "failing": failing.get(n, 0),
-                 "review": review.get(n, 0), "failed": recent.get(n, {}).get("failed", 0)} for n in names]
+                 "review": review.get(n, 0), "failed": recent.get(n, {}).get("failed", 0),
+                 "missed": missed.get(n, 0)} for n in names]
 
     async def _chart(self, now: datetime, connection: str | None) -> charts.Chart:
         first = charts.first_day(now, CHART_DAYS)
@@ -576,6 +582,7 @@ class Console:
         held, _ = await self._store.list_runs(RunQuery(pipeline=name, statuses=(RunStatus.HELD,), limit=20))
         return self._render(request, who, "pipeline.html", {
             "pipe": pipe, "view": pipeline_view(pipe, active), "active": active, "held": held,
+            "arrivals": await arrivals.shown(self._store, pipe, utcnow()),
             "schema": self.config.schemas.get(pipe.schema), "flash": request.query.get("done")})
 
     async def pipeline_active(self, request: web.Request, who: Who) -> web.StreamResponse:

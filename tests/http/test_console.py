@@ -39,8 +39,9 @@ async def browser() -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def console(start_api: Callable[..., Any], ttl: str = "10m") -> Api:
-    return await start_api(http_extra=f"session_ttl: {ttl}\n{OPERATORS}")  # type: ignore[no-any-return]
+async def console(start_api: Callable[..., Any], ttl: str = "10m", pipeline_extra: str = "") -> Api:
+    return await start_api(http_extra=f"session_ttl: {ttl}\n{OPERATORS}",  # type: ignore[no-any-return]
+                           pipeline_extra=pipeline_extra)
 
 
 async def log_in(page: Any, url: str, name: str, password: str = DEMO_PASSWORD) -> None:
@@ -61,7 +62,7 @@ async def until(check: Callable[[], Any], what: str, within: float = 20.0) -> No
 
 async def test_an_operator_sees_a_failed_drop_opens_it_and_acks_it(start_api: Callable[..., Any], browser: Any,
                                                                    tmp_path: Path) -> None:
-    api = await console(start_api)
+    api = await console(start_api, pipeline_extra='expect: {cron: "0 6 * * 1-5", timezone: UTC, grace: 30m}')
     shots = tmp_path / "shots"
     page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
     await log_in(page, api.url, "admin")
@@ -95,6 +96,9 @@ async def test_an_operator_sees_a_failed_drop_opens_it_and_acks_it(start_api: Ca
         response = await page.goto(f"{api.url}/ui/{name}")
         assert response is not None and response.status == 200, name
         await page.screenshot(path=str(shots / f"{name.replace('/', '-')}.png"), full_page=True)
+    await page.goto(f"{api.url}/ui/pipelines/demo-contacts")
+    arrivals = await page.locator("main").inner_text()
+    assert "0 6 * * 1-5" in arrivals and "Next due" in arrivals
 
     # A new managed connection, made through the form (and so through the management layer).
     await page.goto(f"{api.url}/ui/connections/new")
