@@ -1,6 +1,7 @@
 """The console's pages over a store with many runs: how long each takes to render, server-side.
 
-    python bench/console.py [--runs 100000] [--connections 20] [--rounds 30] [--drops 20]
+    python bench/console.py [--runs 100000] [--connections 20] [--rounds 30] [--drops 20] [--load 300]
+                            [--consoles 5]
 
 Fills a fresh store with `--runs` runs (spread over 30 days, `--connections` connections, mixed statuses,
 a few with failed deliveries), starts the HTTP app with the console in this process, logs in, and times
@@ -10,7 +11,9 @@ for the runs list is under 100 ms at 100,000 runs: every page reads the store th
 
 Then, with `--drops` and Playwright and Debian's chromium at hand, the time from an SFTP drop (the
 client's close of the file) to the run showing on the overview in a real browser, which refreshes its
-table twice a second: a full daemon in this process, a fresh state, one file at a time.
+table twice a second: a full daemon in this process, a fresh state, one file at a time. Last, it uploads
+`--load` small files over one SFTP session three times with `--consoles` overview pages open and three
+times with none (alternating), and prints both rates.
 It prints figures; it gates nothing.
 """
 
@@ -107,6 +110,8 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--drops", type=int, default=20)
+    parser.add_argument("--load", type=int, default=300, help="files per round for uploads with consoles open")
+    parser.add_argument("--consoles", type=int, default=5, help="overview pages open at once")
     args = parser.parse_args()
     HASH = hash_password(PASSWORD)
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,10 +170,10 @@ async def main() -> None:
             t = timings[page]
             print(f"{page:58} {statistics.median(t) * 1000:10.1f} {max(t) * 1000:9.1f}")
     if args.drops:
-        await drop_to_overview(args.drops)
+        await drop_to_overview(args.drops, args.load, args.consoles)
 
 
-async def drop_to_overview(drops: int) -> None:
+async def drop_to_overview(drops: int, load: int, consoles: int) -> None:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
@@ -225,13 +230,47 @@ async def drop_to_overview(drops: int) -> None:
                             break
                         await asyncio.sleep(0.01)
                     seen.append(time.monotonic() - closed)
+                # Uploads with and without consoles open: does the page's refresh slow SFTP down?
+                rates: dict[str, list[float]] = {"closed": [], "open": [], "polled": []}
+                pages = [page] + [await browser.new_page() for _ in range(consoles - 1)]
+                cookie = next(c["value"] for c in await page.context.cookies() if c["name"] == "feedd_session")
+                states = ("closed", "open", "polled")
+                for round_ in range(3):
+                    for state in states[round_ % 3:] + states[:round_ % 3]:
+                        for pg in pages:
+                            await pg.goto(f"{url}/ui/" if state == "open" else "about:blank")
+                        # "polled": the same requests as open pages make, without a browser's own CPU
+                        pollers = [asyncio.create_task(poll(f"{url}/ui/overview/table", cookie))
+                                   for _ in range(consoles if state == "polled" else 0)]
+                        started = time.monotonic()
+                        for k in range(load):
+                            async with sftp.open(f"/inbox/load-{round_}-{state}-{k}.csv", "wb") as f:
+                                await f.write(b"email\n" + f"ann{k}@example.org\n".encode() * 500)
+                        rates[state].append(load / (time.monotonic() - started))
+                        for task in pollers:
+                            task.cancel()
+                        await asyncio.gather(*pollers, return_exceptions=True)
                 await browser.close()
         finally:
             await daemon.stop()
         seen.sort()
         print(f"drop to a run in the store: median {statistics.median(stored) * 1000:.0f} ms")
+        print(f"SFTP uploads of {load} x 8 KiB, median of 3 rounds: "
+              f"{statistics.median(rates['closed']):.0f} files/s with no console open, "
+              f"{statistics.median(rates['open']):.0f} files/s with {consoles} overviews open in chromium (which "
+              f"shares the cores), {statistics.median(rates['polled']):.0f} files/s with their requests alone")
+
         print(f"drop to overview in a browser ({drops} drops): median {statistics.median(seen) * 1000:.0f} ms, "
               f"p90 {seen[int(len(seen) * 0.9) - 1] * 1000:.0f} ms, worst {seen[-1] * 1000:.0f} ms")
+
+
+async def poll(url: str, cookie: str) -> None:
+    """What an open overview asks for: its table every 500 ms."""
+    async with aiohttp.ClientSession(headers={"Cookie": f"feedd_session={cookie}"}) as http:
+        while True:
+            async with http.get(url) as r:
+                await r.read()
+            await asyncio.sleep(0.5)
 
 
 if __name__ == "__main__":
