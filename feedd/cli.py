@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     hk = sub.add_parser("hostkey", help="print the SFTP host key fingerprints (made on first use)")
     _config_arg(hk)
     hk.add_argument("--generate", action="store_true", help="replace the host keys with new ones")
+    _config_arg(sub.add_parser("migrate", help="create or upgrade the database schema (also done at start)"))
     push = sub.add_parser("push", help="upload a JSONL or JSON array file to an outbound pipeline")
     _api_args(push)
     push.add_argument("--connection", required=True)
@@ -83,7 +84,7 @@ def _api_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "check": _check, "passwd": _passwd, "apikey": _apikey, "hostkey": _hostkey,
-               "try": _try, "push": _push, "runs": _runs, "apply": _apply, "get": _get}
+               "migrate": _migrate, "try": _try, "push": _push, "runs": _runs, "apply": _apply, "get": _get}
     try:
         code = handler[args.command](args)
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
@@ -158,9 +159,12 @@ def _apikey(args: argparse.Namespace) -> int:
 
 
 def _hostkey(args: argparse.Namespace) -> int:
+    import asyncio
+
     from feedd import hostkeys
     from feedd.config import Config
     from feedd.errors import StartupError
+    from feedd.store import configured
 
     config = _load(args.config)
     if not isinstance(config, Config):
@@ -168,13 +172,38 @@ def _hostkey(args: argparse.Namespace) -> int:
     try:
         if args.generate:
             keys = hostkeys.generate(config)
+            asyncio.run(configured.record_host_key(config, keys[0].fingerprint, replace=True))
         else:
-            keys, _ = hostkeys.ensure(config)
+            keys, _ = hostkeys.ensure(config, state_exists=asyncio.run(configured.state_exists(config)))
     except StartupError as exc:
         print(f"feedd hostkey: {exc}", file=sys.stderr)
         return 1
     for key in keys:
         print(key)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import asyncio
+    import sqlite3
+
+    from feedd.config import Config
+    from feedd.errors import StartupError
+    from feedd.store import configured
+
+    config = _load(args.config)
+    if not isinstance(config, Config):
+        return 1
+    try:
+        before, after = asyncio.run(configured.migrate(config))
+    except (StartupError, OSError, sqlite3.Error) as exc:
+        print(f"feedd migrate: {exc}", file=sys.stderr)
+        return 1
+    where = "PostgreSQL (store.dsn)" if config.store.dsn else configured.sqlite_path(config)
+    if before == after:
+        print(f"schema up to date at version {after}: {where}")
+    else:
+        print(f"schema upgraded from version {before} to {after}: {where}")
     return 0
 
 

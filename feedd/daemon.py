@@ -33,7 +33,7 @@ from feedd.schedule import Scheduler
 from feedd.sftp.auth import Bans
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
-from feedd.store.sqlite import SqliteStore
+from feedd.store import Store, configured
 from feedd.summary import next_steps
 from feedd.watcher import Watcher
 
@@ -69,7 +69,7 @@ class Daemon:
         self.components: list[Component] = []
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.spaces: Spaces | None = None
         self.drops: Drops | None = None
         self.http: HttpServer | None = None
@@ -124,11 +124,16 @@ class Daemon:
         """Start every part in order; on failure, stop what started and raise."""
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        keys, generated = hostkeys.ensure(config)
+        keys, generated = hostkeys.ensure(config, state_exists=await configured.state_exists(config))
         for key in keys:
             log.get().info("host key generated" if generated else "host key", fingerprint=key.fingerprint,
                            algorithm=key.algorithm, path=str(key.path))
-        self.store = store = await SqliteStore.open(config.state_dir / hostkeys.DB_NAME)
+        self.store = store = await configured.open_store(config)
+        try:
+            await configured.record_host_key(config, keys[0].fingerprint)
+        except BaseException:
+            await self.stop()
+            raise
         try:
             self.live = live = await Live.open(await asyncio.to_thread(read_file, config.path), config, store,
                                                self._apply)
@@ -227,6 +232,8 @@ class Daemon:
 
     async def _apply(self, config: Config) -> None:
         """Put a new config in force in every part (the config's owner calls this, then swaps)."""
+        if config.store != self.config.store:  # the store holds what is running: it is opened once
+            log.get().warning("store changed: takes effect at the next restart")
         if self.spaces is not None:
             self.spaces.apply(config)  # new connections get their space before they can log in
         for component in self.components:

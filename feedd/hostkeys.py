@@ -9,11 +9,11 @@ from pathlib import Path
 import asyncssh
 
 from feedd.config import Config
+from feedd.config.values import StoreType
 from feedd.errors import StartupError
 
 ED25519 = "ssh_host_ed25519_key"
 RSA = "ssh_host_rsa_key"
-DB_NAME = "feedd.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +55,13 @@ def generate(config: Config) -> list[HostKey]:
     return [_describe(directory / ED25519), _describe(directory / RSA)]
 
 
-def ensure(config: Config) -> tuple[list[HostKey], bool]:
+def ensure(config: Config, *, state_exists: bool) -> tuple[list[HostKey], bool]:
     """The host keys to serve with, and whether they were just generated.
 
     A fresh state (no database, no key directory) gets new keys. A state that exists without its key
-    is refused: a host key that changes silently looks like a man-in-the-middle to every partner.
+    is refused: a host key that changes silently looks like a man-in-the-middle to every partner. With
+    PostgreSQL the database is shared, so a node whose state_dir lacks the key the others serve with is
+    refused too, instead of making a key of its own.
     """
     if config.sftp.host_keys:
         missing = [p for p in config.sftp.host_keys if not p.is_file()]
@@ -70,7 +72,13 @@ def ensure(config: Config) -> tuple[list[HostKey], bool]:
     paths = [p for p in (directory / ED25519, directory / RSA) if p.is_file()]
     if paths:
         return [_describe(p) for p in paths], False
-    if (config.state_dir / DB_NAME).exists() or directory.exists():
+    if config.store.type is StoreType.POSTGRESQL and state_exists:
+        raise StartupError(
+            f"host key {directory / ED25519} is missing but other nodes of the PostgreSQL store (store.dsn) "
+            "serve with a host key. Refusing to start with a new key: partners would see a changed host key. "
+            "Give this node the same host keys (share state_dir, or copy host_keys/ from another node)."
+        )
+    if state_exists or directory.exists():
         raise StartupError(
             f"host key {directory / ED25519} is missing but the state in {config.state_dir} exists. "
             "Refusing to start with a new key: partners would see a changed host key. Restore the key from "

@@ -180,12 +180,17 @@ class Run:
                 "sha256": self.source.sha256,
                 "receivedAt": iso(self.created_at),
             },
-            "counts": {"rows": self.counts.rows, "valid": self.counts.valid, "invalid": self.counts.invalid},
+            "counts": {"rows": self.counts.rows, "valid": self.counts.valid, "invalid": self.counts.invalid,
+                       "warned": int(self.meta.get("warned") or 0)},
             "mapping": dict(self.mapping),
             # how each field's column was chosen (and why a configured column was not used)
             "mappingReasons": dict(self.meta.get("mapping_reasons") or {}),
             "errors": [
                 {"row": e.row, "field": e.field, "code": e.code, "message": e.message} for e in self.errors
+            ],
+            # row warnings (rules with `severity: warning`): the rows stay valid; kept in meta, like the reasons
+            "warnings": [
+                {"row": w[0], "field": w[1], "code": w[2], "message": w[3]} for w in self.meta.get("warnings") or ()
             ],
             "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
             "deliveries": [

@@ -32,6 +32,8 @@ _HINTS = {
     "not the ones expected. Fix them and send the whole file again.",
     "rejected_by_reviewer": "The file was looked at on our side and not accepted: the message says why. Fix "
     "what it asks and send the whole file again.",
+    "lookup_missing": "Nothing to do on your side: a reference list we check your values against is missing on "
+    "ours. We will send the file through again once it is back.",
     "too_many_errors": "Too many rows were invalid, so nothing was accepted. Fix the rows listed in the errors "
     "(every rejected row is in the .rejects.csv file) and send the whole file again.",
 }
@@ -39,7 +41,8 @@ _GENERIC = "Check that the file is in the expected format (CSV with a header row
 
 
 def advice(
-    status: str, code: str | None, error: str | None, rows: int, valid: int, invalid: int, rejects: str | None = None
+    status: str, code: str | None, error: str | None, rows: int, valid: int, invalid: int, rejects: str | None = None,
+    warned: int = 0,
 ) -> tuple[str, str]:
     """(message, hint): what happened to the file and what the partner can do next, in plain words."""
     if status == "needs_review":
@@ -49,11 +52,13 @@ def advice(
         return error or code, _HINTS.get(code, _GENERIC)
     if rows == 0:
         return "The file was empty and was recorded as 'nothing today'.", "Nothing to do."
+    noted = f" {warned} accepted row{'s' if warned != 1 else ''} carry warnings (see `warnings`)." if warned else ""
     if invalid == 0:
-        return f"All {rows} rows were accepted.", "Nothing to do."
+        return f"All {rows} rows were accepted.{noted}", "Nothing to do." if not warned else \
+            "Nothing needs sending again; the warnings point at values worth checking."
     where = f" (every rejected row is in {rejects})" if rejects else ""
     return (
-        f"{valid} of {rows} rows were accepted; {invalid} were rejected{where}.",
+        f"{valid} of {rows} rows were accepted; {invalid} were rejected{where}.{noted}",
         "Fix the rejected rows and send them again in a new file; the accepted rows are not needed again.",
     )
 
@@ -101,11 +106,12 @@ def intake_report(config: Config, run: Run) -> dict[str, Any]:
         "message": message,
         "hint": hint,
         **receipt(run),
-        "counts": {"rows": 0, "valid": 0, "invalid": 0},
+        "counts": {"rows": 0, "valid": 0, "invalid": 0, "warned": 0},
         "mapping": {},
         "detected": {},
         "error": None if run.error is None else {"code": run.error.code, "message": run.error.message},
         "errors": [],
+        "warnings": [],
     }
     if run.duplicate_of is not None:
         report["duplicateOf"] = run.duplicate_of

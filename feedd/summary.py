@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from feedd.config import Config
-from feedd.config.values import Address
+from feedd.config.values import Address, StoreType
 
 _ANY = ("0.0.0.0", "::", "")  # a wildcard listen address is reached locally through the loopback
 
@@ -38,6 +38,8 @@ def summarize(config: Config) -> str:
     if len(config.files) > 1:
         lines.append(f"  files: {', '.join(config.files)}")
     lines.append(f"  state_dir: {config.state_dir}")
+    if config.store.type is StoreType.POSTGRESQL:
+        lines.append("  store: postgresql (store.dsn; shared by every node)")  # the DSN may hold a password
     lines.append(f"  sftp: {', '.join(map(str, config.sftp.listen))}   http: {', '.join(map(str, config.http.listen))}")
     lines.append(f"  connections ({len(config.connections)}):")
     for c in config.connections.values():
@@ -47,7 +49,13 @@ def summarize(config: Config) -> str:
         lines.append(f"    {c.name}: {'+'.join(auth)}{state}")
     lines.append(f"  schemas ({len(config.schemas)}):")
     for s in config.schemas.values():
-        lines.append(f"    {s.name}: {len(s.fields)} fields")
+        rules = f", {len(s.rules)} rule{'s' if len(s.rules) != 1 else ''}" if s.rules else ""
+        lines.append(f"    {s.name}: {len(s.fields)} fields{rules}")
+    if config.lookups:
+        lines.append(f"  lookups ({len(config.lookups)}):")
+        for lk in config.lookups.values():
+            refresh = f", refresh {lk.refresh:g}s" if lk.refresh else ""
+            lines.append(f"    {lk.name}: {lk.file} column {lk.column!r}{refresh}")
     lines.append(f"  pipelines ({len(config.pipelines)}):")
     for p in config.pipelines.values():
         dests = ", ".join(d.key for d in p.destinations) or "none"

@@ -24,7 +24,8 @@ def try_file(config: Config, pipeline: str, file: str) -> int:
     with tempfile.TemporaryDirectory(prefix="feedd-try-") as scratch:  # outputs are thrown away
         outcome = process(Job("try", str(path), path.name, pipe, config.schemas[pipe.schema], scratch))
     print(f"{path.name} -> {pipe.name}: {outcome.status}")
-    print(f"  rows {outcome.rows}   valid {outcome.valid}   invalid {outcome.invalid}")
+    print(f"  rows {outcome.rows}   valid {outcome.valid}   invalid {outcome.invalid}"
+          + (f"   warned {outcome.warned}" if outcome.warned else ""))
     if outcome.detected:
         d = outcome.detected
         extra = (f", delimiter {d['delimiter']!r}" if d.get("delimiter") else "") + \
@@ -45,5 +46,10 @@ def try_file(config: Config, pipeline: str, file: str) -> int:
         print("  first errors:")
         print(f"    {'row':>6}  {'field':<16}  {'code':<12}  message")
         for row, field, code, message in outcome.errors[:20]:
+            print(f"    {row:>6}  {field or '-':<16}  {code:<12}  {message}")
+    if outcome.warnings:
+        print("  first warnings (the rows stay valid):")
+        print(f"    {'row':>6}  {'field':<16}  {'code':<12}  message")
+        for row, field, code, message in outcome.warnings[:20]:
             print(f"    {row:>6}  {field or '-':<16}  {code:<12}  {message}")
     return 0 if outcome.status == "completed" else 1

@@ -26,5 +26,5 @@ def test_run_json_is_camel_case_per_contract() -> None:
     assert body["source"] == {"kind": "sftp", "name": "inbox/a.csv", "size": 3, "sha256": "ab" * 32,
                               "receivedAt": iso(run.created_at)}
     assert body["swept"] == {"input": False, "outputs": False}
-    assert body["counts"] == {"rows": 0, "valid": 0, "invalid": 0}
+    assert body["counts"] == {"rows": 0, "valid": 0, "invalid": 0, "warned": 0}
     assert body["createdAt"].endswith("Z")

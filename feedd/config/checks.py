@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from feedd.config.algorithms import weak
-from feedd.config.values import Config, DestinationType
+from feedd.config.values import Config, DestinationType, StoreType
 
 
 def warnings(config: Config) -> list[str]:
@@ -34,6 +34,9 @@ def warnings(config: Config) -> list[str]:
     if s3_pipelines and not _importable("aiobotocore.session"):
         out.append(f"s3 destinations ({', '.join(sorted(set(s3_pipelines)))}) need aiobotocore, which is not "
                    "installed: pip install 'feedd[s3]'")
+    if config.store.type is StoreType.POSTGRESQL and not (_importable("psycopg") and _importable("psycopg_pool")):
+        out.append("store: type postgresql needs psycopg and psycopg-pool, which are not installed: "
+                   "pip install 'feedd[postgresql]'")
     return out
 
 

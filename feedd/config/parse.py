@@ -47,6 +47,8 @@ from feedd.config.values import (
     Retention,
     Role,
     SftpConfig,
+    StoreConfig,
+    StoreType,
     TlsConfig,
     TusConfig,
     WebhookSubscription,
@@ -58,8 +60,8 @@ EVENT_TYPES = (
     "run.queued", "run.completed", "run.delivered", "run.failed", "run.held", "run.needs_review",
     "upload.completed", "upload.aborted", "schema.drift", "config.changed", "arrival.missed",
 )
-TOP_KEYS = ("state_dir", "include", "log", "sftp", "http", "schemas", "connections", "pipelines", "webhooks",
-            "retention")
+TOP_KEYS = ("state_dir", "store", "include", "log", "sftp", "http", "lookups", "schemas", "connections",
+            "pipelines", "webhooks", "retention")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
@@ -97,7 +99,8 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
     root = At(tree.loc, "")
     state_dir = r.get(top, root, "state_dir", path, DEFAULT_STATE_DIR)
     connections = _connections(r, top.get("connections"), root.key(top, "connections"))
-    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"))
+    lookups = pl.lookups(r, top.get("lookups"), root.key(top, "lookups"))
+    schemas = pl.schemas(r, top.get("schemas"), root.key(top, "schemas"), lookups)
     retention_at = root.key(top, "retention")
     retention = pl.retention_of(r, top.get("retention"), retention_at, Retention(), ("sweep_every",))
     retention_m = top.get("retention") if isinstance(top.get("retention"), LocMap) else None
@@ -114,6 +117,8 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         webhooks=_webhooks(r, top.get("webhooks"), root.key(top, "webhooks")),
         retention=retention,
         sweep_every=r.get(retention_m, retention_at, "sweep_every", _positive_duration, 3600.0),
+        store=_store(r, top, root),
+        lookups=lookups,
         files=source.files,
         bodies={section: {name: plain(body) for name, body in top[section].items()}
                 for section in NAMED_SECTIONS if isinstance(top.get(section), LocMap)},
@@ -138,6 +143,19 @@ def _log(r: Reader, top: LocMap, root: At) -> LogConfig:
         level=r.get(m, at, "level", choice("debug", "info", "warning", "error"), "info"),
         format=r.get(m, at, "format", choice("console", "json"), None),
     )
+
+
+def _store(r: Reader, top: LocMap, root: At) -> StoreConfig:
+    at = root.key(top, "store")
+    m = r.mapping(top.get("store"), at, ("type", "dsn"))
+    kind = StoreType(r.get(m, at, "type", choice(*StoreType), str(StoreType.SQLITE)))
+    dsn = r.get(m, at, "dsn", nonempty, None)
+    if kind is StoreType.POSTGRESQL and dsn is None and m is not None:
+        r.issue(at, "missing required key 'dsn' (the PostgreSQL connection string, e.g. "
+                    "postgresql://feedd@db.example.com/feedd)")
+    elif kind is StoreType.SQLITE and dsn is not None and m is not None:
+        r.issue(at.key(m, "dsn"), "dsn is only read with type: postgresql (SQLite lives in state_dir)")
+    return StoreConfig(kind, dsn)
 
 
 def listen(r: Reader, v: Any, at: At) -> tuple[Address, ...]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import codecs
+import csv
 import dataclasses
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from feedd.config import expressions
 from feedd.config.reader import (
     At,
     Bad,
@@ -24,7 +27,7 @@ from feedd.config.reader import (
     string,
     strings,
 )
-from feedd.config.source import LocMap
+from feedd.config.source import LocList, LocMap
 from feedd.config.units import suggest
 from feedd.config.values import (
     REVIEW_REASONS,
@@ -36,16 +39,21 @@ from feedd.config.values import (
     FieldSpec,
     FieldType,
     FormatConfig,
+    Lookup,
     OutputConfig,
     Pipeline,
     Retention,
+    Rule,
     Schema,
+    Severity,
     Transform,
 )
 from feedd.model import Direction
 
 FIELD_KEYS = ("type", "required", "unique", "pattern", "min", "max", "min_length", "max_length", "values",
-              "default", "aliases")
+              "default", "aliases", "in_lookup", "severity")
+RULE_KEYS = ("when", "require", "check", "message", "severity")
+LOOKUP_KEYS = ("file", "column", "refresh")
 NONE: tuple[str, ...] = ()
 TEXT_TYPES = (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM)
 ORDERED_TYPES = (FieldType.INTEGER, FieldType.DECIMAL, FieldType.NUMBER, FieldType.DATE, FieldType.DATETIME)
@@ -92,21 +100,98 @@ def template_placeholders(text: str) -> list[str]:
     return names
 
 
-def schemas(r: Reader, v: Any, at: At) -> dict[str, Schema]:
+def lookups(r: Reader, v: Any, at: At) -> dict[str, Lookup]:
+    out = {}
+    for name, body, sub in r.named(v, at, "lookup"):
+        m = r.mapping(body, sub, LOOKUP_KEYS)
+        if m is None:
+            r.issue(sub, "expected a mapping with 'file' and 'column'")
+            continue
+        file = r.require(m, sub, "file", path, None)
+        column = r.require(m, sub, "column", nonempty, "")
+        refresh = r.get(m, sub, "refresh", duration, None)
+        if refresh is not None and refresh <= 0:
+            r.issue(sub.key(m, "refresh"), "refresh must be more than 0 seconds")
+        if file is None or not column:
+            continue
+        try:
+            headers = lookup_headers(file)
+        except OSError as exc:
+            r.issue(sub.key(m, "file"), f"cannot read the lookup file {str(file)!r}: {exc.strerror or exc}")
+            continue
+        if column not in headers:
+            r.issue(sub.key(m, "column"), f"the lookup file {str(file)!r} has no column {column!r} "
+                                          f"(its columns: {', '.join(headers) or 'none'}){suggest(column, headers)}")
+            continue
+        out[name] = Lookup(name, file, column, refresh)
+    return out
+
+
+def lookup_headers(file: Path) -> list[str]:
+    """The header row of a lookup file (CSV; tab-separated when its name ends in .tsv)."""
+    with open(file, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, delimiter="\t" if file.suffix.lower() == ".tsv" else ","), [])
+
+
+def schemas(r: Reader, v: Any, at: At, lookups: Mapping[str, Lookup] | None = None) -> dict[str, Schema]:
     out = {}
     for name, body, sub in r.named(v, at, "schema"):
-        m = r.mapping(body, sub, ("fields",))
+        m = r.mapping(body, sub, ("fields", "rules"))
         fields_v = m.get("fields") if m else None
         if not isinstance(fields_v, LocMap) or not fields_v:
             r.issue(sub, "expected 'fields': a mapping of field name -> {type, rules}")
             continue
         fields_at = sub.key(m, "fields") if m else sub
-        out[name] = Schema(name, tuple(_field(r, fname, fbody, fields_at.key(fields_v, fname))
-                                       for fname, fbody in fields_v.items()))
+        fields = tuple(_field(r, fname, fbody, fields_at.key(fields_v, fname), lookups or {})
+                       for fname, fbody in fields_v.items())
+        rules = _rules(r, m.get("rules"), sub.key(m, "rules"), fields) if m is not None and "rules" in m else ()
+        out[name] = Schema(name, fields, rules)
     return out
 
 
-def _field(r: Reader, name: str, body: Any, at: At) -> FieldSpec:
+def field_infos(fields: tuple[FieldSpec, ...]) -> dict[str, expressions.FieldInfo]:
+    """What rule expressions know of each field: its kind, and whether a valid record may lack it."""
+    return {f.name: expressions.FieldInfo(expressions.FIELD_KINDS[f.type], not f.required and f.default is None)
+            for f in fields}
+
+
+def _rules(r: Reader, v: Any, at: At, fields: tuple[FieldSpec, ...]) -> tuple[Rule, ...]:
+    if not isinstance(v, LocList):
+        r.issue(at, f"expected a list of rules ({{when, require}} or {{check, message}}), got {describe(v)}")
+        return ()
+    infos, names = field_infos(fields), [f.name for f in fields]
+    out = []
+    for body, sub in r.items(v, at):
+        m = r.mapping(body, sub, RULE_KEYS)
+        if m is None:
+            if body is None:  # anything else that is not a mapping has been reported by `mapping`
+                r.issue(sub, "expected a rule: {when, require} or {check, message}")
+            continue
+        if "require" not in m and "check" not in m:
+            r.issue(sub, "a rule needs 'require' (fields that must have a value) or 'check' (a condition)")
+            continue
+        exprs = {}
+        for key in ("when", "check"):
+            text = r.get(m, sub, key, string, None)
+            if text is None:
+                continue
+            try:
+                expressions.condition(text, infos)
+            except expressions.ExpressionError as exc:
+                r.issue(sub.key(m, key), f"{text!r}: {exc}")
+                continue
+            exprs[key] = text
+        require = r.get(m, sub, "require", strings, NONE)
+        for field_name in require:
+            if field_name not in infos:
+                r.issue(sub.key(m, "require"), f"unknown field {field_name!r}{suggest(field_name, names)}")
+        out.append(Rule(when=exprs.get("when"), require=require, check=exprs.get("check"),
+                        message=r.get(m, sub, "message", nonempty, None),
+                        severity=Severity(r.get(m, sub, "severity", choice(*Severity), "error"))))
+    return tuple(out)
+
+
+def _field(r: Reader, name: str, body: Any, at: At, lookups: Mapping[str, Lookup]) -> FieldSpec:
     m = r.mapping(body, at, FIELD_KEYS)
     if m is None:
         r.issue(at, "expected a mapping with at least 'type'")
@@ -134,6 +219,8 @@ def _field(r: Reader, name: str, body: Any, at: At) -> FieldSpec:
         values=r.get(m, at, "values", strings, NONE),
         default=m.get("default"),
         aliases=r.get(m, at, "aliases", strings, NONE),
+        in_lookup=r.get(m, at, "in_lookup", _lookup_name(lookups), None),
+        severity=Severity(r.get(m, at, "severity", choice(*Severity), "error")),
     )
     if spec.min is not None and spec.max is not None and spec.min > spec.max:
         r.issue(at, f"min ({spec.min}) is greater than max ({spec.max})")
@@ -144,6 +231,17 @@ def _field(r: Reader, name: str, body: Any, at: At) -> FieldSpec:
     if ftype is FieldType.ENUM and spec.default is not None and str(spec.default) not in spec.values:
         r.issue(at.key(m, "default"), f"default {spec.default!r} is not one of the values {list(spec.values)}")
     return spec
+
+
+def _lookup_name(lookups: Mapping[str, Lookup]) -> Any:
+    def conv(r: Reader, v: Any, at: At) -> Lookup:
+        name = string(r, v, at)
+        if name not in lookups:
+            raise Bad(f"unknown lookup {name!r}{suggest(name, lookups)} (lookups are defined under 'lookups:' "
+                      "at the top level)")
+        return lookups[name]
+
+    return conv
 
 
 def _regex(r: Reader, v: Any, at: At) -> str:

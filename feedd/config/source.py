@@ -18,7 +18,7 @@ import yaml
 
 from feedd.errors import ConfigIssue
 
-NAMED_SECTIONS = ("schemas", "connections", "pipelines")
+NAMED_SECTIONS = ("lookups", "schemas", "connections", "pipelines")
 API = "api"  # the "file" of objects sent over the API: their issues are located by key path only
 LIST_SECTIONS = ("webhooks",)
 

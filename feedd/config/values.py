@@ -45,6 +45,19 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+class StoreType(StrEnum):
+    SQLITE = "sqlite"  # embedded, in state_dir: one node
+    POSTGRESQL = "postgresql"  # shared by any number of nodes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where durable state lives. `dsn` (a libpq URI or key=value string) is set for PostgreSQL only."""
+
+    type: StoreType = StoreType.SQLITE
+    dsn: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
@@ -152,6 +165,24 @@ class HttpConfig:
     public_url: str | None = None  # how people reach this port (links in events); None: from `listen`
 
 
+class Severity(StrEnum):
+    """What a failed rule does: `error` makes the row invalid; `warning` lists it and keeps the row valid."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Reference values: one column of a CSV file (`lookups:` at the top level), read by each worker
+    process and re-read when the file changes or `refresh` seconds have passed."""
+
+    name: str
+    file: Path
+    column: str
+    refresh: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     name: str
@@ -166,12 +197,27 @@ class FieldSpec:
     values: tuple[str, ...] = ()
     default: Any = None
     aliases: tuple[str, ...] = ()
+    in_lookup: Lookup | None = None
+    severity: Severity = Severity.ERROR  # of the value rules (not of the type: a value of another type is unusable)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A cross-field rule of a schema: when `when` holds (always, if None), the fields in `require` must have
+    values and `check` must not be false. Expressions are kept as written, checked at load."""
+
+    when: str | None = None
+    require: tuple[str, ...] = ()
+    check: str | None = None
+    message: str | None = None
+    severity: Severity = Severity.ERROR
 
 
 @dataclass(frozen=True, slots=True)
 class Schema:
     name: str
     fields: tuple[FieldSpec, ...]
+    rules: tuple[Rule, ...] = ()
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -325,6 +371,8 @@ class Config:
     webhooks: tuple[WebhookSubscription, ...] = ()
     retention: Retention = Retention()
     sweep_every: float = 3600.0  # seconds between retention sweeps (one also runs at start)
+    lookups: dict[str, Lookup] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     # Each named object as written (file or API), section -> name -> body: what the API shows back.
     bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    store: StoreConfig = StoreConfig()

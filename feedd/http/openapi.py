@@ -82,6 +82,8 @@ _ONE = "(" + "|".join(RunStatus) + ")"
 _STATUSES = f"^{_ONE}(,{_ONE})*$"
 _TIME = {"type": "string", "format": "date-time"}
 _NTIME = _nullable("string", format="date-time")
+_ROW_ERROR = _object(["row", "field", "code", "message"], row={"type": "integer"}, field=_nullable("string"),
+                     code={"type": "string"}, message={"type": "string"})
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object(["error"], error=_object(["code", "message"], code={"type": "string"},
@@ -89,20 +91,19 @@ SCHEMAS: dict[str, Any] = {
     "Health": _object(["status"], status={"enum": ["ok", "failing"]},
                       failing={"type": "array", "items": {"type": "string"}}),
     "Run": _object(
-        ["runId", "pipeline", "connection", "direction", "status", "source", "counts", "mapping", "errors", "error",
-         "deliveries", "duplicateOf", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"],
+        ["runId", "pipeline", "connection", "direction", "status", "source", "counts", "mapping", "errors",
+         "warnings", "error", "deliveries", "duplicateOf", "createdAt", "startedAt", "finishedAt", "acknowledgedAt"],
         runId={"type": "string"}, pipeline=_nullable("string"), connection={"type": "string"},
         direction={"enum": ["inbound", "outbound"]}, status={"enum": [str(s) for s in RunStatus]},
         source=_object(["kind", "name", "size", "sha256", "receivedAt"], kind={"enum": ["sftp", "upload", "tus"]},
                        name={"type": "string"}, size={"type": "integer"}, sha256={"type": "string"},
                        receivedAt=_TIME),
         swept=_object(["input", "outputs"], input={"type": "boolean"}, outputs={"type": "boolean"}),
-        counts=_object(["rows", "valid", "invalid"], rows={"type": "integer"}, valid={"type": "integer"},
-                       invalid={"type": "integer"}),
+        counts=_object(["rows", "valid", "invalid", "warned"], rows={"type": "integer"}, valid={"type": "integer"},
+                       invalid={"type": "integer"}, warned={"type": "integer"}),
         mapping={"type": "object", "additionalProperties": {"type": "string"}},
-        errors={"type": "array", "items": _object(["row", "field", "code", "message"], row={"type": "integer"},
-                                                  field=_nullable("string"), code={"type": "string"},
-                                                  message={"type": "string"})},
+        errors={"type": "array", "items": _ROW_ERROR},
+        warnings={"type": "array", "items": _ROW_ERROR},
         error={"oneOf": [{"type": "null"}, _object(["code", "message"], code={"type": "string"},
                                                    message={"type": "string"})]},
         deliveries={"type": "array", "items": _object(

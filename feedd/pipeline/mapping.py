@@ -21,7 +21,7 @@ from typing import Any
 
 from feedd.config.values import FieldMapping, FieldType, Pipeline, Schema
 from feedd.pipeline.transforms import TransformError, compile_transforms
-from feedd.pipeline.validate import Unique, build, field_code, unique_code
+from feedd.pipeline.validate import Unique, build, field_code, rules_code, unique_code
 
 SIMILARITY_THRESHOLD = 0.8
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -157,7 +157,7 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
     each row): a second pass made only when a file has repeats, so the first pays nothing for it."""
     index = {h: i for i, h in enumerate(headers)}
     explicit = {m.target: m for m in pipeline.mappings}
-    ns: dict[str, Any] = {"_TE": TransformError}
+    ns: dict[str, Any] = {"_TE": TransformError, "_warns": []}
     # A short row (fewer cells than the header) is padded once, so that each getter is a plain index.
     width = len(headers)
     lines = ["def row_fn(row):", f"    if len(row) < {width}: row = [*row, *([None] * ({width} - len(row)))]",
@@ -189,9 +189,16 @@ def compile_row(pipeline: Pipeline, schema: Schema, headers: Sequence[str], chos
             f"        errs.append(({name}, exc.code, {name} + ': ' + exc.message))",
             f"    v{key} = v",
         ]
+    lines += ["    " + line for line in rules_code(schema, {f.name: f"v{k}" for k, f in enumerate(schema.fields)}, ns)]
     record = ", ".join(f"{field.name!r}: v{k}" for k, field in enumerate(schema.fields))
     lines.append(f"    return {{{record}}}, errs")
     return build("\n".join(lines), ns, "row_fn")  # type: ignore[no-any-return]
+
+
+def warnings_of(row_fn: RowFn) -> list[tuple[str | None, str, str]]:
+    """The list a compiled row function adds the row's warnings to (the caller reads and clears it)."""
+    warns: list[tuple[str | None, str, str]] = row_fn.__globals__["_warns"]
+    return warns
 
 
 def unique_tables(row_fn: RowFn, schema: Schema) -> dict[str, Unique]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from feedd.config.values import REVIEW_REASONS, FieldType, FormatConfig, Pipeline, Schema
 from feedd.durable import NAME_MAX, fit_name
-from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables
+from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables, warnings_of
 from feedd.pipeline.read import ReadError, Rows, bad_row, open_rows, open_span
 from feedd.pipeline.validate import Unique, repeats
 from feedd.pipeline.write import RecordWriter, RejectWriter, write_json
@@ -67,6 +67,8 @@ class Outcome:
     mapping: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[tuple[int, str | None, str, str]] = field(default_factory=list)
+    warned: int = 0  # valid rows with at least one warning
+    warnings: list[tuple[int, str | None, str, str]] = field(default_factory=list)  # the first MAX_ERRORS
     error: tuple[str, str] | None = None
     detected: dict[str, Any] = field(default_factory=dict)
     headers: list[str] = field(default_factory=list)
@@ -269,7 +271,9 @@ def _join(job: Job, stretches: list[Stretch], started: float) -> Outcome | None:
             outcome.rows += o.rows
             outcome.valid += o.valid
             outcome.invalid += o.invalid
+            outcome.warned += o.warned
             outcome.errors.extend(o.errors[:MAX_ERRORS - len(outcome.errors)])
+            outcome.warnings.extend(o.warnings[:MAX_ERRORS - len(outcome.warnings)])
         if any(c == "unique" for _, _, c, _ in outcome.errors):
             _name_repeats(job, outcome.errors)
         rejects = RejectWriter(out / "rejects.jsonl", out / "rejects.csv", outcome.headers)
@@ -316,14 +320,16 @@ def _report(job: Job, out: Path, outcome: Outcome) -> None:
     if outcome.review is not None:
         error = outcome.review["message"]
     rejects = f"{job.source_name.rsplit('/', 1)[-1]}.rejects.csv" if job.pipeline.reports else None
-    message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects)
+    message, hint = advice(outcome.status, code, error, outcome.rows, outcome.valid, outcome.invalid, rejects,
+                           outcome.warned)
     report = {
         "runId": job.run_id, "file": job.source_name, "pipeline": job.pipeline.name, "status": outcome.status,
         "message": message, "hint": hint, **(job.receipt or {}),
-        "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid},
+        "counts": {"rows": outcome.rows, "valid": outcome.valid, "invalid": outcome.invalid, "warned": outcome.warned},
         "mapping": outcome.reasons, "detected": outcome.detected,
         "error": None if outcome.error is None else {"code": code, "message": error},
         "errors": columns(outcome.errors, outcome.mapping, outcome.headers),
+        "warnings": columns(outcome.warnings, outcome.mapping, outcome.headers),
     }
     outcome.report_path = str(write_json(out / "report.json", report))
 
@@ -365,6 +371,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
                          f"{job.source_name}: required field(s) with no column: {'; '.join(parts)}")
         return {}
     row_fn = compile_row(pipe, schema, headers, chosen, job.span.rows if job.span else 0)
+    warns = warnings_of(row_fn)  # stays empty unless a rule of the schema is a warning
     fields = [f.name for f in schema.fields]
     records = RecordWriter(out / f"records.{EXTENSIONS[pipe.output.format]}", pipe.output.format, fields,
                            body=body, ordered=all(f.type != FieldType.BOOLEAN for f in schema.fields))
@@ -374,10 +381,10 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
     api_copy = (RecordWriter(out / "records.api.jsonl", "jsonl", fields, body=body)
                 if pipe.output.format != "jsonl" else None)
     write: Callable[[dict[str, Any]], None] = records.write
-    errors = outcome.errors
+    errors, warnings = outcome.errors, outcome.warnings
     if api_copy is not None:
         write = _both(records.write, api_copy.write)
-    count = invalid = 0
+    count = invalid = warned = 0
     try:
         for count, (number, cells) in enumerate(rows, 1):  # noqa: B007 - count is read after the loop
             unreadable = bad_row(cells) if json_input else None
@@ -386,7 +393,12 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
                 record, row_errors = row_fn(cells)
                 if row_errors is None:
                     write(record)
+                    if warns:
+                        warned += 1
+                        warnings.extend((number, f, c, m) for f, c, m in warns[:MAX_ERRORS - len(warnings)])
+                        warns.clear()
                     continue
+                warns.clear()  # a rejected row's warnings: its errors say enough
             else:
                 record, row_errors = {}, [(None, "unreadable_row", unreadable)]
             invalid += 1
@@ -402,7 +414,7 @@ def _map_rows(job: Job, out: Path, outcome: Outcome, detected: dict[str, Any], h
             api_copy.discard()
         raise
     finally:
-        outcome.rows, outcome.valid, outcome.invalid = count, count - invalid, invalid
+        outcome.rows, outcome.valid, outcome.invalid, outcome.warned = count, count - invalid, invalid, warned
     outcome.records_path = str(records.close())
     if api_copy is not None:
         outcome.records_jsonl_path = str(api_copy.close())

@@ -296,7 +296,8 @@ class Runner:
                         drift=outcome.drift, records=outcome.records_path, rejects=outcome.rejects_path,
                         records_jsonl=outcome.records_jsonl_path,
                         report=outcome.report_path, mapping_reasons=outcome.reasons, seconds=outcome.seconds,
-                        stretches=outcome.stretches)
+                        stretches=outcome.stretches, warned=outcome.warned,
+                        warnings=[list(w) for w in outcome.warnings])
             if outcome.review is not None:
                 meta["review"] = outcome.review
             elif _decision(run) is None:

@@ -5,7 +5,9 @@ decimals as exact strings, dates and datetimes in ISO 8601) or raises `FieldErro
 message that says which value failed and what was expected. The checks are generated as source text
 (`field_code`) so that a whole row compiles into one function without a call per rule: this is where a
 run spends its time. Only identifiers and `repr()` literals are ever put into the source; every value
-from the config travels in the namespace.
+from the config travels in the namespace. A schema's cross-field rules (`rules_code`) go in the same
+function, as the source `feedd.config.expressions` writes from their checked syntax trees. A rule or field
+with `severity: warning` adds to the `_warns` list in the namespace instead of failing the row.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import math
 import re
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from feedd.config.values import FieldSpec, FieldType
+from feedd.config import expressions
+from feedd.config.pipelines import field_infos
+from feedd.config.values import FieldSpec, FieldType, Rule, Schema, Severity
+from feedd.pipeline import lookups
 
 Check = Callable[[Any], Any]
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
@@ -164,6 +169,7 @@ BASE_NAMESPACE: dict[str, Any] = {
     "_BOOL": _BOOLEANS.get, "_Decimal": Decimal, "_InvalidOperation": InvalidOperation,
     "_date": date.fromisoformat, "_datetime": datetime.fromisoformat, "_nan": math.nan, "_isfinite": math.isfinite,
     "_date_type": date, "_HALF": 1 << 63, "_MIX": 0x9E3779B97F4A7C15, "_MASK": (1 << 64) - 1,
+    "_today": lambda: date.today().isoformat(),
 }
 
 
@@ -176,6 +182,8 @@ def field_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
     if spec.default is not None:
         ns[f"_default_{key}"] = _output(_CONVERT[spec.type](spec.default))
         blank = [f"v = _default_{key}"]
+    elif spec.required and spec.severity is Severity.WARNING:
+        blank = [f"_warns.append(({spec.name!r}, 'required', {spec.name + ': is required'!r}))", "v = None"]
     elif spec.required:
         blank = ["raise _FE('required', 'is required')"]
     else:
@@ -239,29 +247,100 @@ _DUPLICATE = "raise _FE('unique', f'{_show(v)} appears more than once in this fi
 
 def _rule_code(spec: FieldSpec, key: str, ns: dict[str, Any]) -> list[str]:
     lines: list[str] = []
+
+    def fail(test: str, code: str, message: str) -> None:
+        """`message` is the body of an f-string; a warning is listed and the value kept."""
+        if spec.severity is Severity.WARNING:  # the field's name travels in the namespace, never in an f-string
+            ns[f"_name_{key}"] = spec.name
+            lines.append(f"if {test}: _warns.append((_name_{key}, {code!r}, _name_{key} + f{(': ' + message)!r}))")
+        else:
+            lines.append(f"if {test}: raise _FE({code!r}, f{message!r})")
+
     if spec.type is FieldType.ENUM:
         ns[f"_allowed_{key}"] = frozenset(spec.values)
         ns[f"_shown_{key}"] = ", ".join(spec.values)
-        lines.append(f"if v not in _allowed_{key}: raise _FE('enum', f'{{_show(v)}} is not one of {{_shown_{key}}}')")
+        fail(f"v not in _allowed_{key}", "enum", f"{{_show(v)}} is not one of {{_shown_{key}}}")
     if spec.pattern is not None:
         ns[f"_pattern_{key}"] = re.compile(spec.pattern).search
         ns[f"_pattern_text_{key}"] = spec.pattern
-        lines.append(f"if not _pattern_{key}(v): "
-                     f"raise _FE('pattern', f'{{_show(v)}} does not match {{_pattern_text_{key}}}')")
+        fail(f"not _pattern_{key}(v)", "pattern", f"{{_show(v)}} does not match {{_pattern_text_{key}}}")
     if spec.min_length is not None:
-        lines.append(f"if len(v) < {int(spec.min_length)}: "
-                     f"raise _FE('min_length', f'{{_show(v)}} is shorter than {int(spec.min_length)} characters')")
+        n = int(spec.min_length)
+        fail(f"len(v) < {n}", "min_length", f"{{_show(v)}} is shorter than {n} characters")
     if spec.max_length is not None:
-        lines.append(f"if len(v) > {int(spec.max_length)}: "
-                     f"raise _FE('max_length', f'{{_show(v)}} is longer than {int(spec.max_length)} characters')")
+        n = int(spec.max_length)
+        fail(f"len(v) > {n}", "max_length", f"{{_show(v)}} is longer than {n} characters")
     for bound, op, code, words in ((spec.min, "<", "min", "is less than the minimum"),
                                    (spec.max, ">", "max", "is more than the maximum")):
         if bound is None:
             continue
         ns[f"_{code}_{key}"] = _bound(spec.type, bound)
         ns[f"_{code}_text_{key}"] = bound
-        lines.append(f"if v {op} _{code}_{key}: raise _FE('{code}', f'{{_show(v)}} {words} {{_{code}_text_{key}}}')")
+        fail(f"v {op} _{code}_{key}", code, f"{{_show(v)}} {words} {{_{code}_text_{key}}}")
+    if spec.in_lookup is not None:
+        found = ns[f"_lookup_{key}"] = lookups.values(spec.in_lookup)
+        ns[f"_lookup_name_{key}"] = repr(spec.in_lookup.name)
+        message = f"{{_show(v)}} is not in the lookup {{_lookup_name_{key}}}"
+        text = "v" if spec.type in (FieldType.STRING, FieldType.EMAIL, FieldType.ENUM) else \
+            "(v if v.__class__ is str else str(v))"  # the values are text; text fields' values already are
+        if isinstance(found, frozenset):
+            fail(f"{text} not in _lookup_{key}", "in_lookup", message)
+        else:
+            lines += [f"lk = {text}", *lookups.values_code(f"_lookup_{key}", "lk")]
+            fail("not ok", "in_lookup", message)
     return lines
+
+
+def rules_code(schema: Schema, names: Mapping[str, str], ns: dict[str, Any]) -> list[str]:
+    """Lines that check the schema's cross-field rules once every field is in its variable (`names`: field
+    -> variable). A failed rule appends `(None, 'rule', message)` to `errs`, or to `_warns` for a warning.
+    A rule is skipped in a row where a field it reads already failed: its value is not known."""
+    if not schema.rules:
+        return []
+    infos = field_infos(schema.fields)
+    types = {f.name: f.type for f in schema.fields}
+    ns["_clean"] = _clean
+    ns["_dec"] = _decimal_or_none
+
+    def read(field: str) -> str:  # decimals are exact strings in the record: compared as numbers
+        return f"_dec({names[field]})" if types[field] is FieldType.DECIMAL else names[field]
+
+    lines: list[str] = []
+    for j, rule in enumerate(schema.rules):
+        when = expressions.condition(rule.when, infos, read) if rule.when else None
+        check = expressions.condition(rule.check, infos, read) if rule.check else None
+        reads = {*(when.fields if when else ()), *(check.fields if check else ()), *rule.require}
+        ns[f"_rule_fields_{j}"] = frozenset(reads)
+        add = "_warns.append" if rule.severity is Severity.WARNING else "errs = errs or []; errs.append"
+        body: list[str] = []
+        if rule.require:
+            ns[f"_rule_require_{j}"] = rule.message or _required_message(rule)
+            missing = " or ".join(f"{names[f]} is None" for f in rule.require)
+            body.append(f"if {missing}: {add}((None, 'rule', _rule_require_{j}))")
+        if check is not None:
+            ns[f"_rule_check_{j}"] = rule.message or f"failed the check {rule.check}"
+            test = check.fails
+            body.append(f"if {test}: {add}((None, 'rule', _rule_check_{j}))")
+        if when is not None:
+            test = when.holds
+            body = [f"if {test}:", *_indent(body)]
+        lines += [f"if errs is None or _clean(errs, _rule_fields_{j}):", *_indent(body)]
+    return lines
+
+
+def _required_message(rule: Rule) -> str:
+    fields = " and ".join(rule.require)
+    verb = "is" if len(rule.require) == 1 else "are"
+    return f"{fields} {verb} required" + (f" when {rule.when}" if rule.when else "")
+
+
+def _clean(errs: list[tuple[str | None, str, str]], fields: frozenset[str]) -> bool:
+    """Whether none of `errs` is about one of `fields`."""
+    return not any(e[0] in fields for e in errs)
+
+
+def _decimal_or_none(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
 def _bound(ftype: FieldType, bound: Any) -> Any:
@@ -287,7 +366,7 @@ def build(source: str, ns: dict[str, Any], name: str) -> Any:
 
 def compile_field(spec: FieldSpec) -> Check:
     """The checker for one field: empty -> default or required error; else convert, then each rule."""
-    ns: dict[str, Any] = {}
+    ns: dict[str, Any] = {"_warns": []}
     body = field_code(spec, "f", ns)
     return build("\n".join(["def check(v):", *_indent(body), "    return v"]), ns, "check")  # type: ignore[no-any-return]
 

@@ -143,7 +143,10 @@ def _delivery_from(row: sqlite3.Row) -> Delivery:
 
 _EVENT_COLUMNS = "event_id, url, type, body, status, attempts, last_error, next_attempt_at, created_at"
 _INSERT_EVENT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_EVENT_SELECT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+# An event queued already is kept as it is, but through an update to itself, not OR IGNORE: an ignored row
+# counts no change, and changes() = 0 would then keep out the events after it and report the run unwritten.
+_INSERT_EVENT_SELECT = f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_KEEP_EVENT = "ON CONFLICT (event_id, url) DO UPDATE SET event_id = events.event_id"
 
 
 def _event_row(e: Event) -> tuple[Any, ...]:
@@ -300,7 +303,7 @@ class SqliteStore:
                                _mapping_row(remember)))
         statements += [(f"{_UPSERT_DELIVERY_SELECT} WHERE changes() = 1 {_ON_DELIVERY_CONFLICT}", _delivery_row(d))
                        for d in deliveries]
-        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1", _event_row(e)) for e in events]
+        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _event_row(e)) for e in events]
         return await self._write(*statements) == 1
 
     async def add_events(self, events: Sequence[Event]) -> None:
@@ -591,7 +594,7 @@ class SqliteStore:
     def _along(audit: AuditEntry, events: Sequence[Event]) -> list[tuple[str, tuple[Any, ...]]]:
         """An object's audit entry and events, written only if the statement before them changed a row."""
         statements = [(f"{_INSERT_AUDIT_SELECT} WHERE changes() = 1", _audit_row(audit))]
-        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1", _event_row(e)) for e in events]
+        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _event_row(e)) for e in events]
         return statements
 
     async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None:

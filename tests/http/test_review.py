@@ -133,7 +133,7 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
     await conforms(api, "Run", queued)
     done = await api.wait_run(run_id)
     assert done["status"] == "delivered", done
-    assert done["counts"] == {"rows": 2, "valid": 2, "invalid": 0}
+    assert done["counts"] == {"rows": 2, "valid": 2, "invalid": 0, "warned": 0}
     assert done["mappingReasons"]["email"]["reason"] == "review"
     _, records = await api.call("GET", f"/runs/{run_id}/records")
     assert [json.loads(line) for line in records.splitlines()] == [
@@ -247,7 +247,7 @@ async def test_too_many_errors_and_drift_wait_with_their_details(start_api: Call
     [held] = await waiting(api)
     assert held["review"]["reason"] == "too_many_errors"
     assert held["review"]["details"] == {"rows": 3, "valid": 1, "invalid": 2, "rate": 0.6667, "maxErrorRate": 0.3}
-    assert held["counts"] == {"rows": 3, "valid": 1, "invalid": 2} and len(held["errors"]) == 2
+    assert held["counts"] == {"rows": 3, "valid": 1, "invalid": 2, "warned": 0} and len(held["errors"]) == 2
     await conforms(api, "Run", held)
     status, rejects = await api.call("GET", f"/runs/{held['runId']}/rejects")
     assert status == 200 and [json.loads(line)["row"] for line in rejects.splitlines()] == [3, 4]

@@ -44,7 +44,7 @@ async def test_list_filter_page_get_records_rejects_ack(api: Api) -> None:
     assert len(second["data"]) == 1 and second["nextCursor"] is None
     assert [r["runId"] for r in first["data"] + second["data"]] == ids  # newest first, each once
     status, run = await api.call("GET", f"/runs/{ids[0]}")
-    assert status == 200 and run["counts"] == {"rows": 2, "valid": 1, "invalid": 1}
+    assert status == 200 and run["counts"] == {"rows": 2, "valid": 1, "invalid": 1, "warned": 0}
     assert run["errors"][0]["row"] == 3 and run["errors"][0]["field"] == "email"
     status, text = await api.call("GET", f"/runs/{ids[0]}/records")
     assert status == 200 and [json.loads(x) for x in text.splitlines()] == [{"email": "ann2@example.org"}]

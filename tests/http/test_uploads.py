@@ -54,7 +54,7 @@ async def test_the_whole_flow_ends_as_a_csv_the_partner_downloads(api: Api) -> N
     assert status == 200 and done["state"] == "completed" and done["uploadId"] == uid, done
     run = await api.wait_run(done["runId"])
     assert run["status"] == "delivered" and run["direction"] == "outbound", run
-    assert run["source"]["kind"] == "upload" and run["counts"] == {"rows": 5, "valid": 5, "invalid": 0}
+    assert run["source"]["kind"] == "upload" and run["counts"] == {"rows": 5, "valid": 5, "invalid": 0, "warned": 0}
     files = await asyncio.to_thread(fetch_outbox, api.sftp_port)
     name = f"orders-{done['runId']}.csv"
     assert [n for n in files if ".spec." not in n] == [name]  # beside the data spec of demo's inbound feed
@@ -206,7 +206,7 @@ async def test_a_large_upload_is_processed_by_every_idle_worker(start_api: Calla
         run_ids.append(done["runId"])
         run = await api.wait_run(done["runId"])
         assert run["status"] == "delivered", run
-        assert run["counts"] == {"rows": 20_000, "valid": 19_998, "invalid": 2}, run
+        assert run["counts"] == {"rows": 20_000, "valid": 19_998, "invalid": 2, "warned": 0}, run
     assert api.daemon.store is not None
     split, whole = [await api.daemon.store.get_run(r) for r in run_ids]
     assert split is not None and whole is not None

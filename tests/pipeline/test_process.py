@@ -48,7 +48,7 @@ def test_valid_rows_to_records_invalid_rows_to_rejects(config: Config, tmp_path:
     assert "hired_on: '13/45/2024' does not match %m/%d/%Y" in rejected[0]["_errors"]
     assert [e[:3] for e in outcome.errors][:2] == [(3, "employee_id", "pattern"), (3, "email", "type")]
     report = json.loads(Path(outcome.report_path or "").read_text())
-    assert report["counts"] == {"rows": 3, "valid": 2, "invalid": 1}
+    assert report["counts"] == {"rows": 3, "valid": 2, "invalid": 1, "warned": 0}
     assert report["mapping"]["email"] == {"source": "E-Mail", "reason": "alias", "score": 1.0}
     assert report["detected"]["delimiter"] == "," and report["detected"]["encoding"] == "utf-8"
 

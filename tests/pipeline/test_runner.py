@@ -62,7 +62,7 @@ async def test_a_drop_is_processed_delivered_and_reported(start_feedd: Callable[
                                                         delivered.name}
     assert {n for n in files if ".spec." in n} == {"demo-contacts.spec.csv", "demo-contacts.spec.md"}
     report = json.loads(files["contacts.csv.report.json"])
-    assert report["status"] == "completed" and report["counts"] == {"rows": 3, "valid": 2, "invalid": 1}
+    assert report["status"] == "completed" and report["counts"] == {"rows": 3, "valid": 2, "invalid": 1, "warned": 0}
     assert report["mapping"]["email"]["reason"] == "exact"
     assert files["contacts.csv.rejects.csv"].decode().splitlines() == [
         "email,_row,_errors", "not-an-email,3,email: 'not-an-email' is not an email address"]

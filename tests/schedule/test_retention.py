@@ -83,7 +83,7 @@ async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(
         return done[0] if done and done[0]["swept"] == {"input": True, "outputs": True} else None
 
     run = await eventually(swept)
-    assert run["counts"] == {"rows": 2, "valid": 1, "invalid": 1}
+    assert run["counts"] == {"rows": 2, "valid": 1, "invalid": 1, "warned": 0}
     config = api.daemon.config
     assert not [p for p in spool_dir(config).iterdir() if p.name.startswith(run["runId"])]
     assert not (config.state_dir / "runs" / run["runId"]).exists()

@@ -151,6 +151,66 @@ class StoreContract:
         assert delivery.status is DeliveryStatus.DELIVERED and delivery.attempts == 2
         assert delivery.delivered_at == done_at and delivery.last_error is None
 
+    async def test_due_deliveries_are_pending_ones_whose_time_came_most_overdue_first(self, store: Store) -> None:
+        now = utcnow()
+        run = make_run()
+        await store.insert_run(run)
+        for destination, status, at in (("late", DeliveryStatus.PENDING, now - timedelta(minutes=5)),
+                                        ("later", DeliveryStatus.PENDING, now - timedelta(minutes=1)),
+                                        ("future", DeliveryStatus.PENDING, now + timedelta(minutes=1)),
+                                        ("done", DeliveryStatus.DELIVERED, now - timedelta(minutes=9))):
+            await store.save_delivery(Delivery(run.run_id, destination, status, next_attempt_at=at))
+        due = await store.due_deliveries(now)
+        assert [d.destination for d in due] == ["late", "later"]
+        assert [d.destination for d in await store.due_deliveries(now, limit=1)] == ["late"]
+        assert await store.next_due() == now - timedelta(minutes=5)
+
+    async def test_events_are_queued_once_per_subscriber_and_sent_when_due(self, store: Store) -> None:
+        now = utcnow()
+        first, second = new_id(), new_id()
+        e1 = Event(first, "http://a/hook", "run.queued", '{"n": 1}', created_at=now - timedelta(seconds=3))
+        e2 = Event(first, "http://b/hook", "run.queued", '{"n": 1}', created_at=now - timedelta(seconds=2))
+        e3 = Event(second, "http://a/hook", "run.failed", '{"n": 2}', next_attempt_at=now + timedelta(minutes=1),
+                   created_at=now - timedelta(seconds=1))
+        await store.add_events([e1, e2, e3])
+        await store.add_events([replace(e1, body='{"n": "again"}')])  # queued already: kept as it is
+        assert await store.due_events(now) == [e1, e2]
+        await store.save_event(replace(e1, status=DeliveryStatus.DELIVERED, attempts=1))
+        retry = replace(e2, attempts=1, last_error="HTTP 503", next_attempt_at=now + timedelta(seconds=30))
+        await store.save_event(retry)
+        assert await store.due_events(now) == []
+        assert await store.due_events(now + timedelta(seconds=30)) == [retry]
+        assert await store.next_due() == now + timedelta(seconds=30)
+        assert await store.event_counts() == {"delivered": 1, "pending": 2}
+        assert [e.url for e in await store.events_of("run.queued")] == ["http://a/hook", "http://b/hook"]
+        assert await store.events_of() == [replace(e1, status=DeliveryStatus.DELIVERED, attempts=1), retry, e3]
+        page, cursor = await store.list_events(limit=2)
+        assert page == [e3, retry] and cursor is not None
+        page, cursor = await store.list_events(limit=2, cursor=cursor)
+        assert [(e.event_id, e.url) for e in page] == [(first, "http://a/hook")] and cursor is None
+        delivered, _ = await store.list_events(DeliveryStatus.DELIVERED)
+        assert [e.status for e in delivered] == [DeliveryStatus.DELIVERED]
+
+    async def test_a_run_update_saves_its_deliveries_and_events_only_if_the_run_changed(self, store: Store) -> None:
+        run = make_run()
+        queued = Event(new_id(), "http://a/hook", "run.queued", "{}")
+        await store.insert_run(run, events=[queued])
+        done = replace(run, status=RunStatus.COMPLETED)
+        completed = Event(new_id(), "http://a/hook", "run.completed", "{}")
+        delivery = Delivery(run.run_id, "outbox")
+        assert not await store.update_run(done, expect=RunStatus.PROCESSING, events=[completed],
+                                          deliveries=[delivery])
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.status is RunStatus.QUEUED and got.deliveries == ()
+        assert await store.events_of("run.completed") == []
+        # An event queued already is kept as it is, and does not keep the others or the run out.
+        assert await store.update_run(done, expect=RunStatus.QUEUED, events=[completed, queued],
+                                      deliveries=[delivery])
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.status is RunStatus.COMPLETED and got.deliveries == (delivery,)
+        assert await store.events_of("run.completed") == [completed]
+        assert await store.events_of("run.queued") == [queued]
+
     async def test_uploads_round_trip(self, store: Store) -> None:
         upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, "acme", "acme-out", total_parts=3)
         await store.save_upload(upload)

@@ -1,0 +1,639 @@
+"""`PostgresStore`: the Store in a PostgreSQL database that several feedd nodes share, through a psycopg
+connection pool. Each method is one statement, atomic on its own; the conditional writes (a run at its
+expected status, an object at its version) check and write in that same statement, so two nodes racing for
+one run or one object cannot both win. Also here: the schema's migrations, run under an advisory lock, and
+the host key every node must serve with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from feedd.errors import ConflictError, StartupError
+from feedd.model import (
+    AuditAction,
+    AuditEntry,
+    Counts,
+    Delivery,
+    DeliveryStatus,
+    Direction,
+    Event,
+    ManagedObject,
+    ObjectKind,
+    RowError,
+    Run,
+    RunError,
+    RunStatus,
+    Source,
+    SourceKind,
+    Upload,
+    UploadState,
+    utcnow,
+)
+from feedd.store import Remembered, RunQuery
+from feedd.store.postgresql_migrations import MIGRATIONS
+
+Connection = psycopg.AsyncConnection[DictRow]
+
+# pg_advisory_lock's key for migrations: any fixed number, the same on every node ("feedd" in ASCII).
+MIGRATION_LOCK = 0x6665656464
+POOL_SIZE = 10  # connections per node: the statements it can have in flight at once
+
+_RUN_COLUMNS = (
+    "run_id", "pipeline", "connection", "direction", "status", "source_kind", "source_name", "source_size",
+    "source_sha256", "spool_path", "rows", "valid", "invalid", "mapping", "errors", "error_code", "error_message",
+    "duplicate_of", "meta", "created_at", "started_at", "finished_at", "acknowledged_at",
+)
+_INSERT_RUN = f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_RUN_COLUMNS))})"
+_UPDATE_RUN = f"UPDATE runs SET {', '.join(f'{c} = %s' for c in _RUN_COLUMNS[1:])}"
+
+# A run's deliveries come with it, in the order they were added, in the same statement (one snapshot, one
+# round trip). Timestamps are spelled out with all six digits of microseconds so that they read back exactly.
+_TS_JSON = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+_SELECT_RUNS = f"""
+    SELECT r.*, (SELECT coalesce(json_agg(json_build_array(d.destination, d.status, d.attempts, d.last_error,
+                                                           {_TS_JSON.format("d.delivered_at")},
+                                                           {_TS_JSON.format("d.next_attempt_at")}) ORDER BY d.seq),
+                                 '[]'::json)
+                 FROM deliveries d WHERE d.run_id = r.run_id) AS deliveries_json
+    FROM runs r"""
+
+# The connections with queued runs, one index seek each on runs_queued (a partial index holding only queued
+# runs), then the oldest of each: however many runs a connection queued, or ever had.
+_QUEUED_HEADS = f"""
+    WITH RECURSIVE names(name) AS (
+        SELECT min(connection) FROM runs WHERE status = 'queued'
+        UNION ALL
+        SELECT (SELECT min(connection) FROM runs WHERE status = 'queued' AND connection > names.name)
+        FROM names WHERE names.name IS NOT NULL
+    )
+    {_SELECT_RUNS}
+    WHERE r.run_id IN (
+        SELECT q.run_id FROM names, LATERAL (
+            SELECT run_id FROM runs WHERE status = 'queued' AND connection = names.name ORDER BY run_id LIMIT %s
+        ) q WHERE names.name IS NOT NULL)
+    ORDER BY r.run_id"""
+
+# The rows written along with a run or an object go in with it, in one statement: WITH clauses insert them
+# only if the main change took place, so a write is one round trip, atomic without a transaction around it.
+# Each row's values are cast: in a VALUES list PostgreSQL cannot infer a parameter's type from the table.
+_DELIVERIES = ("deliveries", ("run_id", "destination", "status", "attempts", "last_error", "delivered_at",
+                              "next_attempt_at"),
+               ("text", "text", "text", "int", "text", "timestamptz", "timestamptz"),
+               "ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
+               "attempts = excluded.attempts, last_error = excluded.last_error, "
+               "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
+# An event already queued for the same subscriber is kept as it is.
+_EVENTS = ("events", ("event_id", "url", "type", "body", "status", "attempts", "last_error", "next_attempt_at",
+                      "created_at"),
+           ("text", "text", "text", "text", "text", "int", "text", "timestamptz", "timestamptz"),
+           "ON CONFLICT (event_id, url) DO NOTHING")
+_MAPPINGS = ("mapping_memory", ("connection", "header_key", "mapping", "updated_at"),
+             ("text", "text", "text", "timestamptz"),
+             "ON CONFLICT (connection, header_key) DO UPDATE SET mapping = excluded.mapping, "
+             "updated_at = excluded.updated_at")
+_AUDIT = ("audit", ("at", "actor", "action", "kind", "name", "before", "after"),
+          ("timestamptz", "text", "text", "text", "text", "text", "text"), "")
+
+_Table = tuple[str, tuple[str, ...], tuple[str, ...], str]
+
+
+class _Statement:
+    """One statement made of WITH clauses: a main change, then rows written only if it changed a row."""
+
+    def __init__(self, main: str | None = None, params: Sequence[Any] = ()) -> None:
+        self._clauses: list[str] = []
+        self.params: list[Any] = []
+        self._guard = ""
+        if main is not None:
+            self._clauses.append(f"changed AS ({main} RETURNING 1)")
+            self.params += params
+            self._guard = " WHERE EXISTS (SELECT 1 FROM changed)"
+
+    def rows(self, table: _Table, rows: Sequence[tuple[Any, ...]]) -> _Statement:
+        if rows:
+            name, columns, types, conflict = table
+            row = f"({', '.join(f'%s::{t}' for t in types)})"
+            self._clauses.append(
+                f"w{len(self._clauses)} AS (INSERT INTO {name} ({', '.join(columns)}) "
+                f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) AS v{self._guard} {conflict})")
+            self.params += [value for r in rows for value in r]
+        return self
+
+    @property
+    def sql(self) -> str:
+        last = "SELECT count(*) AS n FROM changed" if self._guard else "SELECT 1 AS n"
+        return f"WITH {', '.join(self._clauses)} {last}" if self._clauses else last
+
+
+_UPLOAD_COLUMNS = (
+    "upload_id", "kind", "state", "connection", "pipeline", "total_parts", "parts", "records", '"offset"', "length",
+    "filename", "run_id", "meta", "created_at", "updated_at", "expires_at",
+)
+_UPSERT_UPLOAD = (f"INSERT INTO uploads ({', '.join(_UPLOAD_COLUMNS)}) "
+                  f"VALUES ({', '.join(['%s'] * len(_UPLOAD_COLUMNS))}) ON CONFLICT (upload_id) DO UPDATE SET "
+                  + ", ".join(f"{c} = excluded.{c}" for c in _UPLOAD_COLUMNS[1:]))
+
+
+class PostgresStore:
+    """Open with `await PostgresStore.open(dsn)`; migrations run before it returns."""
+
+    def __init__(self, pool: AsyncConnectionPool[Connection]) -> None:
+        self._pool = pool
+        self._returning: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_size: int = POOL_SIZE) -> PostgresStore:
+        await migrate(dsn)
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max(1, pool_size), open=False, name="feedd",
+            connection_class=psycopg.AsyncConnection[DictRow],
+            # Autocommit: every read and write is one statement, so one round trip and no BEGIN or COMMIT.
+            kwargs={"autocommit": True, "row_factory": dict_row}, configure=_configure)
+        try:
+            await pool.open(wait=True, timeout=30.0)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, PoolTimeout):
+                raise StartupError(f"cannot connect to the PostgreSQL store (store.dsn): {exc}") from exc
+            raise
+        return cls(pool)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool, given back after the block.
+
+        Not the pool's own `connection()`: while it waits for a free connection, it waits in asyncio.wait_for,
+        which on Python 3.11 can swallow a cancel that lands as the connection comes, and a component being
+        stopped would then go on to wait forever. The wait runs in a task of its own here, so a cancel always
+        reaches the caller; a connection that comes after all goes straight back.
+        """
+        getting = asyncio.ensure_future(self._pool.getconn())
+        try:
+            conn = await asyncio.shield(getting)
+        except asyncio.CancelledError:
+            getting.add_done_callback(self._give_back)
+            raise
+        try:
+            async with conn:  # as the pool's connection(): rolled back if the block raises
+                yield conn
+        finally:
+            await self._pool.putconn(conn)
+
+    def _give_back(self, getting: asyncio.Future[Connection]) -> None:
+        if not getting.cancelled() and getting.exception() is None:
+            task = asyncio.ensure_future(self._pool.putconn(getting.result()))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def schema_version(self) -> int:
+        async with self._connection() as conn:
+            return await _version(conn)
+
+    async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
+        statement = _Statement(_INSERT_RUN, _run_row(run))
+        statement.rows(_DELIVERIES, [_delivery_row(d) for d in run.deliveries])
+        statement.rows(_EVENTS, [_event_row(e) for e in events])
+        try:
+            await self._write(statement)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConflictError(f"run {run.run_id} already exists") from exc
+
+    async def _write(self, statement: _Statement) -> int:
+        """Run one statement (atomic on its own); the number of rows its main change wrote."""
+        async with self._connection() as conn:
+            row = await (await conn.execute(statement.sql, statement.params)).fetchone()
+        return int(row["n"]) if row else 0
+
+    async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
+                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
+        row = _run_row(run)
+        if expect is RunStatus.QUEUED:
+            # A claim: a queued run another node is writing right now (most likely claiming it too) is left
+            # to it at once instead of waited for; the runner looks again at its next poll.
+            sql = (f"{_UPDATE_RUN} WHERE run_id = (SELECT run_id FROM runs WHERE run_id = %s AND status = %s "
+                   "FOR UPDATE SKIP LOCKED)")
+            params: tuple[Any, ...] = (*row[1:], run.run_id, str(expect))
+        elif expect is not None:
+            # READ COMMITTED re-checks the status on the row as a concurrent writer left it: one of two wins.
+            sql, params = f"{_UPDATE_RUN} WHERE run_id = %s AND status = %s", (*row[1:], run.run_id, str(expect))
+        else:
+            sql, params = f"{_UPDATE_RUN} WHERE run_id = %s", (*row[1:], run.run_id)
+        statement = _Statement(sql, params)
+        statement.rows(_MAPPINGS, [_mapping_row(remember)] if remember is not None else [])
+        # One row per destination: an upsert cannot touch a row twice in one statement (the last one wins).
+        statement.rows(_DELIVERIES, [_delivery_row(d) for d in {d.destination: d for d in deliveries}.values()])
+        statement.rows(_EVENTS, [_event_row(e) for e in events])
+        return await self._write(statement) == 1
+
+    async def get_run(self, run_id: str) -> Run | None:
+        rows = await self._read(f"{_SELECT_RUNS} WHERE r.run_id = %s", (run_id,))
+        return _run_from(rows[0]) if rows else None
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[Run], str | None]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("connection", query.connection), ("pipeline", query.pipeline)):
+            if value is not None:
+                clauses.append(f"r.{column} = %s")
+                params.append(value)
+        if query.statuses:
+            clauses.append("r.status = ANY(%s)")
+            params.append([str(s) for s in query.statuses])
+        if query.acknowledged is not None:
+            clauses.append("r.acknowledged_at IS NOT NULL" if query.acknowledged else "r.acknowledged_at IS NULL")
+        if query.delivery_failed is not None:
+            clauses.append(("" if query.delivery_failed else "NOT ") + "EXISTS (SELECT 1 FROM deliveries d "
+                           "WHERE d.run_id = r.run_id AND d.status = 'failed')")
+        if query.connections is not None:
+            clauses.append("r.connection = ANY(%s)")
+            params.append(sorted(query.connections))
+        if query.cursor is not None:
+            clauses.append("r.run_id > %s" if query.oldest_first else "r.run_id < %s")
+            params.append(query.cursor)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        limit = max(1, query.limit)
+        order = "ASC" if query.oldest_first else "DESC"
+        rows = await self._read(f"{_SELECT_RUNS} {where} ORDER BY r.run_id {order} LIMIT %s", (*params, limit + 1))
+        runs = [_run_from(row) for row in rows[:limit]]
+        return runs, (runs[-1].run_id if len(rows) > limit else None)
+
+    async def queued_heads(self, per_connection: int) -> list[Run]:
+        return [_run_from(row) for row in await self._read(_QUEUED_HEADS, (max(1, per_connection),))]
+
+    async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        if not keys:
+            return {}
+        connections, hashes = zip(*keys, strict=True)
+        # One indexed lookup (runs_by_content) per key, all in one statement.
+        rows = await self._read(
+            "SELECT k.connection, k.sha256, (SELECT min(run_id) FROM runs WHERE connection = k.connection "
+            "AND source_sha256 = k.sha256 AND duplicate_of IS NULL) AS run_id "
+            "FROM unnest(%s::text[], %s::text[]) AS k(connection, sha256)", (list(connections), list(hashes)))
+        return {(row["connection"], row["sha256"]): row["run_id"] for row in rows if row["run_id"] is not None}
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        await self._write(_Statement().rows(_DELIVERIES, [_delivery_row(delivery)]))
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        rows = await self._read(
+            "SELECT * FROM deliveries WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
+            "ORDER BY next_attempt_at NULLS FIRST, seq LIMIT %s", (now, limit))
+        return [_delivery_from(row) for row in rows]
+
+    async def add_events(self, events: Sequence[Event]) -> None:
+        if events:
+            await self._write(_Statement().rows(_EVENTS, [_event_row(e) for e in events]))
+
+    async def save_event(self, event: Event) -> None:
+        async with self._connection() as conn:
+            await conn.execute("UPDATE events SET status = %s, attempts = %s, last_error = %s, next_attempt_at = %s "
+                               "WHERE event_id = %s AND url = %s",
+                               (str(event.status), event.attempts, event.last_error, event.next_attempt_at,
+                                event.event_id, event.url))
+
+    async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
+        rows = await self._read(
+            "SELECT * FROM events WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
+            "ORDER BY created_at, seq LIMIT %s", (now, limit))
+        return [_event_from(row) for row in rows]
+
+    async def events_of(self, event_type: str | None = None) -> list[Event]:
+        if event_type is None:
+            rows = await self._read("SELECT * FROM events ORDER BY created_at, seq")
+        else:
+            rows = await self._read("SELECT * FROM events WHERE type = %s ORDER BY created_at, seq", (event_type,))
+        return [_event_from(row) for row in rows]
+
+    async def list_events(self, status: DeliveryStatus | None = None, limit: int = 100,
+                          cursor: str | None = None) -> tuple[list[Event], str | None]:
+        # The cursor is the seq of the last event of the page: events share their id between subscribers.
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            clauses.append("status = %s")
+            params.append(str(status))
+        if cursor is not None:
+            clauses.append("seq < %s")
+            params.append(int(cursor))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        limit = max(1, limit)
+        rows = await self._read(f"SELECT * FROM events {where} ORDER BY seq DESC LIMIT %s", (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_event_from(r) for r in rows], (str(rows[-1]["seq"]) if more else None)
+
+    async def event_counts(self) -> dict[str, int]:
+        return {row["status"]: row["n"] for row in
+                await self._read("SELECT status, count(*) AS n FROM events GROUP BY status")}
+
+    async def next_due(self) -> datetime | None:
+        rows = await self._read(
+            "SELECT min(t) AS t FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending' "
+            "UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending') AS due")
+        return _dt(rows[0]["t"]) if rows else None
+
+    async def save_upload(self, upload: Upload) -> None:
+        u = upload
+        row = (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts,
+               json.dumps({str(k): v for k, v in u.parts.items()}), u.records, u.offset, u.length, u.filename,
+               u.run_id, json.dumps(u.meta), u.created_at, u.updated_at, u.expires_at)
+        async with self._connection() as conn:
+            await conn.execute(_UPSERT_UPLOAD, row)
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        rows = await self._read("SELECT * FROM uploads WHERE upload_id = %s", (upload_id,))
+        return _upload_from(rows[0]) if rows else None
+
+    async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
+                            limit: int = 100) -> list[Upload]:
+        rows = await self._read(
+            "SELECT * FROM uploads WHERE state = ANY(%s) AND updated_at < %s ORDER BY updated_at LIMIT %s",
+            ([str(s) for s in states], updated_before, limit))
+        return [_upload_from(row) for row in rows]
+
+    async def disable_target(self, target: str, reason: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("INSERT INTO disabled_targets VALUES (%s, %s, %s) ON CONFLICT (target) DO UPDATE SET "
+                               "reason = excluded.reason, disabled_at = excluded.disabled_at",
+                               (target, reason, utcnow()))
+
+    async def enable_target(self, target: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM disabled_targets WHERE target = %s", (target,))
+
+    async def disabled_targets(self) -> dict[str, str]:
+        return {row["target"]: row["reason"] for row in await self._read("SELECT target, reason FROM disabled_targets")}
+
+    async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        rows = await self._read("SELECT 'run' AS of, status, count(*) AS n FROM runs GROUP BY status UNION ALL "
+                                "SELECT 'upload', state, count(*) FROM uploads GROUP BY state")
+        runs = {row["status"]: row["n"] for row in rows if row["of"] == "run"}
+        uploads = {row["status"]: row["n"] for row in rows if row["of"] == "upload"}
+        return runs, uploads
+
+    async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
+        await self._write(_Statement().rows(_MAPPINGS, [_mapping_row(Remembered(connection, header_key, mapping))]))
+
+    async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
+        rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = %s AND header_key = %s",
+                                (connection, header_key))
+        return dict(json.loads(rows[0]["mapping"])) if rows else None
+
+    async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
+        async with self._connection() as conn:
+            await conn.execute("INSERT INTO pipeline_overrides VALUES (%s, %s, %s) ON CONFLICT (pipeline) DO UPDATE "
+                               "SET active = excluded.active, updated_at = excluded.updated_at",
+                               (pipeline, active, utcnow()))
+
+    async def pipeline_overrides(self) -> dict[str, bool]:
+        # Not cached, unlike SQLite's: another node may switch a pipeline at any time.
+        return {row["pipeline"]: row["active"]
+                for row in await self._read("SELECT pipeline, active FROM pipeline_overrides")}
+
+    async def managed_objects(self) -> list[ManagedObject]:
+        rows = await self._read("SELECT * FROM managed_objects ORDER BY created_at, seq")
+        return [ManagedObject(ObjectKind(r["kind"]), r["name"], json.loads(r["body"]), r["version"],
+                              _dt(r["created_at"]) or utcnow(), _dt(r["updated_at"]) or utcnow()) for r in rows]
+
+    async def save_object(self, obj: ManagedObject, *, expect: int | None, audit: AuditEntry,
+                          events: Sequence[Event] = ()) -> bool:
+        body = json.dumps(obj.body)
+        if expect is None:
+            sql = ("INSERT INTO managed_objects (kind, name, body, version, created_at, updated_at) "
+                   "VALUES (%s, %s, %s, %s, %s, %s)")
+            params: tuple[Any, ...] = (str(obj.kind), obj.name, body, obj.version, obj.created_at, obj.updated_at)
+        else:
+            sql = ("UPDATE managed_objects SET body = %s, version = %s, updated_at = %s "
+                   "WHERE kind = %s AND name = %s AND version = %s")
+            params = (body, obj.version, obj.updated_at, str(obj.kind), obj.name, expect)
+        try:
+            return await self._write_object(sql, params, audit, events)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConflictError(f"{obj.kind} {obj.name!r} already exists") from exc
+
+    async def delete_object(self, kind: ObjectKind, name: str, *, expect: int, audit: AuditEntry,
+                            events: Sequence[Event] = ()) -> bool:
+        return await self._write_object("DELETE FROM managed_objects WHERE kind = %s AND name = %s AND version = %s",
+                                        (str(kind), name, expect), audit, events)
+
+    async def _write_object(self, sql: str, params: tuple[Any, ...], audit: AuditEntry,
+                            events: Sequence[Event]) -> bool:
+        """An object's change, with its audit entry and events only if it changed a row."""
+        statement = _Statement(sql, params).rows(_AUDIT, [_audit_row(audit)])
+        return await self._write(statement.rows(_EVENTS, [_event_row(e) for e in events])) == 1
+
+    async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None:
+        await self._write(_Statement().rows(_AUDIT, [_audit_row(entry)]).rows(_EVENTS, [_event_row(e) for e in events]))
+
+    async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
+        limit = max(1, limit)
+        where, params = ("WHERE seq < %s", (int(cursor),)) if cursor is not None else ("", ())
+        rows = await self._read(f"SELECT * FROM audit {where} ORDER BY seq DESC LIMIT %s", (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = [AuditEntry(r["actor"], AuditAction(r["action"]), r["kind"], r["name"],
+                              json.loads(r["before"]) if r["before"] else None,
+                              json.loads(r["after"]) if r["after"] else None, _dt(r["at"]) or utcnow())
+                   for r in rows]
+        return entries, (str(rows[-1]["seq"]) if more else None)
+
+    async def close(self) -> None:
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
+        await self._pool.close()
+
+
+async def _configure(conn: Connection) -> None:
+    # Timestamps come back in UTC, as feedd writes them.
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def _version(conn: Connection) -> int:
+    cur = await conn.execute("SELECT to_regclass('feedd_schema') IS NOT NULL AS present")
+    row = await cur.fetchone()
+    if row is None or not row["present"]:
+        return 0
+    cur = await conn.execute("SELECT version FROM feedd_schema")
+    row = await cur.fetchone()
+    return int(row["version"]) if row else 0
+
+
+async def _connect(dsn: str) -> Connection:
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row)
+    except psycopg.OperationalError as exc:
+        raise StartupError(f"cannot connect to the PostgreSQL store (store.dsn): {exc}".rstrip()) from exc
+
+
+async def recorded_host_key(dsn: str) -> str | None:
+    """The fingerprint of the host key the nodes of this database serve with, once one has started."""
+    async with await _connect(dsn) as conn:
+        if await _version(conn) == 0:
+            return None
+        row = await (await conn.execute("SELECT host_key FROM feedd_schema")).fetchone()
+        return row["host_key"] if row else None
+
+
+async def record_host_key(dsn: str, fingerprint: str, *, replace: bool = False) -> str:
+    """Record the host key's fingerprint unless one is recorded already (or `replace`); returns the one recorded.
+
+    Partners reach every node under one address, so every node must serve with one key: the first node
+    records it, and a node with another key is refused instead of showing partners a changed key.
+    """
+    keep = "%s" if replace else "coalesce(host_key, %s)"
+    async with await _connect(dsn) as conn:
+        row = await (await conn.execute(f"UPDATE feedd_schema SET host_key = {keep} RETURNING host_key",
+                                        (fingerprint,))).fetchone()
+    if row is None:
+        raise StartupError("the PostgreSQL store has no schema yet: run `feedd migrate`")
+    return str(row["host_key"])
+
+
+async def migrate(dsn: str) -> tuple[int, int]:
+    """Bring the schema up to date; returns (version before, version after).
+
+    Under a session advisory lock: nodes that start together wait for the first to finish, then find the
+    schema current. Each step commits with its version, so a step that fails leaves the one before whole.
+    """
+    try:
+        return await _migrate(dsn)
+    except psycopg.Error as exc:
+        raise StartupError(f"cannot migrate the PostgreSQL store (store.dsn): {exc}".rstrip()) from exc
+
+
+async def _migrate(dsn: str) -> tuple[int, int]:
+    latest = MIGRATIONS[-1][0]
+    async with await _connect(dsn) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            before = current = await _version(conn)
+            if current > latest:
+                raise StartupError(f"the PostgreSQL store's schema is at version {current}, newer than this "
+                                   f"feedd knows ({latest}): it was upgraded by a newer feedd")
+            for version, sql in MIGRATIONS:
+                if version <= current:
+                    continue
+                async with conn.transaction():
+                    if current == 0:
+                        await conn.execute("CREATE TABLE feedd_schema (version INTEGER NOT NULL, host_key TEXT)")
+                        await conn.execute("INSERT INTO feedd_schema VALUES (0)")
+                    await conn.execute(sql)  # no parameters: the whole script goes in one simple query
+                    await conn.execute("UPDATE feedd_schema SET version = %s", (version,))
+                current = version
+        finally:
+            # Closing the connection releases the lock too, if it broke on the way.
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return before, current
+
+
+def _dt(value: datetime | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # from a JSON aggregate
+        return datetime.fromisoformat(value)
+    return value.astimezone(UTC)
+
+
+def _run_row(run: Run) -> tuple[Any, ...]:
+    return (
+        run.run_id, run.pipeline, run.connection, str(run.direction), str(run.status), str(run.source.kind),
+        run.source.name, run.source.size, run.source.sha256, run.spool_path, run.counts.rows, run.counts.valid,
+        run.counts.invalid, json.dumps(run.mapping),
+        json.dumps([[e.row, e.field, e.code, e.message] for e in run.errors]),
+        run.error.code if run.error else None, run.error.message if run.error else None, run.duplicate_of,
+        json.dumps(run.meta), run.created_at, run.started_at, run.finished_at, run.acknowledged_at,
+    )
+
+
+def _run_from(row: DictRow) -> Run:
+    deliveries = tuple(
+        Delivery(row["run_id"], destination, DeliveryStatus(status), attempts, last_error, _dt(delivered_at),
+                 _dt(next_attempt_at))
+        for destination, status, attempts, last_error, delivered_at, next_attempt_at in row["deliveries_json"])
+    return Run(
+        run_id=row["run_id"],
+        pipeline=row["pipeline"],
+        connection=row["connection"],
+        direction=Direction(row["direction"]),
+        status=RunStatus(row["status"]),
+        source=Source(SourceKind(row["source_kind"]), row["source_name"], row["source_size"], row["source_sha256"]),
+        spool_path=row["spool_path"],
+        counts=Counts(row["rows"], row["valid"], row["invalid"]),
+        mapping=json.loads(row["mapping"]),
+        errors=tuple(RowError(*e) for e in json.loads(row["errors"])),
+        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        deliveries=deliveries,
+        created_at=_dt(row["created_at"]) or utcnow(),
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        acknowledged_at=_dt(row["acknowledged_at"]),
+        duplicate_of=row["duplicate_of"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+def _delivery_row(d: Delivery) -> tuple[Any, ...]:
+    return d.run_id, d.destination, str(d.status), d.attempts, d.last_error, d.delivered_at, d.next_attempt_at
+
+
+def _delivery_from(row: DictRow) -> Delivery:
+    return Delivery(row["run_id"], row["destination"], DeliveryStatus(row["status"]), row["attempts"],
+                    row["last_error"], _dt(row["delivered_at"]), _dt(row["next_attempt_at"]))
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (e.event_id, e.url, e.type, e.body, str(e.status), e.attempts, e.last_error, e.next_attempt_at,
+            e.created_at)
+
+
+def _event_from(row: DictRow) -> Event:
+    return Event(event_id=row["event_id"], url=row["url"], type=row["type"], body=row["body"],
+                 status=DeliveryStatus(row["status"]), attempts=row["attempts"], last_error=row["last_error"],
+                 next_attempt_at=_dt(row["next_attempt_at"]), created_at=_dt(row["created_at"]) or utcnow())
+
+
+def _mapping_row(remembered: Remembered) -> tuple[Any, ...]:
+    return remembered.connection, remembered.header_key, json.dumps(remembered.mapping), utcnow()
+
+
+def _audit_row(e: AuditEntry) -> tuple[Any, ...]:
+    return (e.at, e.actor, str(e.action), e.kind, e.name,
+            None if e.before is None else json.dumps(e.before), None if e.after is None else json.dumps(e.after))
+
+
+def _upload_from(row: DictRow) -> Upload:
+    return Upload(
+        upload_id=row["upload_id"],
+        kind=SourceKind(row["kind"]),
+        state=UploadState(row["state"]),
+        connection=row["connection"],
+        pipeline=row["pipeline"],
+        total_parts=row["total_parts"],
+        parts={int(k): v for k, v in json.loads(row["parts"]).items()},
+        records=row["records"],
+        offset=row["offset"],
+        length=row["length"],
+        filename=row["filename"],
+        run_id=row["run_id"],
+        meta=json.loads(row["meta"]),
+        created_at=_dt(row["created_at"]) or utcnow(),
+        updated_at=_dt(row["updated_at"]) or utcnow(),
+        expires_at=_dt(row["expires_at"]),
+    )

@@ -1,0 +1,124 @@
+"""PostgresStore: the Store contract against a real PostgreSQL, plus what only it has (migrations under a lock,
+two nodes racing for the same run)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("psycopg", reason="the postgresql extra is not installed: pip install -e '.[test]'")
+
+from feedd.errors import ConflictError
+from feedd.model import AuditAction, AuditEntry, ManagedObject, ObjectKind, RunStatus, utcnow
+from feedd.store.postgresql import PostgresStore, migrate
+from feedd.store.postgresql_migrations import MIGRATIONS
+from tests.store.contract import StoreContract, make_run
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = await PostgresStore.open(pg_dsn)
+    yield s
+    await s.close()
+
+
+class TestPostgresStore(StoreContract):
+    pass
+
+
+async def test_nodes_starting_together_migrate_once(pg_dsn: str) -> None:
+    # Five nodes at once: without the lock, all but one would fail creating tables that exist by then.
+    outcomes = await asyncio.gather(*(migrate(pg_dsn) for _ in range(5)))
+    latest = MIGRATIONS[-1][0]
+    assert sorted(outcomes) == [(0, latest)] + [(latest, latest)] * 4
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        assert await store.schema_version() == latest
+        run = make_run()
+        await store.insert_run(run)
+    finally:
+        await store.close()
+    again = await PostgresStore.open(pg_dsn)  # re-opening keeps what is there
+    try:
+        got = await again.get_run(run.run_id)
+        assert got is not None and got.status is RunStatus.QUEUED
+    finally:
+        await again.close()
+
+
+async def test_two_nodes_claiming_the_same_runs_each_get_a_share_never_the_same(pg_dsn: str) -> None:
+    first, second = await PostgresStore.open(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        runs = [make_run(connection=f"c{i % 4}", sha=f"{i:064x}") for i in range(40)]
+        for run in runs:
+            await first.insert_run(run)
+
+        async def claim(store: PostgresStore, node: str) -> list[str]:
+            won = []
+            for _ in range(100):  # bounded: each round claims at least one run until none is left
+                heads = await store.queued_heads(3)
+                if not heads:
+                    break
+                claims = [replace(r, status=RunStatus.PROCESSING, started_at=utcnow(), meta={"node": node})
+                          for r in heads]
+                results = await asyncio.gather(*(store.update_run(c, expect=RunStatus.QUEUED) for c in claims))
+                won += [c.run_id for c, ok in zip(claims, results, strict=True) if ok]
+            return won
+
+        a, b = await asyncio.gather(claim(first, "a"), claim(second, "b"))
+        assert not set(a) & set(b), "a run was claimed by both nodes"
+        assert sorted(a + b) == sorted(r.run_id for r in runs)
+        for run_id in a:
+            got = await first.get_run(run_id)
+            assert got is not None and got.status is RunStatus.PROCESSING and got.meta == {"node": "a"}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_call_cancelled_as_a_pooled_connection_comes_to_it_is_cancelled(pg_dsn: str) -> None:
+    """Stopping a component cancels its store call; that cancel must not be lost when it lands just as
+    the pool hands the waiting call a connection (the component would go on, and its stop wait forever)."""
+    store = await PostgresStore.open(pg_dsn, pool_size=1)
+    try:
+        for _ in range(5):
+            async with store._connection():  # the pool's only connection, held
+                waiting = asyncio.create_task(store.get_run("nope"))
+                await asyncio.sleep(0.05)
+                assert not waiting.done()
+            # the connection went to the waiting call as the block ended; it is cancelled before it runs
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert await store.get_run("nope") is None, "the connection came back to the pool"
+    finally:
+        await store.close()
+
+
+async def test_two_nodes_changing_one_object_at_once_one_wins_and_one_audit_entry_says_so(pg_dsn: str) -> None:
+    first, second = await PostgresStore.open(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        for round_ in range(10):  # the two writes meet in different orders from round to round
+            name = f"acme{round_}"
+            obj = ManagedObject(ObjectKind.CONNECTION, name, {"quota": "1GiB"})
+            create = AuditEntry("ops", AuditAction.CREATE, "connection", name, None, obj.body)
+            made = await asyncio.gather(first.save_object(obj, expect=None, audit=create),
+                                        second.save_object(obj, expect=None, audit=create), return_exceptions=True)
+            assert made.count(True) == 1 and sum(isinstance(m, ConflictError) for m in made) == 1, made
+            writes = [(store, replace(obj, body={"quota": f"{n}GiB"}, version=2)) for n, store in ((2, first),
+                                                                                                  (3, second))]
+            won = await asyncio.gather(*(store.save_object(
+                changed, expect=1, audit=AuditEntry("ops", AuditAction.UPDATE, "connection", name, obj.body,
+                                                    changed.body)) for store, changed in writes))
+            assert sorted(won) == [False, True]
+            [stored] = [o for o in await second.managed_objects() if o.name == name]
+            assert stored.version == 2 and stored.body == writes[won.index(True)][1].body
+        entries, _ = await first.list_audit(limit=1000)
+        assert [e.action for e in entries].count(AuditAction.UPDATE) == 10
+        assert [e.action for e in entries].count(AuditAction.CREATE) == 10
+    finally:
+        await first.close()
+        await second.close()
