@@ -6,12 +6,16 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from feedd.config import Config
 from feedd.config.values import StoreType
 from feedd.errors import StartupError
 from feedd.store import Store
 from feedd.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from feedd.store.postgresql import PostgresStore
 
 DB_NAME = "feedd.db"  # SQLite's file in state_dir
 
@@ -36,8 +40,9 @@ def _dsn(config: Config) -> str:
 async def open_store(config: Config) -> Store:
     """The configured store, its schema brought up to date."""
     if config.store.type is StoreType.POSTGRESQL:
-        store: Store = await _postgresql().PostgresStore.open(_dsn(config))
-        return store
+        # Typed, not the module's Any: mypy then checks here that PostgresStore is a Store.
+        postgres: type[PostgresStore] = _postgresql().PostgresStore
+        return await postgres.open(_dsn(config))
     return await SqliteStore.open(sqlite_path(config))
 
 

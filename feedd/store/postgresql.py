@@ -1,8 +1,8 @@
 """`PostgresStore`: the Store in a PostgreSQL database that several feedd nodes share, through a psycopg
-connection pool. Each method is one statement, atomic on its own; the conditional writes (a run at its
-expected status, an object at its version) check and write in that same statement, so two nodes racing for
-one run or one object cannot both win. Also here: the schema's migrations, run under an advisory lock, and
-the host key every node must serve with.
+connection pool. Each method is one statement, atomic on its own (but mark_swept: two, in a transaction
+under the run's row lock); the conditional writes (a run at its expected status, an object at its version)
+check and write in that same statement, so two nodes racing for one run or one object cannot both win.
+Also here: the schema's migrations, run under an advisory lock, and the host key every node must serve with.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from feedd.errors import ConflictError, StartupError
 from feedd.model import (
+    ArrivalState,
     AuditAction,
     AuditEntry,
     Counts,
@@ -29,7 +30,9 @@ from feedd.model import (
     Direction,
     Event,
     ManagedObject,
+    Missed,
     ObjectKind,
+    Received,
     RowError,
     Run,
     RunError,
@@ -41,7 +44,7 @@ from feedd.model import (
     id_floor,
     utcnow,
 )
-from feedd.store import Remembered, RunQuery
+from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.postgresql_migrations import MIGRATIONS
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -105,8 +108,35 @@ _MAPPINGS = ("mapping_memory", ("connection", "header_key", "mapping", "updated_
              "updated_at = excluded.updated_at")
 _AUDIT = ("audit", ("at", "actor", "action", "kind", "name", "before", "after"),
           ("timestamptz", "text", "text", "text", "text", "text", "text"), "")
+_ARRIVALS = ("arrivals", ("pipeline", "since", "checked_until", "expect", "updated_at"),
+             ("text", "timestamptz", "timestamptz", "text", "timestamptz"),
+             "ON CONFLICT (pipeline) DO UPDATE SET since = excluded.since, checked_until = excluded.checked_until, "
+             "expect = excluded.expect, updated_at = excluded.updated_at")
+# A window recorded missed already is kept as it was first recorded.
+_MISSED = ("arrivals_missed", ("pipeline", "expected_by", "opens", "deadline", "last_arrival_at", "reported_at"),
+           ("text", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "timestamptz"),
+           "ON CONFLICT (pipeline, expected_by) DO NOTHING")
 
 _Table = tuple[str, tuple[str, ...], tuple[str, ...], str]
+
+# A pipeline's watch with its last missed windows (newest first), in one statement: one snapshot.
+_ARRIVAL_STATE = f"""
+    SELECT a.since, a.checked_until, a.expect,
+           (SELECT coalesce(json_agg(json_build_array({_TS_JSON.format("m.expected_by")}, {_TS_JSON.format("m.opens")},
+                                                      {_TS_JSON.format("m.deadline")},
+                                                      {_TS_JSON.format("m.last_arrival_at")},
+                                                      {_TS_JSON.format("m.reported_at")}) ORDER BY m.expected_by DESC),
+                             '[]'::json)
+            FROM (SELECT * FROM arrivals_missed WHERE pipeline = a.pipeline ORDER BY expected_by DESC LIMIT %s) m
+           ) AS missed_json
+    FROM arrivals a WHERE a.pipeline = %s"""
+
+
+def _kept(part: SweptPart, table: str = "") -> str:
+    """Whether a run's `part` is still on disk: no `swept.<part>` in its meta (a JSON null counts as none, as
+    in SQLite's json_extract). The very expression of the partial indexes runs_input_kept and
+    runs_outputs_kept, so that the planner can use them."""
+    return f"({table}meta::jsonb #>> '{{swept,{part.value}}}') IS NULL"
 
 
 class _Statement:
@@ -500,6 +530,85 @@ class PostgresStore:
                    for r in rows]
         return entries, (str(rows[-1]["seq"]) if more else None)
 
+    async def arrival_state(self, pipeline: str, missed: int = 10) -> ArrivalState | None:
+        rows = await self._read(_ARRIVAL_STATE, (max(0, missed), pipeline))
+        if not rows:
+            return None
+        row = rows[0]
+        return ArrivalState(
+            since=_dt(row["since"]) or utcnow(), checked_until=_dt(row["checked_until"]),
+            missed=tuple(Missed(_dt(expected_by) or utcnow(), _dt(opens) or utcnow(), _dt(deadline) or utcnow(),
+                                _dt(last_arrival_at), _dt(reported_at) or utcnow())
+                         for expected_by, opens, deadline, last_arrival_at, reported_at in row["missed_json"]),
+            expect=row["expect"])
+
+    async def save_arrival_state(self, pipeline: str, since: datetime, checked_until: datetime | None,
+                                 missed: Sequence[Missed] = (), events: Sequence[Event] = (),
+                                 expect: str = "") -> None:
+        # One row per window, the first given (as SQLite's INSERT OR IGNORE keeps it): within one statement,
+        # which of two rows for a key would go in first is not said.
+        windows: dict[datetime, Missed] = {}
+        for m in missed:
+            windows.setdefault(m.expected_by, m)
+        statement = _Statement().rows(_ARRIVALS, [(pipeline, since, checked_until, expect, utcnow())])
+        statement.rows(_MISSED, [(pipeline, m.expected_by, m.opens, m.deadline, m.last_arrival_at, m.reported_at)
+                                 for m in windows.values()])
+        await self._write(statement.rows(_EVENTS, [_event_row(e) for e in events]))
+
+    async def received(self, pipeline: str, after: datetime | None, until: datetime | None,
+                       min_rows: int) -> list[Received]:
+        clauses: list[str] = ["pipeline = %s"]
+        params: list[Any] = [pipeline]
+        if after is not None:
+            clauses.append("created_at > %s")
+            params.append(after)
+        if until is not None:
+            clauses.append("created_at <= %s")
+            params.append(until)
+        rows = await self._read(
+            "SELECT status, (valid >= %s OR rows = 0) AS enough, count(*) AS n, max(created_at) AS last_at "
+            f"FROM runs WHERE {' AND '.join(clauses)} GROUP BY 1, 2", (min_rows, *params))
+        return [Received(r["status"], bool(r["enough"]), int(r["n"]), _dt(r["last_at"]) or utcnow()) for r in rows]
+
+    async def sweep_candidates(self, query: SweepQuery) -> list[Run]:
+        due: list[str] = []
+        params: list[Any] = []
+        if query.finished_before is not None:
+            due.append("r.finished_at < %s")
+            params.append(query.finished_before)
+        if query.acked_before is not None:
+            due.append("r.acknowledged_at < %s")
+            params.append(query.acked_before)
+        if not due:
+            return []
+        clauses = [_kept(query.part, "r."), f"({' OR '.join(due)})", "r.status = ANY(%s)",
+                   "(r.status != 'completed' OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.run_id "
+                   "AND d.status = 'pending'))"]
+        params.append([str(s) for s in SWEEPABLE])
+        if query.pipeline is not None:
+            clauses.append("r.pipeline = %s")
+            params.append(query.pipeline)
+        elif query.others_than:
+            clauses.append("(r.pipeline IS NULL OR r.pipeline <> ALL(%s))")
+            params.append(sorted(query.others_than))
+        # NULLS FIRST: where the SQLite store puts a run without finished_at (due by its acknowledgement alone)
+        rows = await self._read(f"{_SELECT_RUNS} WHERE {' AND '.join(clauses)} "
+                                "ORDER BY r.finished_at NULLS FIRST, r.run_id LIMIT %s", (*params, max(1, query.limit)))
+        return [_run_from(row) for row in rows]
+
+    async def mark_swept(self, run_id: str, part: SweptPart) -> bool:
+        # Read, then written under the row's lock: the meta is text as written, and the mark goes in with its
+        # keys left in their order (jsonb would sort them). A run that leaves SWEEPABLE meanwhile is re-read
+        # by FOR UPDATE as it was left, and not marked.
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT meta FROM runs WHERE run_id = %s AND status = ANY(%s) FOR UPDATE",
+                                     (run_id, [str(s) for s in SWEEPABLE]))
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await conn.execute("UPDATE runs SET meta = %s WHERE run_id = %s", (_with_swept(row["meta"], part), run_id))
+        return True
+
     async def close(self) -> None:
         if self._returning:
             await asyncio.gather(*self._returning, return_exceptions=True)
@@ -598,6 +707,16 @@ def _dt(value: datetime | str | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+def _with_swept(meta: str, part: SweptPart) -> str:
+    """The run's meta with `swept.<part>` true, as SQLite's json_set writes it: `swept` made if it is not
+    there, left as it is if it is there and not an object."""
+    value = json.loads(meta)
+    marks = value.setdefault("swept", {})
+    if isinstance(marks, dict):
+        marks[part.value] = True
+    return json.dumps(value)
+
+
 def _run_row(run: Run) -> tuple[Any, ...]:
     return (
         run.run_id, run.pipeline, run.connection, str(run.direction), str(run.status), str(run.source.kind),
@@ -684,3 +803,7 @@ def _upload_from(row: DictRow) -> Upload:
         updated_at=_dt(row["updated_at"]) or utcnow(),
         expires_at=_dt(row["expires_at"]),
     )
+
+
+# mypy checks here, where the class is, that PostgresStore has every method of the Store protocol.
+_STORE: type[Store] = PostgresStore

@@ -135,4 +135,30 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         after       TEXT
     );
     """),
+    (6, """
+    CREATE TABLE arrivals (
+        pipeline        TEXT PRIMARY KEY,
+        since           TIMESTAMPTZ NOT NULL,
+        checked_until   TIMESTAMPTZ,
+        expect          TEXT NOT NULL DEFAULT '',
+        updated_at      TIMESTAMPTZ NOT NULL
+    );
+
+    CREATE TABLE arrivals_missed (
+        pipeline        TEXT NOT NULL,
+        expected_by     TIMESTAMPTZ NOT NULL,
+        opens           TIMESTAMPTZ NOT NULL,
+        deadline        TIMESTAMPTZ NOT NULL,
+        last_arrival_at TIMESTAMPTZ,
+        reported_at     TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (pipeline, expected_by)
+    );
+
+    CREATE INDEX runs_by_pipeline_time ON runs (pipeline, created_at);
+    -- The very expression the store's sweep query filters on (postgresql._kept), or the planner cannot
+    -- use these partial indexes for it.
+    CREATE INDEX runs_input_kept ON runs (pipeline, finished_at) WHERE (meta::jsonb #>> '{swept,input}') IS NULL;
+    CREATE INDEX runs_outputs_kept ON runs (pipeline, finished_at)
+        WHERE (meta::jsonb #>> '{swept,outputs}') IS NULL;
+    """),
 )

@@ -42,7 +42,7 @@ from feedd.model import (
     id_floor,
     utcnow,
 )
-from feedd.store import SWEEPABLE, Remembered, RunQuery, SweepQuery, SweptPart
+from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
 
 _RUN_COLUMNS = (
@@ -781,3 +781,7 @@ def _upload(row: Any) -> Upload:
         updated_at=_dt(row["updated_at"]) or utcnow(),
         expires_at=_dt(row["expires_at"]),
     )
+
+
+# mypy checks here, where the class is, that SqliteStore has every method of the Store protocol.
+_STORE: type[Store] = SqliteStore

@@ -401,6 +401,18 @@ class StoreContract:
         assert run.run_id in {r.run_id for r in await store.sweep_candidates(outputs)}
         assert not (await store.get_run(queued.run_id)).meta  # type: ignore[union-attr]
 
+    async def test_mark_swept_keeps_the_rest_of_the_meta_in_its_order(self, store: Store) -> None:
+        # what the API shows of a run's meta (its mapping reasons) keeps the order it was written in
+        reasons = {"zip": "header", "email": "remembered", "name": "guessed"}
+        run = make_run(status=RunStatus.DELIVERED, finished_at=utcnow(), meta={"z": 1, "mapping_reasons": reasons})
+        await store.insert_run(run)
+        assert await store.mark_swept(run.run_id, SweptPart.OUTPUTS)
+        assert await store.mark_swept(run.run_id, SweptPart.INPUT)
+        got = await store.get_run(run.run_id)
+        assert got is not None and list(got.meta) == ["z", "mapping_reasons", "swept"]
+        assert list(got.meta["mapping_reasons"]) == list(reasons) and got.meta["swept"] == {"outputs": True,
+                                                                                              "input": True}
+
 
     async def test_console_counts_take_only_the_runs_asked_for(self, store: Store) -> None:
         now = utcnow()

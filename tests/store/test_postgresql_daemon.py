@@ -20,6 +20,7 @@ from feedd.daemon import Daemon
 from feedd.errors import StartupError
 from feedd.model import RunStatus
 from feedd.store import RunQuery
+from feedd.store import migrations as sqlite_migrations
 from feedd.store.postgresql_migrations import MIGRATIONS
 from tests.helpers import DEMO_PASSWORD, MINIMAL, run_cli, write
 from tests.sftp.conftest import Feedd, demo_key, host_key, render
@@ -128,7 +129,7 @@ def test_migrate_on_sqlite_makes_the_database_in_state_dir(tmp_path: Path) -> No
     cfg = write(tmp_path, "feedd.yaml", MINIMAL)
     result = run_cli("migrate", "-c", str(cfg))
     assert result.returncode == 0, result.stderr
-    assert f"schema upgraded from version 0 to {MIGRATIONS[-1][0]}" in result.stdout
+    assert f"schema upgraded from version 0 to {sqlite_migrations.MIGRATIONS[-1][0]}" in result.stdout
     assert (tmp_path / "var" / "feedd.db").is_file()
 
 
