@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from feedd import hostkeys, intake, log, schedule, sdnotify, supervisor
 from feedd.config import Config, load_config
 from feedd.config.parse import read_file
+from feedd.console.app import ConsoleParts
 from feedd.delivery.dispatcher import Dispatcher
 from feedd.drops import Drops
 from feedd.errors import ConfigError, FeeddError
@@ -29,6 +30,7 @@ from feedd.model import utcnow
 from feedd.pipeline.runner import Runner
 from feedd.review import Reviews, base_url, review_path
 from feedd.schedule import Scheduler
+from feedd.sftp.auth import Bans
 from feedd.sftp.service import SftpService
 from feedd.spaces import Spaces
 from feedd.store import Store, configured
@@ -159,8 +161,14 @@ class Daemon:
         self.scheduler = Scheduler(lambda: self.config, store, spaces, sender.wake, clock=self._clock,
                                    tick=self._tick)
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
-        self.http = HttpServer(config, store, runner, accepted, live, reviews)
-        self.sftp = SftpService(config, spaces, drops, [k.path for k in keys])
+        bans = Bans(config.sftp.ban)  # SFTP and console logins count toward the same bans
+
+        def logins() -> list[tuple[str, str, float]]:
+            return self.sftp.logins() if self.sftp is not None else []
+
+        self.http = HttpServer(config, store, runner, accepted, live, reviews,
+                               console=ConsoleParts(bans, spaces, logins))
+        self.sftp = SftpService(config, spaces, drops, [k.path for k in keys], bans)
         parts: list[Component] = [
             sender,
             dispatcher,

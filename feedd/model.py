@@ -82,6 +82,12 @@ def new_id() -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+def id_floor(at: datetime) -> str:
+    """The smallest id made at `at`: runs created at or after `at` have ids >= this one."""
+    value = max(0, int(at.timestamp() * 1000)) << 80
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     kind: SourceKind

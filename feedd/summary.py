@@ -27,6 +27,8 @@ def next_steps(config: Config, sftp: Sequence[Address], http: Sequence[Address])
         url = f"{'https' if config.http.tls else 'http'}://{Address(host, http[0].port)}"
         out["http"] = url
         steps.append(f"then: feedd runs list --url {url} --key <api key>")
+        if config.http.console and config.http.operators:
+            steps.append(f"or open the console: {url}/ui/")
     out["next"] = ", ".join(steps)
     return out
 

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MINIMAL, Daemon, NotifySocket, run_cli, write
+from feedd.config import load_config
+from feedd.config.values import Address
+from feedd.summary import next_steps
+from tests.helpers import MINIMAL, REPO, Daemon, NotifySocket, run_cli, write
 
 
 @pytest.fixture
@@ -45,6 +48,12 @@ def test_ready_after_listening_then_sigterm_drains_and_exits_0(
     d.wait_log("stopped")
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+def test_next_steps_name_the_console_when_operators_can_log_in() -> None:
+    config = load_config(REPO / "feedd.example.yaml", env={})
+    steps = next_steps(config, [Address("127.0.0.1", 2222)], [Address("0.0.0.0", 8080)])
+    assert steps["next"].endswith(", or open the console: http://127.0.0.1:8080/ui/")
 
 
 def test_serve_says_where_to_go_next(tmp_path: Path, daemons: list[Daemon]) -> None:

@@ -42,6 +42,8 @@ from feedd.config.values import (
     HttpConfig,
     IPNetwork,
     LogConfig,
+    Operator,
+    OperatorRole,
     Retention,
     Role,
     SftpConfig,
@@ -231,7 +233,8 @@ def _marker(r: Reader, v: Any, at: At) -> str:
 def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection]) -> HttpConfig:
     at = root.key(top, "http")
     m = r.mapping(top.get("http"), at, ("listen", "max_part_size", "upload_expire_after", "api_keys", "tus",
-                                            "tls", "proxy_protocol", "public_url"))
+                                            "tls", "console", "operators", "session_ttl",
+                                            "proxy_protocol", "public_url"))
     tus_at = at.key(m, "tus") if m else at
     tus = r.mapping(m.get("tus") if m else None, tus_at, ("max_size", "expire_after", "cors_origins"))
     keys: list[ApiKey] = []
@@ -263,9 +266,33 @@ def _http(r: Reader, top: LocMap, root: At, connections: Mapping[str, Connection
             cors_origins=r.get(tus, tus_at, "cors_origins", strings, ()),
         ),
         tls=r.get(m, at, "tls", _tls, None),
+        console=r.get(m, at, "console", boolean, True),
+        operators=tuple(r.get(m, at, "operators", _operators, [])),
+        session_ttl=r.get(m, at, "session_ttl", duration, 12 * 3600.0),
         proxy_protocol=r.get(m, at, "proxy_protocol", boolean, False),
         public_url=r.get(m, at, "public_url", _public_url, None),
     )
+
+
+def _operators(r: Reader, v: Any, at: At) -> list[Operator]:
+    out: list[Operator] = []
+    seen: set[str] = set()
+    for item, sub in r.items(v, at):
+        om = r.mapping(item, sub, ("name", "password_hash", "role"))
+        if om is None:
+            r.issue(sub, "expected {name, password_hash, role}")
+            continue
+        op = Operator(
+            name=r.require(om, sub, "name", nonempty, "?"),
+            password_hash=r.require(om, sub, "password_hash", _password_hash, ""),
+            role=OperatorRole(r.get(om, sub, "role", choice(*OperatorRole), "viewer")),
+        )
+        if op.name in seen:
+            r.issue(sub.key(om, "name"), f"operator {op.name!r} is defined twice")
+        seen.add(op.name)
+        out.append(op)
+    return out
+
 
 
 def _public_url(r: Reader, v: Any, at: At) -> str:

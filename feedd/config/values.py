@@ -130,6 +130,26 @@ class TlsConfig:
     key: Path  # PEM: its private key (unencrypted)
 
 
+class OperatorRole(StrEnum):
+    """What a console operator may do: `admin` changes things; `viewer` sees everything and changes nothing."""
+
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """A person who logs in to the console with a name and password."""
+
+    name: str
+    password_hash: str
+    role: OperatorRole = OperatorRole.VIEWER
+
+    @property
+    def admin(self) -> bool:
+        return self.role is OperatorRole.ADMIN
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: tuple[Address, ...]
@@ -138,6 +158,9 @@ class HttpConfig:
     api_keys: tuple[ApiKey, ...] = ()
     tus: TusConfig = TusConfig()
     tls: TlsConfig | None = None  # None: plain HTTP
+    console: bool = True  # the operator console at /ui/
+    operators: tuple[Operator, ...] = ()
+    session_ttl: float = 12 * 3600.0  # a console session ends this long after its login
     proxy_protocol: bool = False  # behind a load balancer: each connection starts with a PROXY header
     public_url: str | None = None  # how people reach this port (links in events); None: from `listen`
 

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from feedd import __version__, log, metrics, proxyproto, supervisor
 from feedd.config import Config
 from feedd.config.values import Address
+from feedd.console.app import Console, ConsoleParts
 from feedd.errors import StartupError
 from feedd.http import openapi, tls
 from feedd.http.api import Handler, errors
@@ -27,6 +28,7 @@ from feedd.http.uploads import Uploads
 from feedd.http.views import ViewsApi
 from feedd.live import Live as Owner
 from feedd.review import Reviews
+from feedd.sftp.auth import Bans
 from feedd.store import Store
 
 MAX_CONNECTIONS = 256  # open client connections; more wait in the listen backlog
@@ -99,7 +101,7 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
               accepted: Callable[[], None] | None = None, owner: Owner | None = None,
-              reviews: Reviews | None = None) -> web.Application:
+              reviews: Reviews | None = None, *, console: ConsoleParts | None = None) -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
     in_flight = InFlight(lambda: live.config)
@@ -122,6 +124,9 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     ViewsApi(live, store).routes(app)
     ManageApi(live, store, owner, runs).routes(app)
     ReviewApi(live, store, reviews).routes(app)
+    # The console is routed whatever `http.console` says, so that a reload can turn it on or off.
+    Console(live, store, console or ConsoleParts(Bans(config.sftp.ban)), owner, runs, runs,
+            reviews).routes(app)
     return app
 
 
@@ -167,9 +172,9 @@ class HttpServer:
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
                  accepted: Callable[[], None] | None = None, owner: Owner | None = None,
-                 reviews: Reviews | None = None) -> None:
+                 reviews: Reviews | None = None, *, console: ConsoleParts | None = None) -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted, owner, reviews)
+        self._app = build_app(config, store, runs, accepted, owner, reviews, console=console)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []

@@ -146,8 +146,7 @@ class ManageApi(Routes):
         if pipe is None:
             raise ApiError(404, "not_found", f"no pipeline {name!r}")
         require_connection(key, pipe.connection)
-        await self._store.set_pipeline_active(pipe.name, active)
-        released = await self._releaser.release_held(pipe.name) if active and self._releaser else 0
+        released = await switch_active(self._store, self._releaser, pipe.name, active)
         shown = self._find(key, ObjectKind.PIPELINE, name)
         answer = self._answer(shown, {pipe.name: active})
         answer["released"] = released
@@ -187,6 +186,12 @@ class ManageApi(Routes):
             raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
         entries, next_cursor = await self._store.list_audit(int(limit), cursor)
         return web.json_response({"data": [e.to_json() for e in entries], "nextCursor": next_cursor})
+
+
+async def switch_active(store: Store, releaser: Releaser | None, pipeline: str, active: bool) -> int:
+    """The runtime switch: kept in the store; turning it on releases the held runs (returns how many)."""
+    await store.set_pipeline_active(pipeline, active)
+    return await releaser.release_held(pipeline) if active and releaser is not None else 0
 
 
 def _shallow(body: dict[str, Any]) -> dict[str, Any]:

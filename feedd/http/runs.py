@@ -90,11 +90,7 @@ class RunsApi(Routes):
         return _file(run, run.meta.get("rejects"), "rejects")
 
     async def ack(self, request: web.Request) -> web.Response:
-        run = await self._run(request)
-        if run.acknowledged_at is None:
-            run = replace(run, acknowledged_at=utcnow())
-            await self._store.update_run(run)
-        return web.json_response(run_json(run))
+        return web.json_response(run_json(await acknowledge(self._store, await self._run(request))))
 
     async def retry(self, request: web.Request) -> web.Response:
         run = await self._run(request)
@@ -134,6 +130,14 @@ class EventsApi(Routes):
         return web.json_response({"data": [event_json(e) for e in found], "nextCursor": next_cursor})
 
 
+async def acknowledge(store: Store, run: Run) -> Run:
+    """Mark a run acknowledged (once: a second ack keeps the first time)."""
+    if run.acknowledged_at is None:
+        run = replace(run, acknowledged_at=utcnow())
+        await store.update_run(run)
+    return run
+
+
 def run_json(run: Run) -> dict[str, Any]:
     """A run as the API shows it: with `deliveryFailed`, true when a delivery has failed for good."""
     return {**run.to_json(), "deliveryFailed": any(d.status is DeliveryStatus.FAILED for d in run.deliveries)}
@@ -148,6 +152,12 @@ def event_json(event: Event) -> dict[str, Any]:
             "attempts": event.attempts, "lastError": event.last_error,
             "nextAttemptAt": iso(event.next_attempt_at), "createdAt": iso(event.created_at),
             "data": payload.get("data") if isinstance(payload, dict) else None}
+
+
+def run_file(run: Run, what: str) -> web.StreamResponse:
+    """The run's `records` or `rejects` file as NDJSON; ApiError 409 when it has none to read."""
+    path = run.meta.get("records_jsonl") or run.meta.get("records") if what == "records" else run.meta.get("rejects")
+    return _file(run, path, what)
 
 
 def _file(run: Run, path: Any, what: str) -> web.StreamResponse:

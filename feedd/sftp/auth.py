@@ -58,6 +58,14 @@ def _lower_priority() -> None:
 _VERIFY_THREADS = ThreadPoolExecutor(VERIFY_SLOTS, thread_name_prefix="feedd-verify", initializer=_lower_priority)
 
 
+async def verify_queued(phc: str | None, password: str) -> bool:
+    """A password checked in the verify threads (first come, first served, at most VERIFY_SLOTS at a time),
+    against a dummy hash when there is none, so that timing does not tell whether the name exists. The
+    console's logins come here too: they share the same few threads with SFTP's."""
+    return await asyncio.get_running_loop().run_in_executor(_VERIFY_THREADS, verify_password, phc or _DUMMY_HASH,
+                                                            password)
+
+
 @dataclass(frozen=True, slots=True)
 class Startups:
     """OpenSSH's MaxStartups `start:rate:full`, counting connections at work on a login."""
@@ -90,7 +98,8 @@ def escaped(text: str) -> str:
 
 @dataclass(slots=True)
 class Bans:
-    """Failures per source IP within a window; after too many, the IP is refused for a while."""
+    """Failures per source IP within a window; after too many, the IP is refused for a while. One instance
+    serves SFTP logins and console logins alike, so failures of both count toward the same ban."""
 
     policy: BanConfig
     failures: dict[str, deque[float]] = field(default_factory=dict)
@@ -119,6 +128,16 @@ class Bans:
             return True
         return False
 
+    def banned(self, now: float | None = None) -> dict[str, float]:
+        """The IPs banned now, with the seconds each has left."""
+        now = time.monotonic() if now is None else now
+        return {ip: until - now for ip, until in self.banned_until.items() if until > now}
+
+    def unban(self, ip: str) -> bool:
+        """Lift an IP's ban and forget its failures; True when it was banned."""
+        self.failures.pop(ip, None)
+        return self.banned_until.pop(ip, None) is not None
+
 
 class Phase(StrEnum):
     """Where a connection is on its way to a login."""
@@ -133,9 +152,9 @@ class Phase(StrEnum):
 class AuthState:
     """What the auth code consults, swapped in place on reload (live sessions keep running)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, bans: Bans | None = None) -> None:
         self.config = config
-        self.bans = Bans(config.sftp.ban)
+        self.bans = bans if bans is not None else Bans(config.sftp.ban)
         self.pending: dict[Gate, None] = {}  # connections not logged in, oldest first
         self._count = 0  # of those at work, as of `_counted_at`
         self._counted_at = -RECOUNT_SECONDS

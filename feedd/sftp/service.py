@@ -17,7 +17,7 @@ from feedd.config.algorithms import weak as weak_algorithms
 from feedd.config.values import Address
 from feedd.drops import Drops
 from feedd.sftp import wire
-from feedd.sftp.auth import AuthState, Gate
+from feedd.sftp.auth import AuthState, Bans, Gate
 from feedd.sftp.files import Session, SpaceSFTPServer
 from feedd.sftp.wire import MAX_PKTSIZE
 from feedd.spaces import Spaces
@@ -64,12 +64,13 @@ class ProxiedListen:
 class SftpService:
     name = "sftp"
 
-    def __init__(self, config: Config, spaces: Spaces, drops: Drops, host_keys: list[Path]) -> None:
+    def __init__(self, config: Config, spaces: Spaces, drops: Drops, host_keys: list[Path],
+                 bans: Bans | None = None) -> None:
         self._config = config
         self._spaces = spaces
         self._drops = drops
         self._host_keys = [str(p) for p in host_keys]
-        self._auth = AuthState(config)
+        self._auth = AuthState(config, bans)
         self._servers: list[asyncssh.SSHAcceptor] = []
         self._gates: set[Gate] = set()
         self._sessions: Counter[str] = Counter()
@@ -175,6 +176,12 @@ class SftpService:
     def open_sessions(self) -> int:
         """SFTP sessions open now, across every connection (a stop waits for these to finish)."""
         return sum(self._sessions.values())
+
+    def logins(self) -> list[tuple[str, str, float]]:
+        """(connection, source IP, seconds since connect) of every logged-in SSH connection, for the console."""
+        now = time.monotonic()
+        return [(g.username, g.ip, now - g.connected_at) for g in self._gates
+                if g.authenticated and g.username is not None]
 
     async def _close_idle(self) -> None:
         while True:

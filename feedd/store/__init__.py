@@ -38,6 +38,9 @@ class RunQuery:
     cursor: str | None = None
     oldest_first: bool = False
     delivery_failed: bool | None = None  # True: only runs with a delivery failed for good; False: none
+    since_id: str | None = None  # only runs with an id >= this (ids sort by creation time: see model.id_floor)
+    until_id: str | None = None  # only runs with an id < this
+    name: str | None = None  # only runs whose source name contains this (case-insensitive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,23 @@ class Store(Protocol):
 
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(runs by status, uploads by state), for metrics."""
+
+    async def run_counts(self, since_id: str) -> list[tuple[str, str, int]]:
+        """(connection, status, runs) of the runs with an id >= `since_id`: a range of the id index."""
+
+    async def runs_per_day(self, first_day: datetime, days: int,
+                           connection: str | None = None) -> list[tuple[str, str, int]]:
+        """(day YYYY-MM-DD, status, runs) for `days` days from `first_day` (a UTC midnight), by run ids (which
+        sort by creation time): ranges of an index, never the whole table."""
+
+    async def failing_deliveries(self, since_id: str) -> dict[str, int]:
+        """connection -> runs with an id >= `since_id` that have a delivery failed for good."""
+
+    async def count_by_connection(self, status: RunStatus) -> dict[str, int]:
+        """connection -> runs in `status` now (a range of the status index)."""
+
+    async def last_arrivals(self, connections: Collection[str]) -> dict[str, datetime]:
+        """connection -> when its newest run was created (one index probe per connection)."""
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None: ...
 

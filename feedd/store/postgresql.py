@@ -12,7 +12,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -41,6 +41,7 @@ from feedd.model import (
     SourceKind,
     Upload,
     UploadState,
+    id_floor,
     utcnow,
 )
 from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
@@ -293,6 +294,15 @@ class PostgresStore:
         if query.connections is not None:
             clauses.append("r.connection = ANY(%s)")
             params.append(sorted(query.connections))
+        if query.since_id is not None:
+            clauses.append("r.run_id >= %s")
+            params.append(query.since_id)
+        if query.until_id is not None:
+            clauses.append("r.run_id < %s")
+            params.append(query.until_id)
+        if query.name:
+            clauses.append("strpos(lower(r.source_name), %s) > 0")
+            params.append(query.name.lower())
         if query.cursor is not None:
             clauses.append("r.run_id > %s" if query.oldest_first else "r.run_id < %s")
             params.append(query.cursor)
@@ -416,6 +426,43 @@ class PostgresStore:
         runs = {row["status"]: row["n"] for row in rows if row["of"] == "run"}
         uploads = {row["status"]: row["n"] for row in rows if row["of"] == "upload"}
         return runs, uploads
+
+    # The console's counts: ranges of the run id index (ids sort by creation time), never the whole table.
+
+    async def run_counts(self, since_id: str) -> list[tuple[str, str, int]]:
+        rows = await self._read("SELECT connection, status, count(*) AS n FROM runs WHERE run_id >= %s "
+                                "GROUP BY connection, status", (since_id,))
+        return [(row["connection"], row["status"], row["n"]) for row in rows]
+
+    async def runs_per_day(self, first_day: datetime, days: int,
+                           connection: str | None = None) -> list[tuple[str, str, int]]:
+        start, end = id_floor(first_day), id_floor(first_day + timedelta(days=days))
+        where, params = "run_id >= %s AND run_id < %s", [start, end]
+        if connection is not None:
+            where, params = f"connection = %s AND {where}", [connection, *params]
+        rows = await self._read(f"SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, status, "
+                                f"count(*) AS n FROM runs WHERE {where} GROUP BY day, status", params)
+        return [(row["day"], row["status"], row["n"]) for row in rows]
+
+    async def failing_deliveries(self, since_id: str) -> dict[str, int]:
+        rows = await self._read("SELECT r.connection, count(*) AS n FROM runs r WHERE r.run_id >= %s AND EXISTS "
+                                "(SELECT 1 FROM deliveries d WHERE d.run_id = r.run_id AND d.status = 'failed') "
+                                "GROUP BY r.connection", (since_id,))
+        return {row["connection"]: row["n"] for row in rows}
+
+    async def count_by_connection(self, status: RunStatus) -> dict[str, int]:
+        rows = await self._read("SELECT connection, count(*) AS n FROM runs WHERE status = %s GROUP BY connection",
+                                (str(status),))
+        return {row["connection"]: row["n"] for row in rows}
+
+    async def last_arrivals(self, connections: Collection[str]) -> dict[str, datetime]:
+        if not connections:
+            return {}
+        # One probe of runs_by_connection per name, all in one statement.
+        rows = await self._read(
+            "SELECT c.name, (SELECT created_at FROM runs WHERE connection = c.name ORDER BY run_id DESC LIMIT 1) "
+            "AS at FROM unnest(%s::text[]) AS c(name)", (list(connections),))
+        return {row["name"]: row["at"] for row in rows if row["at"] is not None}
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
         await self._write(_Statement().rows(_MAPPINGS, [_mapping_row(Remembered(connection, header_key, mapping))]))

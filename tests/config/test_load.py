@@ -10,6 +10,7 @@ import pytest
 from feedd.config import DestinationType, FieldType, load_config
 from feedd.config.pipelines import TRANSFORMS
 from feedd.config.values import Address, Config
+from feedd.credentials import verify_password
 from feedd.errors import ConfigError
 from feedd.model import Direction
 from tests.helpers import DEMO_HASH, MINIMAL, REPO, write
@@ -359,6 +360,34 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.yaml", env={})
     assert "file not found" in str(info.value)
+
+
+def test_console_operators_and_their_errors(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL)
+    assert cfg.http.console and cfg.http.operators == () and cfg.http.session_ttl == 12 * 3600
+    http = (f'http:\n  listen: "127.0.0.1:0"\n  console: false\n  session_ttl: 30m\n  operators:\n'
+            f'    - {{name: ann, password_hash: "{DEMO_HASH}", role: admin}}\n'
+            f'    - {{name: bob, password_hash: "{DEMO_HASH}"}}\n')
+    cfg = load(tmp_path, MINIMAL.replace('http: {listen: "127.0.0.1:0"}\n', http))
+    assert not cfg.http.console and cfg.http.session_ttl == 1800
+    assert [(o.name, str(o.role), o.admin) for o in cfg.http.operators] == [("ann", "admin", True),
+                                                                           ("bob", "viewer", False)]
+    bad = (f'http:\n  listen: "127.0.0.1:0"\n  operators:\n'
+           f'    - {{name: ann, password_hash: "{DEMO_HASH}", role: boss}}\n'
+           f'    - {{name: ann, password_hash: "secret"}}\n'
+           f'    - {{password_hash: "{DEMO_HASH}"}}\n')
+    found = errors(tmp_path, MINIMAL.replace('http: {listen: "127.0.0.1:0"}\n', bad))
+    assert any("http.operators[0].role" in e and "boss" in e for e in found), found
+    assert any("http.operators[1].password_hash" in e for e in found), found
+    assert any("http.operators[1].name" in e and "defined twice" in e for e in found), found
+    assert any("http.operators[2]" in e and "name" in e for e in found), found
+
+
+def test_the_example_config_has_a_demo_operator() -> None:
+    cfg = load_config(REPO / "feedd.example.yaml", env={})
+    [admin] = cfg.http.operators
+    assert admin.name == "admin" and admin.admin
+    assert verify_password(admin.password_hash, "console-demo-change-me")  # the password the README states
 
 
 def test_proxy_protocol_is_off_unless_turned_on_per_listener(tmp_path: Path) -> None:

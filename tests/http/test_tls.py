@@ -24,7 +24,7 @@ from feedd.client import Client, ClientError
 from feedd.config import load_config
 from feedd.daemon import Daemon
 from feedd.errors import ConfigError, StartupError
-from tests.helpers import MINIMAL, run_cli, write
+from tests.helpers import DEMO_HASH, DEMO_PASSWORD, MINIMAL, run_cli, write
 from tests.http.conftest import ADMIN_KEY, Api
 from tests.http.test_uploads import orders
 
@@ -181,3 +181,22 @@ def _saved(folder: Path, pem: bytes) -> str:
     path = folder / "old-ca.crt"
     path.write_bytes(pem)
     return str(path)
+
+
+async def test_console_cookies_are_secure_under_tls(start_api: Callable[..., Any], tmp_path: Path) -> None:
+    make_cert(tmp_path)
+    api: Api = await start_api(http_extra=f"tls: {{cert: server.crt, key: server.key}}\n  operators:\n"
+                                          f"    - {{name: admin, password_hash: \"{DEMO_HASH}\", role: admin}}")
+    url = api.url.replace("http://", "https://")
+    trusted = ssl.create_default_context(cafile=str(tmp_path / "server.crt"))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(f"{url}/ui/login", ssl=trusted) as resp:
+            assert resp.status == 200
+            assert "; secure" in resp.headers["Set-Cookie"].lower()
+            csrf = (await resp.text()).split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        async with session.post(f"{url}/ui/login", ssl=trusted, allow_redirects=False,
+                                data={"csrf": csrf, "name": "admin", "password": DEMO_PASSWORD}) as resp:
+            assert resp.status == 303
+            [session_cookie] = [c for c in resp.headers.getall("Set-Cookie") if c.startswith("feedd_session=")]
+            flags = {part.strip().lower() for part in session_cookie.split(";")[1:]}
+            assert {"secure", "httponly", "samesite=strict"} <= flags

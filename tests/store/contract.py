@@ -28,6 +28,7 @@ from feedd.model import (
     SourceKind,
     Upload,
     UploadState,
+    id_floor,
     new_id,
     utcnow,
 )
@@ -411,6 +412,37 @@ class StoreContract:
         assert got is not None and list(got.meta) == ["z", "mapping_reasons", "swept"]
         assert list(got.meta["mapping_reasons"]) == list(reasons) and got.meta["swept"] == {"outputs": True,
                                                                                               "input": True}
+
+
+    async def test_console_counts_take_only_the_runs_asked_for(self, store: Store) -> None:
+        now = utcnow()
+        day = now.replace(hour=12, minute=0, second=0, microsecond=0)
+        at = {"old": day - timedelta(days=30), "yesterday": day - timedelta(days=1), "today": day}
+        runs = [make_run("acme", run_id=id_floor(at["old"])[:10] + "0" * 16, created_at=at["old"],
+                         status=RunStatus.DELIVERED),
+                make_run("acme", run_id=id_floor(at["yesterday"])[:10] + "0" * 16, created_at=at["yesterday"],
+                         status=RunStatus.FAILED, source=Source(SourceKind.SFTP, "inbox/Orders-1.CSV", 12, "0" * 64)),
+                make_run("globex", run_id=id_floor(at["today"])[:10] + "0" * 16, created_at=at["today"],
+                         status=RunStatus.COMPLETED,
+                         deliveries=(Delivery("x", "webhook:a", DeliveryStatus.FAILED, 3, "503"),))]
+        runs[2] = replace(runs[2], deliveries=(replace(runs[2].deliveries[0], run_id=runs[2].run_id),))
+        for run in runs:
+            await store.insert_run(run)
+        since = id_floor(day - timedelta(days=2))
+        assert sorted(await store.run_counts(since)) == [("acme", "failed", 1), ("globex", "completed", 1)]
+        first = (day - timedelta(days=13)).replace(hour=0)
+        per_day = await store.runs_per_day(first, 14)
+        assert sorted(per_day) == sorted([(at["yesterday"].strftime("%Y-%m-%d"), "failed", 1),
+                                          (at["today"].strftime("%Y-%m-%d"), "completed", 1)])
+        assert await store.runs_per_day(first, 14, "globex") == [(at["today"].strftime("%Y-%m-%d"), "completed", 1)]
+        assert await store.failing_deliveries(since) == {"globex": 1}
+        assert await store.count_by_connection(RunStatus.DELIVERED) == {"acme": 1}
+        last = await store.last_arrivals(["acme", "globex", "nobody"])
+        assert set(last) == {"acme", "globex"} and last["acme"] == at["yesterday"]
+        found, _ = await store.list_runs(RunQuery(since_id=id_floor(at["yesterday"] - timedelta(hours=1)),
+                                                  until_id=id_floor(at["yesterday"] + timedelta(hours=1)),
+                                                  name="orders-1"))
+        assert [r.run_id for r in found] == [runs[1].run_id]
 
 
 def _fields(value: object) -> dict[str, object]:
