@@ -22,23 +22,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from feedd.errors import ConflictError, StartupError
 from feedd.model import (
     ArrivalState,
-    AuditAction,
     AuditEntry,
-    Counts,
     Delivery,
     DeliveryStatus,
-    Direction,
     Event,
     ManagedObject,
     Missed,
     ObjectKind,
     Received,
-    RowError,
     Run,
-    RunError,
     RunStatus,
-    Source,
-    SourceKind,
     Upload,
     UploadState,
     id_floor,
@@ -46,6 +39,7 @@ from feedd.model import (
 )
 from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.postgresql_migrations import MIGRATIONS
+from feedd.store.rows import Rows
 
 Connection = psycopg.AsyncConnection[DictRow]
 
@@ -237,9 +231,9 @@ class PostgresStore:
             return await _version(conn)
 
     async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
-        statement = _Statement(_INSERT_RUN, _run_row(run))
-        statement.rows(_DELIVERIES, [_delivery_row(d) for d in run.deliveries])
-        statement.rows(_EVENTS, [_event_row(e) for e in events])
+        statement = _Statement(_INSERT_RUN, _ROWS.run_row(run))
+        statement.rows(_DELIVERIES, [_ROWS.delivery_row(d) for d in run.deliveries])
+        statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events])
         try:
             await self._write(statement)
         except psycopg.errors.UniqueViolation as exc:
@@ -253,7 +247,7 @@ class PostgresStore:
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
-        row = _run_row(run)
+        row = _ROWS.run_row(run)
         if expect is RunStatus.QUEUED:
             # A claim: a queued run another node is writing right now (most likely claiming it too) is left
             # to it at once instead of waited for; the runner looks again at its next poll.
@@ -266,10 +260,10 @@ class PostgresStore:
         else:
             sql, params = f"{_UPDATE_RUN} WHERE run_id = %s", (*row[1:], run.run_id)
         statement = _Statement(sql, params)
-        statement.rows(_MAPPINGS, [_mapping_row(remember)] if remember is not None else [])
+        statement.rows(_MAPPINGS, [_ROWS.mapping_row(remember)] if remember is not None else [])
         # One row per destination: an upsert cannot touch a row twice in one statement (the last one wins).
-        statement.rows(_DELIVERIES, [_delivery_row(d) for d in {d.destination: d for d in deliveries}.values()])
-        statement.rows(_EVENTS, [_event_row(e) for e in events])
+        statement.rows(_DELIVERIES, [_ROWS.delivery_row(d) for d in {d.destination: d for d in deliveries}.values()])
+        statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events])
         return await self._write(statement) == 1
 
     async def get_run(self, run_id: str) -> Run | None:
@@ -328,17 +322,17 @@ class PostgresStore:
         return {(row["connection"], row["sha256"]): row["run_id"] for row in rows if row["run_id"] is not None}
 
     async def save_delivery(self, delivery: Delivery) -> None:
-        await self._write(_Statement().rows(_DELIVERIES, [_delivery_row(delivery)]))
+        await self._write(_Statement().rows(_DELIVERIES, [_ROWS.delivery_row(delivery)]))
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         rows = await self._read(
             "SELECT * FROM deliveries WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
             "ORDER BY next_attempt_at NULLS FIRST, seq LIMIT %s", (now, limit))
-        return [_delivery_from(row) for row in rows]
+        return [_ROWS.delivery_from(row) for row in rows]
 
     async def add_events(self, events: Sequence[Event]) -> None:
         if events:
-            await self._write(_Statement().rows(_EVENTS, [_event_row(e) for e in events]))
+            await self._write(_Statement().rows(_EVENTS, [_ROWS.event_row(e) for e in events]))
 
     async def save_event(self, event: Event) -> None:
         async with self._connection() as conn:
@@ -351,14 +345,14 @@ class PostgresStore:
         rows = await self._read(
             "SELECT * FROM events WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
             "ORDER BY created_at, seq LIMIT %s", (now, limit))
-        return [_event_from(row) for row in rows]
+        return [_ROWS.event_from(row) for row in rows]
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
         if event_type is None:
             rows = await self._read("SELECT * FROM events ORDER BY created_at, seq")
         else:
             rows = await self._read("SELECT * FROM events WHERE type = %s ORDER BY created_at, seq", (event_type,))
-        return [_event_from(row) for row in rows]
+        return [_ROWS.event_from(row) for row in rows]
 
     async def list_events(self, status: DeliveryStatus | None = None, limit: int = 100,
                           cursor: str | None = None) -> tuple[list[Event], str | None]:
@@ -376,7 +370,7 @@ class PostgresStore:
         rows = await self._read(f"SELECT * FROM events {where} ORDER BY seq DESC LIMIT %s", (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return [_event_from(r) for r in rows], (str(rows[-1]["seq"]) if more else None)
+        return [_ROWS.event_from(r) for r in rows], (str(rows[-1]["seq"]) if more else None)
 
     async def event_counts(self) -> dict[str, int]:
         return {row["status"]: row["n"] for row in
@@ -389,23 +383,19 @@ class PostgresStore:
         return _dt(rows[0]["t"]) if rows else None
 
     async def save_upload(self, upload: Upload) -> None:
-        u = upload
-        row = (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts,
-               json.dumps({str(k): v for k, v in u.parts.items()}), u.records, u.offset, u.length, u.filename,
-               u.run_id, json.dumps(u.meta), u.created_at, u.updated_at, u.expires_at)
         async with self._connection() as conn:
-            await conn.execute(_UPSERT_UPLOAD, row)
+            await conn.execute(_UPSERT_UPLOAD, _ROWS.upload_row(upload))
 
     async def get_upload(self, upload_id: str) -> Upload | None:
         rows = await self._read("SELECT * FROM uploads WHERE upload_id = %s", (upload_id,))
-        return _upload_from(rows[0]) if rows else None
+        return _ROWS.upload_from(rows[0]) if rows else None
 
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:
         rows = await self._read(
             "SELECT * FROM uploads WHERE state = ANY(%s) AND updated_at < %s ORDER BY updated_at LIMIT %s",
             ([str(s) for s in states], updated_before, limit))
-        return [_upload_from(row) for row in rows]
+        return [_ROWS.upload_from(row) for row in rows]
 
     async def disable_target(self, target: str, reason: str) -> None:
         async with self._connection() as conn:
@@ -465,7 +455,8 @@ class PostgresStore:
         return {row["name"]: row["at"] for row in rows if row["at"] is not None}
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
-        await self._write(_Statement().rows(_MAPPINGS, [_mapping_row(Remembered(connection, header_key, mapping))]))
+        remembered = Remembered(connection, header_key, mapping)
+        await self._write(_Statement().rows(_MAPPINGS, [_ROWS.mapping_row(remembered)]))
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
         rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = %s AND header_key = %s",
@@ -485,8 +476,7 @@ class PostgresStore:
 
     async def managed_objects(self) -> list[ManagedObject]:
         rows = await self._read("SELECT * FROM managed_objects ORDER BY created_at, seq")
-        return [ManagedObject(ObjectKind(r["kind"]), r["name"], json.loads(r["body"]), r["version"],
-                              _dt(r["created_at"]) or utcnow(), _dt(r["updated_at"]) or utcnow()) for r in rows]
+        return [_ROWS.object_from(r) for r in rows]
 
     async def save_object(self, obj: ManagedObject, *, expect: int | None, audit: AuditEntry,
                           events: Sequence[Event] = ()) -> bool:
@@ -512,11 +502,12 @@ class PostgresStore:
     async def _write_object(self, sql: str, params: tuple[Any, ...], audit: AuditEntry,
                             events: Sequence[Event]) -> bool:
         """An object's change, with its audit entry and events only if it changed a row."""
-        statement = _Statement(sql, params).rows(_AUDIT, [_audit_row(audit)])
-        return await self._write(statement.rows(_EVENTS, [_event_row(e) for e in events])) == 1
+        statement = _Statement(sql, params).rows(_AUDIT, [_ROWS.audit_row(audit)])
+        return await self._write(statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events])) == 1
 
     async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None:
-        await self._write(_Statement().rows(_AUDIT, [_audit_row(entry)]).rows(_EVENTS, [_event_row(e) for e in events]))
+        statement = _Statement().rows(_AUDIT, [_ROWS.audit_row(entry)])
+        await self._write(statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events]))
 
     async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
         limit = max(1, limit)
@@ -524,23 +515,15 @@ class PostgresStore:
         rows = await self._read(f"SELECT * FROM audit {where} ORDER BY seq DESC LIMIT %s", (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        entries = [AuditEntry(r["actor"], AuditAction(r["action"]), r["kind"], r["name"],
-                              json.loads(r["before"]) if r["before"] else None,
-                              json.loads(r["after"]) if r["after"] else None, _dt(r["at"]) or utcnow())
-                   for r in rows]
-        return entries, (str(rows[-1]["seq"]) if more else None)
+        return [_ROWS.audit_from(r) for r in rows], (str(rows[-1]["seq"]) if more else None)
 
     async def arrival_state(self, pipeline: str, missed: int = 10) -> ArrivalState | None:
         rows = await self._read(_ARRIVAL_STATE, (max(0, missed), pipeline))
         if not rows:
             return None
         row = rows[0]
-        return ArrivalState(
-            since=_dt(row["since"]) or utcnow(), checked_until=_dt(row["checked_until"]),
-            missed=tuple(Missed(_dt(expected_by) or utcnow(), _dt(opens) or utcnow(), _dt(deadline) or utcnow(),
-                                _dt(last_arrival_at), _dt(reported_at) or utcnow())
-                         for expected_by, opens, deadline, last_arrival_at, reported_at in row["missed_json"]),
-            expect=row["expect"])
+        return ArrivalState(since=_dt(row["since"]) or utcnow(), checked_until=_dt(row["checked_until"]),
+                            missed=tuple(_ROWS.missed(*values) for values in row["missed_json"]), expect=row["expect"])
 
     async def save_arrival_state(self, pipeline: str, since: datetime, checked_until: datetime | None,
                                  missed: Sequence[Missed] = (), events: Sequence[Event] = (),
@@ -553,7 +536,7 @@ class PostgresStore:
         statement = _Statement().rows(_ARRIVALS, [(pipeline, since, checked_until, expect, utcnow())])
         statement.rows(_MISSED, [(pipeline, m.expected_by, m.opens, m.deadline, m.last_arrival_at, m.reported_at)
                                  for m in windows.values()])
-        await self._write(statement.rows(_EVENTS, [_event_row(e) for e in events]))
+        await self._write(statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events]))
 
     async def received(self, pipeline: str, after: datetime | None, until: datetime | None,
                        min_rows: int) -> list[Received]:
@@ -707,6 +690,18 @@ def _dt(value: datetime | str | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+def _same(value: datetime | None) -> datetime | None:
+    return value
+
+
+_ROWS = Rows(encode=_same, decode=_dt)
+
+
+def _run_from(row: DictRow) -> Run:
+    """A run read by _SELECT_RUNS, with the deliveries that came along in its JSON aggregate."""
+    return _ROWS.run_from(row, tuple(_ROWS.delivery(row["run_id"], *values) for values in row["deliveries_json"]))
+
+
 def _with_swept(meta: str, part: SweptPart) -> str:
     """The run's meta with `swept.<part>` true, as SQLite's json_set writes it: `swept` made if it is not
     there, left as it is if it is there and not an object."""
@@ -716,93 +711,6 @@ def _with_swept(meta: str, part: SweptPart) -> str:
         marks[part.value] = True
     return json.dumps(value)
 
-
-def _run_row(run: Run) -> tuple[Any, ...]:
-    return (
-        run.run_id, run.pipeline, run.connection, str(run.direction), str(run.status), str(run.source.kind),
-        run.source.name, run.source.size, run.source.sha256, run.spool_path, run.counts.rows, run.counts.valid,
-        run.counts.invalid, json.dumps(run.mapping),
-        json.dumps([[e.row, e.field, e.code, e.message] for e in run.errors]),
-        run.error.code if run.error else None, run.error.message if run.error else None, run.duplicate_of,
-        json.dumps(run.meta), run.created_at, run.started_at, run.finished_at, run.acknowledged_at,
-    )
-
-
-def _run_from(row: DictRow) -> Run:
-    deliveries = tuple(
-        Delivery(row["run_id"], destination, DeliveryStatus(status), attempts, last_error, _dt(delivered_at),
-                 _dt(next_attempt_at))
-        for destination, status, attempts, last_error, delivered_at, next_attempt_at in row["deliveries_json"])
-    return Run(
-        run_id=row["run_id"],
-        pipeline=row["pipeline"],
-        connection=row["connection"],
-        direction=Direction(row["direction"]),
-        status=RunStatus(row["status"]),
-        source=Source(SourceKind(row["source_kind"]), row["source_name"], row["source_size"], row["source_sha256"]),
-        spool_path=row["spool_path"],
-        counts=Counts(row["rows"], row["valid"], row["invalid"]),
-        mapping=json.loads(row["mapping"]),
-        errors=tuple(RowError(*e) for e in json.loads(row["errors"])),
-        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
-        deliveries=deliveries,
-        created_at=_dt(row["created_at"]) or utcnow(),
-        started_at=_dt(row["started_at"]),
-        finished_at=_dt(row["finished_at"]),
-        acknowledged_at=_dt(row["acknowledged_at"]),
-        duplicate_of=row["duplicate_of"],
-        meta=json.loads(row["meta"]),
-    )
-
-
-def _delivery_row(d: Delivery) -> tuple[Any, ...]:
-    return d.run_id, d.destination, str(d.status), d.attempts, d.last_error, d.delivered_at, d.next_attempt_at
-
-
-def _delivery_from(row: DictRow) -> Delivery:
-    return Delivery(row["run_id"], row["destination"], DeliveryStatus(row["status"]), row["attempts"],
-                    row["last_error"], _dt(row["delivered_at"]), _dt(row["next_attempt_at"]))
-
-
-def _event_row(e: Event) -> tuple[Any, ...]:
-    return (e.event_id, e.url, e.type, e.body, str(e.status), e.attempts, e.last_error, e.next_attempt_at,
-            e.created_at)
-
-
-def _event_from(row: DictRow) -> Event:
-    return Event(event_id=row["event_id"], url=row["url"], type=row["type"], body=row["body"],
-                 status=DeliveryStatus(row["status"]), attempts=row["attempts"], last_error=row["last_error"],
-                 next_attempt_at=_dt(row["next_attempt_at"]), created_at=_dt(row["created_at"]) or utcnow())
-
-
-def _mapping_row(remembered: Remembered) -> tuple[Any, ...]:
-    return remembered.connection, remembered.header_key, json.dumps(remembered.mapping), utcnow()
-
-
-def _audit_row(e: AuditEntry) -> tuple[Any, ...]:
-    return (e.at, e.actor, str(e.action), e.kind, e.name,
-            None if e.before is None else json.dumps(e.before), None if e.after is None else json.dumps(e.after))
-
-
-def _upload_from(row: DictRow) -> Upload:
-    return Upload(
-        upload_id=row["upload_id"],
-        kind=SourceKind(row["kind"]),
-        state=UploadState(row["state"]),
-        connection=row["connection"],
-        pipeline=row["pipeline"],
-        total_parts=row["total_parts"],
-        parts={int(k): v for k, v in json.loads(row["parts"]).items()},
-        records=row["records"],
-        offset=row["offset"],
-        length=row["length"],
-        filename=row["filename"],
-        run_id=row["run_id"],
-        meta=json.loads(row["meta"]),
-        created_at=_dt(row["created_at"]) or utcnow(),
-        updated_at=_dt(row["updated_at"]) or utcnow(),
-        expires_at=_dt(row["expires_at"]),
-    )
 
 
 # mypy checks here, where the class is, that PostgresStore has every method of the Store protocol.

@@ -20,23 +20,16 @@ import aiosqlite
 from feedd.errors import ConflictError
 from feedd.model import (
     ArrivalState,
-    AuditAction,
     AuditEntry,
-    Counts,
     Delivery,
     DeliveryStatus,
-    Direction,
     Event,
     ManagedObject,
     Missed,
     ObjectKind,
     Received,
-    RowError,
     Run,
-    RunError,
     RunStatus,
-    Source,
-    SourceKind,
     Upload,
     UploadState,
     id_floor,
@@ -44,6 +37,7 @@ from feedd.model import (
 )
 from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
+from feedd.store.rows import Rows
 
 _RUN_COLUMNS = (
     "run_id, pipeline, connection, direction, status, source_kind, source_name, source_size, source_sha256, "
@@ -66,19 +60,10 @@ _ON_DELIVERY_CONFLICT = ("ON CONFLICT (run_id, destination) DO UPDATE SET status
 _INSERT_AUDIT_SELECT = "INSERT INTO audit SELECT ?, ?, ?, ?, ?, ?, ?"
 
 
-def _audit_row(e: AuditEntry) -> tuple[Any, ...]:
-    return (_ts(e.at), e.actor, str(e.action), e.kind, e.name,
-            None if e.before is None else json.dumps(e.before), None if e.after is None else json.dumps(e.after))
-
-
 # A SELECT, not VALUES, so that a run's update can make it conditional on the run having changed.
 _UPSERT_MAPPING_SELECT = "INSERT INTO mapping_memory SELECT ?, ?, ?, ?"
 _ON_MAPPING_CONFLICT = ("ON CONFLICT (connection, header_key) DO UPDATE SET mapping = excluded.mapping, "
                         "updated_at = excluded.updated_at")
-
-
-def _mapping_row(remembered: Remembered) -> tuple[str, str, str, str | None]:
-    return remembered.connection, remembered.header_key, json.dumps(remembered.mapping), _ts(utcnow())
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -94,51 +79,7 @@ def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _run_row(run: Run) -> tuple[Any, ...]:
-    return (
-        run.run_id, run.pipeline, run.connection, str(run.direction), str(run.status), str(run.source.kind),
-        run.source.name, run.source.size, run.source.sha256, run.spool_path, run.counts.rows, run.counts.valid,
-        run.counts.invalid, json.dumps(run.mapping),
-        json.dumps([[e.row, e.field, e.code, e.message] for e in run.errors]),
-        run.error.code if run.error else None, run.error.message if run.error else None, run.duplicate_of,
-        json.dumps(run.meta), _ts(run.created_at), _ts(run.started_at), _ts(run.finished_at),
-        _ts(run.acknowledged_at),
-    )
-
-
-def _run_from(row: sqlite3.Row, deliveries: tuple[Delivery, ...]) -> Run:
-    return Run(
-        run_id=row["run_id"],
-        pipeline=row["pipeline"],
-        connection=row["connection"],
-        direction=Direction(row["direction"]),
-        status=RunStatus(row["status"]),
-        source=Source(SourceKind(row["source_kind"]), row["source_name"], row["source_size"], row["source_sha256"]),
-        spool_path=row["spool_path"],
-        counts=Counts(row["rows"], row["valid"], row["invalid"]),
-        mapping=json.loads(row["mapping"]),
-        errors=tuple(RowError(*e) for e in json.loads(row["errors"])),
-        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
-        deliveries=deliveries,
-        created_at=_dt(row["created_at"]) or utcnow(),
-        started_at=_dt(row["started_at"]),
-        finished_at=_dt(row["finished_at"]),
-        acknowledged_at=_dt(row["acknowledged_at"]),
-        duplicate_of=row["duplicate_of"],
-        meta=json.loads(row["meta"]),
-    )
-
-
-def _delivery_from(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        run_id=row["run_id"],
-        destination=row["destination"],
-        status=DeliveryStatus(row["status"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        delivered_at=_dt(row["delivered_at"]),
-        next_attempt_at=_dt(row["next_attempt_at"]),
-    )
+_ROWS = Rows(encode=_ts, decode=_dt)
 
 
 _EVENT_COLUMNS = "event_id, url, type, body, status, attempts, last_error, next_attempt_at, created_at"
@@ -147,22 +88,6 @@ _INSERT_EVENT = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, 
 # counts no change, and changes() = 0 would then keep out the events after it and report the run unwritten.
 _INSERT_EVENT_SELECT = f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
 _KEEP_EVENT = "ON CONFLICT (event_id, url) DO UPDATE SET event_id = events.event_id"
-
-
-def _event_row(e: Event) -> tuple[Any, ...]:
-    return (e.event_id, e.url, e.type, e.body, str(e.status), e.attempts, e.last_error, _ts(e.next_attempt_at),
-            _ts(e.created_at))
-
-
-def _event_from(row: Any) -> Event:
-    return Event(event_id=row["event_id"], url=row["url"], type=row["type"], body=row["body"],
-                 status=DeliveryStatus(row["status"]), attempts=row["attempts"], last_error=row["last_error"],
-                 next_attempt_at=_dt(row["next_attempt_at"]), created_at=_dt(row["created_at"]) or utcnow())
-
-
-def _delivery_row(d: Delivery) -> tuple[Any, ...]:
-    return (d.run_id, d.destination, str(d.status), d.attempts, d.last_error, _ts(d.delivered_at),
-            _ts(d.next_attempt_at))
 
 
 # Runs with a content of a connection, found by runs_by_content: a handful, however many runs there are.
@@ -277,9 +202,9 @@ class SqliteStore:
 
     async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
         placeholders = ", ".join("?" * len(_RUN_COLUMNS.split(", ")))
-        statements = [(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({placeholders})", _run_row(run))]
-        statements += [(_INSERT_DELIVERY, _delivery_row(d)) for d in run.deliveries]
-        statements += [(_INSERT_EVENT, _event_row(e)) for e in events]
+        statements = [(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({placeholders})", _ROWS.run_row(run))]
+        statements += [(_INSERT_DELIVERY, _ROWS.delivery_row(d)) for d in run.deliveries]
+        statements += [(_INSERT_EVENT, _ROWS.event_row(e)) for e in events]
         try:
             await self._write(*statements)
         except sqlite3.IntegrityError as exc:
@@ -287,7 +212,7 @@ class SqliteStore:
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
-        row = _run_row(run)
+        row = _ROWS.run_row(run)
         columns = _RUN_COLUMNS.split(", ")
         sets = ", ".join(f"{c} = ?" for c in columns[1:])
         sql = f"UPDATE runs SET {sets} WHERE run_id = ?"
@@ -300,15 +225,16 @@ class SqliteStore:
         statements = [(sql, params)]
         if remember is not None:
             statements.append((f"{_UPSERT_MAPPING_SELECT} WHERE changes() = 1 {_ON_MAPPING_CONFLICT}",
-                               _mapping_row(remember)))
-        statements += [(f"{_UPSERT_DELIVERY_SELECT} WHERE changes() = 1 {_ON_DELIVERY_CONFLICT}", _delivery_row(d))
-                       for d in deliveries]
-        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _event_row(e)) for e in events]
+                               _ROWS.mapping_row(remember)))
+        statements += [(f"{_UPSERT_DELIVERY_SELECT} WHERE changes() = 1 {_ON_DELIVERY_CONFLICT}",
+                        _ROWS.delivery_row(d)) for d in deliveries]
+        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _ROWS.event_row(e))
+                       for e in events]
         return await self._write(*statements) == 1
 
     async def add_events(self, events: Sequence[Event]) -> None:
         if events:
-            await self._write(*((_INSERT_EVENT, _event_row(e)) for e in events))
+            await self._write(*((_INSERT_EVENT, _ROWS.event_row(e)) for e in events))
 
     async def save_event(self, event: Event) -> None:
         await self._write(("UPDATE events SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ? "
@@ -317,14 +243,14 @@ class SqliteStore:
                             event.event_id, event.url)))
 
     async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
-        return [_event_from(r) for r in await self._due("events", "created_at", now, limit)]
+        return [_ROWS.event_from(r) for r in await self._due("events", "created_at", now, limit)]
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
         sql = "SELECT * FROM events"
         params: tuple[str, ...] = ()
         if event_type is not None:
             sql, params = sql + " WHERE type = ?", (event_type,)
-        return [_event_from(r) for r in await self._read(sql + " ORDER BY created_at, rowid", params)]
+        return [_ROWS.event_from(r) for r in await self._read(sql + " ORDER BY created_at, rowid", params)]
 
     async def list_events(self, status: DeliveryStatus | None = None, limit: int = 100,
                           cursor: str | None = None) -> tuple[list[Event], str | None]:
@@ -343,13 +269,13 @@ class SqliteStore:
                                 (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return [_event_from(r) for r in rows], (str(rows[-1]["row_number"]) if more else None)
+        return [_ROWS.event_from(r) for r in rows], (str(rows[-1]["row_number"]) if more else None)
 
     async def event_counts(self) -> dict[str, int]:
         return {row[0]: row[1] for row in await self._read("SELECT status, count(*) FROM events GROUP BY status")}
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        return [_delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit)]
+        return [_ROWS.delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit)]
 
     async def _due(self, table: str, order: str, now: datetime, limit: int) -> list[Any]:
         """Pending rows of `table` (deliveries or events) whose next attempt has come."""
@@ -372,8 +298,8 @@ class SqliteStore:
                 marks = ", ".join("?" * len(rows))
                 for row in conn.execute(f"SELECT * FROM deliveries WHERE run_id IN ({marks}) ORDER BY rowid",
                                         list(deliveries)):
-                    deliveries[row["run_id"]].append(_delivery_from(row))
-            return [_run_from(r, tuple(deliveries[r["run_id"]])) for r in rows]
+                    deliveries[row["run_id"]].append(_ROWS.delivery_from(row))
+            return [_ROWS.run_from(r, tuple(deliveries[r["run_id"]])) for r in rows]
 
         return await self._in_db(select)
 
@@ -448,14 +374,11 @@ class SqliteStore:
     async def save_delivery(self, delivery: Delivery) -> None:
         await self._write((
             f"{_INSERT_DELIVERY} {_ON_DELIVERY_CONFLICT}",
-            _delivery_row(delivery),
+            _ROWS.delivery_row(delivery),
         ))
 
     async def save_upload(self, upload: Upload) -> None:
-        u = upload
-        row = (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts,
-               json.dumps({str(k): v for k, v in u.parts.items()}), u.records, u.offset, u.length, u.filename,
-               u.run_id, json.dumps(u.meta), _ts(u.created_at), _ts(u.updated_at), _ts(u.expires_at))
+        row = _ROWS.upload_row(upload)
         columns = _UPLOAD_COLUMNS.split(", ")
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         await self._write((
@@ -466,7 +389,7 @@ class SqliteStore:
 
     async def get_upload(self, upload_id: str) -> Upload | None:
         rows = await self._read("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
-        return _upload(rows[0]) if rows else None
+        return _ROWS.upload_from(rows[0]) if rows else None
 
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:
@@ -474,7 +397,7 @@ class SqliteStore:
         rows = await self._read(
             f"SELECT * FROM uploads WHERE state IN ({marks}) AND updated_at < ? ORDER BY updated_at LIMIT ?",
             (*(str(st) for st in states), _ts(updated_before), limit))
-        return [_upload(row) for row in rows]
+        return [_ROWS.upload_from(row) for row in rows]
 
     async def disable_target(self, target: str, reason: str) -> None:
         await self._write(("INSERT INTO disabled_targets VALUES (?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
@@ -557,7 +480,7 @@ class SqliteStore:
 
     async def remember_mapping(self, connection: str, header_key: str, mapping: dict[str, str]) -> None:
         await self._write((f"{_UPSERT_MAPPING_SELECT} WHERE true {_ON_MAPPING_CONFLICT}",
-                           _mapping_row(Remembered(connection, header_key, mapping))))
+                           _ROWS.mapping_row(Remembered(connection, header_key, mapping))))
 
     async def recall_mapping(self, connection: str, header_key: str) -> dict[str, str] | None:
         rows = await self._read("SELECT mapping FROM mapping_memory WHERE connection = ? AND header_key = ?",
@@ -566,8 +489,7 @@ class SqliteStore:
 
     async def managed_objects(self) -> list[ManagedObject]:
         rows = await self._read("SELECT * FROM managed_objects ORDER BY created_at, rowid")
-        return [ManagedObject(ObjectKind(r["kind"]), r["name"], json.loads(r["body"]), r["version"],
-                              _dt(r["created_at"]) or utcnow(), _dt(r["updated_at"]) or utcnow()) for r in rows]
+        return [_ROWS.object_from(r) for r in rows]
 
     async def save_object(self, obj: ManagedObject, *, expect: int | None, audit: AuditEntry,
                           events: Sequence[Event] = ()) -> bool:
@@ -593,13 +515,14 @@ class SqliteStore:
     @staticmethod
     def _along(audit: AuditEntry, events: Sequence[Event]) -> list[tuple[str, tuple[Any, ...]]]:
         """An object's audit entry and events, written only if the statement before them changed a row."""
-        statements = [(f"{_INSERT_AUDIT_SELECT} WHERE changes() = 1", _audit_row(audit))]
-        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _event_row(e)) for e in events]
+        statements = [(f"{_INSERT_AUDIT_SELECT} WHERE changes() = 1", _ROWS.audit_row(audit))]
+        statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _ROWS.event_row(e))
+                       for e in events]
         return statements
 
     async def add_audit(self, entry: AuditEntry, events: Sequence[Event] = ()) -> None:
-        await self._write((f"{_INSERT_AUDIT_SELECT} WHERE true", _audit_row(entry)),
-                          *((_INSERT_EVENT, _event_row(e)) for e in events))
+        await self._write((f"{_INSERT_AUDIT_SELECT} WHERE true", _ROWS.audit_row(entry)),
+                          *((_INSERT_EVENT, _ROWS.event_row(e)) for e in events))
 
     async def list_audit(self, limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
         limit = max(1, limit)
@@ -608,11 +531,7 @@ class SqliteStore:
                                 (*params, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        entries = [AuditEntry(r["actor"], AuditAction(r["action"]), r["kind"], r["name"],
-                              json.loads(r["before"]) if r["before"] else None,
-                              json.loads(r["after"]) if r["after"] else None, _dt(r["at"]) or utcnow())
-                   for r in rows]
-        return entries, (str(rows[-1]["row_number"]) if more else None)
+        return [_ROWS.audit_from(r) for r in rows], (str(rows[-1]["row_number"]) if more else None)
 
     async def set_pipeline_active(self, pipeline: str, active: bool) -> None:
         self._overrides = None
@@ -645,14 +564,11 @@ class SqliteStore:
                                (pipeline,)).fetchone()
             if row is None:
                 return None
-            rows = conn.execute("SELECT * FROM arrivals_missed WHERE pipeline = ? ORDER BY expected_by DESC LIMIT ?",
+            rows = conn.execute("SELECT expected_by, opens, deadline, last_arrival_at, reported_at "
+                                "FROM arrivals_missed WHERE pipeline = ? ORDER BY expected_by DESC LIMIT ?",
                                 (pipeline, max(0, missed))).fetchall()
-            return ArrivalState(
-                since=_dt(row[0]) or utcnow(), checked_until=_dt(row[1]),
-                missed=tuple(Missed(_dt(r["expected_by"]) or utcnow(), _dt(r["opens"]) or utcnow(),
-                                    _dt(r["deadline"]) or utcnow(), _dt(r["last_arrival_at"]),
-                                    _dt(r["reported_at"]) or utcnow()) for r in rows),
-                expect=row[2])
+            return ArrivalState(since=_dt(row[0]) or utcnow(), checked_until=_dt(row[1]),
+                                missed=tuple(_ROWS.missed(*r) for r in rows), expect=row[2])
 
         return await self._in_db(read)
 
@@ -666,7 +582,7 @@ class SqliteStore:
         statements += [("INSERT OR IGNORE INTO arrivals_missed VALUES (?, ?, ?, ?, ?, ?)",
                         (pipeline, _utc_ts(m.expected_by), _utc_ts(m.opens), _utc_ts(m.deadline),
                          _utc_ts(m.last_arrival_at), _utc_ts(m.reported_at))) for m in missed]
-        statements += [(_INSERT_EVENT, _event_row(e)) for e in events]
+        statements += [(_INSERT_EVENT, _ROWS.event_row(e)) for e in events]
         await self._write(*statements)
 
     async def received(self, pipeline: str, after: datetime | None, until: datetime | None,
@@ -760,27 +676,6 @@ def _apply(conn: sqlite3.Connection, statements: tuple[tuple[str, tuple[Any, ...
         return exc
     conn.execute("RELEASE w")
     return count
-
-
-def _upload(row: Any) -> Upload:
-    return Upload(
-        upload_id=row["upload_id"],
-        kind=SourceKind(row["kind"]),
-        state=UploadState(row["state"]),
-        connection=row["connection"],
-        pipeline=row["pipeline"],
-        total_parts=row["total_parts"],
-        parts={int(k): v for k, v in json.loads(row["parts"]).items()},
-        records=row["records"],
-        offset=row["offset"],
-        length=row["length"],
-        filename=row["filename"],
-        run_id=row["run_id"],
-        meta=json.loads(row["meta"]),
-        created_at=_dt(row["created_at"]) or utcnow(),
-        updated_at=_dt(row["updated_at"]) or utcnow(),
-        expires_at=_dt(row["expires_at"]),
-    )
 
 
 # mypy checks here, where the class is, that SqliteStore has every method of the Store protocol.
