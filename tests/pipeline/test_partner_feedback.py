@@ -5,6 +5,7 @@ reports that tell the partner about each in plain words."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -66,7 +67,8 @@ async def test_a_file_with_rows_but_no_valid_row_fails_and_delivers_nothing(
         pipeline_extra=f"""mappings: {{email: "E-mail"}}
     destinations: [{{type: directory, path: "{out}"}}]""",
     )
-    await upload(feedd, "/inbox/bad.csv", b"E-mail\nnot-an-email\nstill not\n")
+    sent = b"E-mail\nnot-an-email\nstill not\n"
+    await upload(feedd, "/inbox/bad.csv", sent)
     [run] = await finished(feedd, 1)
     assert run.status is RunStatus.FAILED and run.error is not None and run.deliveries == ()
     assert run.error.code == "no_valid_rows" and (run.counts.rows, run.counts.valid) == (2, 0)
@@ -80,7 +82,9 @@ async def test_a_file_with_rows_but_no_valid_row_fails_and_delivers_nothing(
         "code": "type",
         "message": "email: 'not-an-email' is not an email address",
     }
-    assert report["sha256"] == run.source.sha256 and report["size"] == run.source.size
+    # the receipt: what feedd received is what was sent
+    assert report["sha256"] == run.source.sha256 == hashlib.sha256(sent).hexdigest()
+    assert report["size"] == run.source.size == len(sent)
     assert report["receivedAt"] == run.to_json()["createdAt"]
 
 

@@ -86,8 +86,13 @@ async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(
     run = await eventually(swept)
     assert run["counts"] == {"rows": 2, "valid": 1, "invalid": 1, "warned": 0}
     config = api.daemon.config
-    assert not [p for p in spool_dir(config).iterdir() if p.name.startswith(run["runId"])]
-    assert not (config.state_dir / "runs" / run["runId"]).exists()
+
+    async def files_gone() -> bool:
+        # the run is marked swept first, then its files go: a crash between leaves files, never a claim
+        spooled = [p for p in spool_dir(config).iterdir() if p.name.startswith(run["runId"])]
+        return not spooled and not (config.state_dir / "runs" / run["runId"]).exists()
+
+    await eventually(files_gone)
     for what in ("records", "rejects"):
         status, body = await api.call("GET", f"/runs/{run['runId']}/{what}")
         assert status == 410 and body["error"]["code"] == "swept", body
