@@ -295,14 +295,14 @@ def _run_table(runs: list[dict[str, Any]]) -> list[str]:
     widths = {"connection": max([10, *(len(r["connection"]) for r in runs)]),
               "pipeline": max([8, *(len(r["pipeline"] or "-") for r in runs)])}
     wc, wp = widths["connection"], widths["pipeline"]
-    lines = [f"{'RUN':26}  {'CREATED (UTC)':19}  {'STATUS':10}  {'CONNECTION':{wc}}  {'PIPELINE':{wp}}  "
+    lines = [f"{'RUN':26}  {'CREATED (UTC)':19}  {'STATUS':12}  {'CONNECTION':{wc}}  {'PIPELINE':{wp}}  "
              f"{'ROWS':>8}  {'INVALID':>7}  {'ERROR':22}  {'DELIVERY':8}  SOURCE"]
     for r in runs:
         # ISO 8601 to the second: the list is for reading, `feedd runs show` has the full stamp
         created = str(r["createdAt"] or "-")[:19].replace("T", " ")
         error = (r.get("error") or {}).get("code") or "-"
         delivery = "failed" if r.get("deliveryFailed") else "-"
-        lines.append(f"{r['runId']:26}  {created:19}  {r['status']:10}  {r['connection']:{wc}}  "
+        lines.append(f"{r['runId']:26}  {created:19}  {r['status']:12}  {r['connection']:{wc}}  "
                      f"{(r['pipeline'] or '-'):{wp}}  {r['counts']['rows']:>8}  {r['counts']['invalid']:>7}  "
                      f"{error:22}  {delivery:8}  {r['source']['name']}")
     return lines
