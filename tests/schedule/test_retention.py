@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
-import pytest
 
 from feedd.intake import spool_dir
 from feedd.metrics import REGISTRY
@@ -19,6 +18,7 @@ from feedd.model import Delivery, Direction, Run, RunStatus, Source, SourceKind,
 from tests.helpers import DEMO_PASSWORD
 from tests.http.conftest import Api
 from tests.schedule.conftest import Clock, eventually, outbox
+from tests.sftp.logs import capture_logs
 
 Start = Callable[..., Awaitable[Api]]
 AGES = "retention: {inputs: 1s, outputs: 1s, outbox: 1s, sweep_every: 200ms}\n"
@@ -62,58 +62,60 @@ async def unfinished(api: Api, status: RunStatus, pending: bool = False) -> tupl
 
 
 async def test_a_sweep_removes_what_is_old_and_finished_and_nothing_else(
-    start_feedd: Start, capfd: pytest.CaptureFixture[str]
+    start_feedd: Start
 ) -> None:
-    api = await start_feedd(Clock(), extra=AGES)
-    keep = [
-        await unfinished(api, RunStatus.PROCESSING),
-        await unfinished(api, RunStatus.HELD),
-        await unfinished(api, RunStatus.NEEDS_REVIEW),
-        await unfinished(api, RunStatus.COMPLETED, pending=True),
-    ]
-    before = reclaimed()
-    box = outbox(api)
-    assert sorted(p.name for p in box.iterdir()) == ["demo-contacts.spec.csv", "demo-contacts.spec.md"]
+    # the log lines are read as logged, whatever an earlier test made of the output's configuration
+    with capture_logs() as logs:
+        api = await start_feedd(Clock(), extra=AGES)
+        keep = [
+            await unfinished(api, RunStatus.PROCESSING),
+            await unfinished(api, RunStatus.HELD),
+            await unfinished(api, RunStatus.NEEDS_REVIEW),
+            await unfinished(api, RunStatus.COMPLETED, pending=True),
+        ]
+        before = reclaimed()
+        box = outbox(api)
+        assert sorted(p.name for p in box.iterdir()) == ["demo-contacts.spec.csv", "demo-contacts.spec.md"]
 
-    await asyncio.to_thread(upload, api.sftp_port, "inbox/staff.csv", b"email\na@example.com\nnot-an-email\n")
+        await asyncio.to_thread(upload, api.sftp_port, "inbox/staff.csv", b"email\na@example.com\nnot-an-email\n")
 
-    async def swept() -> dict[str, Any] | None:
-        status, page = await api.call("GET", "/runs?pipeline=demo-contacts&status=completed,delivered,failed")
-        assert status == 200
-        done = [r for r in page["data"] if r["source"]["name"] == "inbox/staff.csv"]
-        return done[0] if done and done[0]["swept"] == {"input": True, "outputs": True} else None
+        async def swept() -> dict[str, Any] | None:
+            status, page = await api.call("GET", "/runs?pipeline=demo-contacts&status=completed,delivered,failed")
+            assert status == 200
+            done = [r for r in page["data"] if r["source"]["name"] == "inbox/staff.csv"]
+            return done[0] if done and done[0]["swept"] == {"input": True, "outputs": True} else None
 
-    run = await eventually(swept)
-    assert run["counts"] == {"rows": 2, "valid": 1, "invalid": 1, "warned": 0}
-    config = api.daemon.config
+        run = await eventually(swept)
+        assert run["counts"] == {"rows": 2, "valid": 1, "invalid": 1, "warned": 0}
+        config = api.daemon.config
 
-    async def files_gone() -> bool:
-        # the run is marked swept first, then its files go: a crash between leaves files, never a claim
-        spooled = [p for p in spool_dir(config).iterdir() if p.name.startswith(run["runId"])]
-        return not spooled and not (config.state_dir / "runs" / run["runId"]).exists()
+        async def files_gone() -> bool:
+            # the run is marked swept first, then its files go: a crash between leaves files, never a claim
+            spooled = [p for p in spool_dir(config).iterdir() if p.name.startswith(run["runId"])]
+            return not spooled and not (config.state_dir / "runs" / run["runId"]).exists()
 
-    await eventually(files_gone)
-    for what in ("records", "rejects"):
-        status, body = await api.call("GET", f"/runs/{run['runId']}/{what}")
-        assert status == 410 and body["error"]["code"] == "swept", body
-    status, body = await api.call("POST", f"/runs/{run['runId']}/retry", json={"reprocess": True})
-    assert status == 409 and "retention" in body["error"]["message"]
+        await eventually(files_gone)
+        for what in ("records", "rejects"):
+            status, body = await api.call("GET", f"/runs/{run['runId']}/{what}")
+            assert status == 410 and body["error"]["code"] == "swept", body
+        status, body = await api.call("POST", f"/runs/{run['runId']}/retry", json={"reprocess": True})
+        assert status == 409 and "retention" in body["error"]["message"]
 
-    # the report and rejects the partner got are old too and go; the data specs stay
-    await eventually(lambda: _names(box, {"demo-contacts.spec.csv", "demo-contacts.spec.md"}))
-    space = api.daemon.spaces.get("demo")  # type: ignore[union-attr]
-    assert space is not None
-    counted = space.used
-    assert counted == space.measure()  # what the quota counts is what is on disk
-    assert reclaimed() > before
-    # one line per sweep, with counts and bytes: the sweep that took the run's input says so
-    lines = [line for line in capfd.readouterr().out.splitlines() if "retention.swept" in line]
-    assert any("inputs=1 " in line and "outputs=" in line and "outbox_bytes=" in line for line in lines), lines
+        # the report and rejects the partner got are old too and go; the data specs stay
+        await eventually(lambda: _names(box, {"demo-contacts.spec.csv", "demo-contacts.spec.md"}))
+        space = api.daemon.spaces.get("demo")  # type: ignore[union-attr]
+        assert space is not None
+        counted = space.used
+        assert counted == space.measure()  # what the quota counts is what is on disk
+        assert reclaimed() > before
+        # one line per sweep, with counts and bytes: the sweep that took the run's input says so
+        lines = [e for e in logs if e.get("event") == "retention.swept"]
+        assert any(e["inputs"] == 1 and "outputs" in e and "outbox_bytes" in e for e in lines), lines
 
-    for kept, spooled, outputs in keep:
-        assert spooled.exists() and (outputs / "records.jsonl").exists(), kept.status
-        status, shown = await api.call("GET", f"/runs/{kept.run_id}")
-        assert status == 200 and shown["swept"] == {"input": False, "outputs": False}
+        for kept, spooled, outputs in keep:
+            assert spooled.exists() and (outputs / "records.jsonl").exists(), kept.status
+            status, shown = await api.call("GET", f"/runs/{kept.run_id}")
+            assert status == 200 and shown["swept"] == {"input": False, "outputs": False}
 
 
 async def test_a_pipeline_keeps_inputs_forever_over_the_top_level(start_feedd: Start) -> None:
