@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,8 +14,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_PASSWORD = "demo-password"
@@ -162,3 +164,18 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
         [sys.executable, "-m", "feedd", *args], input=input, capture_output=True, text=True,
         env={**os.environ, **(env or {})}, cwd=cwd, timeout=60, check=False,
     )
+
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 20.0, what: str = "") -> T:
+    """The first true answer of `check`, asked until `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        got = await check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what or 'not reached'}: not in {within}s; last answer {got!r}")
+        await asyncio.sleep(0.05)

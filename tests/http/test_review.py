@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from feedd.config import load_config
 from feedd.errors import ConfigError
 from tests.delivery.conftest import Receiver, receiver
-from tests.helpers import DEMO_HASH, Daemon, write
+from tests.helpers import DEMO_HASH, Daemon, eventually, write
 from tests.http.conftest import ADMIN_KEY, CONFIG, DEMO_KEY, Api, sha
 from tests.http.test_runs import drop
 from tests.sftp.conftest import fetch_outbox
@@ -27,17 +26,6 @@ __all__ = ["receiver"]
 
 REVIEWED = """review: [unmapped_required_field, too_many_errors, schema_drift]
     destinations: [{type: directory, path: ./out}]"""
-
-
-async def until(check: Callable[[], Any], what: str, within: float = 20.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not in time")
-        await asyncio.sleep(0.05)
 
 
 async def conforms(api: Api, name: str, answer: Any) -> None:
@@ -56,7 +44,7 @@ async def waiting(api: Api, count: int = 1) -> list[dict[str, Any]]:
         assert status == 200, page
         return list(reversed(page["data"])) if len(page["data"]) >= count else None
 
-    return await until(look, f"{count} runs in needs_review")  # type: ignore[no-any-return]
+    return await eventually(look, what=f"{count} runs in needs_review")  # type: ignore[no-any-return]
 
 
 async def latest(api: Api, name: str) -> dict[str, Any]:
@@ -67,7 +55,7 @@ async def latest(api: Api, name: str) -> dict[str, Any]:
         found = [r for r in page["data"] if r["source"]["name"].endswith(name)]
         return found[0]["runId"] if found else None
 
-    return await api.wait_run(await until(look, f"a run of {name}"))
+    return await api.wait_run(await eventually(look, what=f"a run of {name}"))
 
 
 def out_files(api: Api) -> list[str]:
@@ -97,7 +85,7 @@ async def test_a_renamed_required_column_waits_then_approve_remembers_the_mappin
         found = [json.loads(r.body) for r in receiver.at("/events")]
         return next((e for e in found if e["type"] == "run.needs_review"), None)
 
-    sent = await until(event, "run.needs_review")
+    sent = await eventually(event, what="run.needs_review")
     assert sent["data"]["runId"] == run_id
     assert sent["data"]["reviewUrl"] == f"{api.url}/ui/runs/{run_id}/review"
 
@@ -199,7 +187,7 @@ async def test_reject_fails_the_run_and_the_partner_reads_the_message(
         found = [json.loads(r.body) for r in receiver.at("/events")]
         return next((e["data"]["reviewUrl"] for e in found if e["type"] == "run.needs_review"), None)
 
-    assert await until(link, "run.needs_review") == f"https://feedd.example.org/ui/runs/{run_id}/review"
+    assert await eventually(link, what="run.needs_review") == f"https://feedd.example.org/ui/runs/{run_id}/review"
 
     # an app key may read runs, not review them
     for method, path, body in (
@@ -235,7 +223,7 @@ async def test_reject_fails_the_run_and_the_partner_reads_the_message(
     async def failed_event() -> bool:
         return any(json.loads(r.body)["type"] == "run.failed" for r in receiver.at("/events"))
 
-    await until(failed_event, "run.failed")
+    await eventually(failed_event, what="run.failed")
 
 
 async def test_too_many_errors_and_drift_wait_with_their_details(start_api: Callable[..., Any]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -32,18 +30,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now or utcnow()
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 20.0) -> T:
-    """The first true answer of `check`, asked until `within` seconds have passed."""
-    deadline = time.monotonic() + within
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {within}s; last answer {got!r}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

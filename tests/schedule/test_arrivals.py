@@ -11,8 +11,9 @@ from typing import Any
 from feedd.metrics import REGISTRY
 from feedd.model import iso, utcnow
 from tests.delivery.conftest import Receiver
+from tests.helpers import eventually
 from tests.http.conftest import Api
-from tests.schedule.conftest import Clock, eventually, outbox, stop
+from tests.schedule.conftest import Clock, outbox, stop
 from tests.sftp.logs import capture_logs
 
 Start = Callable[..., Awaitable[Api]]

@@ -15,9 +15,9 @@ import paramiko
 from feedd.intake import spool_dir
 from feedd.metrics import REGISTRY
 from feedd.model import Delivery, Direction, Run, RunStatus, Source, SourceKind, new_id, utcnow
-from tests.helpers import DEMO_PASSWORD
+from tests.helpers import DEMO_PASSWORD, eventually
 from tests.http.conftest import Api
-from tests.schedule.conftest import Clock, eventually, outbox
+from tests.schedule.conftest import Clock, outbox
 from tests.sftp.logs import capture_logs
 
 Start = Callable[..., Awaitable[Api]]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from feedd.config import load_config
 from feedd.spec import COLUMNS, render
-from tests.helpers import DEMO_HASH, write
+from tests.helpers import DEMO_HASH, eventually, write
 from tests.http.conftest import Api
-from tests.schedule.conftest import Clock, eventually, outbox
+from tests.schedule.conftest import Clock, outbox
 
 Start = Callable[..., Awaitable[Api]]
 

@@ -18,8 +18,9 @@ import psycopg
 from feedd.intake import spool_dir
 from feedd.model import RunStatus, iso
 from tests.delivery.conftest import Receiver
+from tests.helpers import eventually
 from tests.http.conftest import Api
-from tests.schedule.conftest import Clock, demo_key, eventually, host_key, receiver, start_feedd, stop
+from tests.schedule.conftest import Clock, demo_key, host_key, receiver, start_feedd, stop
 from tests.schedule.test_arrivals import judged, missed_events, plan, setup
 from tests.schedule.test_retention import AGES, unfinished, upload
 
