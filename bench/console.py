@@ -52,7 +52,7 @@ from feedd.model import (
     id_floor,
 )
 from feedd.store import RunQuery
-from feedd.store.sqlite import SqliteStore, _delivery_row, _run_row
+from feedd.store.sqlite import _ROWS, SqliteStore
 
 PASSWORD = "bench-password"  # noqa: S105 - the benchmark's own throwaway operator
 STATUSES = [RunStatus.DELIVERED] * 14 + [RunStatus.COMPLETED] * 3 + [RunStatus.FAILED] * 2 + [RunStatus.HELD]
@@ -78,7 +78,7 @@ def fill(db: Path, runs: int, connections: int) -> str:
     start = now - timedelta(days=30)
     step = (now - start) / runs
     conn = sqlite3.connect(db)
-    columns = len(_run_row(_run("0" * 26, "c00", RunStatus.QUEUED, now)))
+    columns = len(_ROWS.run_row(_run("0" * 26, "c00", RunStatus.QUEUED, now)))
     some = ""
     with conn:
         for i in range(runs):
@@ -87,9 +87,9 @@ def fill(db: Path, runs: int, connections: int) -> str:
             status = rng.choice(STATUSES)
             run = _run(rid, f"c{rng.randrange(connections):02d}", status, at)
             marks = ", ".join("?" * columns)
-            conn.execute(f"INSERT INTO runs VALUES ({marks})", _run_row(run))  # noqa: S608 - placeholders only
+            conn.execute(f"INSERT INTO runs VALUES ({marks})", _ROWS.run_row(run))  # noqa: S608 - placeholders only
             if status is RunStatus.COMPLETED and rng.random() < 0.3:
-                conn.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", _delivery_row(Delivery(
+                conn.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", _ROWS.delivery_row(Delivery(
                     rid, "webhook:x", DeliveryStatus.FAILED, 8, "HTTP 503")))
             some = rid
     conn.close()

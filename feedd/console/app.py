@@ -109,7 +109,7 @@ class Console:
         self._runs = runs
         self._releaser = releaser
         self.sessions = Sessions()
-        self._overview: tuple[float, list[dict[str, Any]], datetime] | None = None
+        self._overview: tuple[float, dict[str, Any]] | None = None
         self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                        autoescape=True)
         self._env.filters["when"] = _when
@@ -272,19 +272,16 @@ class Console:
 
     # Overview
 
-    async def _overview_values(self, chart: bool) -> dict[str, Any]:
-        """The overview's numbers; the table's are shared by every console for OVERVIEW_FRESH seconds, so
-        that many open consoles refreshing every second cost the store the same as one."""
-        now = utcnow()
-        values: dict[str, Any] = {"now": now}
-        if chart:
-            values["chart"] = await self._chart(now, None)
+    async def _overview_values(self) -> dict[str, Any]:
+        """The overview's numbers and chart, refreshed together; shared by every console for OVERVIEW_FRESH
+        seconds, so that many open consoles refreshing every second cost the store the same as one."""
         cached = self._overview
         if cached is not None and time.monotonic() - cached[0] < OVERVIEW_FRESH:
-            return {**values, "rows": cached[1], "now": cached[2]}
-        rows = await self._overview_rows(now)
-        self._overview = (time.monotonic(), rows, now)
-        return {**values, "rows": rows}
+            return cached[1]
+        now = utcnow()
+        values = {"now": now, "rows": await self._overview_rows(now), "chart": await self._chart(now, None)}
+        self._overview = (time.monotonic(), values)
+        return values
 
     async def _overview_rows(self, now: datetime) -> list[dict[str, Any]]:
         since = id_floor(now - timedelta(hours=24))
@@ -310,10 +307,10 @@ class Console:
         return charts.runs_per_day(await self._store.runs_per_day(first, CHART_DAYS, connection), now, CHART_DAYS)
 
     async def overview(self, request: web.Request, who: Who) -> web.StreamResponse:
-        return self._render(request, who, "overview.html", await self._overview_values(chart=True))
+        return self._render(request, who, "overview.html", await self._overview_values())
 
     async def overview_table(self, request: web.Request, who: Who) -> web.StreamResponse:
-        return self._render(request, who, "overview_table.html", await self._overview_values(chart=False))
+        return self._render(request, who, "overview_table.html", await self._overview_values())
 
     # Runs
 

@@ -74,6 +74,8 @@ async def test_an_operator_sees_a_failed_drop_opens_it_and_acks_it(start_api: Ca
     await drop(api, "contacts.csv", "email\nnot-an-email\nalso-bad\n")
     failed = page.get_by_role("link", name="1 failed").first
     await failed.wait_for(timeout=20_000)
+    # the chart of runs per day is refreshed with the table: today's bar has the run
+    await page.get_by_text("(peak 1)").wait_for(timeout=20_000)
     await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     await failed.click()
