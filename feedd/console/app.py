@@ -30,7 +30,7 @@ from feedd.config.values import Operator
 from feedd.console import charts
 from feedd.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
 from feedd.errors import ConflictError, FeeddError, NotFoundError
-from feedd.http.api import ApiError
+from feedd.http.api import ApiError, row_cursor
 from feedd.http.manage import Releaser, switch_active
 from feedd.http.runs import Retrier, acknowledge, run_file
 from feedd.http.views import pipeline_view
@@ -596,9 +596,10 @@ class Console:
     # Audit
 
     async def audit_page(self, request: web.Request, who: Who) -> web.StreamResponse:
-        cursor = request.query.get("cursor") or None
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-            raise Refused(400, "bad cursor")
+        try:
+            cursor = row_cursor(request.query.get("cursor"))
+        except ApiError as exc:
+            raise Refused(400, exc.message) from None
         entries, next_cursor = await self._store.list_audit(PAGE, cursor)
         return self._render(request, who, "audit.html", {
             "entries": [(e, json.dumps(e.before, indent=1) if e.before else "",

@@ -170,3 +170,32 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True)
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "an array", dict: "an object"}
+
+
+# Query parameters, parsed strictly (400 naming the parameter).
+
+
+def query_boolean(text: str | None, name: str) -> bool | None:
+    if text is None or text == "":
+        return None
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(400, "invalid_query", f"{name}: expected true or false")
+
+
+def query_integer(text: str | None, name: str, low: int, high: int, default: int) -> int:
+    if text is None or text == "":
+        return default
+    # ASCII digits only, and short: int() takes other scripts' digits and refuses more than 4,300 digits
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or not low <= int(text) <= high:
+        raise ApiError(400, "invalid_query", f"{name}: expected an integer from {low} to {high}")
+    return int(text)
+
+
+def row_cursor(text: str | None) -> str | None:
+    """A page cursor that is a row number (events, audit), or None for the first page."""
+    if text and not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
+    return text or None

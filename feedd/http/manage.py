@@ -11,7 +11,17 @@ from aiohttp import web
 from feedd import arrivals
 from feedd.config.values import ApiKey
 from feedd.errors import ConflictError, NotFoundError
-from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_admin, require_connection
+from feedd.http.api import (
+    ApiError,
+    Routes,
+    authenticate,
+    field,
+    json_body,
+    query_integer,
+    require_admin,
+    require_connection,
+    row_cursor,
+)
 from feedd.http.views import connection_view, pipeline_view
 from feedd.live import InvalidObject, Live, Outcome, Shown, StaleVersion
 from feedd.model import ObjectKind, iso, utcnow
@@ -178,13 +188,8 @@ class ManageApi(Routes):
     async def audit(self, request: web.Request) -> web.Response:
         require_admin(authenticate(request, self.config))
         q = request.query
-        limit = q.get("limit") or "100"
-        if not (limit.isascii() and limit.isdigit() and len(limit) <= 5) or not 1 <= int(limit) <= MAX_LIMIT:
-            raise ApiError(400, "invalid_query", f"limit: expected an integer from 1 to {MAX_LIMIT}")
-        cursor = q.get("cursor") or None
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-            raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
-        entries, next_cursor = await self._store.list_audit(int(limit), cursor)
+        limit = query_integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
+        entries, next_cursor = await self._store.list_audit(limit, row_cursor(q.get("cursor")))
         return web.json_response({"data": [e.to_json() for e in entries], "nextCursor": next_cursor})
 
 

@@ -17,7 +17,18 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from feedd.config.values import ApiKey
-from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_admin, require_connection
+from feedd.http.api import (
+    ApiError,
+    Routes,
+    authenticate,
+    field,
+    json_body,
+    query_boolean,
+    query_integer,
+    require_admin,
+    require_connection,
+    row_cursor,
+)
 from feedd.model import DeliveryStatus, Event, Run, RunStatus, iso, utcnow
 from feedd.store import RunQuery, Store
 
@@ -55,9 +66,9 @@ class RunsApi(Routes):
             except ValueError:
                 raise ApiError(400, "invalid_query", f"status: expected one or more of "
                                                      f"{', '.join(RunStatus)} (comma-separated)") from None
-        acknowledged = _boolean(q.get("acknowledged"), "acknowledged")
-        delivery_failed = _boolean(q.get("deliveryFailed"), "deliveryFailed")
-        limit = _integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
+        acknowledged = query_boolean(q.get("acknowledged"), "acknowledged")
+        delivery_failed = query_boolean(q.get("deliveryFailed"), "deliveryFailed")
+        limit = query_integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
         cursor = q.get("cursor") or None
         if cursor is not None and not _ID.fullmatch(cursor):
             raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
@@ -122,11 +133,8 @@ class EventsApi(Routes):
             except ValueError:
                 raise ApiError(400, "invalid_query",
                                f"status: expected one of {', '.join(DeliveryStatus)}") from None
-        limit = _integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
-        cursor = q.get("cursor") or None
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-            raise ApiError(400, "invalid_query", "cursor: expected the nextCursor of an earlier page")
-        found, next_cursor = await self._store.list_events(status, limit, cursor)
+        limit = query_integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
+        found, next_cursor = await self._store.list_events(status, limit, row_cursor(q.get("cursor")))
         return web.json_response({"data": [event_json(e) for e in found], "nextCursor": next_cursor})
 
 
@@ -174,22 +182,3 @@ def _file(run: Run, path: Any, what: str) -> web.StreamResponse:
 
 def _visible(key: ApiKey) -> frozenset[str] | None:
     return None if "*" in key.connections else frozenset(key.connections)
-
-
-def _boolean(text: str | None, name: str) -> bool | None:
-    if text is None or text == "":
-        return None
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise ApiError(400, "invalid_query", f"{name}: expected true or false")
-
-
-def _integer(text: str | None, name: str, low: int, high: int, default: int) -> int:
-    if text is None or text == "":
-        return default
-    # ASCII digits only, and short: int() takes other scripts' digits and refuses more than 4,300 digits
-    if not (text.isascii() and text.isdigit() and len(text) <= 20) or not low <= int(text) <= high:
-        raise ApiError(400, "invalid_query", f"{name}: expected an integer from {low} to {high}")
-    return int(text)
