@@ -57,6 +57,23 @@ class RetryableDeliveryError(FeeddError):
         self.retry_after = retry_after
 
 
+class InvalidError(FeeddError):
+    """Input that is well formed but does not fit (a config object, a review decision); `details` locate
+    each problem: `[{path, message}]`."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, details: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class StaleError(FeeddError):
+    """A change made against a version that is no longer the current one."""
+
+    code = "precondition_failed"
+
+
 class NotFoundError(FeeddError):
     """An id or name that does not exist."""
 

@@ -16,7 +16,7 @@ from feedd.config.managed import keep_secrets, relative_issues, shown
 from feedd.config.parse import FileTree, build, read_file
 from feedd.config.values import Config
 from feedd.credentials import hash_password, verify_password
-from feedd.errors import ConfigError, ConflictError, FeeddError, NotFoundError
+from feedd.errors import ConfigError, ConflictError, InvalidError, NotFoundError, StaleError
 from feedd.model import AuditAction, AuditEntry, ManagedObject, ObjectKind, RunStatus, utcnow
 from feedd.store import RunQuery, Store
 
@@ -30,20 +30,14 @@ class Source(StrEnum):
     API = "api"
 
 
-class InvalidObject(FeeddError):
+class InvalidObject(InvalidError):
     """A body the config's validator refused; `details` locate each problem inside the object."""
 
     code = "invalid_config"
 
-    def __init__(self, message: str, details: list[dict[str, str]]) -> None:
-        super().__init__(message)
-        self.details = details
 
-
-class StaleVersion(FeeddError):
+class StaleVersion(StaleError):
     """An `If-Match` version that is no longer the object's."""
-
-    code = "precondition_failed"
 
 
 @dataclass(frozen=True, slots=True)

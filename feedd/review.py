@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from feedd import events, log
 from feedd.config import Config
 from feedd.config.values import Address, Pipeline, Schema
-from feedd.errors import ConflictError, FeeddError, NotFoundError
+from feedd.errors import ConflictError, InvalidError, NotFoundError
 from feedd.model import AuditAction, AuditEntry, Counts, Run, RunError, RunStatus, iso, utcnow
 from feedd.pipeline import decision
 from feedd.pipeline.process import SAMPLE_ROWS, Job, preview, sample
@@ -48,14 +48,10 @@ class WrongState(ConflictError):
     code = "wrong_state"
 
 
-class InvalidReview(FeeddError):
+class InvalidReview(InvalidError):
     """A decision or mapping that does not fit the run (422); `details` locate each problem."""
 
     code = "invalid_review"
-
-    def __init__(self, message: str, details: list[dict[str, str]]) -> None:
-        super().__init__(message)
-        self.details = details
 
 
 def base_url(config: Config, bound: Sequence[Address] = ()) -> str:

@@ -8,10 +8,11 @@ same 401.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from feedd import log
 from feedd.config import Config
 from feedd.config.values import ApiKey
 from feedd.durable import low_on_space
+from feedd.errors import ConflictError, InvalidError, NotFoundError, StaleError
 from feedd.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -119,6 +121,21 @@ def require_space(config: Config) -> None:
     """507 while the state's disk is under `sftp.min_free_space` (the same mark SFTP uploads obey)."""
     if (why := low_on_space((config.state_dir,), config.sftp.min_free_space)) is not None:
         raise ApiError(507, "insufficient_storage", why)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """feedd's own refusals, raised by the services a route calls, as the API's errors."""
+    try:
+        yield
+    except InvalidError as exc:
+        raise ApiError(422, exc.code, exc.message, details=exc.details) from None
+    except NotFoundError as exc:
+        raise ApiError(404, exc.code, exc.message) from None
+    except ConflictError as exc:
+        raise ApiError(409, exc.code, exc.message) from None
+    except StaleError as exc:
+        raise ApiError(412, exc.code, exc.message) from None
 
 
 def require_admin(key: ApiKey) -> None:

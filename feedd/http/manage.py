@@ -10,7 +10,6 @@ from aiohttp import web
 
 from feedd import arrivals
 from feedd.config.values import ApiKey
-from feedd.errors import ConflictError, NotFoundError
 from feedd.http.api import (
     ApiError,
     Routes,
@@ -21,9 +20,10 @@ from feedd.http.api import (
     require_admin,
     require_connection,
     row_cursor,
+    translated,
 )
 from feedd.http.views import connection_view, pipeline_view
-from feedd.live import InvalidObject, Live, Outcome, Shown, StaleVersion
+from feedd.live import Live, Outcome, Shown
 from feedd.model import ObjectKind, iso, utcnow
 from feedd.store import Store
 
@@ -125,7 +125,8 @@ class ManageApi(Routes):
             raise ApiError(422, "invalid_config", "name: required (a string)",
                            details=[{"path": "name", "message": "required (a string)"}])
         dry_run = _dry_run(request)
-        outcome = await self._change(self._owned().create(kind, name, body, key.name, dry_run))
+        with translated():
+            outcome = await self._owned().create(kind, name, body, key.name, dry_run)
         return self._changed(outcome, dry_run, 201)
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -138,7 +139,8 @@ class ManageApi(Routes):
         require_admin(key)
         self._find(key, kind, name)
         dry_run = _dry_run(request)
-        outcome = await self._change(self._owned().update(kind, name, body, key.name, _if_match(request), dry_run))
+        with translated():
+            outcome = await self._owned().update(kind, name, body, key.name, _if_match(request), dry_run)
         return self._changed(outcome, dry_run, 200)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -147,7 +149,8 @@ class ManageApi(Routes):
         kind = _kind(request)
         name = request.match_info["name"]
         self._find(key, kind, name)
-        await self._change(self._owned().delete(kind, name, key.name, _if_match(request)))
+        with translated():
+            await self._owned().delete(kind, name, key.name, _if_match(request))
         return web.Response(status=204)
 
     async def _switch(self, key: ApiKey, name: str, active: bool) -> web.Response:
@@ -161,19 +164,6 @@ class ManageApi(Routes):
         answer = self._answer(shown, {pipe.name: active})
         answer["released"] = released
         return web.json_response(answer)
-
-    async def _change(self, pending: Any) -> Any:
-        """The owner's answer, its refusals as HTTP errors."""
-        try:
-            return await pending
-        except InvalidObject as exc:
-            raise ApiError(422, exc.code, exc.message, details=exc.details) from None
-        except NotFoundError as exc:
-            raise ApiError(404, exc.code, exc.message) from None
-        except ConflictError as exc:
-            raise ApiError(409, exc.code, exc.message) from None
-        except StaleVersion as exc:
-            raise ApiError(412, exc.code, exc.message) from None
 
     def _changed(self, outcome: Outcome, dry_run: bool, status: int) -> web.Response:
         answer = self._answer(outcome.shown, {})

@@ -4,18 +4,25 @@ translates HTTP (bodies, statuses) to it and back."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
-from feedd.errors import ConflictError, NotFoundError
-from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_admin, require_connection
+from feedd.errors import NotFoundError
+from feedd.http.api import (
+    ApiError,
+    Routes,
+    authenticate,
+    field,
+    json_body,
+    require_admin,
+    require_connection,
+    translated,
+)
 from feedd.http.runs import run_json
 from feedd.model import Run
-from feedd.review import InvalidReview, Reviews
+from feedd.review import Reviews
 from feedd.store import Store
 
 _ID = re.compile(r"[0-9A-Z]{26}")
@@ -51,7 +58,7 @@ class ReviewApi(Routes):
 
     async def headers(self, request: web.Request) -> web.Response:
         reviews, run, _ = await self._run(request)
-        with _translated():
+        with translated():
             return web.json_response(await reviews.sample(run))
 
     async def preview(self, request: web.Request) -> web.Response:
@@ -59,7 +66,7 @@ class ReviewApi(Routes):
         body = await json_body(request, optional=True)
         mapping = field(body, "mapping", dict, required=False)
         rate = _rate(body)
-        with _translated():
+        with translated():
             return web.json_response(await reviews.preview(run, mapping, rate))
 
     async def review(self, request: web.Request) -> web.Response:
@@ -68,7 +75,7 @@ class ReviewApi(Routes):
         choice = field(body, "decision", str)
         if choice not in _DECISIONS:
             raise ApiError(400, "invalid_body", 'decision: expected "approve" or "reject"')
-        with _translated():
+        with translated():
             if choice == "approve":
                 mapping = field(body, "mapping", dict, required=False)
                 remember = bool(field(body, "remember", bool, required=False))
@@ -88,16 +95,3 @@ def _rate(body: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise ApiError(400, "invalid_body", f"{name}: expected a number from 0 to 1")
     return float(value)
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """The service's errors as API errors: 409 for a wrong state, 422 for a decision that does not fit."""
-    try:
-        yield
-    except InvalidReview as exc:
-        raise ApiError(422, exc.code, exc.message, details=exc.details) from None
-    except ConflictError as exc:
-        raise ApiError(409, exc.code, exc.message) from None
-    except NotFoundError as exc:
-        raise ApiError(404, "not_found", exc.message) from None
