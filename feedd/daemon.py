@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from feedd import hostkeys, intake, log, schedule, sdnotify, supervisor
+from feedd import hostkeys, intake, log, metrics, schedule, sdnotify, supervisor
+from feedd.cluster import Cluster, new_node_id, recoverable, shared
 from feedd.config import Config, load_config
 from feedd.config.parse import read_file
 from feedd.console.app import ConsoleParts
@@ -76,6 +77,8 @@ class Daemon:
         self.sftp: SftpService | None = None
         self.reviews: Reviews | None = None
         self.scheduler: Scheduler | None = None
+        self.cluster: Cluster | None = None
+        self.node_id = ""
 
     @property
     def config(self) -> Config:
@@ -141,17 +144,22 @@ class Daemon:
             await self.stop()
             raise
         config = live.config
-        await intake.recover(store, config)
+        self.node_id = node_id = new_node_id()
+        metrics.name_node(node_id)
+        await intake.recover(store, config, before=recoverable(config))
         self.spaces = spaces = Spaces(config)
-        sender = EventSender(lambda: self.config, store)
+        sender = EventSender(lambda: self.config, store, owner=node_id)
         live.on_change(sender.wake)
-        dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake)
+        dispatcher = Dispatcher(lambda: self.config, store, spaces, sender.wake, owner=node_id)
 
         def base() -> str:  # links into the console name the port as bound (`listen` may say port 0)
             return base_url(self.config, self.http.addresses if self.http is not None else ())
 
         runner = Runner(lambda: self.config, store, spaces, workers=self.workers, deliver=dispatcher.wake,
-                        notify=sender.wake, review_url=lambda run_id: base() + review_path(run_id))
+                        notify=sender.wake, review_url=lambda run_id: base() + review_path(run_id), owner=node_id)
+        self.cluster = Cluster(lambda: self.config, store, node_id,
+                               {"runs": runner.wake, "deliveries": dispatcher.wake, "events": sender.wake},
+                               info=self._addresses)
         self.reviews = reviews = Reviews(lambda: self.config, store, runner, spaces, base, notify=sender.wake)
 
         def accepted() -> None:  # a new run (and its event) is in the store
@@ -167,21 +175,23 @@ class Daemon:
             return self.sftp.logins() if self.sftp is not None else []
 
         self.http = HttpServer(config, store, runner, accepted, live, reviews,
-                               console=ConsoleParts(bans, spaces, logins))
+                               console=ConsoleParts(bans, spaces, logins), node=node_id)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys], bans)
         parts: list[Component] = [
+            self.cluster,  # first: the work a dead node held is back in the queue before the runner looks
             sender,
             dispatcher,
             runner,
             self.scheduler,
             self.http,
             self.sftp,
-            Watcher(lambda: self.config, spaces, drops),
+            Watcher(lambda: self.config, spaces, drops, leads=self._leads_scans),
         ]
         try:
             for component in parts:
                 await component.start()
                 self.components.append(component)
+            await self.cluster.announce()  # now with the addresses it serves on
         except BaseException:
             await self.stop()
             raise
@@ -207,6 +217,15 @@ class Daemon:
             if self.store is not None:
                 store, self.store = self.store, None
                 await store.close()
+
+    def _addresses(self) -> dict[str, object]:
+        """Where this node serves, for the cluster's list of nodes."""
+        return {"sftp": [f"{a.host}:{a.port}" for a in self.sftp.addresses] if self.sftp else [],
+                "http": [f"{a.host}:{a.port}" for a in self.http.addresses] if self.http else []}
+
+    async def _leads_scans(self) -> bool:
+        """Reconciliation scans of the spaces run on one node at a time: the others see the same files."""
+        return not shared(self.config) or (self.store is not None and await self.store.lead("scan"))
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -24,8 +24,10 @@ class DueWork(Generic[T]):
     name = "due"
     max_in_flight = 32
 
-    def __init__(self, store: Store, timeout: float | None = None) -> None:
+    def __init__(self, store: Store, timeout: float | None = None, owner: str | None = None) -> None:
         self._store = store
+        # The node claiming the rows (see feedd.cluster): what it claims, no other node works on meanwhile.
+        self.owner = owner
         self._timeout = timeout
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -96,5 +98,5 @@ class DueWork(Generic[T]):
         return forget
 
     async def _pause(self) -> float:
-        nxt = await self._store.next_due()
+        nxt = await self._store.next_due(self.owner)
         return IDLE if nxt is None else min(IDLE, max(0.05, (nxt - utcnow()).total_seconds()))

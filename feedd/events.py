@@ -89,23 +89,23 @@ class EventSender(DueWork[Event]):
 
     name = "events"
 
-    def __init__(self, config: Callable[[], Config], store: Store) -> None:
-        super().__init__(store, timeout=TIMEOUT)
+    def __init__(self, config: Callable[[], Config], store: Store, owner: str | None = None) -> None:
+        super().__init__(store, timeout=TIMEOUT, owner=owner)
         self._config = config
 
     async def due(self) -> list[tuple[Hashable, Event]]:
-        return [((e.event_id, e.url), e) for e in await self._store.due_events(utcnow(), limit=100)]
+        return [((e.event_id, e.url), e) for e in await self._store.due_events(utcnow(), limit=100, owner=self.owner)]
 
     async def handle(self, event: Event) -> None:
         subscriber = next((s for s in self._config().webhooks if s.url == event.url), None)
         attempts = event.attempts + 1
         if subscriber is None:
             await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts,
-                                                  "the subscription is no longer in the config", None))
+                                                  "the subscription is no longer in the config", None), self.owner)
             return
         error, wait, status = await self._post(event, subscriber.secret)
         if error is None:
-            await self._store.save_event(_replace(event, DeliveryStatus.DELIVERED, attempts, None, None))
+            await self._store.save_event(_replace(event, DeliveryStatus.DELIVERED, attempts, None, None), self.owner)
             return
         # every failed attempt, at once: a receiver that is down shows in the log at its first refusal,
         # not after the hours the retries take
@@ -114,10 +114,10 @@ class EventSender(DueWork[Event]):
         if attempts >= MAX_ATTEMPTS:
             log.get().warning("event.failed", event_id=event.event_id, url=event.url, type=event.type,
                               attempts=attempts, error=error)
-            await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts, error, None))
+            await self._store.save_event(_replace(event, DeliveryStatus.FAILED, attempts, error, None), self.owner)
             return
         nxt = utcnow() + timedelta(seconds=backoff(attempts, wait))
-        await self._store.save_event(_replace(event, DeliveryStatus.PENDING, attempts, error, nxt))
+        await self._store.save_event(_replace(event, DeliveryStatus.PENDING, attempts, error, nxt), self.owner)
 
     async def _post(self, event: Event, secret: str | None) -> tuple[str | None, float | None, int | None]:
         """(None, None, status) on a 2xx; else (what went wrong, Retry-After seconds or None, the HTTP status

@@ -273,16 +273,18 @@ def _decide(r: _Request, sha: str, size: int, overrides: dict[str, bool], origin
 RECOVER_WINDOW = 1000  # recorded spool files in a row, newest first, after which the search stops
 
 
-async def recover(store: Store, config: Config) -> int:
+async def recover(store: Store, config: Config, *, before: str | None = None) -> int:
     """Take in again every spool file that has no run: an input moved into the spool by a daemon that
-    died before recording it. Returns how many.
+    died before recording it. Returns how many. With `before` (a run id), only files spooled under an
+    older id: on a spool that other nodes share, a newer file may be one a live node is recording now.
 
     Run ids sort by time, and every start recovers what the last crash left, so orphans can only be
     among the newest files (as many as were being taken in at once): the search goes newest first and
     stops after RECOVER_WINDOW recorded ones in a row, so a spool of millions costs one listing."""
     folder = spool_dir(config)
     names = await asyncio.to_thread(
-        lambda: sorted((p.name for p in folder.iterdir()), reverse=True) if folder.is_dir() else [])
+        lambda: sorted((p.name for p in folder.iterdir() if before is None or p.name < before), reverse=True)
+        if folder.is_dir() else [])
     taken = recorded = 0
     for name in names:
         if recorded >= RECOVER_WINDOW:

@@ -3,7 +3,10 @@ happen, and the store-derived gauges (runs by status, queue depth, open uploads)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from feedd.model import DeliveryStatus, RunStatus, UploadState
 
@@ -46,5 +49,24 @@ def refresh(runs_by_status: dict[str, int], uploads_by_state: dict[str, int],
     OPEN_UPLOADS.set(sum(uploads_by_state.get(str(s), 0) for s in (UploadState.INITIATED, UploadState.UPLOADING)))
 
 
+_NODE: list[str] = []  # the node this process is (see feedd.cluster), set once at start
+
+
+def name_node(node_id: str) -> None:
+    """Every sample rendered from now on carries `node="<node_id>"`: nodes behind one balancer scraped
+    through it, or summed in one dashboard, stay apart."""
+    _NODE[:] = [node_id]
+
+
+class _Labelled:
+    """REGISTRY as a collector whose samples carry the node's label too."""
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if _NODE:
+                family.samples = [s._replace(labels={**s.labels, "node": _NODE[0]}) for s in family.samples]
+            yield family
+
+
 def render() -> bytes:
-    return generate_latest(REGISTRY)
+    return generate_latest(_Labelled())

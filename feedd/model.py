@@ -335,3 +335,33 @@ class AuditEntry:
     def to_json(self) -> dict[str, Any]:
         return {"at": iso(self.at), "actor": self.actor, "action": str(self.action), "kind": self.kind,
                 "name": self.name, "before": self.before, "after": self.after}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A feedd process sharing the store: its id (host, pid and a random part: never reused), when it
+    started, its last heartbeat, what it tells about itself (host, pid, addresses), and the work it holds
+    now: the runs it is processing, and how many deliveries and events it is sending."""
+
+    node_id: str
+    started_at: datetime
+    heartbeat_at: datetime
+    info: dict[str, Any] = field(default_factory=dict)
+    runs: tuple[str, ...] = ()
+    deliveries: int = 0
+    events: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node_id, "startedAt": iso(self.started_at), "heartbeatAt": iso(self.heartbeat_at),
+                **self.info, "holds": {"runs": list(self.runs), "deliveries": self.deliveries,
+                                       "events": self.events}}
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """A node found dead, and the work of it that went back to the others."""
+
+    node_id: str
+    runs: tuple[str, ...] = ()
+    deliveries: int = 0
+    events: int = 0

@@ -21,7 +21,7 @@ import heapq
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from watchfiles import awatch
@@ -51,8 +51,12 @@ class _Scanned:
 class Watcher:
     name = "watcher"
 
-    def __init__(self, config: Callable[[], Config], spaces: Spaces, drops: Drops) -> None:
+    def __init__(self, config: Callable[[], Config], spaces: Spaces, drops: Drops,
+                 leads: Callable[[], Awaitable[bool]] | None = None) -> None:
         self._config = config
+        # Whether this node runs the reconciliation scans now: nodes sharing the spaces take turns, one at a
+        # time (the others see the same files). Events are handled by every node, for what it sees.
+        self._leads = leads
         self._spaces = spaces
         self._drops = drops
         self._last: dict[Key, float] = {}  # file -> its last sign of life (monotonic)
@@ -115,7 +119,8 @@ class Watcher:
                     self._rescan = False
                     # set first: a scan that fails is tried again at the next interval, not at every tick
                     next_scan = now + config.sftp.scan_interval
-                    await self._scan()
+                    if self._leads is None or await self._leads():
+                        await self._scan()
                     self._sweep_partials(config)
                 await self._offer_settled(config)
             except Exception:

@@ -179,3 +179,14 @@ async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 2
         if time.monotonic() > deadline:
             raise AssertionError(f"{what or 'not reached'}: not in {within}s; last answer {got!r}")
         await asyncio.sleep(0.05)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` whose labels include `labels` in a /metrics answer (None if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and labels.items() <= s.labels.items():
+                return float(s.value)
+    return None

@@ -37,6 +37,7 @@ from feedd.config.values import (
     Address,
     ApiKey,
     BanConfig,
+    ClusterConfig,
     Config,
     Connection,
     HttpConfig,
@@ -61,7 +62,7 @@ EVENT_TYPES = (
     "upload.completed", "upload.aborted", "schema.drift", "config.changed", "arrival.missed",
 )
 TOP_KEYS = ("state_dir", "store", "include", "log", "sftp", "http", "lookups", "schemas", "connections",
-            "pipelines", "webhooks", "retention")
+            "pipelines", "webhooks", "retention", "cluster")
 DEFAULT_STATE_DIR = Path("/var/lib/feedd")
 ALL: tuple[str, ...] = ("*",)
 
@@ -118,6 +119,7 @@ def build(source: FileTree, managed: Sequence[ManagedObject] = (), env: Mapping[
         retention=retention,
         sweep_every=r.get(retention_m, retention_at, "sweep_every", _positive_duration, 3600.0),
         store=_store(r, top, root),
+        cluster=_cluster(r, top, root),
         lookups=lookups,
         files=source.files,
         bodies={section: {name: plain(body) for name, body in top[section].items()}
@@ -156,6 +158,12 @@ def _store(r: Reader, top: LocMap, root: At) -> StoreConfig:
     elif kind is StoreType.SQLITE and dsn is not None and m is not None:
         r.issue(at.key(m, "dsn"), "dsn is only read with type: postgresql (SQLite lives in state_dir)")
     return StoreConfig(kind, dsn)
+
+
+def _cluster(r: Reader, top: LocMap, root: At) -> ClusterConfig:
+    at = root.key(top, "cluster")
+    m = r.mapping(top.get("cluster"), at, ("takeover_after",))
+    return ClusterConfig(takeover_after=r.get(m, at, "takeover_after", _positive_duration, 30.0))
 
 
 def listen(r: Reader, v: Any, at: At) -> tuple[Address, ...]:

@@ -59,6 +59,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """How nodes sharing a store watch each other: a node whose heartbeat is older than `takeover_after`
+    (seconds) is taken for dead, and the work it held goes back to the others."""
+
+    takeover_after: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: str | None = None  # None: console on a TTY, JSON otherwise
@@ -376,3 +384,4 @@ class Config:
     # Each named object as written (file or API), section -> name -> body: what the API shows back.
     bodies: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     store: StoreConfig = StoreConfig()
+    cluster: ClusterConfig = ClusterConfig()

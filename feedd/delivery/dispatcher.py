@@ -36,14 +36,14 @@ class Dispatcher(DueWork[Delivery]):
     max_in_flight = MAX_IN_FLIGHT
 
     def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces,
-                 notify: Callable[[], None] = lambda: None) -> None:
-        super().__init__(store)
+                 notify: Callable[[], None] = lambda: None, owner: str | None = None) -> None:
+        super().__init__(store, owner=owner)
         self._config = config
         self._spaces = spaces
         self._notify = notify  # events were queued: the event sender should look
 
     async def due(self) -> list[tuple[Hashable, Delivery]]:
-        due = await self._store.due_deliveries(utcnow(), limit=MAX_IN_FLIGHT * 2)
+        due = await self._store.due_deliveries(utcnow(), limit=MAX_IN_FLIGHT * 2, owner=self.owner)
         return [((d.run_id, d.destination), d) for d in due]
 
     async def handle(self, delivery: Delivery) -> None:
@@ -78,19 +78,19 @@ class Dispatcher(DueWork[Delivery]):
                 logger.warning("delivery.failed", attempts=attempts, error=message)
                 failed = replace(delivery, status=DeliveryStatus.FAILED, attempts=attempts, last_error=message,
                                  next_attempt_at=None)
-                await self._store.save_delivery(failed)
+                await self._store.save_delivery(failed, self.owner)
                 await self._settle(run.run_id)
                 return
             wait = events.backoff(attempts, getattr(exc, "retry_after", None))
             logger.info("delivery.retry", attempts=attempts, error=message, retry_in=round(wait, 1))
             await self._store.save_delivery(replace(delivery, attempts=attempts, last_error=message,
-                                                    next_attempt_at=utcnow() + timedelta(seconds=wait)))
+                                                    next_attempt_at=utcnow() + timedelta(seconds=wait)), self.owner)
             return
         logger.info("delivery.done", attempts=attempts)
         done = replace(delivery, status=DeliveryStatus.DELIVERED, attempts=attempts, last_error=None,
                        delivered_at=utcnow(), next_attempt_at=None)
         if not await self._settle(run.run_id, done):
-            await self._store.save_delivery(done)
+            await self._store.save_delivery(done, self.owner)
             await self._settle(run.run_id)  # another delivery of the run may have finished meanwhile
 
     async def _send(self, run: Run, dest: Destination) -> None:

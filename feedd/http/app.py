@@ -101,7 +101,8 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 def build_app(config: Config, store: Store, runs: Runs | None = None,
               accepted: Callable[[], None] | None = None, owner: Owner | None = None,
-              reviews: Reviews | None = None, *, console: ConsoleParts | None = None) -> web.Application:
+              reviews: Reviews | None = None, *, console: ConsoleParts | None = None,
+              node: str = "") -> web.Application:
     # Bodies are streamed by the routes that take large ones; this cap only guards request.read()/json().
     live = Live(config)
     in_flight = InFlight(lambda: live.config)
@@ -122,7 +123,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     RunsApi(live, store, runs).routes(app)
     EventsApi(live, store).routes(app)
     ViewsApi(live, store).routes(app)
-    ManageApi(live, store, owner, runs).routes(app)
+    ManageApi(live, store, owner, runs, node).routes(app)
     ReviewApi(live, store, reviews).routes(app)
     # The console is routed whatever `http.console` says, so that a reload can turn it on or off.
     Console(live, store, console or ConsoleParts(Bans(config.sftp.ban)), owner, runs, runs,
@@ -172,9 +173,9 @@ class HttpServer:
 
     def __init__(self, config: Config, store: Store, runs: Runs | None = None,
                  accepted: Callable[[], None] | None = None, owner: Owner | None = None,
-                 reviews: Reviews | None = None, *, console: ConsoleParts | None = None) -> None:
+                 reviews: Reviews | None = None, *, console: ConsoleParts | None = None, node: str = "") -> None:
         self._config = config
-        self._app = build_app(config, store, runs, accepted, owner, reviews, console=console)
+        self._app = build_app(config, store, runs, accepted, owner, reviews, console=console, node=node)
         # keepalive_timeout closes idle connections; the backlog bounds what waits beyond them
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, keepalive_timeout=15)
         self.addresses: list[Address] = []

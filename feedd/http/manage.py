@@ -4,12 +4,13 @@ audit log of every change. The config in force owns the objects; this module onl
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from feedd import arrivals
-from feedd.config.values import ApiKey
+from feedd.config.values import ApiKey, Config
 from feedd.http.api import (
     ApiError,
     Routes,
@@ -24,7 +25,7 @@ from feedd.http.api import (
 )
 from feedd.http.views import connection_view, pipeline_view
 from feedd.live import Live, Outcome, Shown
-from feedd.model import ObjectKind, iso, utcnow
+from feedd.model import Node, ObjectKind, iso, utcnow
 from feedd.store import Store
 
 MAX_LIMIT = 1000
@@ -40,10 +41,12 @@ class Releaser(Protocol):
 
 
 class ManageApi(Routes):
-    def __init__(self, live: Any, store: Store, owner: Live | None, releaser: Releaser | None) -> None:
+    def __init__(self, live: Any, store: Store, owner: Live | None, releaser: Releaser | None,
+                 node: str = "") -> None:
         super().__init__(live, store)
         self._owner = owner
         self._releaser = releaser
+        self._node = node  # the node answering (see feedd.cluster)
 
     def routes(self, app: web.Application) -> None:
         for section in _KINDS:
@@ -53,6 +56,7 @@ class ManageApi(Routes):
             app.router.add_patch(f"/{section}/{{name}}", self.patch)
             app.router.add_delete(f"/{section}/{{name}}", self.delete)
         app.router.add_get("/audit", self.audit)
+        app.router.add_get("/cluster", self.cluster)
 
     # Reading
 
@@ -181,6 +185,20 @@ class ManageApi(Routes):
         limit = query_integer(q.get("limit"), "limit", 1, MAX_LIMIT, 100)
         entries, next_cursor = await self._store.list_audit(limit, row_cursor(q.get("cursor")))
         return web.json_response({"data": [e.to_json() for e in entries], "nextCursor": next_cursor})
+
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        """The nodes sharing the store, their last heartbeat, and the work each holds."""
+        require_admin(authenticate(request, self.config))
+        return web.json_response(cluster_view(self.config, await self._store.nodes(), self._node))
+
+
+def cluster_view(config: Config, nodes: list[Node], node: str) -> dict[str, Any]:
+    """What `GET /cluster` answers (and the console shows): each node, whether it is the one answering, and
+    whether it is alive (a heartbeat within `cluster.takeover_after`; a dead one is about to be taken over)."""
+    fresh = utcnow() - timedelta(seconds=config.cluster.takeover_after)
+    return {"node": node, "takeoverAfter": config.cluster.takeover_after,
+            "data": [{**n.to_json(), "self": n.node_id == node, "alive": n.heartbeat_at >= fresh} for n in nodes]}
 
 
 async def switch_active(store: Store, releaser: Releaser | None, pipeline: str, active: bool) -> int:

@@ -78,8 +78,9 @@ class Runner:
 
     def __init__(self, config: Callable[[], Config], store: Store, spaces: Spaces, workers: int | None = None,
                  deliver: Callable[[], None] = lambda: None, notify: Callable[[], None] = lambda: None,
-                 review_url: Callable[[str], str] | None = None) -> None:
+                 review_url: Callable[[str], str] | None = None, owner: str | None = None) -> None:
         self._config = config
+        self._owner = owner  # the node this runner claims runs for (see feedd.cluster)
         self._review_url = review_url  # run id -> where a person reviews it (`reviewUrl` of run.needs_review)
         self._store = store
         self._spaces = spaces
@@ -125,12 +126,7 @@ class Runner:
         if self._workers == 0:
             return
         self._pool = self._new_pool()
-        left, _ = await self._store.list_runs(RunQuery(statuses=(RunStatus.PROCESSING,), oldest_first=True,
-                                                       limit=100_000))
-        for run in left:
-            await self._store.update_run(replace(run, status=RunStatus.QUEUED, started_at=None),
-                                         expect=RunStatus.PROCESSING)
-            log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info("run.resumed")
+        # Runs a dead node (or this daemon's earlier life) left `processing` were queued again by the cluster.
         # supervised: a store error while claiming restarts the loop instead of ending all processing
         self._task = supervisor.supervise(self.name, self._loop)
 
@@ -146,7 +142,7 @@ class Runner:
         await supervisor.cancel(self._task)
         loop = asyncio.get_running_loop()
         if self._inflight:
-            # let running work finish while there is time; what is left is requeued at the next start
+            # let running work finish while there is time; what is left the cluster gives back as it leaves
             await asyncio.wait(list(self._inflight.values()), timeout=max(0.0, deadline - loop.time()))
         for task in self._inflight.values():
             task.cancel()
@@ -163,7 +159,8 @@ class Runner:
                 queued = fair_share(await self._store.queued_heads(free), holding, free)
                 claims = [replace(run, status=RunStatus.PROCESSING, started_at=utcnow()) for run in queued]
                 # claimed together: the store commits updates that arrive at once in one transaction
-                won = await asyncio.gather(*(self._store.update_run(c, expect=RunStatus.QUEUED) for c in claims))
+                won = await asyncio.gather(*(self._store.update_run(c, expect=RunStatus.QUEUED, owner=self._owner)
+                                             for c in claims))
                 for claimed, ok in zip(claims, won, strict=True):
                     if ok:
                         task = asyncio.get_running_loop().create_task(self._run(claimed))
@@ -338,7 +335,10 @@ class Runner:
         if outcome is not None and outcome.drift:
             queued += events.make(config, "schema.drift", {
                 "runId": run.run_id, "connection": run.connection, "pipeline": run.pipeline, **outcome.drift})
-        await self._store.update_run(done, events=queued, deliveries=deliveries, remember=remember)
+        if not await self._store.update_run(done, expect=RunStatus.PROCESSING, events=queued, deliveries=deliveries,
+                                            remember=remember, owner=self._owner):
+            self._lost(run)
+            return
         if deliveries:
             self._deliver()
         if queued:
@@ -360,7 +360,10 @@ class Runner:
         while True:
             try:
                 queued = events.make(self._config(), f"run.{failed.status}", failed.to_json())
-                await self._store.update_run(failed, events=queued, deliveries=[])
+                if not await self._store.update_run(failed, expect=RunStatus.PROCESSING, events=queued,
+                                                    deliveries=[], owner=self._owner):
+                    self._lost(failed)
+                    return
                 break
             except Exception:
                 if self._stopping:
@@ -372,6 +375,12 @@ class Runner:
         logger.info("run.finished", status=str(failed.status), error=failed.error.code if failed.error else None,
                     message=failed.error.message if failed.error else None,
                     seconds=outcome.seconds if outcome else None)
+
+    def _lost(self, run: Run) -> None:
+        """The run is no longer this node's to finish: it was taken for dead, and the run went back to the
+        queue (another node may have it now). Its outcome here is dropped; the run is processed again."""
+        log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).warning(
+            "run.lost", node=self._owner, reason="taken over by another node; its outcome here is dropped")
 
     @staticmethod
     def _partner_reports(space: Space, run: Run, outcome: Outcome) -> int:

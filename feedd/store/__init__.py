@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -16,10 +16,12 @@ from feedd.model import (
     Event,
     ManagedObject,
     Missed,
+    Node,
     ObjectKind,
     Received,
     Run,
     RunStatus,
+    TakenOver,
     Upload,
     UploadState,
 )
@@ -85,10 +87,15 @@ class Store(Protocol):
         """Record a new run with its deliveries and `events`, in one transaction. ConflictError if the id exists."""
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
-                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
+                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
+                         owner: str | None = None) -> bool:
         """Write the run's mutable fields; with `expect`, only if the stored status is still that one. The
         given deliveries (saved), events (queued) and mapping to remember go in the same transaction, and only
-        if the run changed."""
+        if the run changed.
+
+        `owner` is the node writing. A claim (`expect` queued, the run now `processing`) makes it the run's
+        owner; any other write with an owner goes through only while the run is still that node's, so a
+        node whose work was taken over cannot finish it as well. A run that is not `processing` has no owner."""
 
     async def get_run(self, run_id: str) -> Run | None: ...
 
@@ -102,19 +109,22 @@ class Store(Protocol):
         """For each (connection, sha256) in `keys`, the id of that connection's first run whose input had
         this sha256 and which is not itself a duplicate; keys without one are left out."""
 
-    async def save_delivery(self, delivery: Delivery) -> None: ...
+    async def save_delivery(self, delivery: Delivery, owner: str | None = None) -> bool:
+        """Save an attempt's outcome and let the delivery go; with `owner`, only while it still holds it."""
 
-    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, the most overdue first."""
+    async def due_deliveries(self, now: datetime, limit: int = 100, owner: str | None = None) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, the most overdue first. With `owner`, claimed for it
+        (those no node holds, or it holds already), at once: no two nodes get the same one."""
 
     async def add_events(self, events: Sequence[Event]) -> None:
         """Queue events (an event already queued for the same subscriber is kept as it is)."""
 
-    async def save_event(self, event: Event) -> None:
-        """Record an attempt's outcome: status, attempts, last error, next attempt."""
+    async def save_event(self, event: Event, owner: str | None = None) -> bool:
+        """Record an attempt's outcome (status, attempts, last error, next attempt) and let the event go;
+        with `owner`, only while it still holds it."""
 
-    async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
-        """Pending events whose next attempt is due, oldest first."""
+    async def due_events(self, now: datetime, limit: int = 100, owner: str | None = None) -> list[Event]:
+        """Pending events whose next attempt is due, oldest first; with `owner`, claimed as deliveries are."""
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
         """Every queued, sent or failed event (of one type), oldest first."""
@@ -126,8 +136,8 @@ class Store(Protocol):
     async def event_counts(self) -> dict[str, int]:
         """Events by status, for metrics."""
 
-    async def next_due(self) -> datetime | None:
-        """The earliest next attempt of any pending delivery or event."""
+    async def next_due(self, owner: str | None = None) -> datetime | None:
+        """The earliest next attempt of any pending delivery or event (with `owner`: that no other node holds)."""
 
     async def save_upload(self, upload: Upload) -> None: ...
 
@@ -213,5 +223,31 @@ class Store(Protocol):
     async def mark_swept(self, run_id: str, part: SweptPart) -> bool:
         """Record in the run's meta (`swept.<part>`: true) that the part is gone, only while the run is
         still in a SWEEPABLE state; False when it no longer is. Nothing else of the run is written."""
+
+    async def join(self, node: Node) -> None:
+        """Record a node as alive (its heartbeat now)."""
+
+    async def heartbeat(self, node_id: str, now: datetime) -> bool:
+        """The node is alive at `now`; False when it is no longer recorded (taken for dead meanwhile)."""
+
+    async def leave(self, node_id: str) -> TakenOver:
+        """A node stopping: the work it still holds goes back (runs queued again), and it is forgotten."""
+
+    async def take_over(self, dead_before: datetime, by: str) -> list[TakenOver]:
+        """Every node but `by` whose last heartbeat is before `dead_before` is forgotten, and the work it
+        held goes back: its runs are queued again, its deliveries and events are free to be claimed. Runs
+        left `processing` by no known node (written before nodes were recorded) go back too."""
+
+    async def nodes(self) -> list[Node]:
+        """The nodes recorded, oldest first, each with the work it holds."""
+
+    async def lead(self, name: str) -> bool:
+        """Whether this process leads `name` (at most one of the processes sharing the store does at a
+        time; one whose holder dies is free to be taken). Asked again before each turn of the guarded work."""
+
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        """Call `wake(kind)` ("runs", "deliveries" or "events") when work of that kind becomes ready, until
+        cancelled: other processes sharing the store wake this one early. Returns at once where nothing else
+        shares it."""
 
     async def close(self) -> None: ...

@@ -149,4 +149,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     CREATE INDEX runs_outputs_kept ON runs (pipeline, finished_at)
         WHERE json_extract(meta, '$.swept.outputs') IS NULL;
     """),
+    (7, """
+    -- Several nodes: who holds each piece of work (NULL: nobody), and the nodes alive.
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE events ADD COLUMN owner TEXT;
+    CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL;
+    CREATE INDEX deliveries_by_owner ON deliveries (owner) WHERE owner IS NOT NULL;
+    CREATE INDEX events_by_owner ON events (owner) WHERE owner IS NOT NULL;
+
+    CREATE TABLE nodes (
+        node_id       TEXT PRIMARY KEY,
+        started_at    TEXT NOT NULL,
+        heartbeat_at  TEXT NOT NULL,
+        info          TEXT NOT NULL DEFAULT '{}'
+    );
+    """),
 )

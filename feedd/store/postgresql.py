@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Collection, Sequence
+import zlib
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,10 +29,12 @@ from feedd.model import (
     Event,
     ManagedObject,
     Missed,
+    Node,
     ObjectKind,
     Received,
     Run,
     RunStatus,
+    TakenOver,
     Upload,
     UploadState,
     id_floor,
@@ -39,12 +42,13 @@ from feedd.model import (
 )
 from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.postgresql_migrations import MIGRATIONS
-from feedd.store.rows import Rows
+from feedd.store.rows import Rows, owner_of
 
 Connection = psycopg.AsyncConnection[DictRow]
 
 # pg_advisory_lock's key for migrations: any fixed number, the same on every node ("feedd" in ASCII).
 MIGRATION_LOCK = 0x6665656464
+LEADER_LOCK = 0x6665656464 << 8  # pg_advisory_lock's keys for leaders: this plus the CRC-32 of the name
 POOL_SIZE = 10  # connections per node: the statements it can have in flight at once
 
 _RUN_COLUMNS = (
@@ -53,7 +57,7 @@ _RUN_COLUMNS = (
     "duplicate_of", "meta", "created_at", "started_at", "finished_at", "acknowledged_at",
 )
 _INSERT_RUN = f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_RUN_COLUMNS))})"
-_UPDATE_RUN = f"UPDATE runs SET {', '.join(f'{c} = %s' for c in _RUN_COLUMNS[1:])}"
+_UPDATE_RUN = f"UPDATE runs SET {', '.join(f'{c} = %s' for c in (*_RUN_COLUMNS[1:], 'owner'))}"
 
 # A run's deliveries come with it, in the order they were added, in the same statement (one snapshot, one
 # round trip). Timestamps are spelled out with all six digits of microseconds so that they read back exactly.
@@ -90,7 +94,7 @@ _DELIVERIES = ("deliveries", ("run_id", "destination", "status", "attempts", "la
                ("text", "text", "text", "int", "text", "timestamptz", "timestamptz"),
                "ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
                "attempts = excluded.attempts, last_error = excluded.last_error, "
-               "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
+               "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at, owner = NULL")
 # An event already queued for the same subscriber is kept as it is.
 _EVENTS = ("events", ("event_id", "url", "type", "body", "status", "attempts", "last_error", "next_attempt_at",
                       "created_at"),
@@ -173,9 +177,11 @@ _UPSERT_UPLOAD = (f"INSERT INTO uploads ({', '.join(_UPLOAD_COLUMNS)}) "
 class PostgresStore:
     """Open with `await PostgresStore.open(dsn)`; migrations run before it returns."""
 
-    def __init__(self, pool: AsyncConnectionPool[Connection]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Connection], dsn: str = "") -> None:
         self._pool = pool
+        self._dsn = dsn
         self._returning: set[asyncio.Task[None]] = set()
+        self._leads: dict[str, tuple[Connection, bool]] = {}  # name -> its own session, and whether it leads
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = POOL_SIZE) -> PostgresStore:
@@ -192,7 +198,7 @@ class PostgresStore:
             if isinstance(exc, PoolTimeout):
                 raise StartupError(f"cannot connect to the PostgreSQL store (store.dsn): {exc}") from exc
             raise
-        return cls(pool)
+        return cls(pool, dsn)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -221,7 +227,7 @@ class PostgresStore:
             self._returning.add(task)
             task.add_done_callback(self._returning.discard)
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+    async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[DictRow]:
         async with self._connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
@@ -246,19 +252,22 @@ class PostgresStore:
         return int(row["n"]) if row else 0
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
-                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
-        row = _ROWS.run_row(run)
+                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
+                         owner: str | None = None) -> bool:
+        row = (*_ROWS.run_row(run)[1:], owner_of(run, owner))
         if expect is RunStatus.QUEUED:
             # A claim: a queued run another node is writing right now (most likely claiming it too) is left
             # to it at once instead of waited for; the runner looks again at its next poll.
             sql = (f"{_UPDATE_RUN} WHERE run_id = (SELECT run_id FROM runs WHERE run_id = %s AND status = %s "
                    "FOR UPDATE SKIP LOCKED)")
-            params: tuple[Any, ...] = (*row[1:], run.run_id, str(expect))
+            params: tuple[Any, ...] = (*row, run.run_id, str(expect))
         elif expect is not None:
             # READ COMMITTED re-checks the status on the row as a concurrent writer left it: one of two wins.
-            sql, params = f"{_UPDATE_RUN} WHERE run_id = %s AND status = %s", (*row[1:], run.run_id, str(expect))
+            sql, params = f"{_UPDATE_RUN} WHERE run_id = %s AND status = %s", (*row, run.run_id, str(expect))
         else:
-            sql, params = f"{_UPDATE_RUN} WHERE run_id = %s", (*row[1:], run.run_id)
+            sql, params = f"{_UPDATE_RUN} WHERE run_id = %s", (*row, run.run_id)
+        if owner is not None and expect is not RunStatus.QUEUED:
+            sql, params = f"{sql} AND owner = %s", (*params, owner)
         statement = _Statement(sql, params)
         statement.rows(_MAPPINGS, [_ROWS.mapping_row(remember)] if remember is not None else [])
         # One row per destination: an upsert cannot touch a row twice in one statement (the last one wins).
@@ -321,30 +330,55 @@ class PostgresStore:
             "FROM unnest(%s::text[], %s::text[]) AS k(connection, sha256)", (list(connections), list(hashes)))
         return {(row["connection"], row["sha256"]): row["run_id"] for row in rows if row["run_id"] is not None}
 
-    async def save_delivery(self, delivery: Delivery) -> None:
-        await self._write(_Statement().rows(_DELIVERIES, [_ROWS.delivery_row(delivery)]))
+    async def save_delivery(self, delivery: Delivery, owner: str | None = None) -> bool:
+        row = _ROWS.delivery_row(delivery)
+        if owner is None:
+            return await self._write(_Statement().rows(_DELIVERIES, [row])) == 1
+        return await self._execute(
+            "UPDATE deliveries SET status = %s, attempts = %s, last_error = %s, delivered_at = %s, "
+            "next_attempt_at = %s, owner = NULL WHERE run_id = %s AND destination = %s AND owner = %s",
+            (*row[2:], *row[:2], owner)) == 1
 
-    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        rows = await self._read(
-            "SELECT * FROM deliveries WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
-            "ORDER BY next_attempt_at NULLS FIRST, seq LIMIT %s", (now, limit))
+    async def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement; the number of rows it changed."""
+        async with self._connection() as conn:
+            return (await conn.execute(sql, params)).rowcount
+
+    async def due_deliveries(self, now: datetime, limit: int = 100, owner: str | None = None) -> list[Delivery]:
+        rows = await self._due("deliveries", "run_id, destination", "next_attempt_at NULLS FIRST, seq", now, limit,
+                               owner)
         return [_ROWS.delivery_from(row) for row in rows]
+
+    async def _due(self, table: str, key: str, order: str, now: datetime, limit: int,
+                   owner: str | None) -> list[DictRow]:
+        """Pending rows of `table` whose next attempt has come; with `owner`, claimed for it in the same
+        statement (rows another node is claiming at this moment are skipped, not waited for)."""
+        due = f"SELECT * FROM {table} WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+        if owner is None:
+            return await self._read(f"{due} ORDER BY {order} LIMIT %s", (now, limit))
+        rows = await self._read(
+            f"UPDATE {table} t SET owner = %s FROM ({due} AND (owner IS NULL OR owner = %s) ORDER BY {order} "
+            f"LIMIT %s FOR UPDATE SKIP LOCKED) c WHERE ({', '.join(f't.{k}' for k in key.split(', '))}) = "
+            f"({', '.join(f'c.{k}' for k in key.split(', '))}) RETURNING t.*", (owner, now, owner, limit))
+        first = datetime.min.replace(tzinfo=UTC)
+        column = order.split()[0].rstrip(",")  # UPDATE ... RETURNING keeps no order: put it back
+        return sorted(rows, key=lambda r: (r[column] or first, r["seq"]))
 
     async def add_events(self, events: Sequence[Event]) -> None:
         if events:
             await self._write(_Statement().rows(_EVENTS, [_ROWS.event_row(e) for e in events]))
 
-    async def save_event(self, event: Event) -> None:
-        async with self._connection() as conn:
-            await conn.execute("UPDATE events SET status = %s, attempts = %s, last_error = %s, next_attempt_at = %s "
-                               "WHERE event_id = %s AND url = %s",
-                               (str(event.status), event.attempts, event.last_error, event.next_attempt_at,
-                                event.event_id, event.url))
+    async def save_event(self, event: Event, owner: str | None = None) -> bool:
+        sql = ("UPDATE events SET status = %s, attempts = %s, last_error = %s, next_attempt_at = %s, owner = NULL "
+               "WHERE event_id = %s AND url = %s")
+        params: tuple[Any, ...] = (str(event.status), event.attempts, event.last_error, event.next_attempt_at,
+                                   event.event_id, event.url)
+        if owner is not None:
+            sql, params = f"{sql} AND owner = %s", (*params, owner)
+        return await self._execute(sql, params) == 1
 
-    async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
-        rows = await self._read(
-            "SELECT * FROM events WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s) "
-            "ORDER BY created_at, seq LIMIT %s", (now, limit))
+    async def due_events(self, now: datetime, limit: int = 100, owner: str | None = None) -> list[Event]:
+        rows = await self._due("events", "event_id, url", "created_at, seq", now, limit, owner)
         return [_ROWS.event_from(row) for row in rows]
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
@@ -376,10 +410,12 @@ class PostgresStore:
         return {row["status"]: row["n"] for row in
                 await self._read("SELECT status, count(*) AS n FROM events GROUP BY status")}
 
-    async def next_due(self) -> datetime | None:
+    async def next_due(self, owner: str | None = None) -> datetime | None:
+        mine = "" if owner is None else " AND (owner IS NULL OR owner = %(owner)s)"
         rows = await self._read(
-            "SELECT min(t) AS t FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending' "
-            "UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending') AS due")
+            f"SELECT min(t) AS t FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'{mine} "
+            f"UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending'{mine}) AS due",
+            {"owner": owner})
         return _dt(rows[0]["t"]) if rows else None
 
     async def save_upload(self, upload: Upload) -> None:
@@ -592,10 +628,93 @@ class PostgresStore:
             await conn.execute("UPDATE runs SET meta = %s WHERE run_id = %s", (_with_swept(row["meta"], part), run_id))
         return True
 
+    async def join(self, node: Node) -> None:
+        await self._execute("INSERT INTO nodes (node_id, started_at, heartbeat_at, info) VALUES (%s, %s, %s, %s) "
+                            "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                            "info = excluded.info", _ROWS.node_row(node))
+
+    async def heartbeat(self, node_id: str, now: datetime) -> bool:
+        return await self._execute("UPDATE nodes SET heartbeat_at = %s WHERE node_id = %s", (now, node_id)) == 1
+
+    async def leave(self, node_id: str) -> TakenOver:
+        async with self._connection() as conn, conn.transaction():
+            return await _release(conn, node_id)
+
+    async def take_over(self, dead_before: datetime, by: str) -> list[TakenOver]:
+        async with self._connection() as conn, conn.transaction():
+            # Rows locked, and skipped by a node taking over at the same moment: each dead node's work goes
+            # back once, through one of them.
+            dead = [row["node_id"] for row in await (await conn.execute(
+                "SELECT node_id FROM nodes WHERE heartbeat_at < %s AND node_id <> %s ORDER BY node_id "
+                "FOR UPDATE SKIP LOCKED", (dead_before, by))).fetchall()]
+            taken = [await _release(conn, node_id) for node_id in dead]
+            orphans = await _release(conn, None)
+        return taken + ([orphans] if orphans.runs or orphans.deliveries or orphans.events else [])
+
+    async def nodes(self) -> list[Node]:
+        rows = await self._read(
+            "SELECT n.*, (SELECT coalesce(json_agg(run_id), '[]'::json) FROM runs WHERE owner = n.node_id) AS runs, "
+            "(SELECT count(*) FROM deliveries WHERE owner = n.node_id) AS deliveries, "
+            "(SELECT count(*) FROM events WHERE owner = n.node_id) AS events "
+            "FROM nodes n ORDER BY started_at, node_id")
+        return [_ROWS.node_from(row) for row in rows]
+
+    async def lead(self, name: str) -> bool:
+        """A session advisory lock on a connection of its own, held while that session lives: when the node
+        dies, or its session does, the lock is free for another to take."""
+        conn, leads = self._leads.get(name, (None, False))
+        try:
+            if conn is None or conn.closed:
+                conn, leads = await _connect(self._dsn), False
+                self._leads[name] = (conn, False)
+            if leads:
+                await conn.execute("SELECT 1")  # the session, and so the lock, is still there
+                return True
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS got",
+                                            (LEADER_LOCK + zlib.crc32(name.encode()),))).fetchone()
+        except (psycopg.Error, StartupError):
+            if conn is not None:
+                await conn.close()
+            self._leads.pop(name, None)
+            return False
+        leads = bool(row and row["got"])
+        self._leads[name] = (conn, leads)
+        return leads
+
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        async with await _connect(self._dsn) as conn:
+            await conn.execute("LISTEN feedd")
+            async for note in conn.notifies():
+                wake(note.payload)
+
     async def close(self) -> None:
+        for conn, _ in self._leads.values():
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+        self._leads.clear()
         if self._returning:
             await asyncio.gather(*self._returning, return_exceptions=True)
         await self._pool.close()
+
+
+async def _release(conn: Connection, node_id: str | None) -> TakenOver:
+    """Give back the work `node_id` holds and forget the node; with None, the work held by no node recorded
+    (runs left `processing` by a process from before nodes were recorded, or by one forgotten)."""
+    if node_id is None:
+        held = "owner IS NULL OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = t.owner)"
+        sent = "owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = t.owner)"
+        params: tuple[str, ...] = ()
+    else:
+        held = sent = "owner = %s"
+        params = (node_id,)
+    runs = tuple(sorted(row["run_id"] for row in await (await conn.execute(
+        f"UPDATE runs t SET status = 'queued', started_at = NULL, owner = NULL "
+        f"WHERE status = 'processing' AND ({held}) RETURNING run_id", params)).fetchall()))
+    counts = [(await conn.execute(f"UPDATE {table} t SET owner = NULL WHERE {sent}", params)).rowcount
+              for table in ("deliveries", "events")]
+    if node_id is not None:
+        await conn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,))
+    return TakenOver(node_id or "", runs, *counts)
 
 
 async def _configure(conn: Connection) -> None:

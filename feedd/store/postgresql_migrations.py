@@ -161,4 +161,34 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     CREATE INDEX runs_outputs_kept ON runs (pipeline, finished_at)
         WHERE (meta::jsonb #>> '{swept,outputs}') IS NULL;
     """),
+    (7, """
+    -- Several nodes: who holds each piece of work (NULL: nobody), and the nodes alive.
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE events ADD COLUMN owner TEXT;
+    CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL;
+    CREATE INDEX deliveries_by_owner ON deliveries (owner) WHERE owner IS NOT NULL;
+    CREATE INDEX events_by_owner ON events (owner) WHERE owner IS NOT NULL;
+
+    CREATE TABLE nodes (
+        node_id       TEXT PRIMARY KEY,
+        started_at    TIMESTAMPTZ NOT NULL,
+        heartbeat_at  TIMESTAMPTZ NOT NULL,
+        info          TEXT NOT NULL DEFAULT '{}'
+    );
+
+    -- Idle nodes are woken early (they poll as well): by the write itself, so no writer can forget to,
+    -- and only once it commits. Runs queued, and deliveries and events pending that nobody holds.
+    CREATE FUNCTION feedd_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('feedd', TG_ARGV[0]);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER runs_wake AFTER INSERT OR UPDATE ON runs FOR EACH ROW
+        WHEN (NEW.status = 'queued') EXECUTE FUNCTION feedd_wake('runs');
+    CREATE TRIGGER deliveries_wake AFTER INSERT OR UPDATE ON deliveries FOR EACH ROW
+        WHEN (NEW.status = 'pending' AND NEW.owner IS NULL) EXECUTE FUNCTION feedd_wake('deliveries');
+    CREATE TRIGGER events_wake AFTER INSERT OR UPDATE ON events FOR EACH ROW
+        WHEN (NEW.status = 'pending' AND NEW.owner IS NULL) EXECUTE FUNCTION feedd_wake('events');
+    """),
 )

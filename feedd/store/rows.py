@@ -24,6 +24,7 @@ from feedd.model import (
     Event,
     ManagedObject,
     Missed,
+    Node,
     ObjectKind,
     RowError,
     Run,
@@ -36,6 +37,11 @@ from feedd.model import (
     utcnow,
 )
 from feedd.store import Remembered
+
+
+def owner_of(run: Run, owner: str | None) -> str | None:
+    """Who holds `run` once written by `owner`: only a `processing` run is anybody's."""
+    return owner if run.status is RunStatus.PROCESSING else None
 
 
 class Row(Protocol):
@@ -66,6 +72,16 @@ class Rows:
             json.dumps(run.meta), self.encode(run.created_at), self.encode(run.started_at),
             self.encode(run.finished_at), self.encode(run.acknowledged_at),
         )
+
+    def node_row(self, node: Node) -> tuple[Any, ...]:
+        return node.node_id, self.encode(node.started_at), self.encode(node.heartbeat_at), json.dumps(node.info)
+
+    def node_from(self, row: Row) -> Node:
+        """A node from its row, with the work it holds (`runs`: a JSON list of ids, `deliveries`, `events`)."""
+        return Node(node_id=row["node_id"], started_at=self._at(row["started_at"]),
+                    heartbeat_at=self._at(row["heartbeat_at"]), info=json.loads(row["info"]),
+                    runs=tuple(sorted(json.loads(row["runs"]) if isinstance(row["runs"], str) else row["runs"])),
+                    deliveries=int(row["deliveries"]), events=int(row["events"]))
 
     def run_from(self, row: Row, deliveries: tuple[Delivery, ...]) -> Run:
         """A run from its row, with its deliveries (each store reads those its own way)."""

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -26,10 +26,12 @@ from feedd.model import (
     Event,
     ManagedObject,
     Missed,
+    Node,
     ObjectKind,
     Received,
     Run,
     RunStatus,
+    TakenOver,
     Upload,
     UploadState,
     id_floor,
@@ -37,7 +39,7 @@ from feedd.model import (
 )
 from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
-from feedd.store.rows import Rows
+from feedd.store.rows import Rows, owner_of
 
 _RUN_COLUMNS = (
     "run_id, pipeline, connection, direction, status, source_kind, source_name, source_size, source_sha256, "
@@ -51,11 +53,14 @@ _UPLOAD_COLUMNS = (
 
 T = TypeVar("T")
 
-_INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)"
-_UPSERT_DELIVERY_SELECT = "INSERT INTO deliveries SELECT ?, ?, ?, ?, ?, ?, ?"
+_DELIVERY_COLUMNS = "run_id, destination, status, attempts, last_error, delivered_at, next_attempt_at"
+_INSERT_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_DELIVERY_SELECT = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?"
+# A delivery written again (a run finished, an operator's retry) is nobody's until claimed afresh.
 _ON_DELIVERY_CONFLICT = ("ON CONFLICT (run_id, destination) DO UPDATE SET status = excluded.status, "
                          "attempts = excluded.attempts, last_error = excluded.last_error, "
-                         "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at")
+                         "delivered_at = excluded.delivered_at, next_attempt_at = excluded.next_attempt_at, "
+                         "owner = NULL")
 
 _INSERT_AUDIT_SELECT = "INSERT INTO audit SELECT ?, ?, ?, ?, ?, ?, ?"
 
@@ -211,15 +216,19 @@ class SqliteStore:
             raise ConflictError(f"run {run.run_id} already exists") from exc
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
-                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None) -> bool:
+                         deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
+                         owner: str | None = None) -> bool:
         row = _ROWS.run_row(run)
         columns = _RUN_COLUMNS.split(", ")
         sets = ", ".join(f"{c} = ?" for c in columns[1:])
-        sql = f"UPDATE runs SET {sets} WHERE run_id = ?"
-        params: tuple[Any, ...] = (*row[1:], run.run_id)
+        sql = f"UPDATE runs SET {sets}, owner = ? WHERE run_id = ?"
+        params: tuple[Any, ...] = (*row[1:], owner_of(run, owner), run.run_id)
         if expect is not None:
             sql += " AND status = ?"
             params += (str(expect),)
+        if owner is not None and expect is not RunStatus.QUEUED:
+            sql += " AND owner = ?"
+            params += (owner,)
         # Deliveries and events go in only if the run changed: changes() is the count of the statement
         # before, 1 after the update and after each insert that follows it, 0 all the way when it missed.
         statements = [(sql, params)]
@@ -236,14 +245,17 @@ class SqliteStore:
         if events:
             await self._write(*((_INSERT_EVENT, _ROWS.event_row(e)) for e in events))
 
-    async def save_event(self, event: Event) -> None:
-        await self._write(("UPDATE events SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ? "
-                           "WHERE event_id = ? AND url = ?",
-                           (str(event.status), event.attempts, event.last_error, _ts(event.next_attempt_at),
-                            event.event_id, event.url)))
+    async def save_event(self, event: Event, owner: str | None = None) -> bool:
+        sql = ("UPDATE events SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ?, owner = NULL "
+               "WHERE event_id = ? AND url = ?")
+        params: tuple[Any, ...] = (str(event.status), event.attempts, event.last_error, _ts(event.next_attempt_at),
+                                   event.event_id, event.url)
+        if owner is not None:
+            sql, params = sql + " AND owner = ?", (*params, owner)
+        return await self._write((sql, params)) == 1
 
-    async def due_events(self, now: datetime, limit: int = 100) -> list[Event]:
-        return [_ROWS.event_from(r) for r in await self._due("events", "created_at", now, limit)]
+    async def due_events(self, now: datetime, limit: int = 100, owner: str | None = None) -> list[Event]:
+        return [_ROWS.event_from(r) for r in await self._due("events", "created_at", now, limit, owner)]
 
     async def events_of(self, event_type: str | None = None) -> list[Event]:
         sql = "SELECT * FROM events"
@@ -274,20 +286,34 @@ class SqliteStore:
     async def event_counts(self) -> dict[str, int]:
         return {row[0]: row[1] for row in await self._read("SELECT status, count(*) FROM events GROUP BY status")}
 
-    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        return [_ROWS.delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit)]
+    async def due_deliveries(self, now: datetime, limit: int = 100, owner: str | None = None) -> list[Delivery]:
+        return [_ROWS.delivery_from(r) for r in await self._due("deliveries", "next_attempt_at", now, limit, owner)]
 
-    async def _due(self, table: str, order: str, now: datetime, limit: int) -> list[Any]:
-        """Pending rows of `table` (deliveries or events) whose next attempt has come."""
-        return await self._read(
-            f"SELECT * FROM {table} WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-            f"ORDER BY {order}, rowid LIMIT ?", (_ts(now), limit))
+    async def _due(self, table: str, order: str, now: datetime, limit: int, owner: str | None) -> list[Any]:
+        """Pending rows of `table` (deliveries or events) whose next attempt has come; with `owner`, claimed
+        for it in the same transaction."""
+        due = (f"SELECT rowid FROM {table} WHERE status = 'pending' "
+               "AND (next_attempt_at IS NULL OR next_attempt_at <= ?)")
+        if owner is None:
+            return await self._read(f"SELECT * FROM {table} WHERE rowid IN ({due}) ORDER BY {order}, rowid LIMIT ?",
+                                    (_ts(now), limit))
+        claim = (f"UPDATE {table} SET owner = ? WHERE rowid IN ({due} AND (owner IS NULL OR owner = ?) "
+                 f"ORDER BY {order}, rowid LIMIT ?) RETURNING rowid AS claimed, *")
 
-    async def next_due(self) -> datetime | None:
-        """The earliest `next_attempt_at` of any pending delivery or event."""
+        def take(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            # one statement (autocommit), so one transaction: the rows are picked and marked at once
+            rows = conn.execute(claim, (owner, _ts(now), owner, limit)).fetchall()
+            return sorted(rows, key=lambda r: (r[order] is not None, r[order] or "", r["claimed"]))
+
+        return await self._in_db(take)
+
+    async def next_due(self, owner: str | None = None) -> datetime | None:
+        """The earliest `next_attempt_at` of any pending delivery or event (that no other node holds)."""
+        mine = "" if owner is None else " AND (owner IS NULL OR owner = ?)"
         rows = await self._read(
-            "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending' "
-            "UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending')")
+            f"SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'{mine} "
+            f"UNION ALL SELECT min(next_attempt_at) FROM events WHERE status = 'pending'{mine})",
+            () if owner is None else (owner, owner))
         return _dt(rows[0][0]) if rows else None
 
     async def _select_runs(self, where: str, params: list[Any], tail: str) -> list[Run]:
@@ -371,11 +397,13 @@ class SqliteStore:
 
         return await self._in_db(lookup) if keys else {}
 
-    async def save_delivery(self, delivery: Delivery) -> None:
-        await self._write((
-            f"{_INSERT_DELIVERY} {_ON_DELIVERY_CONFLICT}",
-            _ROWS.delivery_row(delivery),
-        ))
+    async def save_delivery(self, delivery: Delivery, owner: str | None = None) -> bool:
+        if owner is None:
+            return await self._write((f"{_INSERT_DELIVERY} {_ON_DELIVERY_CONFLICT}", _ROWS.delivery_row(delivery))) == 1
+        row = _ROWS.delivery_row(delivery)
+        return await self._write((
+            "UPDATE deliveries SET status = ?, attempts = ?, last_error = ?, delivered_at = ?, next_attempt_at = ?, "
+            "owner = NULL WHERE run_id = ? AND destination = ? AND owner = ?", (*row[2:], *row[:2], owner))) == 1
 
     async def save_upload(self, upload: Upload) -> None:
         row = _ROWS.upload_row(upload)
@@ -636,11 +664,84 @@ class SqliteStore:
             f"UPDATE runs SET meta = json_set(meta, '$.swept.{name}', json('true')) "
             f"WHERE run_id = ? AND status IN ({marks})", (run_id, *(str(s) for s in SWEEPABLE)))) == 1
 
+    async def join(self, node: Node) -> None:
+        await self._write(("INSERT INTO nodes (node_id, started_at, heartbeat_at, info) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                           "info = excluded.info", _ROWS.node_row(node)))
+
+    async def heartbeat(self, node_id: str, now: datetime) -> bool:
+        return await self._write(("UPDATE nodes SET heartbeat_at = ? WHERE node_id = ?", (_ts(now), node_id))) == 1
+
+    async def leave(self, node_id: str) -> TakenOver:
+        def release(conn: sqlite3.Connection) -> TakenOver:
+            with _transaction(conn):
+                return _release(conn, node_id)
+
+        return await self._in_db(release)
+
+    async def take_over(self, dead_before: datetime, by: str) -> list[TakenOver]:
+        def take(conn: sqlite3.Connection) -> list[TakenOver]:
+            with _transaction(conn):
+                dead = [row[0] for row in conn.execute(
+                    "SELECT node_id FROM nodes WHERE heartbeat_at < ? AND node_id != ? ORDER BY node_id",
+                    (_ts(dead_before), by))]
+                taken = [_release(conn, node_id) for node_id in dead]
+                orphans = _release(conn, None)
+            return taken + ([orphans] if orphans.runs or orphans.deliveries or orphans.events else [])
+
+        return await self._in_db(take)
+
+    async def nodes(self) -> list[Node]:
+        rows = await self._read(
+            "SELECT n.*, (SELECT json_group_array(run_id) FROM runs WHERE owner = n.node_id) AS runs, "
+            "(SELECT count(*) FROM deliveries WHERE owner = n.node_id) AS deliveries, "
+            "(SELECT count(*) FROM events WHERE owner = n.node_id) AS events "
+            "FROM nodes n ORDER BY started_at, node_id")
+        return [_ROWS.node_from(row) for row in rows]
+
+    async def lead(self, name: str) -> bool:
+        return True  # one process per SQLite store: it leads everything
+
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        return  # nobody else writes to this database
+
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         async with self._lock:
             await self._db.close()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _release(conn: sqlite3.Connection, node_id: str | None) -> TakenOver:
+    """Give back the work `node_id` holds and forget the node; with None, the work held by no node recorded
+    (runs left `processing` by a process from before nodes were recorded, or by one forgotten)."""
+    if node_id is None:
+        held = "owner IS NULL OR owner NOT IN (SELECT node_id FROM nodes)"
+        sent = "owner IS NOT NULL AND owner NOT IN (SELECT node_id FROM nodes)"
+        params: tuple[str, ...] = ()
+    else:
+        held = sent = "owner = ?"
+        params = (node_id,)
+    runs = tuple(sorted(row[0] for row in conn.execute(
+        f"UPDATE runs SET status = 'queued', started_at = NULL, owner = NULL "
+        f"WHERE status = 'processing' AND ({held}) RETURNING run_id", params)))
+    counts = [conn.execute(f"UPDATE {table} SET owner = NULL WHERE {sent}", params).rowcount
+              for table in ("deliveries", "events")]
+    if node_id is not None:
+        conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+    return TakenOver(node_id or "", runs, *counts)
 
 
 def _commit_batch(conn: sqlite3.Connection, *,

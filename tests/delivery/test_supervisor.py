@@ -14,6 +14,7 @@ import pytest
 from feedd import failpoints
 from tests.delivery.conftest import SECRET, Receiver
 from tests.http.conftest import Api
+from tests.helpers import sample
 from tests.http.test_runs import drop
 from tests.sftp.logs import capture_logs, events, wait_for
 
@@ -53,7 +54,7 @@ async def test_runs_are_processed_and_delivered_after_the_claim_loop_crashed(
         run = await delivered(api)
     assert run["deliveries"][0]["status"] == "delivered" and list(out.iterdir())
     _, text = await api.call("GET", "/metrics")
-    assert 'feedd_task_restarts_total{task="runner"}' in text
+    assert (sample(text, "feedd_task_restarts_total", task="runner") or 0) >= 1
     assert (await api.call("GET", "/healthz")) == (200, {"status": "ok"})
 
 
@@ -91,5 +92,5 @@ async def test_a_task_that_keeps_crashing_makes_healthz_503_naming_it(
     status, body = await api.call("GET", "/healthz")
     assert status == 503 and body == {"status": "failing", "failing": ["runner"]}
     _, text = await api.call("GET", "/metrics")
-    assert 'feedd_task_failing{task="runner"} 1.0' in text
-    assert 'feedd_task_failing{task="delivery"} 0.0' in text
+    assert sample(text, "feedd_task_failing", task="runner") == 1.0
+    assert sample(text, "feedd_task_failing", task="delivery") == 0.0

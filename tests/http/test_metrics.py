@@ -11,8 +11,13 @@ from tests.http.test_runs import drop, run_ids
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+    """Each sample by name and labels, but for `node` (each carries it: nodes behind a balancer stay apart)."""
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "node"))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def nodes(text: str) -> set[str | None]:
+    return {s.labels.get("node") for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 async def test_metrics_move_with_real_work(api: Api) -> None:
@@ -27,6 +32,8 @@ async def test_metrics_move_with_real_work(api: Api) -> None:
         "connectionName": "demo", "pipelineId": "demo-orders-out", "totalParts": 1})
     status, text = await api.call("GET", "/metrics", key=None)
     after = samples(text)
+    [node] = nodes(text)  # every sample names the node that answered, the same
+    assert node and node.split(":")[1].isdigit()
     assert after[("feedd_runs", (("status", "completed"),))] == 1
     assert after[("feedd_open_uploads", ())] == 1
     assert after[("feedd_queue_depth", ())] == 0

@@ -19,6 +19,7 @@ from feedd.model import (
     Event,
     ManagedObject,
     Missed,
+    Node,
     ObjectKind,
     RowError,
     Run,
@@ -443,6 +444,98 @@ class StoreContract:
                                                   until_id=id_floor(at["yesterday"] + timedelta(hours=1)),
                                                   name="orders-1"))
         assert [r.run_id for r in found] == [runs[1].run_id]
+
+
+    # Several nodes: claims, heartbeats, taking over
+
+    async def test_a_claimed_run_is_finished_only_by_its_owner_and_a_dead_owner_s_runs_go_back(
+            self, store: Store) -> None:
+        now = utcnow()
+        for node in ("a", "b"):
+            await store.join(Node(node, now, now, {"host": "h"}))
+        run = make_run()
+        await store.insert_run(run)
+        claim = replace(run, status=RunStatus.PROCESSING, started_at=now)
+        assert await store.update_run(claim, expect=RunStatus.QUEUED, owner="a")
+        assert not await store.update_run(claim, expect=RunStatus.QUEUED, owner="b")  # one claim wins
+        [a, b] = await store.nodes()
+        assert (a.node_id, a.runs, b.runs, a.info) == ("a", (run.run_id,), (), {"host": "h"})
+        done = replace(claim, status=RunStatus.COMPLETED, finished_at=now)
+        assert not await store.update_run(done, expect=RunStatus.PROCESSING, owner="b")  # not b's to finish
+        # a stops beating; b, alive, takes over: the run is queued again, a is forgotten
+        assert await store.heartbeat("b", now + timedelta(seconds=60))
+        taken = await store.take_over(now + timedelta(seconds=30), by="b")
+        assert [(t.node_id, t.runs) for t in taken] == [("a", (run.run_id,))]
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.status is RunStatus.QUEUED and got.started_at is None
+        assert [n.node_id for n in await store.nodes()] == ["b"]
+        assert not await store.heartbeat("a", now + timedelta(seconds=61))  # a learns it was taken for dead
+        # a's late outcome is refused; b claims the run again and finishes it
+        assert not await store.update_run(done, expect=RunStatus.PROCESSING, owner="a")
+        assert await store.update_run(claim, expect=RunStatus.QUEUED, owner="b")
+        assert await store.update_run(done, expect=RunStatus.PROCESSING, owner="b")
+        assert (await store.nodes())[0].runs == ()  # a finished run is nobody's
+        assert await store.take_over(now + timedelta(seconds=30), by="b") == []
+
+    async def test_leaving_gives_the_work_back_and_runs_of_no_known_node_are_orphans(self, store: Store) -> None:
+        now = utcnow()
+        await store.join(Node("a", now, now))
+        mine, orphan = make_run(), make_run()
+        for run in (mine, orphan):
+            await store.insert_run(run)
+        assert await store.update_run(replace(mine, status=RunStatus.PROCESSING), expect=RunStatus.QUEUED, owner="a")
+        # written by a process from before nodes were recorded: processing, nobody's
+        assert await store.update_run(replace(orphan, status=RunStatus.PROCESSING), expect=RunStatus.QUEUED)
+        [taken] = await store.take_over(now - timedelta(seconds=30), by="a")
+        assert (taken.node_id, taken.runs) == ("", (orphan.run_id,))
+        given = await store.leave("a")
+        assert given.runs == (mine.run_id,) and await store.nodes() == []
+        assert {r.status for r in (await store.list_runs(RunQuery()))[0]} == {RunStatus.QUEUED}
+
+    async def test_deliveries_and_events_are_claimed_by_one_node_and_saved_only_by_it(self, store: Store) -> None:
+        now = utcnow()
+        for node in ("a", "b"):
+            await store.join(Node(node, now, now))
+        run = make_run(status=RunStatus.COMPLETED)
+        run = replace(run, deliveries=(Delivery(run.run_id, "d1", next_attempt_at=now),
+                                       Delivery(run.run_id, "d2", next_attempt_at=now + timedelta(hours=1))))
+        event = Event("e1", "http://127.0.0.1:9/hook", "run.completed", "{}", created_at=now)
+        await store.insert_run(run, events=[event])
+        later = now + timedelta(seconds=1)
+        [d1] = await store.due_deliveries(later, owner="a")
+        assert d1.destination == "d1"
+        assert await store.due_deliveries(later, owner="b") == []  # a holds it
+        assert [d.destination for d in await store.due_deliveries(later, owner="a")] == ["d1"]  # still a's
+        [e1] = await store.due_events(later, owner="a")
+        assert await store.due_events(later, owner="b") == []
+        assert await store.next_due(owner="b") == now + timedelta(hours=1)  # what a holds is not b's to wait on
+        assert [n.deliveries for n in await store.nodes()] == [1, 0]
+        # a dies; b takes over and claims both
+        taken = await store.take_over(later + timedelta(seconds=1), by="b")
+        assert [(t.node_id, t.deliveries, t.events) for t in taken] == [("a", 1, 1)]
+        assert [d.destination for d in await store.due_deliveries(later, owner="b")] == ["d1"]
+        assert len(await store.due_events(later, owner="b")) == 1
+        sent = replace(d1, status=DeliveryStatus.DELIVERED, attempts=1, delivered_at=later, next_attempt_at=None)
+        assert not await store.save_delivery(sent, owner="a")  # a's late word is refused
+        assert not await store.save_event(replace(e1, status=DeliveryStatus.DELIVERED, attempts=1), owner="a")
+        assert await store.save_delivery(sent, owner="b")
+        assert await store.save_event(replace(e1, status=DeliveryStatus.DELIVERED, attempts=1), owner="b")
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.deliveries[0].status is DeliveryStatus.DELIVERED
+        assert [n.deliveries for n in await store.nodes()] == [0]
+        assert (await store.events_of())[0].status is DeliveryStatus.DELIVERED
+
+    async def test_nodes_claiming_at_once_never_get_the_same_delivery(self, store: Store) -> None:
+        now = utcnow()
+        runs = []
+        for _ in range(20):
+            run = make_run(status=RunStatus.COMPLETED)
+            runs.append(replace(run, deliveries=(Delivery(run.run_id, "d", next_attempt_at=now),)))
+        for run in runs:
+            await store.insert_run(run)
+        got = await asyncio.gather(*(store.due_deliveries(now, limit=7, owner=f"n{i}") for i in range(4)))
+        claimed = [d.run_id for batch in got for d in batch]
+        assert len(claimed) == len(set(claimed)) == 20
 
 
 def _fields(value: object) -> dict[str, object]:
