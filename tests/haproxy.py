@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,11 +24,15 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    # a node that refuses the connection (it died) is passed over for the next one
+    option redispatch
+    retries 3
 frontend front
     bind 127.0.0.1:{port}
     default_backend feedd
 backend feedd
-    server node1 127.0.0.1:{target} {send}
+    balance roundrobin
+{servers}
 """
 
 
@@ -39,15 +43,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def haproxy(folder: Path, target: int, send: str = "send-proxy-v2") -> Iterator[int]:
-    """HAProxy listening on 127.0.0.1 (the port yielded), forwarding to 127.0.0.1:`target` with `send`
+def haproxy(folder: Path, target: int | Sequence[int], send: str = "send-proxy-v2") -> Iterator[int]:
+    """HAProxy listening on 127.0.0.1 (the port yielded), forwarding to 127.0.0.1:`target` (or to each of
+    several in turn, round robin) with `send`
     (`send-proxy` for v1, `send-proxy-v2` for v2). Clients bound to another 127.x address show that feedd
     sees the address in the header: HAProxy itself always connects from 127.0.0.1."""
     assert HAPROXY is not None
     for _ in range(5):  # the port is free when picked; another process may take it before HAProxy binds
         port = _free_port()
         config = folder / f"haproxy-{port}.cfg"
-        config.write_text(CONFIG.format(port=port, target=target, send=send))
+        targets = [target] if isinstance(target, int) else list(target)
+        servers = "\n".join(f"    server node{i} 127.0.0.1:{t} {send}" for i, t in enumerate(targets, 1))
+        config.write_text(CONFIG.format(port=port, servers=servers))
         errors = (folder / f"haproxy-{port}.err").open("w")
         proc = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=errors, stderr=errors)
         deadline = time.monotonic() + 15

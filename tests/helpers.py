@@ -134,6 +134,9 @@ class Daemon:
     def http_port(self) -> int:
         return int(self.wait_log("listening", service="http")["address"].rsplit(":", 1)[1])
 
+    def sftp_port(self) -> int:
+        return int(self.wait_log("listening", service="sftp")["address"].rsplit(":", 1)[1])
+
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
