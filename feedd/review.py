@@ -5,7 +5,7 @@ mapping suggestions (`sample`), what a mapping would give (`preview`, changing n
 decision (`approve` with a mapping, optionally remembered for the connection and header set, or
 `reject` with a message to the partner). Reading an input always happens in a worker process, as a
 run's processing does; each decision is one conditional change of the run (so two reviewers cannot
-both decide) and one audit entry.
+both decide) with its audit entry, in one transaction.
 """
 
 from __future__ import annotations
@@ -167,9 +167,7 @@ class Reviews:
             meta={**run.meta, "review": review},
         )
         remembered = self._remembered(run, chosen) if remember else None
-        if not await self._store.update_run(again, expect=RunStatus.NEEDS_REVIEW, remember=remembered):
-            raise WrongState(f"run {run.run_id} was decided meanwhile; look again")
-        await self._audit(
+        audit = self._audit(
             actor,
             AuditAction.APPROVE,
             run,
@@ -181,6 +179,8 @@ class Reviews:
                 "maxErrorRate": decided.get("maxErrorRate"),
             },
         )
+        if not await self._store.update_run(again, expect=RunStatus.NEEDS_REVIEW, remember=remembered, audit=audit):
+            raise WrongState(f"run {run.run_id} was decided meanwhile; look again")
         log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).info(
             "run.approved", actor=actor, remember=remember
         )
@@ -214,11 +214,11 @@ class Reviews:
             meta={**run.meta, "review": review},
         )
         queued = events.make(config, "run.failed", failed.to_json())
-        if not await self._store.update_run(failed, expect=RunStatus.NEEDS_REVIEW, events=queued):
+        audit = self._audit(actor, AuditAction.REJECT, run, {"status": str(RunStatus.FAILED), "message": message})
+        if not await self._store.update_run(failed, expect=RunStatus.NEEDS_REVIEW, events=queued, audit=audit):
             raise WrongState(f"run {run.run_id} was decided meanwhile; look again")
         if queued:
             self._notify()
-        await self._audit(actor, AuditAction.REJECT, run, {"status": str(RunStatus.FAILED), "message": message})
         logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
         logger.info("run.rejected", actor=actor)
         space = self._spaces.get(run.connection) if self._spaces is not None else None
@@ -299,8 +299,9 @@ class Reviews:
             raise ConflictError("this daemon runs no workers, so no input can be read", code="unavailable")
         return await self._workers.in_worker(fn, *args)
 
-    async def _audit(self, actor: str, action: AuditAction, run: Run, after: dict[str, Any]) -> None:
+    def _audit(self, actor: str, action: AuditAction, run: Run, after: dict[str, Any]) -> AuditEntry:
+        """A decision's audit entry, written with the run's change (and only if the run changed)."""
         found = run.meta.get("review")
         review: dict[str, Any] = found if isinstance(found, dict) else {}
         before = {"status": str(run.status), "reason": review.get("reason"), "details": review.get("details")}
-        await self._store.add_audit(AuditEntry(actor, action, "run", run.run_id, before=before, after=after))
+        return AuditEntry(actor, action, "run", run.run_id, before=before, after=after)

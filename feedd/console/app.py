@@ -108,7 +108,7 @@ class Console:
         self._owner = owner
         self._runs = runs
         self._releaser = releaser
-        self.sessions = Sessions()
+        self.sessions = Sessions(store)
         self._overview: tuple[float, dict[str, Any]] | None = None
         self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                        autoescape=True)
@@ -160,7 +160,7 @@ class Console:
         async def handler(request: web.Request) -> web.StreamResponse:
             if not self.config.http.console:
                 return self._plain(404, "the console is turned off (http.console: false)")
-            who = self._who(request)
+            who = await self._who(request)
             if who is None:
                 if request.method == "POST":
                     return self._plain(403, "not logged in (or the session has expired)")
@@ -186,13 +186,14 @@ class Console:
 
         return handler
 
-    def _who(self, request: web.Request) -> Who | None:
-        session = self.sessions.get(request.cookies.get(COOKIE))
+    async def _who(self, request: web.Request) -> Who | None:
+        session = await self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             return None
-        # The operator as the config says now: one removed (or whose role changed) at a reload is seen at once.
+        # The operator as the config says now: one removed (or whose role or password changed) at a reload is
+        # seen at once, on every node that has reloaded.
         operator = next((o for o in self.config.http.operators if o.name == session.operator), None)
-        return Who(operator, session) if operator is not None else None
+        return Who(operator, session) if operator is not None and session.opened_by(operator) else None
 
     def _plain(self, status: int, message: str) -> web.Response:
         return web.Response(status=status, text=message + "\n", headers=_SECURITY_HEADERS)
@@ -244,7 +245,7 @@ class Console:
                                   message=f"Banned {ip}")
             await asyncio.sleep(FAILURE_DELAY)
             return await self.login_form(request, "Wrong name or password.", 401)
-        token, _session = self.sessions.start(operator.name, self.config.http.session_ttl)
+        token, _session = await self.sessions.start(operator, self.config.http.session_ttl)
         log.get().info("console.login", operator=operator.name, ip=ip, role=str(operator.role))
         response = web.HTTPSeeOther(_local(_text(form.get("next")) or "/ui/"))
         self._cookie(response, COOKIE, token, self.config.http.session_ttl)
@@ -252,12 +253,12 @@ class Console:
         raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        who = self._who(request)
+        who = await self._who(request)
         form = await request.post()
         if who is not None:
             if not same_token(_text(form.get("csrf")), who.session.csrf):
                 return self._plain(403, "the form's CSRF token is missing or wrong: reload the page")
-            self.sessions.end(request.cookies.get(COOKIE))
+            await self.sessions.end(request.cookies.get(COOKIE))
             log.get().info("console.logout", operator=who.operator.name)
         response = web.HTTPSeeOther("/ui/login")
         response.del_cookie(COOKIE, path="/ui")

@@ -54,6 +54,20 @@ class Remembered:
     mapping: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorSession:
+    """A console login as the store keeps it, shared by every node: found by the SHA-256 of its token
+    (never the token itself). `password_tag` tells which password it was opened with (see
+    feedd.console.sessions), so that a changed password ends it."""
+
+    token_hash: str
+    operator: str
+    role: str
+    password_tag: str
+    created_at: datetime
+    expires_at: datetime
+
+
 class SweptPart(StrEnum):
     """What of a run retention deletes: its spooled input, or its outputs (records, rejects, report)."""
 
@@ -88,10 +102,10 @@ class Store(Protocol):
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
-                         owner: str | None = None) -> bool:
+                         owner: str | None = None, audit: AuditEntry | None = None) -> bool:
         """Write the run's mutable fields; with `expect`, only if the stored status is still that one. The
-        given deliveries (saved), events (queued) and mapping to remember go in the same transaction, and only
-        if the run changed.
+        given deliveries (saved), events (queued), mapping to remember and audit entry go in the same
+        transaction, and only if the run changed.
 
         `owner` is the node writing. A claim (`expect` queued, the run now `processing`) makes it the run's
         owner; any other write with an owner goes through only while the run is still that node's, so a
@@ -249,5 +263,16 @@ class Store(Protocol):
         """Call `wake(kind)` ("runs", "deliveries" or "events") when work of that kind becomes ready, until
         cancelled: other processes sharing the store wake this one early. Returns at once where nothing else
         shares it."""
+    async def save_session(self, session: OperatorSession) -> None:
+        """Record a new console session (its token hash is new: 256 random bits)."""
+
+    async def get_session(self, token_hash: str, now: datetime) -> OperatorSession | None:
+        """The session of this token hash if it expires after `now`; None if unknown or expired."""
+
+    async def delete_session(self, token_hash: str) -> bool:
+        """End a session (a logout); False if there was none."""
+
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        """Delete the sessions that expired at or before `now`; how many went."""
 
     async def close(self) -> None: ...

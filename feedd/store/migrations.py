@@ -165,4 +165,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         info          TEXT NOT NULL DEFAULT '{}'
     );
     """),
+    # 8: the console's sessions, shared by every node of a store and kept across restarts. A session is found
+    # by the SHA-256 of its token; times are UTC ISO text, so that the text compares as the time does.
+    (8, """
+    CREATE TABLE console_sessions (
+        token_hash      TEXT PRIMARY KEY,
+        operator        TEXT NOT NULL,
+        role            TEXT NOT NULL,
+        password_tag    TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        expires_at      TEXT NOT NULL
+    );
+    CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);
+    """),
 )

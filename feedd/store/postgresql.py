@@ -40,7 +40,7 @@ from feedd.model import (
     id_floor,
     utcnow,
 )
-from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
+from feedd.store import SWEEPABLE, OperatorSession, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.postgresql_migrations import MIGRATIONS
 from feedd.store.rows import Rows, owner_of
 
@@ -253,7 +253,7 @@ class PostgresStore:
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
-                         owner: str | None = None) -> bool:
+                         owner: str | None = None, audit: AuditEntry | None = None) -> bool:
         row = (*_ROWS.run_row(run)[1:], owner_of(run, owner))
         if expect is RunStatus.QUEUED:
             # A claim: a queued run another node is writing right now (most likely claiming it too) is left
@@ -273,6 +273,7 @@ class PostgresStore:
         # One row per destination: an upsert cannot touch a row twice in one statement (the last one wins).
         statement.rows(_DELIVERIES, [_ROWS.delivery_row(d) for d in {d.destination: d for d in deliveries}.values()])
         statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events])
+        statement.rows(_AUDIT, [_ROWS.audit_row(audit)] if audit is not None else [])
         return await self._write(statement) == 1
 
     async def get_run(self, run_id: str) -> Run | None:
@@ -686,6 +687,29 @@ class PostgresStore:
             await conn.execute("LISTEN feedd")
             async for note in conn.notifies():
                 wake(note.payload)
+    # Console sessions: every node reads the same ones, so a logout on one ends the session on all.
+
+    async def save_session(self, session: OperatorSession) -> None:
+        async with self._connection() as conn:
+            await conn.execute("INSERT INTO console_sessions (token_hash, operator, role, password_tag, created_at, "
+                               "expires_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                               (session.token_hash, session.operator, session.role, session.password_tag,
+                                session.created_at, session.expires_at))
+
+    async def get_session(self, token_hash: str, now: datetime) -> OperatorSession | None:
+        rows = await self._read("SELECT * FROM console_sessions WHERE token_hash = %s AND expires_at > %s",
+                                (token_hash, now))
+        return _ROWS.session_from(rows[0]) if rows else None
+
+    async def delete_session(self, token_hash: str) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute("DELETE FROM console_sessions WHERE token_hash = %s", (token_hash,))
+            return cur.rowcount == 1
+
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute("DELETE FROM console_sessions WHERE expires_at <= %s", (now,))
+            return cur.rowcount
 
     async def close(self) -> None:
         for conn, _ in self._leads.values():

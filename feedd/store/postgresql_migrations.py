@@ -191,4 +191,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     CREATE TRIGGER events_wake AFTER INSERT OR UPDATE ON events FOR EACH ROW
         WHEN (NEW.status = 'pending' AND NEW.owner IS NULL) EXECUTE FUNCTION feedd_wake('events');
     """),
+    # 8: the console's sessions, shared by every node and kept across restarts; found by the SHA-256 of
+    # their token.
+    (8, """
+    CREATE TABLE console_sessions (
+        token_hash      TEXT PRIMARY KEY,
+        operator        TEXT NOT NULL,
+        role            TEXT NOT NULL,
+        password_tag    TEXT NOT NULL,
+        created_at      TIMESTAMPTZ NOT NULL,
+        expires_at      TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);
+    """),
 )

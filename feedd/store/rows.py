@@ -36,7 +36,7 @@ from feedd.model import (
     UploadState,
     utcnow,
 )
-from feedd.store import Remembered
+from feedd.store import OperatorSession, Remembered
 
 
 def owner_of(run: Run, owner: str | None) -> str | None:
@@ -179,3 +179,7 @@ class Rows:
             updated_at=self._at(row["updated_at"]),
             expires_at=self.decode(row["expires_at"]),
         )
+
+    def session_from(self, row: Row) -> OperatorSession:
+        return OperatorSession(row["token_hash"], row["operator"], row["role"], row["password_tag"],
+                               self._at(row["created_at"]), self._at(row["expires_at"]))

@@ -37,7 +37,7 @@ from feedd.model import (
     id_floor,
     utcnow,
 )
-from feedd.store import SWEEPABLE, Remembered, RunQuery, Store, SweepQuery, SweptPart
+from feedd.store import SWEEPABLE, OperatorSession, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
 from feedd.store.rows import Rows, owner_of
 
@@ -78,6 +78,10 @@ def _ts(value: datetime | None) -> str | None:
 def _utc_ts(value: datetime | None) -> str | None:
     """In UTC: how run times are written, so that the text of two times compares as the times do."""
     return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _session_ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -217,7 +221,7 @@ class SqliteStore:
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
-                         owner: str | None = None) -> bool:
+                         owner: str | None = None, audit: AuditEntry | None = None) -> bool:
         row = _ROWS.run_row(run)
         columns = _RUN_COLUMNS.split(", ")
         sets = ", ".join(f"{c} = ?" for c in columns[1:])
@@ -239,6 +243,8 @@ class SqliteStore:
                         _ROWS.delivery_row(d)) for d in deliveries]
         statements += [(f"{_INSERT_EVENT_SELECT} WHERE changes() = 1 {_KEEP_EVENT}", _ROWS.event_row(e))
                        for e in events]
+        if audit is not None:
+            statements.append((f"{_INSERT_AUDIT_SELECT} WHERE changes() = 1", _ROWS.audit_row(audit)))
         return await self._write(*statements) == 1
 
     async def add_events(self, events: Sequence[Event]) -> None:
@@ -704,6 +710,24 @@ class SqliteStore:
 
     async def listen(self, wake: Callable[[str], None]) -> None:
         return  # nobody else writes to this database
+    # Console sessions. Times in UTC with every digit, so that the text compares as the time does.
+
+    async def save_session(self, session: OperatorSession) -> None:
+        await self._write(("INSERT INTO console_sessions (token_hash, operator, role, password_tag, created_at, "
+                           "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           (session.token_hash, session.operator, session.role, session.password_tag,
+                            _session_ts(session.created_at), _session_ts(session.expires_at))))
+
+    async def get_session(self, token_hash: str, now: datetime) -> OperatorSession | None:
+        rows = await self._read("SELECT * FROM console_sessions WHERE token_hash = ? AND expires_at > ?",
+                                (token_hash, _session_ts(now)))
+        return _ROWS.session_from(rows[0]) if rows else None
+
+    async def delete_session(self, token_hash: str) -> bool:
+        return await self._write(("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash,))) == 1
+
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        return await self._write(("DELETE FROM console_sessions WHERE expires_at <= ?", (_session_ts(now),)))
 
     async def close(self) -> None:
         if self._flusher is not None:

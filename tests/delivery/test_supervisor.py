@@ -13,8 +13,8 @@ import pytest
 
 from feedd import failpoints
 from tests.delivery.conftest import SECRET, Receiver
-from tests.http.conftest import Api
 from tests.helpers import sample
+from tests.http.conftest import Api
 from tests.http.test_runs import drop
 from tests.sftp.logs import capture_logs, events, wait_for
 

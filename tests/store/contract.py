@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pytest
 
@@ -33,7 +33,7 @@ from feedd.model import (
     new_id,
     utcnow,
 )
-from feedd.store import Remembered, RunQuery, Store, SweepQuery, SweptPart
+from feedd.store import OperatorSession, Remembered, RunQuery, Store, SweepQuery, SweptPart
 
 
 def make_run(connection: str = "acme", pipeline: str | None = "acme-hr", sha: str = "0" * 64, **kw: object) -> Run:
@@ -444,6 +444,51 @@ class StoreContract:
                                                   until_id=id_floor(at["yesterday"] + timedelta(hours=1)),
                                                   name="orders-1"))
         assert [r.run_id for r in found] == [runs[1].run_id]
+
+    async def test_a_review_decision_writes_its_audit_entry_with_the_run_or_not_at_all(self, store: Store) -> None:
+        run = make_run(status=RunStatus.NEEDS_REVIEW)
+        await store.insert_run(run)
+        failed = replace(run, status=RunStatus.FAILED, finished_at=utcnow())
+        entry = AuditEntry("ops", AuditAction.REJECT, "run", run.run_id, {"status": "needs_review"},
+                           {"status": "failed"})
+        event = Event(new_id(), "http://a/hook", "run.failed", "{}")
+        # A run decided meanwhile is not written, and neither is the losing decision's audit entry.
+        assert not await store.update_run(failed, expect=RunStatus.QUEUED, events=[event], audit=entry)
+        assert (await store.list_audit())[0] == []
+        assert await store.update_run(failed, expect=RunStatus.NEEDS_REVIEW, events=[event], audit=entry)
+        entries, _ = await store.list_audit()
+        assert entries == [entry]
+        assert await store.events_of("run.failed") == [event]
+        got = await store.get_run(run.run_id)
+        assert got is not None and got.status is RunStatus.FAILED
+
+    async def test_console_sessions_are_found_by_their_hash_until_they_expire_or_end(self, store: Store) -> None:
+        now = utcnow().replace(microsecond=0)  # a whole second: the stored text must still compare as the time
+        alive = OperatorSession("a" * 64, "ann", "admin", "tag1", now, now + timedelta(hours=1))
+        # Given in another time zone: compared as the time it is, not as it is written.
+        other = timezone(timedelta(hours=2))
+        soon = OperatorSession("b" * 64, "bob", "viewer", "tag2", now.astimezone(other),
+                               (now + timedelta(seconds=30)).astimezone(other))
+        gone = OperatorSession("c" * 64, "cid", "viewer", "tag3", now - timedelta(hours=2), now - timedelta(hours=1))
+        for session in (alive, soon, gone):
+            await store.save_session(session)
+        assert await store.get_session(alive.token_hash, now) == alive
+        got = await store.get_session(soon.token_hash, now)
+        assert got == soon and got.expires_at == soon.expires_at
+        assert await store.get_session(gone.token_hash, now) is None, "an expired session was found"
+        assert await store.get_session("d" * 64, now) is None
+        # Expiry is strict: at its expiry time a session is over.
+        assert await store.get_session(soon.token_hash, soon.expires_at) is None
+        assert await store.get_session(soon.token_hash, soon.expires_at - timedelta(microseconds=1)) == soon
+
+        assert await store.delete_expired_sessions(now) == 1
+        assert await store.delete_expired_sessions(now) == 0
+        assert await store.get_session(alive.token_hash, now) == alive  # the live ones are kept
+        assert await store.delete_session(alive.token_hash)
+        assert not await store.delete_session(alive.token_hash)
+        assert await store.get_session(alive.token_hash, now) is None
+        assert await store.delete_expired_sessions(soon.expires_at) == 1
+        assert await store.get_session(soon.token_hash, now) is None
 
 
     # Several nodes: claims, heartbeats, taking over
