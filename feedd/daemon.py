@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from feedd import hostkeys, intake, log, schedule, sdnotify, supervisor
+from feedd import hostkeys, intake, log, pgp, schedule, sdnotify, supervisor
 from feedd.config import Config, load_config
 from feedd.config.parse import read_file
 from feedd.console.app import ConsoleParts
@@ -207,6 +207,8 @@ class Daemon:
             if self.store is not None:
                 store, self.store = self.store, None
                 await store.close()
+            # gpg starts an agent per connection's GnuPG home, which would outlive the daemon
+            await asyncio.to_thread(pgp.stop_agents, self.config.state_dir)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from feedd import events, log
+from feedd import events, log, pgp
 from feedd.config import Config
 from feedd.config.values import Address, Pipeline, Schema
 from feedd.errors import ConflictError, InvalidError, NotFoundError
@@ -292,6 +292,7 @@ class Reviews:
             memory,
             reviewed=reviewed,
             approved=decided is not None,
+            decrypt=pgp.decryption(self._config(), run.connection, run.source.name),
         )
 
     async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
