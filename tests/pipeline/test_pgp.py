@@ -74,7 +74,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, check=False)
 
 
-def config_text(keys: Keys, host_key: Path, demo_pgp: str | None = None) -> str:
+def config_text(keys: Keys, host_key: Path, demo_pgp: str | None = None, demo_extra: str = "") -> str:
     k = keys.folder
     demo_pgp = demo_pgp or (f'{{decrypt_key: "{k}/feedd.sec.asc", passphrase: "${{FEEDD_PGP_PASSPHRASE}}", '
                             f'encrypt_to: ["{k}/partner.pub.asc"]}}')
@@ -104,6 +104,7 @@ pipelines:
     schema: contact
     match: ["inbox/*.pgp", "inbox/*.gpg", "inbox/*.asc"]
     destinations: [{{type: outbox}}]
+    {demo_extra}
   acme-contacts: {{connection: acme, schema: contact, match: ["inbox/*"]}}
   acme2-contacts: {{connection: acme2, schema: contact, match: ["inbox/*"]}}
 """
@@ -227,6 +228,26 @@ async def test_a_run_reads_the_key_file_as_it_is_now(tmp_path: Path, keys: Keys,
         second, third = one(runs, "inbox/second.csv.pgp"), one(runs, "inbox/third.csv.pgp")
         assert second.error is not None and second.error.code == "decrypt_failed", second.error
         assert third.status is RunStatus.DELIVERED, third.error
+    finally:
+        await daemon.stop()
+
+
+async def test_a_reviewer_sees_an_encrypted_input_decrypted(tmp_path: Path, keys: Keys, host_key: Path) -> None:
+    text = config_text(keys, host_key, demo_extra="review: [unmapped_required_field]")
+    daemon = Daemon(load_config(write(tmp_path, "feedd.yaml", text), env={"FEEDD_PGP_PASSPHRASE": PASSPHRASE}),
+                    drain_seconds=2, workers=1)
+    await daemon.start()
+    feedd = Feedd(daemon, tmp_path, Path(), tmp_path / "feedd.yaml")
+    try:
+        await upload(feedd, "/inbox/odd.csv.pgp", keys.encrypt(b"address,name\nann@example.org,Ann\n"))
+        [run] = await finished(feedd, 1, until=(RunStatus.NEEDS_REVIEW, RunStatus.FAILED))
+        assert run.status is RunStatus.NEEDS_REVIEW, run.error
+        assert daemon.reviews is not None
+        seen = await daemon.reviews.sample(run)
+        assert (seen["headers"], seen["error"]) == (["address", "name"], None)
+        assert seen["rows"] == [{"row": 2, "cells": ["ann@example.org", "Ann"]}]
+        tried = await daemon.reviews.preview(run, {"email": "address"})
+        assert tried["status"] == "completed" and tried["counts"]["valid"] == 1, tried
     finally:
         await daemon.stop()
 
