@@ -20,6 +20,7 @@ from feedd.config.managed import REDACTED, shown
 from feedd.daemon import Daemon
 from feedd.errors import ConfigError
 from feedd.model import Run, RunStatus
+from feedd.tryrun import try_file
 from tests.helpers import DEMO_HASH, write
 from tests.pipeline.test_runner import finished, upload
 from tests.sftp.conftest import Feedd, fetch_outbox
@@ -250,6 +251,20 @@ async def test_a_reviewer_sees_an_encrypted_input_decrypted(tmp_path: Path, keys
         assert tried["status"] == "completed" and tried["counts"]["valid"] == 1, tried
     finally:
         await daemon.stop()
+
+
+def test_feedd_try_decrypts_as_a_run_would(tmp_path: Path, keys: Keys, host_key: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = load_config(write(tmp_path, "feedd.yaml", config_text(keys, host_key)),
+                         env={"FEEDD_PGP_PASSPHRASE": PASSPHRASE})
+    (tmp_path / "staff.csv.pgp").write_bytes(keys.encrypt(CSV))
+    (tmp_path / "other.csv.pgp").write_bytes(keys.encrypt(CSV, to="stranger"))
+    assert try_file(config, "demo-contacts", str(tmp_path / "staff.csv.pgp")) == 0
+    said = capsys.readouterr().out
+    assert "rows 3   valid 2   invalid 1" in said and "read as csv" in said, said
+    assert try_file(config, "demo-contacts", str(tmp_path / "other.csv.pgp")) == 1
+    assert "error: decrypt_failed: other.csv.pgp: could not be decrypted" in capsys.readouterr().out
+    assert not (tmp_path / "var").exists()  # `try` writes nothing of feedd's
 
 
 def test_key_files_are_checked_at_load(tmp_path: Path, keys: Keys, host_key: Path) -> None:
