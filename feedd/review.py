@@ -17,14 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from feedd import events, log, pgp
+from feedd import events, log
 from feedd.config import Config
 from feedd.config.values import Address, Pipeline, Schema
 from feedd.errors import ConflictError, InvalidError, NotFoundError
 from feedd.model import AuditAction, AuditEntry, Counts, Run, RunError, RunStatus, iso, utcnow
 from feedd.pipeline import decision
 from feedd.pipeline.process import SAMPLE_ROWS, Job, preview, sample
-from feedd.pipeline.runner import effective
+from feedd.pipeline.runner import effective, input_keys
 from feedd.reports import place_decided_report
 from feedd.spaces import Spaces
 from feedd.store import Remembered, Store
@@ -292,7 +292,7 @@ class Reviews:
             memory,
             reviewed=reviewed,
             approved=decided is not None,
-            decrypt=pgp.decryption(self._config(), run.connection, run.source.name),
+            decrypt=input_keys(self._config(), run),
         )
 
     async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:

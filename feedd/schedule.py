@@ -186,7 +186,7 @@ class Scheduler:
         outboxes = {s.name: s.outbox for s in self._spaces}
         try:
             grown = await asyncio.to_thread(spec.write_specs, config, outboxes)
-        except OSError as exc:
+        except (OSError, pgp.PgpError) as exc:  # a gpg that fails: logged, tried again at the next change
             log.get().warning("spec.write_failed", error=str(exc))
             return
         for name, delta in grown.items():

@@ -210,7 +210,7 @@ class Runner:
                                                                              f"fits the pipeline: {exc}"))
             return
         assert self._pool is not None
-        keys = pgp.decryption(config, run.connection, run.source.name)
+        keys = input_keys(config, run)
         plain = runs_dir(config) / run.run_id / "input"  # the decrypted input, for this run only
         try:
             await self._with_input(run, pipe, config, decided, reviewed, keys, plain)
@@ -540,3 +540,12 @@ def effective(config: Config, run: Run) -> Pipeline | None:
     if output in ("csv", "json", "jsonl"):
         pipe = replace(pipe, output=replace(pipe.output, format=output))
     return pipe
+
+
+def input_keys(config: Config, run: Run) -> pgp.Keys | None:
+    """The keys that decrypt the run's input before it is read, or None: a file the partner sent (SFTP, a
+    copy, tus) named `*.pgp`/`*.gpg`/`*.asc` on a connection with `decrypt_key`. An upload's input is the
+    JSON array its parts made, whatever its file name says."""
+    if run.source.kind is SourceKind.UPLOAD:
+        return None
+    return pgp.decryption(config, run.connection, run.source.name)
