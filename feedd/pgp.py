@@ -285,7 +285,7 @@ def seal(keys: Keys, src: Path, dest: Path) -> Path:
     file (encrypted beside the home first, then copied in under a temporary name and renamed, as every
     outbox file is), so that the partner never sees half of it."""
     imported = ready(keys)
-    recipients = [fp for name in keys.recipients for fp in imported.get(name, [])[:1]]
+    recipients = list(dict.fromkeys(fp for name in keys.recipients for fp in imported.get(name, [])))
     if not recipients:
         raise PgpError("encrypt_failed", "no key to encrypt to")
     work = Path(keys.home).with_name(Path(keys.home).name + ".sealing")

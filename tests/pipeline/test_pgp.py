@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from feedd import pgp
 from feedd.config import load_config
 from feedd.config.managed import REDACTED, shown
 from feedd.daemon import Daemon
@@ -267,6 +268,28 @@ def test_feedd_try_decrypts_as_a_run_would(tmp_path: Path, keys: Keys, host_key:
     assert not (tmp_path / "var").exists()  # `try` writes nothing of feedd's
 
 
+def test_a_decompression_bomb_is_stopped(tmp_path: Path, keys: Keys) -> None:
+    """OpenPGP compresses: 64 MiB of zeros encrypt to a few KiB, and decryption stops past 200x that."""
+    bomb = tmp_path / "zeros.csv.pgp"
+    bomb.write_bytes(keys.encrypt(b"email\n" + bytes(64 * 1024**2)))
+    assert bomb.stat().st_size < 1024**2
+    k = keys.folder
+    home = tmp_path / "home"
+    plain = tmp_path / "plain" / "zeros.csv"
+    to_feedd = pgp.Keys(str(home), (f"{k}/feedd.sec.asc",), passphrase=PASSPHRASE)
+    try:
+        with pytest.raises(pgp.PgpError) as caught:
+            pgp.decrypt(to_feedd, str(bomb), str(plain))
+        assert caught.value.code == "unreadable_input" and "decompression bomb" in caught.value.message
+        assert not plain.exists()
+        small = tmp_path / "small.csv.pgp"
+        small.write_bytes(keys.encrypt(CSV))
+        pgp.decrypt(to_feedd, str(small), str(plain))  # the same home goes on working
+        assert plain.read_bytes() == CSV and plain.stat().st_mode & 0o077 == 0
+    finally:
+        pgp.stop_agent(home)
+
+
 def test_key_files_are_checked_at_load(tmp_path: Path, keys: Keys, host_key: Path) -> None:
     k = keys.folder
     (tmp_path / "garbage.asc").write_text("not a key\n")
@@ -280,12 +303,12 @@ def test_key_files_are_checked_at_load(tmp_path: Path, keys: Keys, host_key: Pat
         f'{{decrypt_key: "{k}/feedd.sec.asc", passphrase: "${{UNSET_FOR_TEST}}"}}': "UNSET_FOR_TEST",
         f'{{decrypt_key: "{k}/feedd.sec.asc", encrypt_too: []}}': "unknown key",
     }
-    for pgp, expected in bad.items():
-        path = write(tmp_path, "feedd.yaml", config_text(keys, host_key, pgp))
+    for block, expected in bad.items():
+        path = write(tmp_path, "feedd.yaml", config_text(keys, host_key, block))
         with pytest.raises(ConfigError) as caught:
             load_config(path, env={})
         problems = [str(i) for i in caught.value.issues]
-        assert any(expected in p for p in problems), (pgp, problems)
+        assert any(expected in p for p in problems), (block, problems)
         assert all(p.startswith("feedd.yaml:13: connections.demo.pgp") for p in problems if expected in p), problems
     ok = write(tmp_path, "feedd.yaml", config_text(keys, host_key))
     config = load_config(ok, env={"FEEDD_PGP_PASSPHRASE": PASSPHRASE})
