@@ -71,6 +71,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     homes = [make_key(folder, "feedd", PASSPHRASE), make_key(folder, "stranger"), make_key(folder, "partner")]
     for other in ("feedd", "stranger"):
         gpg(homes[2], "--import", str(folder / f"{other}.pub.asc"))
+    # one file holding two public keys, the partner's second: outbox files are encrypted to both
+    (folder / "both.pub.asc").write_bytes((folder / "stranger.pub.asc").read_bytes()
+                                          + (folder / "partner.pub.asc").read_bytes())
     yield Keys(folder, homes[2])
     for home in homes:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, check=False)
@@ -79,7 +82,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
 def config_text(keys: Keys, host_key: Path, demo_pgp: str | None = None, demo_extra: str = "") -> str:
     k = keys.folder
     demo_pgp = demo_pgp or (f'{{decrypt_key: "{k}/feedd.sec.asc", passphrase: "${{FEEDD_PGP_PASSPHRASE}}", '
-                            f'encrypt_to: ["{k}/partner.pub.asc"]}}')
+                            f'encrypt_to: ["{k}/both.pub.asc"]}}')
     return f"""\
 state_dir: ./var
 log: {{level: debug, format: json}}
