@@ -184,7 +184,8 @@ async def test_a_file_that_does_not_decrypt_fails_with_decrypt_failed(pgp_feedd:
     await upload(feedd, "/inbox/stranger.csv.pgp", stranger)
     await upload(feedd, "/inbox/damaged.csv.gpg", bytes(good))
     await upload(feedd, "/inbox/plain.csv.pgp", CSV)  # not OpenPGP at all
-    runs = await finished(feedd, 3)
+    await upload(feedd, "/inbox/notes.txt", b"no pipeline takes this\n")  # intake's own report is sealed too
+    runs = await finished(feedd, 4)
     for name, said in (("inbox/stranger.csv.pgp", "No secret key"), ("inbox/damaged.csv.gpg", "gpg: "),
                        ("inbox/plain.csv.pgp", "no valid OpenPGP data")):
         run = one(runs, name)
@@ -193,9 +194,11 @@ async def test_a_file_that_does_not_decrypt_fails_with_decrypt_failed(pgp_feedd:
         assert run.error.message.startswith(f"{name}: could not be decrypted") and said in run.error.message, \
             run.error.message
         assert Path(run.spool_path).is_file()  # nothing lost: retry once the key is right
-    files = await outbox(feedd, "stranger.csv.pgp.report.json.pgp")
+    files = await outbox(feedd, "stranger.csv.pgp.report.json.pgp", "notes.txt.report.json.pgp")
     report = json.loads(keys.decrypt(files["stranger.csv.pgp.report.json.pgp"]))
     assert report["error"]["code"] == "decrypt_failed"
+    assert json.loads(keys.decrypt(files["notes.txt.report.json.pgp"]))["error"]["code"] == "no_matching_pipeline"
+    assert "notes.txt.report.json" not in files
 
 
 async def test_a_wrong_or_missing_passphrase_fails_with_decrypt_failed(pgp_feedd: Feedd, keys: Keys) -> None:
