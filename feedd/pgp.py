@@ -266,18 +266,25 @@ def decrypt(keys: Keys, src: str, dest: str) -> None:
                                            "bytes: refused as a decompression bomb")
     if not result.ok or result.returncode != 0:
         out.unlink(missing_ok=True)
-        said = _said(result)
+        said = _said(result, keys.home)
         if keys.passphrase is None and "batchmode" in said:
             said = "its key needs a passphrase and the connection has none (pgp.passphrase)"
         raise PgpError("decrypt_failed", f"could not be decrypted with this connection's key ({said})")
 
 
-def _said(result: Any) -> str:
+_SOCKET_MAX = 107  # bytes in a Unix socket's path (sun_path less its NUL)
+
+
+def _said(result: Any, home: str) -> str:
     """What gpg said, short: its own error lines (not the status lines python-gnupg reads), else the status."""
     lines = [line.strip() for line in str(getattr(result, "stderr", "") or "").splitlines()
              if line.startswith("gpg: ") and not line.startswith("gpg: encrypted with ")]
     said = "; ".join(dict.fromkeys(lines[-3:])) or f"gpg: {result.status or 'failed'}"
-    return said if len(said) <= 300 else said[:297] + "..."
+    said = said if len(said) <= 300 else said[:297] + "..."
+    if "agent" in said and len(os.path.join(home, "S.gpg-agent.browser").encode()) > _SOCKET_MAX:
+        said += (f"; the GnuPG home {home} is too long a path for gpg-agent's sockets (at most {_SOCKET_MAX} "
+                 "bytes): give feedd a shorter state_dir")
+    return said
 
 
 def seal(keys: Keys, src: Path, dest: Path) -> Path:
@@ -296,7 +303,7 @@ def seal(keys: Keys, src: Path, dest: Path) -> Path:
         result = _gpg(keys.home).encrypt_file(str(src), recipients, armor=False, output=str(tmp),
                                               always_trust=True)
         if not result.ok or result.returncode != 0:
-            raise PgpError("encrypt_failed", f"gpg could not encrypt {src.name} ({_said(result)})")
+            raise PgpError("encrypt_failed", f"gpg could not encrypt {src.name} ({_said(result, keys.home)})")
         return copy_whole(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
