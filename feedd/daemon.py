@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from feedd import hostkeys, intake, log, metrics, schedule, sdnotify, supervisor
+from feedd import hostkeys, intake, log, metrics, pgp, schedule, sdnotify, supervisor
 from feedd.cluster import Cluster, new_node_id, recoverable, shared
 from feedd.config import Config, load_config
 from feedd.config.parse import read_file
@@ -217,6 +217,8 @@ class Daemon:
             if self.store is not None:
                 store, self.store = self.store, None
                 await store.close()
+            # gpg starts an agent per connection's GnuPG home, which would outlive the daemon
+            await asyncio.to_thread(pgp.stop_agents, self.config.state_dir)
 
     def _addresses(self) -> dict[str, object]:
         """Where this node serves, for the cluster's list of nodes."""

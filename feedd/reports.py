@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from feedd import pgp
 from feedd.config import Config
 from feedd.config.values import Pipeline
-from feedd.delivery.local import place
+from feedd.delivery.local import place_outbox
 from feedd.durable import fit_name
 from feedd.model import Direction, Run, RunStatus, iso
 from feedd.pipeline.write import write_json
@@ -133,7 +134,8 @@ def place_intake_report(config: Config, run: Run, outbox: Path) -> int:
     folder = config.state_dir / "runs" / run.run_id
     folder.mkdir(parents=True, exist_ok=True)
     written = write_json(folder / "report.json", intake_report(config, run))
-    return place(written, outbox, report_name(run.source.name)).stat().st_size
+    seal = pgp.sealing(config, run.connection)  # the partner's encrypt_to keys, if any
+    return place_outbox(written, outbox, report_name(run.source.name), seal).stat().st_size
 
 
 def place_decided_report(config: Config, run: Run, outbox: Path) -> int:
@@ -153,7 +155,8 @@ def place_decided_report(config: Config, run: Run, outbox: Path) -> int:
     folder = config.state_dir / "runs" / run.run_id
     folder.mkdir(parents=True, exist_ok=True)
     written = write_json(folder / "report.json", report)
-    return place(written, outbox, report_name(run.source.name)).stat().st_size
+    seal = pgp.sealing(config, run.connection)  # the partner's encrypt_to keys, if any
+    return place_outbox(written, outbox, report_name(run.source.name), seal).stat().st_size
 
 
 def report_name(source: str) -> str:

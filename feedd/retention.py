@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from feedd import log, metrics
+from feedd import log, metrics, pgp
 from feedd.config import Config
 from feedd.config.values import Retention
 from feedd.spaces import Spaces, walk
@@ -77,7 +77,8 @@ async def sweep(config: Config, store: Store, spaces: Spaces, now: datetime) -> 
                     done.add(name, files, size)
                 if len(runs) < query.limit:
                     break
-    keep = {c: {n for p in pipes for n in spec_names(p.name)} for c, pipes in wanted(config).items()}
+    keep = {c: {n for p in pipes for s in spec_names(p.name) for n in (s, pgp.sealed_name(s))}
+            for c, pipes in wanted(config).items()}
     for space in spaces:
         age = outbox_age(config, space.name)
         if age is None:

@@ -24,7 +24,7 @@ from feedd.errors import ConflictError, InvalidError, NotFoundError
 from feedd.model import AuditAction, AuditEntry, Counts, Run, RunError, RunStatus, iso, utcnow
 from feedd.pipeline import decision
 from feedd.pipeline.process import SAMPLE_ROWS, Job, preview, sample
-from feedd.pipeline.runner import effective
+from feedd.pipeline.runner import effective, input_keys
 from feedd.reports import place_decided_report
 from feedd.spaces import Spaces
 from feedd.store import Remembered, Store
@@ -292,6 +292,7 @@ class Reviews:
             memory,
             reviewed=reviewed,
             approved=decided is not None,
+            decrypt=input_keys(self._config(), run),
         )
 
     async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:

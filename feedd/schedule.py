@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from feedd import arrivals, events, log, metrics, retention, spec, supervisor
+from feedd import arrivals, events, log, metrics, pgp, retention, spec, supervisor
 from feedd.arrivals import Missed
 from feedd.config import Config
 from feedd.config.values import Expect, Pipeline
@@ -169,9 +169,14 @@ class Scheduler:
         w = arrivals.Window(m.expected_by, m.opens, m.deadline)
         path = space.outbox / arrivals.notice_name(pipe, expect, w)
         data = arrivals.notice_text(pipe, expect, w, m.last_arrival_at).encode()
+        seal = pgp.sealing(self._config(), pipe.connection)  # the partner's encrypt_to keys, if any
+        if seal is not None:
+            path = path.with_name(pgp.sealed_name(path.name))
 
         def write() -> int:
             before = path.stat().st_size if path.exists() else 0
+            if seal is not None:
+                return pgp.seal_bytes(seal, data, path).stat().st_size - before
             write_whole(path, data)
             return len(data) - before
 
@@ -181,7 +186,7 @@ class Scheduler:
         outboxes = {s.name: s.outbox for s in self._spaces}
         try:
             grown = await asyncio.to_thread(spec.write_specs, config, outboxes)
-        except OSError as exc:
+        except (OSError, pgp.PgpError) as exc:  # a gpg that fails: logged, tried again at the next change
             log.get().warning("spec.write_failed", error=str(exc))
             return
         for name, delta in grown.items():

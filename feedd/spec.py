@@ -10,6 +10,7 @@ file's size changed, so that the space's byte count, owned by the event loop, fo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -18,6 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from feedd import pgp
 from feedd.config import Config
 from feedd.config.values import FieldMapping, FieldSpec, FieldType, Pipeline, Schema
 from feedd.durable import write_whole
@@ -184,11 +186,37 @@ def write_specs(config: Config, outboxes: dict[str, Path]) -> dict[str, int]:
         folder = outboxes.get(connection)
         if folder is None:
             continue
+        seal = pgp.sealing(config, connection)  # the partner's encrypt_to keys, if any
         for pipe in pipes:
             texts = render(pipe, config.schemas[pipe.schema])
             for name, text in zip(spec_names(pipe.name), texts, strict=True):
-                grown[connection] = grown.get(connection, 0) + _write_if_changed(folder / name, text.encode())
+                if seal is None:
+                    added = _write_if_changed(folder / name, text.encode())
+                else:
+                    added = _seal_if_changed(seal, folder, name, text.encode(),
+                                             pgp.home_of(config.state_dir, connection).with_suffix(".specs"))
+                grown[connection] = grown.get(connection, 0) + added
     return grown
+
+
+def _seal_if_changed(seal: pgp.Keys, folder: Path, name: str, data: bytes, kept: Path) -> int:
+    """The spec encrypted into `folder` as `name.pgp` when its text changed. Encryption is randomised, so
+    the text last sealed is kept (in the state folder, never in the partner's space) to compare with."""
+    sealed, plain = folder / pgp.sealed_name(name), kept / name
+    try:
+        same = plain.read_bytes() == data and sealed.exists()
+    except FileNotFoundError:
+        same = False
+    if same:
+        return 0
+    before = sealed.stat().st_size if sealed.exists() else 0
+    after = pgp.seal_bytes(seal, data, sealed).stat().st_size
+    kept.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_whole(plain, data)
+    with contextlib.suppress(FileNotFoundError):  # the plain spec of before the partner had a key
+        before += (folder / name).stat().st_size
+        (folder / name).unlink()
+    return after - before
 
 
 def _write_if_changed(path: Path, data: bytes) -> int:

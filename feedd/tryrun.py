@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from feedd import pgp
 from feedd.config import Config
 from feedd.config.units import suggest
 from feedd.pipeline.process import Job, process
@@ -22,7 +25,19 @@ def try_file(config: Config, pipeline: str, file: str) -> int:
         print(f"feedd try: {file}: no such file", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="feedd-try-") as scratch:  # outputs are thrown away
-        outcome = process(Job("try", str(path), path.name, pipe, config.schemas[pipe.schema], scratch))
+        job = Job("try", str(path), path.name, pipe, config.schemas[pipe.schema], scratch)
+        keys = pgp.decryption(config, pipe.connection, path.name)
+        if keys is not None:  # decrypted as a run would, with a throwaway GnuPG home
+            keys = replace(keys, home=os.path.join(scratch, "gnupg"))
+            plain = os.path.join(scratch, "input", pgp.plain_name(path.name))
+            try:
+                pgp.decrypt(keys, str(path), plain)
+                job = replace(job, input_path=plain)
+            except pgp.PgpError as exc:
+                job = replace(job, failed=(exc.code, f"{path.name}: {exc.message}"))
+            finally:
+                pgp.stop_agent(Path(keys.home))
+        outcome = process(job)
     print(f"{path.name} -> {pipe.name}: {outcome.status}")
     print(f"  rows {outcome.rows}   valid {outcome.valid}   invalid {outcome.invalid}"
           + (f"   warned {outcome.warned}" if outcome.warned else ""))

@@ -17,6 +17,7 @@ from feedd.config.managed import merge, plain
 from feedd.config.reader import (
     At,
     Bad,
+    Converter,
     Reader,
     boolean,
     choice,
@@ -45,6 +46,7 @@ from feedd.config.values import (
     LogConfig,
     Operator,
     OperatorRole,
+    Pgp,
     Retention,
     Role,
     SftpConfig,
@@ -340,7 +342,7 @@ def _sha256_hex(r: Reader, v: Any, at: At) -> str:
 
 def _connections(r: Reader, v: Any, at: At) -> dict[str, Connection]:
     keys = ("password_hash", "authorized_keys", "authorized_keys_file", "allowed_ips", "enabled", "quota",
-            "max_file_size")
+            "max_file_size", "pgp")
     out = {}
     for name, body, sub in r.named(v, at, "connection"):
         m = r.mapping(body, sub, keys) or LocMap(sub.loc)
@@ -353,11 +355,52 @@ def _connections(r: Reader, v: Any, at: At) -> dict[str, Connection]:
             enabled=r.get(m, sub, "enabled", boolean, True),
             quota=r.get(m, sub, "quota", size, None),
             max_file_size=r.get(m, sub, "max_file_size", size, None),
+            pgp=r.get(m, sub, "pgp", _pgp, None),
         )
         if not (conn.password_hash or conn.authorized_keys or conn.authorized_keys_file):
             r.issue(sub, "no way to log in: set password_hash, authorized_keys or authorized_keys_file")
         out[name] = conn
     return out
+
+
+def _pgp(r: Reader, v: Any, at: At) -> Pgp | None:
+    """`pgp: {decrypt_key, passphrase, encrypt_to}`: each key file is read now and must hold a usable key."""
+    from feedd.pgp import check_key_file  # here: gnupg is needed only by connections that use OpenPGP
+
+    m = r.mapping(v, at, ("decrypt_key", "passphrase", "encrypt_to"))
+    if m is None:
+        return None
+
+    def key_file(secret: bool) -> Converter[Path]:
+        def conv(r: Reader, v: Any, at: At) -> Path:
+            p = path(r, v, at)
+            problem = check_key_file(p, secret=secret)
+            if problem is not None:
+                raise Bad(problem)
+            return p
+        return conv
+
+    recipients: list[Path] = []
+    if m.get("encrypt_to") is not None:
+        for item, sub in r.items(m["encrypt_to"], at.key(m, "encrypt_to")):
+            try:
+                recipients.append(key_file(False)(r, item, sub))
+            except Bad as exc:
+                r.issue(sub, str(exc))
+    pgp = Pgp(decrypt_key=r.get(m, at, "decrypt_key", key_file(True), None),
+              passphrase=r.get(m, at, "passphrase", _passphrase, None), encrypt_to=tuple(recipients))
+    if pgp.passphrase is not None and "decrypt_key" not in m:
+        r.issue(at.key(m, "passphrase"), "a passphrase is for decrypt_key, which is not set")
+    if "decrypt_key" not in m and "encrypt_to" not in m:
+        r.issue(at, "expected decrypt_key (a secret key file), encrypt_to (public key files), or both")
+    return pgp
+
+
+def _passphrase(r: Reader, v: Any, at: At) -> str:
+    s = nonempty(r, v, at)
+    if "\n" in s or "\r" in s:
+        raise Bad("a passphrase cannot hold a line break (gpg reads it as one line)")
+    return s
 
 
 def _password_hash(r: Reader, v: Any, at: At) -> str:

@@ -232,6 +232,16 @@ class Schema:
 
 
 @dataclass(frozen=True, slots=True)
+class Pgp:
+    """A connection's OpenPGP keys (README, "OpenPGP"): `decrypt_key` (a secret key file) decrypts its inbound
+    `*.pgp`/`*.gpg`/`*.asc` files; `encrypt_to` (public key files) is whom its outbox files are encrypted to."""
+
+    decrypt_key: Path | None = None
+    passphrase: str | None = field(default=None, repr=False)  # of decrypt_key; never shown or logged
+    encrypt_to: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     name: str
     password_hash: str | None = None
@@ -241,6 +251,7 @@ class Connection:
     enabled: bool = True
     quota: int | None = None
     max_file_size: int | None = None
+    pgp: Pgp | None = None  # None: files in and out as they are
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,10 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from feedd import events, failpoints, log, metrics
+from feedd import events, failpoints, log, metrics, pgp
 from feedd.config import Config, DestinationType
 from feedd.config.values import Destination
-from feedd.delivery.local import place
+from feedd.delivery.local import place, place_outbox
 from feedd.delivery.targets import GoneError, PermanentDeliveryError, Shipment, send_s3, send_sftp, send_webhook
 from feedd.due import DueWork
 from feedd.errors import RetryableDeliveryError
@@ -104,7 +104,8 @@ class Dispatcher(DueWork[Delivery]):
             space = self._spaces.get(run.connection)
             if space is None:
                 raise PermanentDeliveryError(f"connection {run.connection!r} has no space")
-            placed = await asyncio.to_thread(place, records, space.outbox, shipment.filename)
+            placed = await asyncio.to_thread(place_outbox, records, space.outbox, shipment.filename,
+                                             pgp.sealing(self._config(), run.connection))
             space.used += placed.stat().st_size
         elif dest.type is DestinationType.WEBHOOK:
             assert self._session is not None

@@ -8,18 +8,20 @@ the parent.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from feedd import pgp
 from feedd.config.values import REVIEW_REASONS, FieldType, FormatConfig, Pipeline, Schema
 from feedd.durable import NAME_MAX, fit_name
 from feedd.pipeline.mapping import Plan, compile_row, header_key, plan, unique_tables, warnings_of
@@ -46,6 +48,8 @@ class Job:
     receipt: dict[str, Any] | None = None  # the input's sha256, size and receivedAt, for the report
     reviewed: tuple[str, ...] = ()  # fields whose mapping a reviewer chose (their reason is `review`)
     approved: bool = False  # a reviewer approved the run: the pipeline's `review` is not applied again
+    failed: tuple[str, str] | None = None  # (code, message): the input could not be made readable (decryption)
+    decrypt: pgp.Keys | None = None  # the input is encrypted: `sample` and `preview` decrypt it to a scratch copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +120,34 @@ def headers_key(input_path: str, fmt: FormatConfig) -> str | None:
 SAMPLE_ROWS = 20
 
 
+@contextlib.contextmanager
+def _plain(job: Job) -> Iterator[Job]:
+    """The job with its encrypted input (`decrypt`) as a scratch plain copy, deleted after; or with why it
+    could not be decrypted (`failed`)."""
+    assert job.decrypt is not None
+    with tempfile.TemporaryDirectory(prefix="feedd-plain-") as scratch:
+        plain = os.path.join(scratch, pgp.plain_name(job.source_name))
+        try:
+            pgp.decrypt(job.decrypt, job.input_path, plain)
+        except pgp.PgpError as exc:
+            job = replace(job, failed=(exc.code, f"{job.source_name}: {exc.message}"))
+        yield replace(job, input_path=plain, decrypt=None)
+
+
 def sample(job: Job, rows: int = SAMPLE_ROWS) -> dict[str, Any]:
     """In a worker: the input's header row and first `rows` rows as read (cells as the reader gives them),
     what was detected, and how the pipeline's mapping would choose for these headers (`suggestions`, with
     each reason and score; `unmapped`: required fields with no column and their closest headers)."""
+    if job.decrypt is not None:
+        with _plain(job) as plain:
+            return sample(plain, rows)
     headers: list[str] = []
     first: list[dict[str, Any]] = []
     detected: dict[str, Any] = {"format": "empty"}
     error = None
     try:
+        if job.failed is not None:
+            raise ReadError(job.failed[0], job.failed[1].removeprefix(f"{job.source_name}: "))
         if os.path.getsize(job.input_path) > 0:
             found, headers, read = open_rows(Path(job.input_path), job.pipeline.format)
             detected = found.as_dict()
@@ -155,6 +178,9 @@ def _cell(value: Any) -> Any:
 def preview(job: Job) -> dict[str, Any]:
     """In a worker: what processing the run with `job` would give (the same code as a real run), with its
     outputs written to a scratch folder that is then deleted: nothing of the run changes."""
+    if job.decrypt is not None:
+        with _plain(job) as plain:
+            return preview(plain)
     with tempfile.TemporaryDirectory(prefix="feedd-preview-") as scratch:
         outcome = process(replace(job, out_dir=scratch))
     return {
@@ -175,7 +201,10 @@ def process(job: Job) -> Outcome:
     for scratch in out.glob("stretch-*"):  # left by an earlier try in stretches that a crash cut short
         shutil.rmtree(scratch, ignore_errors=True)
     outcome = Outcome("completed")
-    _attempt(job, outcome, lambda: _run(job, out, outcome))
+    if job.failed is not None:
+        outcome.status, outcome.error = "failed", job.failed
+    else:
+        _attempt(job, outcome, lambda: _run(job, out, outcome))
     outcome.seconds = round(time.monotonic() - started, 3)
     _hold(job, outcome)
     _report(job, out, outcome)

@@ -17,6 +17,7 @@ import ctypes
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import sys
 from collections import Counter, deque
@@ -27,10 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from feedd import events, failpoints, log, metrics, supervisor
+from feedd import events, failpoints, log, metrics, pgp, supervisor
 from feedd.config import Config
 from feedd.config.values import Pipeline
-from feedd.delivery.local import place
+from feedd.delivery.local import place_outbox
 from feedd.durable import fit_name
 from feedd.model import (
     Counts,
@@ -193,7 +194,6 @@ class Runner:
 
     async def _run_once(self, run: Run) -> None:
         config = self._config()
-        logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
         pipe = effective(config, run)
         if pipe is None or pipe.schema not in config.schemas:
             await self._finish(run, None, RunError("pipeline_removed", f"pipeline {run.pipeline!r} is no longer "
@@ -207,18 +207,46 @@ class Runner:
                                                                              f"fits the pipeline: {exc}"))
             return
         assert self._pool is not None
+        keys = input_keys(config, run)
+        plain = runs_dir(config) / run.run_id / "input"  # the decrypted input, for this run only
+        try:
+            await self._with_input(run, pipe, config, decided, reviewed, keys, plain)
+        finally:
+            if keys is not None:
+                await asyncio.to_thread(shutil.rmtree, plain, True)
+
+    async def _with_input(self, run: Run, pipe: Pipeline, config: Config, decided: dict[str, Any] | None,
+                          reviewed: tuple[str, ...], keys: pgp.Keys | None, plain: Path) -> None:
+        logger = log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline)
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        source, failed = run.spool_path, None
+        if keys is not None:
+            # Decrypted in a worker, as a stream, into the run's own folder: the spool keeps the encrypted
+            # original (its sha256 is the run's), and the plain copy is deleted when the run ends.
+            source = str(plain / pgp.plain_name(run.source.name))
+            try:
+                await loop.run_in_executor(self._pool, pgp.decrypt, keys, run.spool_path, source)
+            except pgp.PgpError as exc:
+                failed = (exc.code, f"{run.source.name}: {exc.message}")
+                logger.warning("run.decrypt_failed", error=exc.message)
+            except BrokenProcessPool:
+                self._pool = self._new_pool()
+                logger.error("run.worker_died")
+                await self._finish(run, None, RunError("worker_died", "the worker processing this run died; "
+                                                                        "retry the run to process it again"))
+                return
         try:
             # The input's headers are read in a worker, like the rest of it: detecting a crafted file's
             # format or unpacking its archive must never hold the daemon's event loop.
-            key = await asyncio.get_running_loop().run_in_executor(self._pool, headers_key, run.spool_path,
-                                                                   pipe.format)
+            key = None if failed else await loop.run_in_executor(self._pool, headers_key, source, pipe.format)
             memory = await self._store.recall_mapping(run.connection, key) if key else None
         except Exception:  # the run itself meets the same problem and reports it
             memory = None
         previous = await self._previous_headers(run)
-        job = Job(run.run_id, run.spool_path, run.source.name, pipe, config.schemas[pipe.schema],
+        job = Job(run.run_id, source, run.source.name, pipe, config.schemas[pipe.schema],
                   str(runs_dir(config) / run.run_id), memory, previous, receipt=receipt(run), reviewed=reviewed,
-                  approved=decided is not None)
+                  approved=decided is not None, failed=failed)
         assert self._pool is not None
         try:
             work = asyncio.ensure_future(self._process(job, run))
@@ -314,7 +342,8 @@ class Runner:
             if pipe.reports and run.direction is Direction.INBOUND and space is not None \
                     and status is not RunStatus.NEEDS_REVIEW:
                 # The copies are made in a thread; the space's byte count is kept on the loop, its one owner.
-                space.used += await asyncio.to_thread(self._partner_reports, space, run, outcome)
+                space.used += await asyncio.to_thread(self._partner_reports, space, run, outcome,
+                                                      pgp.sealing(config, run.connection))
             if status is RunStatus.COMPLETED:
                 decided = _decision(run)
                 if outcome.header_key and (decided is None or decided.get("remember")):
@@ -383,15 +412,17 @@ class Runner:
             "run.lost", node=self._owner, reason="taken over by another node; its outcome here is dropped")
 
     @staticmethod
-    def _partner_reports(space: Space, run: Run, outcome: Outcome) -> int:
-        """Place the report (and the rejects) in the partner's outbox; the bytes they add."""
+    def _partner_reports(space: Space, run: Run, outcome: Outcome, seal: pgp.Keys | None) -> int:
+        """Place the report (and the rejects) in the partner's outbox, encrypted to the partner's keys when
+        it has `encrypt_to`; the bytes they add."""
         if outcome.report_path is None:
             return 0
         name = run.source.name.rsplit("/", 1)[-1]
-        added = place(Path(outcome.report_path), space.outbox, fit_name(f"{name}.report.json")).stat().st_size
+        added = place_outbox(Path(outcome.report_path), space.outbox, fit_name(f"{name}.report.json"),
+                             seal).stat().st_size
         if outcome.invalid and outcome.rejects_csv_path:
-            added += place(Path(outcome.rejects_csv_path), space.outbox,
-                           fit_name(f"{name}.rejects.csv")).stat().st_size
+            added += place_outbox(Path(outcome.rejects_csv_path), space.outbox, fit_name(f"{name}.rejects.csv"),
+                                  seal).stat().st_size
         return added
 
     async def retry(self, run: Run, *, reprocess: bool) -> Run:
@@ -518,3 +549,12 @@ def effective(config: Config, run: Run) -> Pipeline | None:
     if output in ("csv", "json", "jsonl"):
         pipe = replace(pipe, output=replace(pipe.output, format=output))
     return pipe
+
+
+def input_keys(config: Config, run: Run) -> pgp.Keys | None:
+    """The keys that decrypt the run's input before it is read, or None: a file the partner sent (SFTP, a
+    copy, tus) named `*.pgp`/`*.gpg`/`*.asc` on a connection with `decrypt_key`. An upload's input is the
+    JSON array its parts made, whatever its file name says."""
+    if run.source.kind is SourceKind.UPLOAD:
+        return None
+    return pgp.decryption(config, run.connection, run.source.name)
