@@ -167,7 +167,7 @@ class Daemon:
             sender.wake()
 
         self.scheduler = Scheduler(lambda: self.config, store, spaces, sender.wake, clock=self._clock,
-                                   tick=self._tick)
+                                   tick=self._tick, leads=lambda: self._leads("schedule"))
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
         bans = Bans(config.sftp.ban)  # SFTP and console logins count toward the same bans
 
@@ -185,7 +185,7 @@ class Daemon:
             self.scheduler,
             self.http,
             self.sftp,
-            Watcher(lambda: self.config, spaces, drops, leads=self._leads_scans),
+            Watcher(lambda: self.config, spaces, drops, leads=lambda: self._leads("scan")),
         ]
         try:
             for component in parts:
@@ -225,9 +225,10 @@ class Daemon:
         return {"sftp": [f"{a.host}:{a.port}" for a in self.sftp.addresses] if self.sftp else [],
                 "http": [f"{a.host}:{a.port}" for a in self.http.addresses] if self.http else []}
 
-    async def _leads_scans(self) -> bool:
-        """Reconciliation scans of the spaces run on one node at a time: the others see the same files."""
-        return not shared(self.config) or (self.store is not None and await self.store.lead("scan"))
+    async def _leads(self, work: str) -> bool:
+        """Whether this node does `work` now: the reconciliation scans of the spaces ("scan", the other
+        nodes see the same files) and the schedule ("schedule") run on one node at a time."""
+        return not shared(self.config) or (self.store is not None and await self.store.lead(work))
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from feedd import arrivals, events, log, metrics, pgp, retention, spec, supervisor
@@ -38,8 +38,12 @@ class Scheduler:
         *,
         clock: Callable[[], datetime] = utcnow,
         tick: float = TICK,
+        leads: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._config = config
+        # Whether this node does the time-driven work now: of the nodes sharing a store, one at a time does
+        # (another takes over within a tick once it dies), so that a window is judged and a sweep run once.
+        self._leads = leads
         self._store = store
         self._spaces = spaces
         self._notify = notify  # events were queued: the event sender should look
@@ -78,6 +82,11 @@ class Scheduler:
             now = self._clock()
             config = self._config()
             soonest = now + timedelta(seconds=self._tick)
+            if self._leads is not None and not await self._leads():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._tick):
+                        await self._wake.wait()
+                continue
             for pipe in config.pipelines.values():
                 if pipe.expect is None:
                     continue

@@ -4,6 +4,7 @@ two nodes racing for the same run)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from feedd.store import SweptPart
 from feedd.store import migrations as sqlite_migrations
 from feedd.store.postgresql import PostgresStore, _kept, migrate
 from feedd.store.postgresql_migrations import MIGRATIONS
+from tests.helpers import eventually
 from tests.store.contract import StoreContract, make_run
 
 
@@ -145,3 +147,42 @@ async def test_two_nodes_changing_one_object_at_once_one_wins_and_one_audit_entr
     finally:
         await first.close()
         await second.close()
+
+
+async def test_one_node_at_a_time_leads_and_another_takes_over_when_it_is_gone(store: PostgresStore,
+                                                                                 pg_dsn: str) -> None:
+    other = await PostgresStore.open(pg_dsn)
+    try:
+        assert await store.lead("scan")
+        assert not await other.lead("scan")
+        assert await store.lead("scan")  # asked again: still its own
+        assert await other.lead("schedule")  # each kind of work has its own leader
+        await store.close()  # the node dies: its session, and the lock with it, is gone (once the server sees it)
+        assert await eventually(lambda: other.lead("scan"), 10, "the lock freed")
+    finally:
+        await other.close()
+
+
+async def test_a_node_listening_is_woken_by_work_another_node_makes_ready(store: PostgresStore, pg_dsn: str) -> None:
+    other = await PostgresStore.open(pg_dsn)
+    woken: list[str] = []
+    got = asyncio.Event()
+
+    def wake(kind: str) -> None:
+        woken.append(kind)
+        got.set()
+
+    listening = asyncio.ensure_future(other.listen(wake))
+    try:
+        for _ in range(50):  # LISTEN is in place once a notification sent after it arrives
+            await store.insert_run(make_run())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(got.wait(), 0.2)
+            if got.is_set():
+                break
+        assert "runs" in woken
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await other.close()
