@@ -479,6 +479,18 @@ PATHS["/audit"] = {"get": _op("Every change of the config in force, newest first
     _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "nextCursor of the previous page"),
 ])}
 
+SCHEMAS["Node"] = _object(
+    ["node", "startedAt", "heartbeatAt", "self", "alive", "holds"], node={"type": "string"},
+    startedAt={"type": "string", "format": "date-time"}, heartbeatAt={"type": "string", "format": "date-time"},
+    self={"type": "boolean"}, alive={"type": "boolean"}, host={"type": "string"}, pid={"type": "integer"},
+    sftp={"type": "array", "items": {"type": "string"}}, http={"type": "array", "items": {"type": "string"}},
+    holds=_object(["runs", "deliveries", "events"], runs={"type": "array", "items": {"type": "string"}},
+                  deliveries={"type": "integer"}, events={"type": "integer"}))
+SCHEMAS["Cluster"] = _object(["node", "takeoverAfter", "data"], node={"type": "string"},
+                             takeoverAfter={"type": "number"}, data={"type": "array", "items": _ref("Node")})
+PATHS["/cluster"] = {"get": _op("The nodes sharing the store, their last heartbeat and the work each holds (admin)",
+                                _json(_ref("Cluster"), "The nodes, oldest first"), 403)}
+
 
 def operation_id(method: str, path: str) -> str:
     """`post /outbound/uploads/{uploadId}/complete` -> `postOutboundUploadsByUploadIdComplete`."""
