@@ -175,7 +175,7 @@ class Daemon:
             return self.sftp.logins() if self.sftp is not None else []
 
         self.http = HttpServer(config, store, runner, accepted, live, reviews,
-                               console=ConsoleParts(bans, spaces, logins), node=node_id)
+                               console=ConsoleParts(bans, spaces, logins, node_id), node=node_id)
         self.sftp = SftpService(config, spaces, drops, [k.path for k in keys], bans)
         parts: list[Component] = [
             self.cluster,  # first: the work a dead node held is back in the queue before the runner looks

@@ -25,13 +25,14 @@ import jinja2
 from aiohttp import web
 
 from feedd import arrivals, log
+from feedd.cluster import shared
 from feedd.config import Config
 from feedd.config.values import Operator
 from feedd.console import charts
 from feedd.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
 from feedd.errors import ConflictError, FeeddError, NotFoundError
 from feedd.http.api import ApiError, row_cursor
-from feedd.http.manage import Releaser, switch_active
+from feedd.http.manage import Releaser, cluster_view, switch_active
 from feedd.http.runs import Retrier, acknowledge, run_file
 from feedd.http.views import pipeline_view
 from feedd.live import InvalidObject, Live, Source, StaleVersion
@@ -73,11 +74,13 @@ class ReviewService(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ConsoleParts:
-    """What the daemon lends the console: the bans SFTP uses, the spaces, and who is logged in over SFTP."""
+    """What the daemon lends the console: the bans SFTP uses, the spaces, who is logged in over SFTP, and
+    which node this is."""
 
     bans: Bans
     spaces: Spaces | None = None
     logins: Callable[[], list[tuple[str, str, float]]] = list
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ class Console:
             ("GET", "/ui/pipelines/{name}", Console.pipeline_page),
             ("POST", "/ui/pipelines/{name}/active", Console.pipeline_active),
             ("GET", "/ui/audit", Console.audit_page),
+            ("GET", "/ui/nodes", Console.nodes_page),
         ]
         for method, path, page in pages:
             r.add_route(method, path, self._guarded(page))
@@ -606,6 +610,13 @@ class Console:
             "entries": [(e, json.dumps(e.before, indent=1) if e.before else "",
                          json.dumps(e.after, indent=1) if e.after else "") for e in entries],
             "next_cursor": next_cursor})
+
+
+    # Nodes
+
+    async def nodes_page(self, request: web.Request, who: Who) -> web.StreamResponse:
+        view = cluster_view(self.config, await self._store.nodes(), self._parts.node)
+        return self._render(request, who, "nodes.html", {"view": view, "shared": shared(self.config)})
 
 
 def _details(exc: Exception) -> list[dict[str, str]]:

@@ -98,6 +98,10 @@ async def test_an_operator_sees_a_failed_drop_opens_it_and_acks_it(start_api: Ca
         response = await page.goto(f"{api.url}/ui/{name}")
         assert response is not None and response.status == 200, name
         await page.screenshot(path=str(shots / f"{name.replace('/', '-')}.png"), full_page=True)
+    await page.goto(f"{api.url}/ui/nodes")  # this node, alive, as GET /cluster lists it
+    await page.screenshot(path=str(shots / "nodes.png"), full_page=True)
+    row = await page.locator("#nodes tbody tr").inner_text()
+    assert "(this one)" in row and "alive" in row and api.daemon.node_id in row
     await page.goto(f"{api.url}/ui/pipelines/demo-contacts")
     arrivals = await page.locator("main").inner_text()
     assert "0 6 * * 1-5" in arrivals and "Next due" in arrivals
