@@ -13,7 +13,9 @@ The runs are recorded `held` (the pipeline is inactive), so that what is measure
 `--process` they are processed as they arrive, on the same two cores. `--bare` adds asyncssh's own
 SFTPServer, nothing added, as the library's ceiling on this machine. `--variants` runs several feedd
 servers side by side in the same rounds: `default` (as installed: uvloop and the SFTP fast path),
-`asyncio-loop` (FEEDD_EVENT_LOOP=asyncio) and `no-fast-path` (`sftp.fast_path: false`).
+`asyncio-loop` (FEEDD_EVENT_LOOP=asyncio), `no-fast-path` (`sftp.fast_path: false`), `managed-1000`
+(1,000 connections made over the API) and `postgresql` (the store on a PostgreSQL 15 server the benchmark
+starts, with fsync on, against the default's SQLite).
 Needs /usr/sbin/sshd (Debian: openssh-server) and the OpenSSH sftp client; runs as root for the chroot.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +39,9 @@ from pathlib import Path
 
 import asyncssh
 import paramiko
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pg import count_runs, postgres  # noqa: E402
 
 CIPHER = "aes128-gcm@openssh.com"
 CLK = os.sysconf("SC_CLK_TCK")
@@ -148,7 +154,7 @@ X11Forwarding no
         self.proc.wait(10)
 
 
-VARIANTS = ("default", "asyncio-loop", "no-fast-path", "managed-1000")
+VARIANTS = ("default", "asyncio-loop", "no-fast-path", "managed-1000", "postgresql")
 MANAGED = 1000  # connections created over the API beside the benchmark's own, for `managed-1000`
 
 
@@ -156,17 +162,19 @@ class Feedd(Server):
     name = "feedd"
 
     def __init__(self, work: Path, pubkey: str, process: bool = False, password_hash: str | None = None,
-                 variant: str = "default") -> None:
+                 variant: str = "default", dsn: str | None = None) -> None:
         self.port = free_port()
+        self.dsn = dsn if variant == "postgresql" else None
+        store = f'store: {{type: postgresql, dsn: "{self.dsn}"}}\n' if self.dsn else ""
         self.process = process
         if variant != "default":
             self.name = f"feedd/{variant}"
         password = f'\n    password_hash: "{password_hash}"' if password_hash else ""
         fast_path = "false" if variant == "no-fast-path" else "true"
         state = work / ("feedd-state" if variant == "default" else f"feedd-state-{variant}")
-        config = work / "feedd.yaml"
+        config = work / f"feedd-{variant}.yaml"
         config.write_text(f"""\
-state_dir: {state}
+{store}state_dir: {state}
 log: {{level: warning, format: json}}
 sftp: {{listen: "127.0.0.1:{self.port}", fast_path: {fast_path}}}
 http: {{listen: "127.0.0.1:{free_port()}"}}
@@ -212,6 +220,8 @@ pipelines:
     def runs(self, *statuses: str) -> int:
         import sqlite3
 
+        if self.dsn is not None:
+            return count_runs(self.dsn, *statuses)
         where = f"WHERE status IN ({', '.join('?' * len(statuses))})" if statuses else ""
         with sqlite3.connect(self.db) as conn:
             return int(conn.execute(f"SELECT count(*) FROM runs {where}", statuses).fetchone()[0])  # noqa: S608
@@ -390,7 +400,9 @@ def main() -> int:
         p = small_dir / f"f{i:05d}.csv"
         p.write_bytes(os.urandom(args.file_kib * 1024))
         smalls.append(p)
-    feedds = [Feedd(work, pubkey, process=args.process, variant=v) for v in variants]
+    stack = contextlib.ExitStack()
+    dsn = stack.enter_context(postgres()) if "postgresql" in variants else None
+    feedds = [Feedd(work, pubkey, process=args.process, variant=v, dsn=dsn) for v in variants]
     servers: list[Server] = [OpenSSH(work, pubkey), *feedds]
     if args.bare:
         servers.append(Bare(work, pubkey))
@@ -436,6 +448,7 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()  # type: ignore[attr-defined]
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
