@@ -6,7 +6,9 @@ shared by all its handles, so a handle that truncates the file and another that 
 counted. Writes that grow files also look at the disk's free space now and then (`min_free_space`), not
 only at open. The partial file is removed at the write that crosses a limit. A client's own
 CLOSE of a written handle completes an upload and offers it for intake; a handle closed because the
-client vanished leaves a partial upload behind, which is never taken.
+client vanished leaves a partial upload behind, which is never taken. From OPEN to that CLOSE the file
+carries the partial mark (`feedd.spaces`), so that no other node sharing the spaces takes it meanwhile;
+a file that cannot be marked is not opened for writing.
 """
 
 from __future__ import annotations
