@@ -85,6 +85,15 @@ GATHER = 0.05
 # rounds, 603 files/s with a batch every 50 ms or so, 636 with one every 0.5 s, and 4% less CPU. A drop
 # after a quiet spell is taken at its time, as before.
 STREAM_GATHER = 0.5
+PARTIAL = "partial upload"
+
+
+def _present(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class Drops:
@@ -116,7 +125,11 @@ class Drops:
         if self.decided.get(key) == found:
             return
         self.decided[key] = found
-        self.offer(space, rel)
+        if not self.offer(space, rel) and self.waiting_reason(space, rel) == PARTIAL:
+            # looked at again by every scan: another node may complete it without the file changing here
+            # (its mark goes, its bytes and time stay) and then die before taking it
+            del self.decided[key]
+            log.get(connection=space.name).debug("drop.waiting", file=rel, reason=PARTIAL)
 
     def undecide(self, keys: list[tuple[str, str]]) -> None:
         """Forget the decisions about files that are gone."""
@@ -151,8 +164,8 @@ class Drops:
             return "done marker"
         if space.writers.get(rel):
             return "open for writing"
-        if space.is_partial(rel):
-            return "partial upload"
+        if space.is_partial(rel):  # this node's, or any node's by the file's mark
+            return PARTIAL
         if marker and not (space.root / (rel + marker)).exists():
             return "waiting for its done marker"
         if (space.name, rel) in self.taking:
@@ -240,7 +253,15 @@ class Drops:
             pipeline = match_pipeline(config, space.name, rel)
             # moved through the open folder: where it was checked, whatever is renamed meanwhile
             item = Input(space.name, SourceKind.SFTP, rel, fd_path(folder, name, space.root / rel), pipeline)
-            run = await accept(self._store, config, item, pipeline=pipeline)
+            try:
+                run = await accept(self._store, config, item, pipeline=pipeline)
+            except FileNotFoundError:
+                if _present(folder, name):
+                    raise
+                # another node sharing the space took it first (both saw it complete)
+                log.get(connection=space.name).debug("drop.taken_elsewhere", file=rel)
+                self.decided.pop(key, None)
+                return
             self._accepted()
             space.used = max(0, space.used - run.source.size)
             space.entries = max(0, space.entries - 1)

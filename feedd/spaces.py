@@ -6,7 +6,17 @@ kept so the client can resume, and are swept after `sftp.partial_max_age`. Which
 kept in memory and in a journal per space, `<state_dir>/partials/<connection>/journal`, one line per
 change (`+` or `-` and the JSON-quoted path), appended without fsync: a restart replays it. An append
 costs microseconds where a marker file per upload cost a file creation, the dearest metadata operation
-on the hot path; the journal is rewritten from memory when it grows long.
+on the hot path; the journal is rewritten compactly when it grows long.
+
+Several nodes may share one `spaces_dir` and `state_dir`, so what is partial must be known to all of them,
+not only to the process that serves the upload. While a file is open for writing through the SFTP server,
+and until its upload is complete, it carries the extended attribute `user.feedd.partial` (set on the open
+file, one syscall at open and one at completion): it moves with the file on a rename, and every node reads
+it before taking a file. The journal is shared too: every append and every rewrite holds an exclusive
+`flock` on `.lock` beside it, and a rewrite replays the whole journal (every node's lines) rather than
+writing out its own node's view, so no node's lines are lost; each scan re-reads it, so that every node
+sweeps the uploads another node left behind. Where the filesystem has no user xattrs, marks are off (one
+log line at start) and only the process serving an upload knows it is partial until the next scan.
 
 A space's tree is the partner's to shape, so everything that looks into it here is built not to be led
 astray by it: `walk` goes folder by folder with a list of its own, not by recursion (a partner can nest
@@ -17,8 +27,11 @@ is the one it listed; `open_parent` reaches a file below the root one component 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 import stat
 import time
 import weakref
@@ -32,7 +45,11 @@ from feedd import log
 from feedd.config import Config, Connection
 
 AREAS = ("inbox", "outbox")
-JOURNAL_REWRITE_AT = 4096  # journal lines; rewritten from memory past this when mostly settled changes
+JOURNAL_REWRITE_AT = 4096  # journal lines; rewritten compactly past this when mostly settled changes
+# The mark of a partial upload, on the file itself (its value names the node and process, for people).
+PARTIAL_MARK = "user.feedd.partial"
+MARK_VALUE = f"{socket.gethostname()}:{os.getpid()}".encode()
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Stamp = tuple[int, int, int]  # (inode, size, mtime in ns): a file unchanged since it was last looked at
@@ -41,6 +58,43 @@ Listing = tuple[str, list[os.DirEntry[str]]]  # a folder and its entries
 
 def stamp(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def marks_supported(folder: str | Path) -> bool:
+    """Whether files in `folder` can carry the partial mark: user xattrs, tried on the folder itself."""
+    probe = PARTIAL_MARK + ".probe"
+    try:
+        os.setxattr(folder, probe, b"", follow_symlinks=False)
+        os.removexattr(folder, probe, follow_symlinks=False)
+    except OSError:
+        return False  # unsupported (ENOTSUP), or refused: either way files here cannot be marked
+    return True
+
+
+def is_marked(path: str | Path) -> bool:
+    """Whether the file at `path` (its last component not followed) carries the partial mark. A file that
+    is gone, or a filesystem without xattrs, carries none."""
+    try:
+        # listed rather than read: an unmarked file, nearly every one, costs no exception
+        return PARTIAL_MARK in os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, *_NO_XATTRS):
+            return False
+        raise
+
+
+def _replay(data: bytes, partial: set[str]) -> set[str]:
+    """Apply journal lines to `partial`; a line cut short by a crash mid-append is skipped."""
+    for line in data.splitlines():
+        try:
+            op, rel = line[:1], json.loads(line[1:])
+        except ValueError:
+            continue
+        if op == b"+":
+            partial.add(rel)
+        elif op == b"-":
+            partial.discard(rel)
+    return partial
 
 
 def walk(top: str | Path, enter: Callable[[str], bool] = lambda _path: True) -> Iterator[Listing]:
@@ -137,7 +191,7 @@ class Written:
     failed: str | None = None  # why the upload was given up (and removed): its other handles fail too
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Space:
     """One connection's space. Mutable on purpose: usage and open writers change with every upload."""
 
@@ -154,11 +208,13 @@ class Space:
     # The SFTP sessions of this space: a rename in one re-keys the open handles of all of them.
     sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     _partial: set[str] = field(default_factory=set)  # partial uploads; the journal says the same
+    marks: bool = False  # files open for writing carry PARTIAL_MARK (the filesystem has user xattrs)
     open_files: dict[tuple[int, int], Written] = field(default_factory=dict)  # inode -> its size record
     _free_checked: float = -FREE_CHECK_SECONDS
     _free_written: int = 0
     _journal_lines: int = 0
     _journal: str | None = None
+    _lock_fd: int = -1  # `.lock` beside the journal, open while the space is
 
     @property
     def inbox(self) -> Path:
@@ -182,62 +238,135 @@ class Space:
             self._journal = os.path.join(self.marker_dir, "journal")
         return self._journal
 
+    @contextlib.contextmanager
+    def _journal_lock(self) -> Iterator[None]:
+        """The journal to this process alone, against the other nodes sharing it (and other spaces of
+        this process for the same connection): an exclusive flock on `.lock` beside it, a file never
+        replaced, kept open (two syscalls per append, no lookup). On NFS, flock is a lock on the server
+        and taking it revalidates the journal."""
+        if self._lock_fd < 0:
+            fd = os.open(os.path.join(self.marker_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            weakref.finalize(self, os.close, fd)
+            self._lock_fd = fd
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def load_markers(self) -> None:
-        """Replay the journal (and the marker files older versions left, once), then rewrite it compactly."""
-        partial: set[str] = set()
-        with contextlib.suppress(FileNotFoundError), open(self.journal, "rb") as f:
-            for line in f:
-                try:
-                    op, rel = line[:1], json.loads(line[1:])
-                except ValueError:
-                    continue  # a line cut short by a crash mid-append
-                if op == b"+":
-                    partial.add(rel)
-                elif op == b"-":
-                    partial.discard(rel)
+        """Replay the journal (and the marker files older versions left, once), then rewrite it compactly.
+        With marks on, the uploads it names get their mark (those left by a version without marks): under
+        the journal's lock, so that an upload completed meanwhile by another node is not marked again."""
         legacy = [p for p in self.marker_dir.iterdir() if p.name != "journal" and not p.name.startswith(".")] \
             if self.marker_dir.is_dir() else []
+        extra = set()
         for marker in legacy:
             with contextlib.suppress(OSError):
-                partial.add(marker.read_text())
-        self._partial = partial
-        self._rewrite()
+                extra.add(marker.read_text())
+        with self._journal_lock():
+            self._rewrite(b"".join(b"+" + json.dumps(rel).encode() + b"\n" for rel in sorted(extra)))
+            if self.marks:
+                for rel in self._partial:
+                    self._mark_path(rel)
         for marker in legacy:
             marker.unlink(missing_ok=True)
 
-    def _rewrite(self) -> None:
+    def _mark_path(self, rel: str) -> None:
+        folder = -1
+        try:
+            folder, name = open_parent(self.root, rel)  # never through a link
+            os.setxattr(fd_path(folder, name, self.root / rel), PARTIAL_MARK, MARK_VALUE, follow_symlinks=False)
+        except OSError:
+            pass  # gone, a link on its way, or not a regular file: nothing to take
+        finally:
+            if folder >= 0:
+                os.close(folder)
+
+    def _read_journal(self) -> bytes:
+        try:
+            with open(self.journal, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def _rewrite(self, more: bytes = b"") -> None:
+        """Rewrite the journal as the uploads it names partial, with `more` lines applied. Replayed from the
+        journal itself, not from this process's memory: it holds every node's lines. Under the lock."""
+        partial = _replay(self._read_journal() + more, set())
         tmp = self.marker_dir / ".journal.tmp"
-        tmp.write_bytes(b"".join(b"+" + json.dumps(rel).encode() + b"\n" for rel in sorted(self._partial)))
+        tmp.write_bytes(b"".join(b"+" + json.dumps(rel).encode() + b"\n" for rel in sorted(partial)))
         os.replace(tmp, self.journal)
-        self._journal_lines = len(self._partial)
+        self._partial = partial
+        self._journal_lines = len(partial)
+
+    def refresh(self) -> None:
+        """What every node has recorded as partial, read back from the shared journal: uploads another
+        node left behind are swept here too, and those another node completed are no longer partial."""
+        with self._journal_lock():
+            self._partial = _replay(self._read_journal(), set())
 
     def _append(self, op: bytes, rel: str) -> None:
-        if self._journal_lines >= JOURNAL_REWRITE_AT and self._journal_lines >= 4 * len(self._partial):
-            self._rewrite()
-            return
-        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, op + json.dumps(rel).encode() + b"\n")
-        finally:
-            os.close(fd)
+        line = op + json.dumps(rel).encode() + b"\n"
+        with self._journal_lock():
+            if self._journal_lines >= JOURNAL_REWRITE_AT and self._journal_lines >= 4 * len(self._partial):
+                self._rewrite(line)
+                return
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
         self._journal_lines += 1
 
-    def mark_writing(self, rel: str) -> None:
+    def mark_writing(self, rel: str, fd: int | None = None) -> None:
+        """One more write handle on `rel`. With `fd` (the open file), the file gets its partial mark first:
+        an OSError then means it could not, and nothing was counted."""
+        if fd is not None and self.marks:
+            try:
+                os.setxattr(fd, PARTIAL_MARK, MARK_VALUE)
+            except OSError as exc:
+                if exc.errno not in _NO_XATTRS:
+                    raise
+                self._marks_off(exc)
         self.writers[rel] += 1
         self._mark(rel)
+
+    def _marks_off(self, exc: OSError) -> None:
+        """The filesystem refused a mark as unsupported (a space on a mount of its own): off for this space."""
+        self.marks = False
+        log.get(connection=self.name).warning(
+            "sftp.partial_marks_off", root=str(self.root), error=exc.strerror,
+            action="partial uploads are known only to the node serving them")
 
     def _mark(self, rel: str) -> None:
         if rel not in self._partial:
             self._partial.add(rel)
             self._append(b"+", rel)
 
-    def done_writing(self, rel: str, *, complete: bool) -> None:
-        """One write handle closed. `complete` (a client's own CLOSE) means the file is no longer partial."""
+    def done_writing(self, rel: str, *, complete: bool, fd: int | None = None) -> None:
+        """One write handle closed. `complete` (a client's own CLOSE) means the file is no longer partial;
+        `fd`, still open, is the file whose partial mark then goes. The journal says so before the mark
+        goes: a node starting meanwhile marks again only what the journal still names partial."""
         self.writers[rel] -= 1
         if self.writers[rel] <= 0:
             del self.writers[rel]
             if complete:
                 self.forget(rel)
+                if fd is not None and self.marks:
+                    self._unmark(rel, fd)
+
+    def _unmark(self, rel: str, fd: int) -> None:
+        try:
+            os.removexattr(fd, PARTIAL_MARK)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                return  # another node's handle on the same file completed it first
+            if exc.errno in _NO_XATTRS:
+                self._marks_off(exc)
+                return
+            self._mark(rel)  # still partial for every node: the journal says so again
+            raise
 
     def forget(self, rel: str) -> None:
         """The file is gone (removed, taken, renamed away) or complete: it is no longer a partial upload."""
@@ -308,7 +437,8 @@ class Space:
                 if e.is_file(follow_symlinks=False)]
 
     def is_partial(self, rel: str) -> bool:
-        return rel in self._partial
+        """A partial upload as this node knows it, or as the file's mark tells (any node's upload)."""
+        return rel in self._partial or (self.marks and is_marked(os.path.join(self.root, rel)))
 
     def partials(self) -> list[str]:
         """Every upload left unfinished."""
@@ -340,6 +470,13 @@ class Spaces:
         self._prefix = os.fspath(self.spaces_dir) + "/"  # events name paths as strings under this
         self.markers_dir = config.state_dir / "partials"
         self._spaces: dict[str, Space] = {}
+        self.spaces_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.marks = marks_supported(self.spaces_dir)
+        if not self.marks:
+            log.get().warning("sftp.partial_marks_off", spaces_dir=str(self.spaces_dir),
+                              reason="the filesystem does not support user extended attributes",
+                              action="cross-node partial detection is off: a partial upload is known only to "
+                                     "the node serving it; run one node on this spaces_dir")
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -359,7 +496,7 @@ class Spaces:
             (root / area).mkdir(parents=True, exist_ok=True, mode=0o750)
         marker_dir = self.markers_dir / conn.name
         marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        space = Space(conn.name, root.resolve(), marker_dir)
+        space = Space(conn.name, root.resolve(), marker_dir, marks=self.marks)
         space.load_markers()
         space.measure()
         log.get(connection=conn.name).debug("space ready", root=str(space.root), used=space.used)

@@ -11,6 +11,10 @@ in a thread, at most MAX_PER_TICK files are looked at per tick, and a file the d
 on (taken, refused, ignored as empty) is not offered again until it changes (`Drops.decided`). An error
 in a tick is logged with its traceback and the loop carries on: one bad scan must not end intake of
 files that arrive by other means.
+
+Several nodes may share the spaces: a file another node's SFTP session is writing, or left partial,
+carries a mark (`feedd.spaces`) and is not taken here, and the sweep deletes only what is still marked
+(the uploads every node recorded in the shared journal), never one another node has since completed.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from feedd import failpoints, log, supervisor
 from feedd.config import Config
 from feedd.drops import Drops
 from feedd.inotify import TreeWatch
-from feedd.spaces import Space, Spaces, Stamp, open_parent, stamp, walk
+from feedd.spaces import Space, Spaces, Stamp, fd_path, is_marked, open_parent, stamp, walk
 
 MAX_PER_TICK = 2000  # files looked at per tick at most: a big backlog is worked through over several ticks
 SLICE = 500  # files handled on the loop between two chances for other work to run
@@ -231,6 +235,7 @@ class Watcher:
     def _sweep_partials(self, config: Config) -> None:
         wall = time.time()
         for space in self._spaces:
+            space.refresh()  # every node's partial uploads, as the shared journal has them
             for rel in space.partials():
                 if space.writers.get(rel):
                     continue
@@ -243,6 +248,10 @@ class Watcher:
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     except FileNotFoundError:
+                        space.forget(rel)
+                        continue
+                    if space.marks and not is_marked(fd_path(fd, name, space.root / rel)):
+                        # completed through another node (its CLOSE took the mark off): not partial
                         space.forget(rel)
                         continue
                     age = wall - st.st_mtime

@@ -6,7 +6,9 @@ shared by all its handles, so a handle that truncates the file and another that 
 counted. Writes that grow files also look at the disk's free space now and then (`min_free_space`), not
 only at open. The partial file is removed at the write that crosses a limit. A client's own
 CLOSE of a written handle completes an upload and offers it for intake; a handle closed because the
-client vanished leaves a partial upload behind, which is never taken.
+client vanished leaves a partial upload behind, which is never taken. From OPEN to that CLOSE the file
+carries the partial mark (`feedd.spaces`), so that no other node sharing the spaces takes it meanwhile;
+a file that cannot be marked is not opened for writing.
 """
 
 from __future__ import annotations
@@ -347,25 +349,46 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         flags |= os.O_RDWR if pflags & FXF_READ else os.O_WRONLY
         flags |= (os.O_CREAT if pflags & FXF_CREAT else 0) | (os.O_EXCL if pflags & FXF_EXCL else 0)
         fd = os.open(target.real, flags, 0o640)
+        marked = False
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SFTPPermissionDenied(f"{target.virtual} is not a regular file")
             refuse_hard_link(st, target.virtual)  # writing through it would change a file elsewhere
+            self._mark(fd, st, rel, target, created=bool(pflags & FXF_CREAT))
+            marked = True
             truncated = bool(pflags & FXF_TRUNC and st.st_size)
             if truncated:
                 # truncated here rather than with O_TRUNC, so the quota gets back what the file really had
                 os.ftruncate(fd, 0)
                 self._space.used = max(0, self._space.used - st.st_size)
         except BaseException:
+            if marked:
+                self._space.done_writing(rel, complete=False)  # changed half-way: still partial
             os.close(fd)
             raise
         written = self._space.written(st)
         if truncated:
             written.size = 0  # for every handle on the file: what they write again counts again
-        self._space.mark_writing(rel)
         handle = Handle(fd, target, rel, stream=Stream(fd), written=written, append=bool(pflags & FXF_APPEND))
         return self._track(handle)
+
+    def _mark(self, fd: int, st: os.stat_result, rel: str, target: Target, *, created: bool) -> None:
+        """Count the handle as writing `rel` and mark the file partial for every node sharing the space,
+        before anything is written. A file that cannot be marked is not written: any node could take it
+        half-written. An empty file this open may have made goes again, or it would be taken as empty."""
+        try:
+            self._space.mark_writing(rel, fd)
+        except OSError as exc:
+            if created and not st.st_size:
+                with contextlib.suppress(OSError):
+                    now = os.lstat(target.real)
+                    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                        os.unlink(target.real)
+                        self._space.entries = max(0, self._space.entries - 1)
+            self._log.warning("sftp.partial_mark_failed", file=target.virtual, error=exc.strerror)
+            raise SFTPFailure(f"{target.virtual}: the server could not mark the file as an upload in progress "
+                              f"({exc.strerror}); try again later") from exc
 
     def _track(self, handle: Handle) -> Handle:
         self._handles.add(handle)
@@ -464,9 +487,9 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
             return
         if h.stream is not None and h.stream.error is not None:
             self._fail_io(h)
-        os.close(h.fd)
-        h.fd = -1
+        fd, h.fd = h.fd, -1
         if h.stream is None or h.written is None:
+            os.close(fd)
             return
         size = h.written.size
         self._space.written_closed(h.written)
@@ -474,7 +497,10 @@ class SpaceSFTPServer(asyncssh.SFTPServer):
         # asyncssh also calls close() for handles left open when the client goes away: that is a partial
         # upload, not a finished one, and the channel is already closing then (a real CLOSE has it open).
         abrupt = self._s.gate.conn is None or self.channel.is_closing()
-        self._space.done_writing(h.rel, complete=not abrupt)
+        try:
+            self._space.done_writing(h.rel, complete=not abrupt, fd=fd)  # its partial mark goes through fd
+        finally:
+            os.close(fd)
         if abrupt:
             self._log.info("sftp.partial_upload_kept", file=h.target.virtual, size=size)
             return
