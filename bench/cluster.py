@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pg import count_runs, postgres  # noqa: E402
-from sftp import client_key, free_port, peak_rss_mib, wait_port  # noqa: E402
+from pg import count_runs, postgres
+from sftp import client_key, free_port, peak_rss_mib, wait_port
 
 TAKEOVER = 5.0  # cluster.takeover_after for the kill measurement, seconds
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"

@@ -41,7 +41,7 @@ import asyncssh
 import paramiko
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pg import count_runs, postgres  # noqa: E402
+from pg import count_runs, postgres
 
 CIPHER = "aes128-gcm@openssh.com"
 CLK = os.sysconf("SC_CLK_TCK")
