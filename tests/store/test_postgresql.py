@@ -29,6 +29,14 @@ async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
     await s.close()
 
 
+@pytest.fixture
+async def twin(pg_dsn: str, store: PostgresStore) -> AsyncIterator[PostgresStore]:
+    """A second store on the same database, as another node opens it."""
+    s = await PostgresStore.open(pg_dsn)
+    yield s
+    await s.close()
+
+
 class TestPostgresStore(StoreContract):
     pass
 

@@ -23,6 +23,14 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await s.close()
 
 
+@pytest.fixture
+async def twin(tmp_path: Path, store: SqliteStore) -> AsyncIterator[SqliteStore]:
+    """A second store on the same database, as another process would open it."""
+    s = await SqliteStore.open(tmp_path / "feedd.db")
+    yield s
+    await s.close()
+
+
 class TestSqliteStore(StoreContract):
     pass
 
