@@ -148,6 +148,9 @@ class Store(Protocol):
         time is not up; again by the same holder, for longer. The upload as held, or None (held by another, or
         no such upload). A write with `expect` lets go (holder None) or keeps holding."""
 
+    async def release_uploads(self, holder_prefix: str) -> int:
+        """Let go of every upload whose holder's name starts with `holder_prefix`; how many."""
+
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:
         """Uploads in one of `states` not updated since `updated_before`, oldest first."""

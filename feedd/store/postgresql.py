@@ -451,6 +451,12 @@ class PostgresStore:
             "WHERE p.upload_id = uploads.upload_id) AS parts_json", (holder, seconds, upload_id, holder))
         return _upload_from(rows[0]) if rows else None
 
+    async def release_uploads(self, holder_prefix: str) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute("UPDATE uploads SET holder = NULL, held_until = NULL "
+                                     "WHERE starts_with(holder, %s)", (holder_prefix,))
+            return cur.rowcount
+
     async def disable_target(self, target: str, reason: str) -> None:
         async with self._connection() as conn:
             await conn.execute("INSERT INTO disabled_targets VALUES (%s, %s, %s) ON CONFLICT (target) DO UPDATE SET "

@@ -437,6 +437,11 @@ class SqliteStore:
             (holder, _utc_ts(now + timedelta(seconds=seconds)), upload_id, holder, _utc_ts(now))))
         return await self.get_upload(upload_id) if held == 1 else None
 
+    async def release_uploads(self, holder_prefix: str) -> int:
+        return await self._write(("UPDATE uploads SET holder = NULL, held_until = NULL "
+                                  "WHERE holder IS NOT NULL AND substr(holder, 1, ?) = ?",
+                                  (len(holder_prefix), holder_prefix)))
+
     async def disable_target(self, target: str, reason: str) -> None:
         await self._write(("INSERT INTO disabled_targets VALUES (?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
                            "reason = excluded.reason, disabled_at = excluded.disabled_at",

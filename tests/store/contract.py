@@ -497,7 +497,8 @@ class StoreContract:
                                                                                  twin: Store) -> None:
         tus = Upload("a" * 32, SourceKind.TUS, UploadState.INITIATED, "acme", "acme-in", length=10)
         await store.save_upload(tus)
-        held = await asyncio.gather(store.claim_upload(tus.upload_id, "one", 60), twin.claim_upload(tus.upload_id, "two", 60))
+        held = await asyncio.gather(store.claim_upload(tus.upload_id, "one", 60),
+                                    twin.claim_upload(tus.upload_id, "two", 60))
         [mine] = [u for u in held if u is not None]
         holder, other = ("one", twin) if held[0] is not None else ("two", store)
         assert mine.holder == holder and mine.offset == 0
@@ -515,8 +516,18 @@ class StoreContract:
         async def four() -> Upload | None:
             return await store.claim_upload(tus.upload_id, "four", 60)
 
-        assert (await eventually(four, what="held after the holder's time was up")).holder == "four"
+        fourth = await eventually(four, what="held after the holder's time was up")
+        assert fourth.holder == "four"
         assert await twin.claim_upload("missing", "four", 60) is None
+        # a node that starts again lets go of what its previous life held, and only that
+        other_tus = Upload("b" * 32, SourceKind.TUS, UploadState.INITIATED, "acme", "acme-in", length=10)
+        await store.save_upload(other_tus)
+        assert await store.save_upload(replace(fourth, holder=None), expect=fourth)
+        assert await store.claim_upload(tus.upload_id, "host-a/1", 60) is not None
+        assert await store.claim_upload(other_tus.upload_id, "host-b/1", 60) is not None
+        assert await twin.release_uploads("host-a/") == 1
+        assert await twin.claim_upload(tus.upload_id, "host-b/2", 60) is not None
+        assert await twin.claim_upload(other_tus.upload_id, "host-a/2", 60) is None
 
     async def test_the_first_run_of_a_content_is_recorded_once(self, store: Store, twin: Store) -> None:
         one, two = make_run(sha="c" * 64), make_run(sha="c" * 64)
