@@ -284,18 +284,15 @@ class Uploads(Routes):
             _check_parts(current, wanted)
             if current.run_id is not None:  # a complete began (here, on another node, or before a crash)
                 break
+            # Given only if no part came since the parts were checked; from then on no part is recorded.
             begun = replace(current, run_id=new_id(), updated_at=utcnow())
             if await self._store.save_upload(begun, expect=current):
+                current = begun
                 break
             current = await self._store.get_upload(upload.upload_id)  # a part or another complete came first
         else:
             raise ApiError(409, "busy", "the upload kept changing while it was being completed; try again")
-        # As it was when the run id was given: a part sent meanwhile is kept out, and its etag may differ.
-        current = await self._store.get_upload(upload.upload_id)
         assert current is not None
-        if current.state is not UploadState.COMPLETED:
-            _require_open(current)
-            _check_parts(current, wanted)
         return web.json_response(await self._finish(current))
 
     async def _finish(self, upload: Upload) -> dict[str, Any]:
@@ -370,7 +367,7 @@ class Uploads(Routes):
                 continue
             if upload.run_id is not None and await self._store.get_run(upload.run_id) is not None:
                 await self._finish(upload)  # its complete recorded the run, then its node died
-            elif await self._abort(upload, "expired"):  # unless it changed since it was read
+            elif await self._abort(upload, "expired"):  # unless it changed (a part came) since it was read
                 swept += 1
         return swept
 

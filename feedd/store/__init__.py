@@ -133,7 +133,8 @@ class Store(Protocol):
 
     async def save_upload(self, upload: Upload, *, expect: Upload | None = None) -> bool:
         """Write the upload (not its parts: see `save_part`). With `expect`, only if the stored state, offset,
-        run id and holder are still `expect`'s: False, and nothing written, if not."""
+        run id, holder and time of the last change (a part recorded changes it) are still `expect`'s: False,
+        and nothing written, if not."""
 
     async def get_upload(self, upload_id: str) -> Upload | None:
         """The upload with its parts (`parts`, `part_records`, and `records` their sum)."""

@@ -172,7 +172,7 @@ _UPSERT_UPLOAD = (f"INSERT INTO uploads ({', '.join(_UPLOAD_COLUMNS)}) "
 # concurrent writer left it, so of two writers who read the same, one wins.
 _UPDATE_UPLOAD = (f"UPDATE uploads SET {', '.join(f'{c} = %s' for c in _UPLOAD_COLUMNS[1:])} WHERE upload_id = %s "
                   'AND state = %s AND "offset" = %s AND run_id IS NOT DISTINCT FROM %s '
-                  "AND holder IS NOT DISTINCT FROM %s")
+                  "AND holder IS NOT DISTINCT FROM %s AND updated_at = %s")
 # An upload with its parts, in one statement: one snapshot.
 _SELECT_UPLOADS = """
     SELECT u.*, (SELECT coalesce(json_agg(json_build_array(p.part_number, p.etag, p.records) ORDER BY p.part_number),
@@ -414,7 +414,7 @@ class PostgresStore:
                 cur = await conn.execute(_UPSERT_UPLOAD, row)
             else:
                 cur = await conn.execute(_UPDATE_UPLOAD, (*row[1:], upload.upload_id, str(expect.state), expect.offset,
-                                                          expect.run_id, expect.holder))
+                                                          expect.run_id, expect.holder, expect.updated_at))
             return cur.rowcount == 1
 
     async def get_upload(self, upload_id: str) -> Upload | None:

@@ -392,8 +392,9 @@ class SqliteStore:
             sets = ", ".join(f"{c} = ?" for c in columns[1:])
             return await self._write((
                 f'UPDATE uploads SET {sets} WHERE upload_id = ? AND state = ? AND "offset" = ? AND run_id IS ? '
-                "AND holder IS ?",
-                (*row[1:], upload.upload_id, str(expect.state), expect.offset, expect.run_id, expect.holder),
+                "AND holder IS ? AND updated_at = ?",
+                (*row[1:], upload.upload_id, str(expect.state), expect.offset, expect.run_id, expect.holder,
+                 _ts(expect.updated_at)),
             )) == 1
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         return await self._write((

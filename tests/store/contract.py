@@ -492,6 +492,13 @@ class StoreContract:
         assert not await store.save_upload(replace(tus, offset=8), expect=tus)
         got = await store.get_upload(tus.upload_id)
         assert got is not None and got.offset == 6
+        # a part recorded since it was read: the upload changed, its writer must read it again
+        read = await store.get_upload(upload.upload_id)
+        assert read is not None and read.run_id is not None
+        later = replace(read, run_id=None, updated_at=read.updated_at + timedelta(seconds=1))
+        assert await store.save_upload(later, expect=read)
+        assert await twin.save_part(upload.upload_id, 1, "e1", 1)
+        assert not await store.save_upload(replace(later, state=UploadState.ABORTED), expect=later)
 
     async def test_an_upload_is_held_by_one_holder_until_let_go_or_its_time_is_up(self, store: Store,
                                                                                  twin: Store) -> None:
