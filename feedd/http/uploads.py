@@ -221,7 +221,13 @@ class Uploads(Routes):
             if problem is not None:
                 raise ApiError(400, "invalid_part", f"part {number}: {problem}")
             part = _part_file(folder, number, etag)
-            await asyncio.to_thread(_settle, tmp, part)
+            try:
+                await asyncio.to_thread(_settle, tmp, part)
+            except FileNotFoundError:  # the folder went with its upload, completed or aborted meanwhile
+                current = await self._store.get_upload(upload.upload_id)
+                assert current is not None
+                _require_open(current)
+                raise
             if not await self._store.save_part(upload.upload_id, number, etag, records):
                 current = await self._store.get_upload(upload.upload_id)
                 if current is None or current.parts.get(number) != etag:  # the file is no recorded part's
