@@ -90,3 +90,14 @@ class StartupError(FeeddError):
     """The daemon cannot start safely (for example: host key missing from an existing state)."""
 
     code = "startup_refused"
+
+
+class DuplicateContentError(FeeddError):
+    """A run recorded as the first of its connection's content when another run is that already (recorded
+    meanwhile, by another node): `original` is that run's id."""
+
+    code = "duplicate_input"
+
+    def __init__(self, message: str, original: str) -> None:
+        super().__init__(message)
+        self.original = original

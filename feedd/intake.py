@@ -26,6 +26,7 @@ from feedd.durable import (
     sync_file,
     sync_filesystem,
 )
+from feedd.errors import ConflictError, DuplicateContentError
 from feedd.model import Direction, Run, RunError, RunStatus, Source, SourceKind, new_id
 from feedd.store import Store
 
@@ -43,6 +44,9 @@ class Input:
     pipeline: str | None  # None: choose by matching `name` against inbound pipelines
     sha256: str | None = None  # already computed while the bytes streamed in (trusted only from feedd itself)
     meta: dict[str, Any] = field(default_factory=dict)  # kept on the run (e.g. an upload's filename, output)
+    # The run's id, when the caller chose it: taking the input again then records nothing (ConflictError), so
+    # that two nodes completing one upload at once make one run.
+    run_id: str | None = None
 
 
 def spool_dir(config: Config) -> Path:
@@ -163,7 +167,7 @@ class _Gatherer:
 
     async def _take(self, batch: list[_Request]) -> None:
         for r in batch:
-            r.run_id = new_id()
+            r.run_id = r.item.run_id or new_id()
             # Who it is for travels in the name: if the daemon dies between this move and the commit,
             # `recover()` finds the file without a run and takes it in again.
             r.dest = spool_dir(r.config) / fit_name(f"{r.run_id}.{r.item.connection}.{r.item.kind}."
@@ -192,13 +196,16 @@ class _Gatherer:
             runs.append((r, run))
             first.setdefault((run.connection, sha), run.run_id)
         # Recorded together: the store commits inserts that arrive at once in one transaction.
-        outcomes = await asyncio.gather(
-            *(self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json))
-              for r, run in runs), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._record(r, run, overrides) for r, run in runs),
+                                        return_exceptions=True)
+        runs = [(r, outcome if isinstance(outcome, Run) else run)
+                for (r, run), outcome in zip(runs, outcomes, strict=True)]
         unrecorded = [(r, error) for (r, _), error in zip(runs, outcomes, strict=True)
                       if isinstance(error, BaseException)]
         if unrecorded:
-            await asyncio.to_thread(_put_back, [r for r, _ in unrecorded])
+            # An input whose run another node recorded under the id its caller chose is that run's, spooled.
+            await asyncio.to_thread(_put_back, [r for r, error in unrecorded
+                                                if not (r.item.run_id and isinstance(error, ConflictError))])
             for r, error in unrecorded:
                 r.done.set_exception(error)
         failpoints.hit("intake.after_commit")
@@ -210,6 +217,20 @@ class _Gatherer:
                 "run.accepted", status=str(run.status), source=item.name, size=run.source.size,
                 sha256=run.source.sha256, kind=str(item.kind), error=run.error.code if run.error else None)
             r.done.set_result(run)
+
+    async def _record(self, r: _Request, run: Run, overrides: dict[str, bool]) -> Run:
+        """Insert the run; one that must be the first of its content and is not (another node recorded the same
+        content since the look-up) is recorded as a duplicate of the one that is."""
+        first = run.duplicate_of is None and run.source.size > 0 and _checks_duplicates(r)
+        try:
+            await self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json),
+                                         first_of_content=first)
+            return run
+        except DuplicateContentError as exc:
+            run = _decide(r, run.source.sha256, run.source.size, r.overrides if r.overrides is not None else overrides,
+                          exc.original)
+            await self._store.insert_run(run, events.make(r.config, f"run.{run.status}", run.to_json))
+            return run
 
 
 BATCH = 256  # inputs per hand-off and transaction at most

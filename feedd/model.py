@@ -283,6 +283,8 @@ class Upload:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     expires_at: datetime | None = None
+    part_records: dict[int, int] = field(default_factory=dict)  # part number -> records in it
+    holder: str | None = None  # who holds it (a tus PATCH in progress), until that one lets go or its time is up
 
 
 class ObjectKind(StrEnum):

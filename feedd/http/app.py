@@ -96,6 +96,7 @@ class Runs(Retrier, Releaser, Protocol):
 
 
 UPLOADS = web.AppKey("uploads", Uploads)
+TUS = web.AppKey("tus", Tus)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
@@ -116,7 +117,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi_json)
     wake = accepted or (runs.wake if runs is not None else lambda: None)
-    tus = Tus(live, store, wake)
+    tus = app[TUS] = Tus(live, store, wake, node)
     tus.routes(app)
     uploads = app[UPLOADS] = Uploads(live, store, wake, sweepers=(tus.sweep,))
     uploads.routes(app)
@@ -199,6 +200,7 @@ class HttpServer:
                 for sock in getattr(server, "sockets", None) or ():
                     host, port = sock.getsockname()[:2]
                     self.addresses.append(Address(host, port))
+        await self._app[TUS].start()
         await self._app[UPLOADS].start()
         for bound in self.addresses:
             log.get().info("listening", service="http", address=str(bound), tls=self._ssl is not None)

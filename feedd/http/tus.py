@@ -3,8 +3,9 @@ termination, expiration and checksum (sha256, sha1, md5).
 
 Bytes go to `<state_dir>/tus/<id>` and the offset to the store, in that order and both durable, so a
 restart resumes at the stored offset (bytes past it, from a write cut short, are dropped at the next
-PATCH). One PATCH per upload at a time: a second gets 423. A finished upload is taken by
-`intake.accept` like an SFTP drop (source kind `tus`).
+PATCH). One PATCH per upload at a time, whichever node it reaches: a PATCH holds the upload in the store
+(a second gets 423) and writes the offset only if it is still the one it started from. A finished upload
+is taken by `intake.accept` like an SFTP drop (source kind `tus`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import re
 import secrets
-import weakref
+import socket
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,21 @@ _ID = re.compile(r"[0-9a-f]{32}")
 OCTETS = "application/offset+octet-stream"
 OPEN = (UploadState.INITIATED, UploadState.UPLOADING)
 RUN_ID = "Feedd-Run-Id"  # the run a completed upload became: on the request that completed it, and on HEAD
+# How long a hold lasts unless renewed: a PATCH renews it every third of that while it runs, so the hold of a
+# node that died lapses within this, and the client's next PATCH (through any node) goes on.
+HOLD_SECONDS = 60.0
+# Holders are named `<node>/<random>`: when a node dies (killed mid-PATCH, say), the node that takes over its
+# work, or the daemon's next start on a store of its own, lets go of its holds, so that the client resumes at
+# once instead of after HOLD_SECONDS. Without a node id (an app built without the daemon), the host's name.
+NODE = socket.gethostname()
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A PATCH's hold on its upload: `upload` is the upload as this PATCH last wrote it."""
+
+    holder: str
+    upload: Upload
 
 
 def _decimal(text: str) -> int | None:
@@ -69,12 +86,13 @@ def parse_metadata(header: str) -> dict[str, str]:
 
 
 class Tus(Routes):
-    """The `/tus/` routes and their state (the per-upload locks)."""
+    """The `/tus/` routes."""
 
-    def __init__(self, live: Any, store: Store, accepted: Callable[[], None]) -> None:
+    def __init__(self, live: Any, store: Store, accepted: Callable[[], None], node: str = "") -> None:
         super().__init__(live, store)
         self._accepted = accepted
-        self._busy: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # The node's id starts every hold it takes: the node that takes over a dead one releases its holds.
+        self._node = node or NODE
 
 
     def folder(self) -> Path:
@@ -198,21 +216,59 @@ class Tus(Routes):
             headers[RUN_ID] = upload.run_id
         return web.Response(status=204, headers=headers)
 
+    async def start(self) -> None:
+        if released := await self._store.release_uploads(f"{self._node}/"):
+            log.get().info("tus.released", uploads=released, reason="held by this node before it started")
+
+    async def _hold(self, upload_id: str, what: str) -> _Hold:
+        holder = f"{self._node}/{secrets.token_hex(8)}"
+        held = await self._store.claim_upload(upload_id, holder, HOLD_SECONDS)
+        if held is None:
+            raise ApiError(423, "locked", f"{what} of this upload is in progress", self._headers())
+        return _Hold(holder, held)
+
+    async def _let_go(self, hold: _Hold) -> None:
+        if hold.upload.holder == hold.holder:  # its last write did not let go
+            await self._store.save_upload(replace(hold.upload, holder=None), expect=hold.upload)
+
+    async def _keep(self, hold: _Hold) -> None:
+        """Renew the hold while the PATCH runs (a body may take minutes); a hold lost meanwhile (the store out
+        of reach for HOLD_SECONDS) is found by the offset's write, which then writes nothing."""
+        while True:
+            await asyncio.sleep(HOLD_SECONDS / 3)
+            if await self._store.claim_upload(hold.upload.upload_id, hold.holder, HOLD_SECONDS) is None:
+                return
+
     async def _write(self, request: web.Request, upload: Upload) -> Upload:
-        lock = self._busy.get(upload.upload_id)
-        if lock is None:
-            lock = self._busy[upload.upload_id] = asyncio.Lock()
-        if lock.locked():
-            raise ApiError(423, "locked", "another PATCH of this upload is in progress", self._headers())
-        async with lock:
-            current = await self._store.get_upload(upload.upload_id)
-            assert current is not None
+        hold = await self._hold(upload.upload_id, "another PATCH")
+        keeper: asyncio.Task[None] | None = None
+        try:
+            current = hold.upload
+            if current.state not in OPEN:
+                raise ApiError(409, "completed", "this upload is complete", self._headers())
             if current.offset != upload.offset:
                 raise ApiError(409, "offset_mismatch", f"the upload is at offset {current.offset}",
                                self._headers(**{"Upload-Offset": str(current.offset)}))
-            return await self._receive(request, current)
+            keeper = asyncio.get_running_loop().create_task(self._keep(hold))
+            return await self._receive(request, hold)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+            await self._let_go(hold)
 
-    async def _receive(self, request: web.Request, upload: Upload) -> Upload:
+    async def _save(self, hold: _Hold, upload: Upload) -> None:
+        """Write the upload if the store still has it as this PATCH last wrote it (offset, holder)."""
+        if not await self._store.save_upload(upload, expect=hold.upload):
+            current = await self._store.get_upload(upload.upload_id)
+            offset = str(current.offset if current is not None else hold.upload.offset)
+            raise ApiError(409, "offset_mismatch", "the upload changed while this PATCH ran (its hold lapsed)",
+                           self._headers(**{"Upload-Offset": offset}))
+        hold.upload = upload
+
+    async def _receive(self, request: web.Request, hold: _Hold) -> Upload:
+        upload = hold.upload
         checksum = request.headers.get("Upload-Checksum")
         digest, expected = None, b""
         if checksum:
@@ -256,26 +312,30 @@ class Tus(Routes):
                 await asyncio.to_thread(os.ftruncate, fd, upload.offset)
             else:
                 await asyncio.to_thread(os.fsync, fd)
-                await self._store.save_upload(replace(upload, offset=upload.offset + written,
-                                                      state=UploadState.UPLOADING, updated_at=utcnow()))
+                with contextlib.suppress(ApiError):  # the hold lapsed: the store's offset stands
+                    await self._save(hold, replace(upload, offset=upload.offset + written,
+                                                   state=UploadState.UPLOADING, updated_at=utcnow(), holder=None))
             raise
         finally:
             await asyncio.to_thread(os.close, fd)
         now = utcnow()  # activity pushes the expiry back
+        done = upload.offset + written == upload.length  # held on until its run is recorded
         upload = replace(upload, offset=upload.offset + written, state=UploadState.UPLOADING, updated_at=now,
-                         expires_at=now + timedelta(seconds=self.config.http.tus.expire_after))
-        await self._store.save_upload(upload)
-        if upload.offset == upload.length:
-            upload = await self._finish(upload)
+                         expires_at=now + timedelta(seconds=self.config.http.tus.expire_after),
+                         holder=hold.holder if done else None)
+        await self._save(hold, upload)
+        if done:
+            upload = await self._finish(hold)
         return upload
 
-    async def _finish(self, upload: Upload) -> Upload:
+    async def _finish(self, hold: _Hold) -> Upload:
+        upload = hold.upload
         path = self.folder() / upload.upload_id
         item = intake.Input(upload.connection, SourceKind.TUS, upload.filename or upload.upload_id, path,
                             upload.pipeline, meta={"upload_id": upload.upload_id})
         run = await intake.accept(self._store, self.config, item, pipeline=upload.pipeline)
-        done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())
-        await self._store.save_upload(done)
+        done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow(), holder=None)
+        await self._save(hold, done)
         await self._store.add_events(events.make(self.config, "upload.completed", {
             "uploadId": done.upload_id, "kind": "tus", "connectionName": done.connection,
             "pipelineId": done.pipeline, "filename": done.filename, "length": done.length, "runId": run.run_id}))
@@ -288,14 +348,18 @@ class Tus(Routes):
         upload = await self._owned(request)
         if upload.state not in OPEN:
             raise ApiError(409, "completed", "a completed upload cannot be terminated", self._headers())
-        lock = self._busy.get(upload.upload_id)
-        if lock is not None and lock.locked():
-            raise ApiError(423, "locked", "a PATCH of this upload is in progress", self._headers())
-        await self._terminate(upload, "terminated by the client")
+        hold = await self._hold(upload.upload_id, "a PATCH")
+        try:
+            if hold.upload.state not in OPEN:
+                raise ApiError(409, "completed", "a completed upload cannot be terminated", self._headers())
+            await self._terminate(hold, "terminated by the client")
+        finally:
+            await self._let_go(hold)
         return web.Response(status=204, headers=self._headers())
 
-    async def _terminate(self, upload: Upload, why: str) -> None:
-        await self._store.save_upload(replace(upload, state=UploadState.ABORTED, updated_at=utcnow()))
+    async def _terminate(self, hold: _Hold, why: str) -> None:
+        upload = hold.upload
+        await self._save(hold, replace(upload, state=UploadState.ABORTED, updated_at=utcnow(), holder=None))
         await asyncio.to_thread((self.folder() / upload.upload_id).unlink, missing_ok=True)
         await self._store.add_events(events.make(self.config, "upload.aborted", {
             "uploadId": upload.upload_id, "kind": "tus", "connectionName": upload.connection,
@@ -309,10 +373,18 @@ class Tus(Routes):
         swept = 0
         for upload in stale:
             if upload.kind is SourceKind.TUS and upload.expires_at is not None and upload.expires_at < utcnow():
-                lock = self._busy.get(upload.upload_id)
-                if lock is None or not lock.locked():
-                    await self._terminate(upload, "expired")
-                    swept += 1
+                try:
+                    hold = await self._hold(upload.upload_id, "a PATCH")
+                except ApiError:
+                    continue  # in use: not expired after all
+                try:
+                    current = hold.upload
+                    if current.state in OPEN and current.expires_at is not None and current.expires_at < utcnow():
+                        with contextlib.suppress(ApiError):  # changed since it was held: not expired after all
+                            await self._terminate(hold, "expired")
+                            swept += 1
+                finally:
+                    await self._let_go(hold)
         return swept
 
 

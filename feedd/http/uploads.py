@@ -3,7 +3,12 @@
 A part is streamed to its own file under `<state_dir>/uploads/<uploadId>/` while its sha256 (the etag) is
 computed, then checked as a JSON array of objects: off the event loop, in a worker process when it is
 large. Complete splices the parts' arrays into one JSON array file without parsing them again and hands it
-to `intake.accept`, like every other way in. Work on one upload is serialised by a lock of its own.
+to `intake.accept`, like every other way in.
+
+Any node may take any call (the state_dir is shared): a part is a row of its own in the store and a file named
+by its etag, so parts sent at once through two nodes are all kept. A complete first gives the upload its run
+id (one writer wins; no part is recorded after), so completes at once, or again after a crash, make that one
+run; every other change is written only if the upload is still as it was read.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +33,7 @@ from aiohttp import web
 
 from feedd import events, failpoints, intake, log, supervisor
 from feedd.durable import fsync_dir
+from feedd.errors import ConflictError
 from feedd.http.api import ApiError, Routes, authenticate, field, json_body, require_connection, require_space
 from feedd.http.limits import body_chunks
 from feedd.http.names import check_space_name
@@ -41,6 +46,7 @@ READ_DEADLINE = 300.0  # seconds to receive one part's body
 IN_PROCESS_CHECK = 256 * 1024  # parts up to this size are checked in a thread; larger ones in a worker process
 MAX_PARTS = 10_000
 SWEEP_SECONDS = 60.0
+WRITE_TRIES = 20  # reads and writes again of an upload that changed between the two, before a 409
 _ID = re.compile(r"[0-9A-Z]{26}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
 OUTPUTS = ("csv", "json", "jsonl")
@@ -100,20 +106,19 @@ def view(upload: Upload) -> dict[str, Any]:
         out["filename"] = upload.filename
     if upload.meta.get("output"):
         out["output"] = upload.meta["output"]
-    if upload.run_id:
+    if upload.run_id and upload.state is UploadState.COMPLETED:  # before, the id of a run being made
         out["runId"] = upload.run_id
     return out
 
 
 class Uploads(Routes):
-    """The routes and their state: where parts live, the per-upload locks, the checking pool, the sweep."""
+    """The routes and their state: where parts live, the checking pool, the sweep."""
 
     def __init__(self, config: Any, store: Store, accepted: Callable[[], None] = lambda: None,
                  sweepers: tuple[Callable[[], Awaitable[int]], ...] = ()) -> None:
         super().__init__(config, store)
         self._accepted = accepted
         self._sweepers = (self.sweep, *sweepers)  # tus uploads expire on the same beat
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool: ProcessPoolExecutor | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -138,12 +143,6 @@ class Uploads(Routes):
                 await self._sweeper
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _lock(self, upload_id: str) -> asyncio.Lock:
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = asyncio.Lock()
-        return lock
 
     async def _owned(self, request: web.Request) -> Upload:
         key = authenticate(request, self.config)
@@ -202,6 +201,8 @@ class Uploads(Routes):
     async def put_part(self, request: web.Request) -> web.Response:
         upload = await self._owned(request)
         _require_open(upload)  # a closed upload takes nothing, whatever the part number
+        if upload.run_id is not None:
+            raise ApiError(409, "wrong_state", f"upload {upload.upload_id} is being completed; it takes no more parts")
         require_space(self.config)
         text = request.match_info["partNumber"]
         number = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
@@ -219,16 +220,22 @@ class Uploads(Routes):
             records, problem = await self._check(tmp, size)
             if problem is not None:
                 raise ApiError(400, "invalid_part", f"part {number}: {problem}")
-            async with self._lock(upload.upload_id):
+            part = _part_file(folder, number, etag)
+            try:
+                await asyncio.to_thread(_settle, tmp, part)
+            except FileNotFoundError:  # the folder went with its upload, completed or aborted meanwhile
                 current = await self._store.get_upload(upload.upload_id)
                 assert current is not None
                 _require_open(current)
-                await asyncio.to_thread(_settle, tmp, folder / f"{number}.json")
-                counts = {**current.meta.get("records", {}), str(number): records}
-                updated = replace(current, state=UploadState.UPLOADING, parts={**current.parts, number: etag},
-                                  records=sum(counts.values()), meta={**current.meta, "records": counts},
-                                  updated_at=utcnow())
-                await self._store.save_upload(updated)
+                raise
+            if not await self._store.save_part(upload.upload_id, number, etag, records):
+                current = await self._store.get_upload(upload.upload_id)
+                if current is None or current.parts.get(number) != etag:  # the file is no recorded part's
+                    await asyncio.to_thread(part.unlink, missing_ok=True)
+                assert current is not None
+                _require_open(current)
+                raise ApiError(409, "wrong_state", f"upload {upload.upload_id} is being completed; it takes no "
+                                                   "more parts")
         finally:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
         return web.json_response({"partNumber": number, "records": records, "etag": etag})
@@ -276,53 +283,85 @@ class Uploads(Routes):
             number = field(item, "partNumber", int)
             etag = field(item, "etag", str, required=False)
             wanted[number] = etag.strip('"') if etag else None
-        async with self._lock(upload.upload_id):
-            current = await self._store.get_upload(upload.upload_id)
+        current: Upload | None = upload
+        for _ in range(WRITE_TRIES):
             assert current is not None
             _require_open(current)
             _check_parts(current, wanted)
-            return web.json_response(await self._finish(current))
+            if current.run_id is not None:  # a complete began (here, on another node, or before a crash)
+                break
+            # Given only if no part came since the parts were checked; from then on no part is recorded.
+            begun = replace(current, run_id=new_id(), updated_at=utcnow())
+            if await self._store.save_upload(begun, expect=current):
+                current = begun
+                break
+            current = await self._store.get_upload(upload.upload_id)  # a part or another complete came first
+        else:
+            raise ApiError(409, "busy", "the upload kept changing while it was being completed; try again")
+        assert current is not None
+        return web.json_response(await self._finish(current))
 
     async def _finish(self, upload: Upload) -> dict[str, Any]:
         config = self.config
+        assert upload.run_id is not None
         folder = self.folder(upload.upload_id)
-        assembled = folder / "assembled.json"
-        parts = [folder / f"{n}.json" for n in range(1, upload.total_parts + 1)]
-        spans, sha256 = await asyncio.to_thread(splice, parts, assembled)
-        failpoints.hit("upload.mid_complete")
-        name = upload.filename or f"{upload.upload_id}.json"
-        meta = {"upload_id": upload.upload_id, "filename": upload.filename, **upload.meta}
-        counts = meta.pop("records", None) or {}
-        meta["parts"] = coarse([[start, end, int(counts.get(str(n), 0))] for n, (start, end) in enumerate(spans, 1)])
-        item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline, sha256=sha256,
-                            meta=meta)
-        run = await intake.accept(self._store, config, item, pipeline=upload.pipeline)
-        self._accepted()
-        done = replace(upload, state=UploadState.COMPLETED, run_id=run.run_id, updated_at=utcnow())
-        await self._store.save_upload(done)
-        await self._store.add_events(events.make(config, "upload.completed", {**view(done), "runId": run.run_id}))
+        run = await self._store.get_run(upload.run_id)
+        if run is None:
+            # a file of this attempt's own: another node may be splicing the same upload at this moment
+            assembled = folder / f"assembled.{secrets.token_hex(4)}.json"
+            parts = [_part_file(folder, n, upload.parts[n]) for n in range(1, upload.total_parts + 1)]
+            try:
+                spans, sha256 = await asyncio.to_thread(splice, parts, assembled)
+                failpoints.hit("upload.mid_complete")
+                name = upload.filename or f"{upload.upload_id}.json"
+                meta = {"upload_id": upload.upload_id, "filename": upload.filename, **upload.meta}
+                meta.pop("records", None)  # per part, as stored before parts had rows of their own
+                meta["parts"] = coarse([[start, end, upload.part_records.get(n, 0)]
+                                        for n, (start, end) in enumerate(spans, 1)])
+                item = intake.Input(upload.connection, SourceKind.UPLOAD, name, assembled, upload.pipeline,
+                                    sha256=sha256, meta=meta, run_id=upload.run_id)
+                try:
+                    run = await intake.accept(self._store, config, item, pipeline=upload.pipeline)
+                except ConflictError:  # another complete of it recorded the run first
+                    run = await self._store.get_run(upload.run_id)
+                    if run is None:
+                        raise
+                self._accepted()
+            finally:
+                await asyncio.to_thread(assembled.unlink, missing_ok=True)
+        done = replace(upload, state=UploadState.COMPLETED, updated_at=utcnow())
+        if upload.state is not UploadState.COMPLETED and await self._store.save_upload(done, expect=upload):
+            # announced by the complete that wrote it, once
+            await self._store.add_events(events.make(config, "upload.completed", {**view(done), "runId": run.run_id}))
+            log.get(connection=upload.connection, pipeline=upload.pipeline, run_id=run.run_id).info(
+                "upload.completed", upload_id=upload.upload_id, parts=upload.total_parts, records=upload.records)
         await asyncio.to_thread(shutil.rmtree, folder, True)
-        log.get(connection=upload.connection, pipeline=upload.pipeline, run_id=run.run_id).info(
-            "upload.completed", upload_id=upload.upload_id, parts=upload.total_parts, records=upload.records)
         return {"uploadId": done.upload_id, "state": str(done.state), "runId": run.run_id, "records": done.records}
 
     async def abort(self, request: web.Request) -> web.Response:
-        upload = await self._owned(request)
-        async with self._lock(upload.upload_id):
-            current = await self._store.get_upload(upload.upload_id)
+        current: Upload | None = await self._owned(request)
+        for _ in range(WRITE_TRIES):
             assert current is not None
             _require_open(current)
-            await self._abort(current, "aborted by the client")
-        return web.json_response({"uploadId": upload.upload_id, "state": str(UploadState.ABORTED)})
+            if current.run_id is not None:
+                raise ApiError(409, "wrong_state", f"upload {current.upload_id} is being completed")
+            if await self._abort(current, "aborted by the client"):
+                break
+            current = await self._store.get_upload(current.upload_id)  # a part came meanwhile
+        else:
+            raise ApiError(409, "busy", "the upload kept changing while it was being aborted; try again")
+        return web.json_response({"uploadId": current.upload_id, "state": str(UploadState.ABORTED)})
 
-    async def _abort(self, upload: Upload, why: str) -> None:
+    async def _abort(self, upload: Upload, why: str) -> bool:
         aborted = replace(upload, state=UploadState.ABORTED, updated_at=utcnow())
-        await self._store.save_upload(aborted)
+        if not await self._store.save_upload(aborted, expect=upload):
+            return False
         await self._store.add_events(events.make(self.config, "upload.aborted", {**view(aborted), "reason": why}))
         self._accepted()
         await asyncio.to_thread(shutil.rmtree, self.folder(upload.upload_id), True)
         log.get(connection=upload.connection, pipeline=upload.pipeline).info(
             "upload.aborted", upload_id=upload.upload_id, reason=why)
+        return True
 
     async def sweep(self) -> int:
         """Abort uploads not touched for `http.upload_expire_after`; their parts are deleted."""
@@ -332,11 +371,10 @@ class Uploads(Routes):
         for upload in stale:
             if upload.kind is not SourceKind.UPLOAD:
                 continue
-            async with self._lock(upload.upload_id):
-                current = await self._store.get_upload(upload.upload_id)
-                if current is not None and current.state in OPEN and current.updated_at < before:
-                    await self._abort(current, "expired")
-                    swept += 1
+            if upload.run_id is not None and await self._store.get_run(upload.run_id) is not None:
+                await self._finish(upload)  # its complete recorded the run, then its node died
+            elif await self._abort(upload, "expired"):  # unless it changed (a part came) since it was read
+                swept += 1
         return swept
 
     async def _sweep_forever(self) -> None:
@@ -369,6 +407,13 @@ def _check_parts(upload: Upload, wanted: dict[int, str | None]) -> None:
         if etag is not None and etag != upload.parts[number]:
             raise ApiError(422, "etag_mismatch", f"part {number}: etag {etag!r} differs from the stored part's "
                                                  f"{upload.parts[number]!r}")
+
+
+def _part_file(folder: Path, number: int, etag: str) -> Path:
+    """Named by its etag: a part sent again, through another node, never overwrites the file of the one
+    recorded. (`<n>.json`: a part stored before parts had rows of their own.)"""
+    named = folder / f"{number}.{etag}.json"
+    return named if named.exists() or not (folder / f"{number}.json").exists() else folder / f"{number}.json"
 
 
 def _sync(f: Any) -> None:

@@ -97,8 +97,10 @@ class SweepQuery:
 class Store(Protocol):
     """Durable state. Every method is atomic; a returned call has reached stable storage."""
 
-    async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
-        """Record a new run with its deliveries and `events`, in one transaction. ConflictError if the id exists."""
+    async def insert_run(self, run: Run, events: Sequence[Event] = (), *, first_of_content: bool = False) -> None:
+        """Record a new run with its deliveries and `events`, in one transaction. ConflictError if the id exists.
+        A run that is not a duplicate becomes its content's original if it is the first (see `originals`); with
+        `first_of_content` it must be: DuplicateContentError, and nothing written, if another run is already."""
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
                          deliveries: Sequence[Delivery] = (), remember: Remembered | None = None,
@@ -153,9 +155,26 @@ class Store(Protocol):
     async def next_due(self, owner: str | None = None) -> datetime | None:
         """The earliest next attempt of any pending delivery or event (with `owner`: that no other node holds)."""
 
-    async def save_upload(self, upload: Upload) -> None: ...
+    async def save_upload(self, upload: Upload, *, expect: Upload | None = None) -> bool:
+        """Write the upload (not its parts: see `save_part`). With `expect`, only if the stored state, offset,
+        run id, holder and time of the last change (a part recorded changes it) are still `expect`'s: False,
+        and nothing written, if not."""
 
-    async def get_upload(self, upload_id: str) -> Upload | None: ...
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        """The upload with its parts (`parts`, `part_records`, and `records` their sum)."""
+
+    async def save_part(self, upload_id: str, number: int, etag: str, records: int) -> bool:
+        """Record part `number` (one recorded before under that number is replaced) of an upload that is open
+        and has no run id yet (no complete has begun), which becomes `uploading`; False if it is not such an
+        upload. Parts recorded at once are all kept."""
+
+    async def claim_upload(self, upload_id: str, holder: str, seconds: float) -> Upload | None:
+        """Hold the upload as `holder` for `seconds` from now (by the store's clock), unless another holder's
+        time is not up; again by the same holder, for longer. The upload as held, or None (held by another, or
+        no such upload). A write with `expect` lets go (holder None) or keeps holding."""
+
+    async def release_uploads(self, holder_prefix: str) -> int:
+        """Let go of every upload whose holder's name starts with `holder_prefix`; how many."""
 
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:

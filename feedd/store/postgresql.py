@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from feedd.errors import ConflictError, StartupError
+from feedd.errors import ConflictError, DuplicateContentError, StartupError
 from feedd.model import (
     ArrivalState,
     AuditEntry,
@@ -167,11 +167,28 @@ class _Statement:
 
 _UPLOAD_COLUMNS = (
     "upload_id", "kind", "state", "connection", "pipeline", "total_parts", "parts", "records", '"offset"', "length",
-    "filename", "run_id", "meta", "created_at", "updated_at", "expires_at",
+    "filename", "run_id", "meta", "created_at", "updated_at", "expires_at", "holder",
 )
 _UPSERT_UPLOAD = (f"INSERT INTO uploads ({', '.join(_UPLOAD_COLUMNS)}) "
                   f"VALUES ({', '.join(['%s'] * len(_UPLOAD_COLUMNS))}) ON CONFLICT (upload_id) DO UPDATE SET "
                   + ", ".join(f"{c} = excluded.{c}" for c in _UPLOAD_COLUMNS[1:]))
+# A write of one who read the upload and decided on what it read: READ COMMITTED re-checks these on the row as a
+# concurrent writer left it, so of two writers who read the same, one wins.
+_UPDATE_UPLOAD = (f"UPDATE uploads SET {', '.join(f'{c} = %s' for c in _UPLOAD_COLUMNS[1:])} WHERE upload_id = %s "
+                  'AND state = %s AND "offset" = %s AND run_id IS NOT DISTINCT FROM %s '
+                  "AND holder IS NOT DISTINCT FROM %s AND updated_at = %s")
+# An upload with its parts, in one statement: one snapshot.
+_SELECT_UPLOADS = """
+    SELECT u.*, (SELECT coalesce(json_agg(json_build_array(p.part_number, p.etag, p.records) ORDER BY p.part_number),
+                                 '[]'::json)
+                 FROM upload_parts p WHERE p.upload_id = u.upload_id) AS parts_json
+    FROM uploads u"""
+_OPEN = [str(UploadState.INITIATED), str(UploadState.UPLOADING)]
+# A content's original: a run that is not a duplicate claims its (connection, sha256) in its insert, strictly
+# when it must be the first (another's key fails the insert), else keeping the earliest run.
+_CLAIM_ORIGINAL = ("originals", ("connection", "sha256", "run_id"), ("text", "text", "text"), "")
+_KEEP_ORIGINAL = (*_CLAIM_ORIGINAL[:3], "ON CONFLICT (connection, sha256) DO UPDATE "
+                                       "SET run_id = least(originals.run_id, excluded.run_id)")
 
 
 class PostgresStore:
@@ -236,13 +253,21 @@ class PostgresStore:
         async with self._connection() as conn:
             return await _version(conn)
 
-    async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
+    async def insert_run(self, run: Run, events: Sequence[Event] = (), *, first_of_content: bool = False) -> None:
         statement = _Statement(_INSERT_RUN, _ROWS.run_row(run))
+        if run.duplicate_of is None:
+            statement.rows(_CLAIM_ORIGINAL if first_of_content else _KEEP_ORIGINAL,
+                           [(run.connection, run.source.sha256, run.run_id)])
         statement.rows(_DELIVERIES, [_ROWS.delivery_row(d) for d in run.deliveries])
         statement.rows(_EVENTS, [_ROWS.event_row(e) for e in events])
         try:
             await self._write(statement)
         except psycopg.errors.UniqueViolation as exc:
+            # A node inserting the same content waits here for the other's commit, then fails: one is first.
+            key = (run.connection, run.source.sha256)
+            original = (await self.originals({key})).get(key) if first_of_content else None
+            if original is not None and original != run.run_id:
+                raise DuplicateContentError(f"run {original} has this content already", original) from exc
             raise ConflictError(f"run {run.run_id} already exists") from exc
 
     async def _write(self, statement: _Statement) -> int:
@@ -324,12 +349,12 @@ class PostgresStore:
         if not keys:
             return {}
         connections, hashes = zip(*keys, strict=True)
-        # One indexed lookup (runs_by_content) per key, all in one statement.
+        # One primary key lookup per key, all in one statement.
         rows = await self._read(
-            "SELECT k.connection, k.sha256, (SELECT min(run_id) FROM runs WHERE connection = k.connection "
-            "AND source_sha256 = k.sha256 AND duplicate_of IS NULL) AS run_id "
-            "FROM unnest(%s::text[], %s::text[]) AS k(connection, sha256)", (list(connections), list(hashes)))
-        return {(row["connection"], row["sha256"]): row["run_id"] for row in rows if row["run_id"] is not None}
+            "SELECT o.connection, o.sha256, o.run_id FROM unnest(%s::text[], %s::text[]) AS k(connection, sha256) "
+            "JOIN originals o ON o.connection = k.connection AND o.sha256 = k.sha256",
+            (list(connections), list(hashes)))
+        return {(row["connection"], row["sha256"]): row["run_id"] for row in rows}
 
     async def save_delivery(self, delivery: Delivery, owner: str | None = None) -> bool:
         row = _ROWS.delivery_row(delivery)
@@ -419,20 +444,55 @@ class PostgresStore:
             {"owner": owner})
         return _dt(rows[0]["t"]) if rows else None
 
-    async def save_upload(self, upload: Upload) -> None:
+    async def save_upload(self, upload: Upload, *, expect: Upload | None = None) -> bool:
+        row = _ROWS.upload_row(upload)
         async with self._connection() as conn:
-            await conn.execute(_UPSERT_UPLOAD, _ROWS.upload_row(upload))
+            if expect is None:
+                cur = await conn.execute(_UPSERT_UPLOAD, row)
+            else:
+                cur = await conn.execute(_UPDATE_UPLOAD, (*row[1:], upload.upload_id, str(expect.state), expect.offset,
+                                                          expect.run_id, expect.holder, expect.updated_at))
+            return cur.rowcount == 1
 
     async def get_upload(self, upload_id: str) -> Upload | None:
-        rows = await self._read("SELECT * FROM uploads WHERE upload_id = %s", (upload_id,))
-        return _ROWS.upload_from(rows[0]) if rows else None
+        rows = await self._read(f"{_SELECT_UPLOADS} WHERE u.upload_id = %s", (upload_id,))
+        return _upload_from(rows[0]) if rows else None
 
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:
         rows = await self._read(
-            "SELECT * FROM uploads WHERE state = ANY(%s) AND updated_at < %s ORDER BY updated_at LIMIT %s",
+            f"{_SELECT_UPLOADS} WHERE u.state = ANY(%s) AND u.updated_at < %s ORDER BY u.updated_at LIMIT %s",
             ([str(s) for s in states], updated_before, limit))
-        return [_ROWS.upload_from(row) for row in rows]
+        return [_upload_from(row) for row in rows]
+
+    async def save_part(self, upload_id: str, number: int, etag: str, records: int) -> bool:
+        # The upload's row is written first, so parts of one upload recorded at once queue on its lock (each
+        # then sees the other's commit), and a complete that set the run id meanwhile keeps the part out.
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "WITH u AS (UPDATE uploads SET state = %s, updated_at = %s WHERE upload_id = %s AND state = ANY(%s) "
+                "AND run_id IS NULL RETURNING upload_id) "
+                "INSERT INTO upload_parts (upload_id, part_number, etag, records) SELECT upload_id, %s, %s, %s FROM u "
+                "ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = excluded.etag, records = excluded.records",
+                (str(UploadState.UPLOADING), utcnow(), upload_id, _OPEN, number, etag, records))
+            return cur.rowcount == 1
+
+    async def claim_upload(self, upload_id: str, holder: str, seconds: float) -> Upload | None:
+        # By the database's clock: the nodes' own clocks may differ. The row comes back as written (RETURNING),
+        # after whatever a writer it waited for wrote, not as the statement's snapshot had it.
+        rows = await self._read(
+            "UPDATE uploads SET holder = %s, held_until = clock_timestamp() + %s * interval '1 second' "
+            "WHERE upload_id = %s AND (holder IS NULL OR holder = %s OR held_until IS NULL "
+            "OR held_until < clock_timestamp()) RETURNING *, (SELECT coalesce(json_agg(json_build_array(p.part_number, "
+            "p.etag, p.records) ORDER BY p.part_number), '[]'::json) FROM upload_parts p "
+            "WHERE p.upload_id = uploads.upload_id) AS parts_json", (holder, seconds, upload_id, holder))
+        return _upload_from(rows[0]) if rows else None
+
+    async def release_uploads(self, holder_prefix: str) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute("UPDATE uploads SET holder = NULL, held_until = NULL "
+                                     "WHERE starts_with(holder, %s)", (holder_prefix,))
+            return cur.rowcount
 
     async def disable_target(self, target: str, reason: str) -> None:
         async with self._connection() as conn:
@@ -737,6 +797,9 @@ async def _release(conn: Connection, node_id: str | None) -> TakenOver:
     counts = [(await conn.execute(f"UPDATE {table} t SET owner = NULL WHERE {sent}", params)).rowcount
               for table in ("deliveries", "events")]
     if node_id is not None:
+        # its tus uploads' holds too (each holder's name starts with its node's id)
+        await conn.execute("UPDATE uploads SET holder = NULL, held_until = NULL WHERE starts_with(holder, %s)",
+                           (node_id + "/",))
         await conn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,))
     return TakenOver(node_id or "", runs, *counts)
 
@@ -843,6 +906,10 @@ _ROWS = Rows(encode=_same, decode=_dt)
 def _run_from(row: DictRow) -> Run:
     """A run read by _SELECT_RUNS, with the deliveries that came along in its JSON aggregate."""
     return _ROWS.run_from(row, tuple(_ROWS.delivery(row["run_id"], *values) for values in row["deliveries_json"]))
+
+
+def _upload_from(row: DictRow) -> Upload:
+    return _ROWS.upload_from(row, row["parts_json"])
 
 
 def _with_swept(meta: str, part: SweptPart) -> str:

@@ -204,4 +204,34 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     );
     CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);
     """),
+    (10, """
+    -- A multipart upload's parts, one row each: two parts recorded at once (by two nodes) are both kept.
+    -- uploads.parts and uploads.records are no longer read: the parts recorded so far move here.
+    CREATE TABLE upload_parts (
+        upload_id   TEXT NOT NULL REFERENCES uploads (upload_id) ON DELETE CASCADE,
+        part_number INTEGER NOT NULL,
+        etag        TEXT NOT NULL,
+        records     BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (upload_id, part_number)
+    );
+    INSERT INTO upload_parts
+        SELECT u.upload_id, p.key::int, p.value, coalesce((u.meta::json -> 'records' ->> p.key)::bigint, 0)
+        FROM uploads u, json_each_text(u.parts::json) p;
+
+    -- Who holds an upload (a tus PATCH in progress) and until when, if it is not let go of before.
+    ALTER TABLE uploads ADD COLUMN holder TEXT;
+    ALTER TABLE uploads ADD COLUMN held_until TIMESTAMPTZ;
+
+    -- The first run of each content of a connection that is not itself a duplicate: the key makes the
+    -- duplicate check one atomic step with the run's insert.
+    CREATE TABLE originals (
+        connection  TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        run_id      TEXT NOT NULL,
+        PRIMARY KEY (connection, sha256)
+    );
+    INSERT INTO originals
+        SELECT connection, source_sha256, min(run_id) FROM runs WHERE duplicate_of IS NULL
+        GROUP BY connection, source_sha256;
+    """),
 )

@@ -9,7 +9,7 @@ its own pair of time functions and keeps its own SQL. Rows read here are anythin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -154,13 +154,14 @@ class Rows:
                       self._at(reported_at))
 
     def upload_row(self, u: Upload) -> tuple[Any, ...]:
-        """The values of the uploads table's columns, in its order, upload_id first."""
-        return (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts,
-                json.dumps({str(k): v for k, v in u.parts.items()}), u.records, u.offset, u.length, u.filename,
-                u.run_id, json.dumps(u.meta), self.encode(u.created_at), self.encode(u.updated_at),
-                self.encode(u.expires_at))
+        """The values of the uploads table's columns, in its order, upload_id first, then the holder. The parts
+        are rows of upload_parts: the old `parts` and `records` columns are written empty."""
+        return (u.upload_id, str(u.kind), str(u.state), u.connection, u.pipeline, u.total_parts, "{}", 0, u.offset,
+                u.length, u.filename, u.run_id, json.dumps(u.meta), self.encode(u.created_at),
+                self.encode(u.updated_at), self.encode(u.expires_at), u.holder)
 
-    def upload_from(self, row: Row) -> Upload:
+    def upload_from(self, row: Row, parts: Sequence[Sequence[Any]]) -> Upload:
+        """An upload from its row and its parts' (part number, etag, records), in part number order."""
         return Upload(
             upload_id=row["upload_id"],
             kind=SourceKind(row["kind"]),
@@ -168,8 +169,8 @@ class Rows:
             connection=row["connection"],
             pipeline=row["pipeline"],
             total_parts=row["total_parts"],
-            parts={int(k): v for k, v in json.loads(row["parts"]).items()},
-            records=row["records"],
+            parts={int(n): etag for n, etag, _ in parts},
+            records=sum(int(records) for _, _, records in parts),
             offset=row["offset"],
             length=row["length"],
             filename=row["filename"],
@@ -178,6 +179,8 @@ class Rows:
             created_at=self._at(row["created_at"]),
             updated_at=self._at(row["updated_at"]),
             expires_at=self.decode(row["expires_at"]),
+            part_records={int(n): int(records) for n, _, records in parts},
+            holder=row["holder"],
         )
 
     def session_from(self, row: Row) -> OperatorSession:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from feedd.errors import ConflictError
+from feedd.errors import ConflictError, DuplicateContentError
 from feedd.model import (
     ArrivalState,
     AuditEntry,
@@ -48,7 +48,7 @@ _RUN_COLUMNS = (
 )
 _UPLOAD_COLUMNS = (
     'upload_id, kind, state, connection, pipeline, total_parts, parts, records, "offset", length, filename, '
-    "run_id, meta, created_at, updated_at, expires_at"
+    "run_id, meta, created_at, updated_at, expires_at, holder"
 )
 
 T = TypeVar("T")
@@ -99,9 +99,13 @@ _INSERT_EVENT_SELECT = f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT ?, ?, ?, ?
 _KEEP_EVENT = "ON CONFLICT (event_id, url) DO UPDATE SET event_id = events.event_id"
 
 
-# Runs with a content of a connection, found by runs_by_content: a handful, however many runs there are.
-_ORIGINALS = ("SELECT run_id FROM runs INDEXED BY runs_by_content "
-              "WHERE connection = ? AND source_sha256 = ? AND duplicate_of IS NULL")
+# A content's original: a run that is not a duplicate claims its (connection, sha256) in its insert, strictly
+# when it must be the first (another's key fails the insert), else keeping the earliest run.
+_ORIGINALS = "SELECT run_id FROM originals WHERE connection = ? AND sha256 = ?"
+_CLAIM_ORIGINAL = "INSERT INTO originals VALUES (?, ?, ?)"
+_KEEP_ORIGINAL = (f"{_CLAIM_ORIGINAL} ON CONFLICT (connection, sha256) DO UPDATE "
+                  "SET run_id = min(run_id, excluded.run_id)")
+_OPEN = (str(UploadState.INITIATED), str(UploadState.UPLOADING))
 
 # The connections with queued runs, one index seek each on runs_queued (a partial index holding only
 # queued runs), then the oldest of one of them: however many runs a connection queued, or ever had.
@@ -209,14 +213,21 @@ class SqliteStore:
                 else:
                     fut.set_result(outcome)
 
-    async def insert_run(self, run: Run, events: Sequence[Event] = ()) -> None:
+    async def insert_run(self, run: Run, events: Sequence[Event] = (), *, first_of_content: bool = False) -> None:
         placeholders = ", ".join("?" * len(_RUN_COLUMNS.split(", ")))
         statements = [(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({placeholders})", _ROWS.run_row(run))]
+        if run.duplicate_of is None:
+            statements.append((_CLAIM_ORIGINAL if first_of_content else _KEEP_ORIGINAL,
+                               (run.connection, run.source.sha256, run.run_id)))
         statements += [(_INSERT_DELIVERY, _ROWS.delivery_row(d)) for d in run.deliveries]
         statements += [(_INSERT_EVENT, _ROWS.event_row(e)) for e in events]
         try:
             await self._write(*statements)
         except sqlite3.IntegrityError as exc:
+            key = (run.connection, run.source.sha256)
+            original = (await self.originals({key})).get(key) if first_of_content else None
+            if original is not None and original != run.run_id:
+                raise DuplicateContentError(f"run {original} has this content already", original) from exc
             raise ConflictError(f"run {run.run_id} already exists") from exc
 
     async def update_run(self, run: Run, *, expect: RunStatus | None = None, events: Sequence[Event] = (),
@@ -392,13 +403,10 @@ class SqliteStore:
     async def originals(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
         def lookup(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
             found = {}
-            for key in keys:  # one indexed lookup each, all in one hand-off
-                # The first is picked here, not with min(run_id): for that SQLite walks the connection's
-                # runs in run_id order (runs_by_connection) until one has this content, which for new
-                # content, the usual case, is every run the connection ever had: 0.15 ms per 1,000.
-                ids = [row[0] for row in conn.execute(_ORIGINALS, key)]
-                if ids:
-                    found[key] = str(min(ids))
+            for key in keys:  # one primary key lookup each, all in one hand-off
+                row = conn.execute(_ORIGINALS, key).fetchone()
+                if row is not None:
+                    found[key] = str(row[0])
             return found
 
         return await self._in_db(lookup) if keys else {}
@@ -411,27 +419,71 @@ class SqliteStore:
             "UPDATE deliveries SET status = ?, attempts = ?, last_error = ?, delivered_at = ?, next_attempt_at = ?, "
             "owner = NULL WHERE run_id = ? AND destination = ? AND owner = ?", (*row[2:], *row[:2], owner))) == 1
 
-    async def save_upload(self, upload: Upload) -> None:
+    async def save_upload(self, upload: Upload, *, expect: Upload | None = None) -> bool:
         row = _ROWS.upload_row(upload)
         columns = _UPLOAD_COLUMNS.split(", ")
+        if expect is not None:
+            sets = ", ".join(f"{c} = ?" for c in columns[1:])
+            return await self._write((
+                f'UPDATE uploads SET {sets} WHERE upload_id = ? AND state = ? AND "offset" = ? AND run_id IS ? '
+                "AND holder IS ? AND updated_at = ?",
+                (*row[1:], upload.upload_id, str(expect.state), expect.offset, expect.run_id, expect.holder,
+                 _ts(expect.updated_at)),
+            )) == 1
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
-        await self._write((
+        return await self._write((
             f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ({', '.join('?' * len(row))}) "
             f"ON CONFLICT (upload_id) DO UPDATE SET {updates}",
             row,
-        ))
+        )) == 1
+
+    async def _select_uploads(self, where: str, params: Sequence[Any]) -> list[Upload]:
+        return await self._in_db(partial(_uploads, where=where, params=params))
 
     async def get_upload(self, upload_id: str) -> Upload | None:
-        rows = await self._read("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
-        return _ROWS.upload_from(rows[0]) if rows else None
+        uploads = await self._select_uploads("WHERE upload_id = ?", (upload_id,))
+        return uploads[0] if uploads else None
 
     async def stale_uploads(self, states: tuple[UploadState, ...], updated_before: datetime,
                             limit: int = 100) -> list[Upload]:
         marks = ", ".join("?" * len(states))
-        rows = await self._read(
-            f"SELECT * FROM uploads WHERE state IN ({marks}) AND updated_at < ? ORDER BY updated_at LIMIT ?",
-            (*(str(st) for st in states), _ts(updated_before), limit))
-        return [_ROWS.upload_from(row) for row in rows]
+        return await self._select_uploads(f"WHERE state IN ({marks}) AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                                          (*(str(st) for st in states), _ts(updated_before), limit))
+
+    async def save_part(self, upload_id: str, number: int, etag: str, records: int) -> bool:
+        marks = ", ".join("?" * len(_OPEN))
+        return await self._write(
+            (f"UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ? AND state IN ({marks}) "
+             "AND run_id IS NULL", (str(UploadState.UPLOADING), _ts(utcnow()), upload_id, *_OPEN)),
+            ("INSERT INTO upload_parts SELECT ?, ?, ?, ? WHERE changes() = 1 ON CONFLICT (upload_id, part_number) "
+             "DO UPDATE SET etag = excluded.etag, records = excluded.records", (upload_id, number, etag, records)),
+        ) == 1
+
+    async def claim_upload(self, upload_id: str, holder: str, seconds: float) -> Upload | None:
+        now = utcnow()
+        claim = ("UPDATE uploads SET holder = ?, held_until = ? WHERE upload_id = ? "
+                 "AND (holder IS NULL OR holder = ? OR held_until IS NULL OR held_until < ?)",
+                 (holder, _utc_ts(now + timedelta(seconds=seconds)), upload_id, holder, _utc_ts(now)))
+
+        def hold(conn: sqlite3.Connection) -> Upload | None:
+            # Not synced before it returns (a hold is what a crash may lose: it ends its holder too), so a tus
+            # PATCH pays for one fsync'd commit, its offset's, as before holds were kept in the store.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                held = _commit_batch(conn, batch=[(claim,)])[0]
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
+            if isinstance(held, BaseException):
+                raise held
+            found = _uploads(conn, where="WHERE upload_id = ?", params=(upload_id,)) if held == 1 else []
+            return found[0] if found else None
+
+        return await self._in_db(hold)
+
+    async def release_uploads(self, holder_prefix: str) -> int:
+        return await self._write(("UPDATE uploads SET holder = NULL, held_until = NULL "
+                                  "WHERE holder IS NOT NULL AND substr(holder, 1, ?) = ?",
+                                  (len(holder_prefix), holder_prefix)))
 
     async def disable_target(self, target: str, reason: str) -> None:
         await self._write(("INSERT INTO disabled_targets VALUES (?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
@@ -764,8 +816,18 @@ def _release(conn: sqlite3.Connection, node_id: str | None) -> TakenOver:
     counts = [conn.execute(f"UPDATE {table} SET owner = NULL WHERE {sent}", params).rowcount
               for table in ("deliveries", "events")]
     if node_id is not None:
+        # its tus uploads' holds too (each holder's name starts with its node's id)
+        conn.execute("UPDATE uploads SET holder = NULL, held_until = NULL WHERE substr(holder, 1, ?) = ?",
+                      (len(node_id) + 1, node_id + "/"))
         conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
     return TakenOver(node_id or "", runs, *counts)
+
+
+def _uploads(conn: sqlite3.Connection, *, where: str, params: Sequence[Any]) -> list[Upload]:
+    """Uploads with their parts (on the database thread)."""
+    return [_ROWS.upload_from(row, conn.execute(
+        "SELECT part_number, etag, records FROM upload_parts WHERE upload_id = ? ORDER BY part_number",
+        (row["upload_id"],)).fetchall()) for row in conn.execute(f"SELECT * FROM uploads {where}", params)]
 
 
 def _commit_batch(conn: sqlite3.Connection, *,

@@ -130,15 +130,23 @@ async def tus_feed(s: aiohttp.ClientSession, url: str, n: int) -> str:
 
 
 async def tus_finish(url: str, location: str, n: int) -> None:
+    """Resume as a tus client does: from HEAD's offset, and again later while the upload is locked (the dead
+    node's hold lasts until a node takes its work over)."""
     body = rows(100 + n)
     v = {**AUTH, "Tus-Resumable": "1.0.0"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
-        async with s.head(location, headers=v) as r:
-            offset = int(r.headers["Upload-Offset"])
-        if offset < len(body):
+        for _ in range(int(6 * TAKEOVER / 0.25)):
+            async with s.head(location, headers=v) as r:
+                offset = int(r.headers["Upload-Offset"])
+            if offset == len(body):
+                return
             async with s.patch(location, data=body[offset:], headers={
                     **v, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset)}) as r:
-                assert r.status == 204, await r.text()
+                if r.status != 423:
+                    assert r.status == 204, await r.text()
+                    return
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"{location} stayed locked")
 
 
 async def multipart_feed(s: aiohttp.ClientSession, url: str, n: int) -> str:

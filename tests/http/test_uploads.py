@@ -145,9 +145,9 @@ async def test_every_error_status(api: Api) -> None:
 
 async def test_abort_deletes_the_parts(api: Api) -> None:
     uid = (await init(api, 3))["uploadId"]
-    await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 5)))
+    _, part = await api.call("PUT", f"/outbound/uploads/{uid}/parts/1", data=json.dumps(orders(0, 5)))
     folder = api.daemon.config.state_dir / "uploads" / uid
-    assert folder.is_dir() and (folder / "1.json").is_file()
+    assert folder.is_dir() and (folder / f"1.{part['etag']}.json").is_file()
     status, body = await api.call("POST", f"/outbound/uploads/{uid}/abort")
     assert (status, body) == (200, {"uploadId": uid, "state": "aborted"})
     assert not folder.exists()

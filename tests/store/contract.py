@@ -8,7 +8,7 @@ from datetime import timedelta, timezone
 
 import pytest
 
-from feedd.errors import ConflictError
+from feedd.errors import ConflictError, DuplicateContentError
 from feedd.model import (
     AuditAction,
     AuditEntry,
@@ -34,6 +34,7 @@ from feedd.model import (
     utcnow,
 )
 from feedd.store import OperatorSession, Remembered, RunQuery, Store, SweepQuery, SweptPart
+from tests.helpers import eventually
 
 
 def make_run(connection: str = "acme", pipeline: str | None = "acme-hr", sha: str = "0" * 64, **kw: object) -> Run:
@@ -217,8 +218,7 @@ class StoreContract:
         upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, "acme", "acme-out", total_parts=3)
         await store.save_upload(upload)
         assert await store.get_upload(upload.upload_id) == upload
-        later = Upload(**{**_fields(upload), "state": UploadState.UPLOADING, "parts": {1: "e1", 3: "e3"},
-                          "records": 20})
+        later = Upload(**{**_fields(upload), "state": UploadState.COMPLETED, "run_id": "R1", "meta": {"a": 1}})
         await store.save_upload(later)
         assert await store.get_upload(upload.upload_id) == later
         assert await store.get_upload("missing") is None
@@ -581,6 +581,118 @@ class StoreContract:
         got = await asyncio.gather(*(store.due_deliveries(now, limit=7, owner=f"n{i}") for i in range(4)))
         claimed = [d.run_id for batch in got for d in batch]
         assert len(claimed) == len(set(claimed)) == 20
+
+    # Several nodes share uploads: each test below races two Store instances opened on one database (`twin`).
+
+    async def test_parts_of_one_upload_recorded_at_once_are_all_kept(self, store: Store, twin: Store) -> None:
+        upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, "acme", "acme-out", total_parts=40)
+        await store.save_upload(upload)
+        saved = await asyncio.gather(*((store, twin)[n % 2].save_part(upload.upload_id, n, f"e{n}", n)
+                                       for n in range(1, 41)))
+        assert all(saved)
+        got = await twin.get_upload(upload.upload_id)
+        assert got is not None and got.state is UploadState.UPLOADING
+        assert got.parts == {n: f"e{n}" for n in range(1, 41)}
+        assert got.part_records == {n: n for n in range(1, 41)} and got.records == sum(range(1, 41))
+        assert await store.save_part(upload.upload_id, 3, "again", 7)  # sent again: replaced
+        got = await store.get_upload(upload.upload_id)
+        assert got is not None and got.parts[3] == "again" and got.records == sum(range(1, 41)) - 3 + 7
+        assert not await store.save_part("missing", 1, "e", 1)
+
+    async def test_no_part_is_recorded_once_a_complete_has_begun_or_the_upload_is_closed(self, store: Store) -> None:
+        upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.INITIATED, "acme", "acme-out", total_parts=2)
+        await store.save_upload(upload)
+        assert await store.save_part(upload.upload_id, 1, "e1", 1)
+        read = await store.get_upload(upload.upload_id)
+        assert read is not None
+        assert await store.save_upload(replace(read, run_id="R1"), expect=read)
+        assert not await store.save_part(upload.upload_id, 2, "e2", 1)
+        got = await store.get_upload(upload.upload_id)
+        assert got is not None and got.parts == {1: "e1"}
+        closed = Upload(new_id(), SourceKind.UPLOAD, UploadState.ABORTED, "acme", "acme-out", total_parts=1)
+        await store.save_upload(closed)
+        assert not await store.save_part(closed.upload_id, 1, "e1", 1)
+
+    async def test_two_writers_of_what_they_both_read_one_wins(self, store: Store, twin: Store) -> None:
+        upload = Upload(new_id(), SourceKind.UPLOAD, UploadState.UPLOADING, "acme", "acme-out", total_parts=1)
+        await store.save_upload(upload)
+        read = await store.get_upload(upload.upload_id)
+        assert read is not None
+        won = await asyncio.gather(store.save_upload(replace(read, run_id="A"), expect=read),
+                                   twin.save_upload(replace(read, run_id="B"), expect=read))
+        assert sorted(won) == [False, True]
+        got = await store.get_upload(upload.upload_id)
+        assert got is not None and got.run_id == ("A" if won[0] else "B")
+        # an offset moved on since it was read: the write of the one who read the old one is refused
+        tus = Upload("t" * 32, SourceKind.TUS, UploadState.UPLOADING, "acme", "acme-in", length=10, offset=4)
+        await store.save_upload(tus)
+        assert await twin.save_upload(replace(tus, offset=6), expect=tus)
+        assert not await store.save_upload(replace(tus, offset=8), expect=tus)
+        got = await store.get_upload(tus.upload_id)
+        assert got is not None and got.offset == 6
+        # a part recorded since it was read: the upload changed, its writer must read it again
+        read = await store.get_upload(upload.upload_id)
+        assert read is not None and read.run_id is not None
+        later = replace(read, run_id=None, updated_at=read.updated_at + timedelta(seconds=1))
+        assert await store.save_upload(later, expect=read)
+        assert await twin.save_part(upload.upload_id, 1, "e1", 1)
+        assert not await store.save_upload(replace(later, state=UploadState.ABORTED), expect=later)
+
+    async def test_an_upload_is_held_by_one_holder_until_let_go_or_its_time_is_up(self, store: Store,
+                                                                                 twin: Store) -> None:
+        tus = Upload("a" * 32, SourceKind.TUS, UploadState.INITIATED, "acme", "acme-in", length=10)
+        await store.save_upload(tus)
+        held = await asyncio.gather(store.claim_upload(tus.upload_id, "one", 60),
+                                    twin.claim_upload(tus.upload_id, "two", 60))
+        [mine] = [u for u in held if u is not None]
+        holder, other = ("one", twin) if held[0] is not None else ("two", store)
+        assert mine.holder == holder and mine.offset == 0
+        assert await other.claim_upload(tus.upload_id, "three", 60) is None
+        again = await store.claim_upload(tus.upload_id, holder, 60)  # the holder, again: still its own
+        assert again is not None and again.holder == holder
+        # its write moves the offset and lets go in one step; then another can hold it
+        assert await store.save_upload(replace(again, offset=5, holder=None), expect=again)
+        taken = await other.claim_upload(tus.upload_id, "three", 0.3)
+        assert taken is not None and taken.offset == 5 and taken.holder == "three"
+        assert not await store.save_upload(replace(again, offset=9), expect=again)  # let go of: no more its own
+        # a holder that never lets go (its node died) loses the upload when its time is up
+        assert await store.claim_upload(tus.upload_id, "four", 60) is None
+
+        async def four() -> Upload | None:
+            return await store.claim_upload(tus.upload_id, "four", 60)
+
+        fourth = await eventually(four, what="held after the holder's time was up")
+        assert fourth.holder == "four"
+        assert await twin.claim_upload("missing", "four", 60) is None
+        # a node that starts again lets go of what its previous life held, and only that
+        other_tus = Upload("b" * 32, SourceKind.TUS, UploadState.INITIATED, "acme", "acme-in", length=10)
+        await store.save_upload(other_tus)
+        assert await store.save_upload(replace(fourth, holder=None), expect=fourth)
+        assert await store.claim_upload(tus.upload_id, "host-a/1", 60) is not None
+        assert await store.claim_upload(other_tus.upload_id, "host-b/1", 60) is not None
+        assert await twin.release_uploads("host-a/") == 1
+        assert await twin.claim_upload(tus.upload_id, "host-b/2", 60) is not None
+        assert await twin.claim_upload(other_tus.upload_id, "host-a/2", 60) is None
+
+    async def test_the_first_run_of_a_content_is_recorded_once(self, store: Store, twin: Store) -> None:
+        one, two = make_run(sha="c" * 64), make_run(sha="c" * 64)
+        outcomes = await asyncio.gather(store.insert_run(one, first_of_content=True),
+                                        twin.insert_run(two, first_of_content=True), return_exceptions=True)
+        [error] = [e for e in outcomes if e is not None]
+        first, second = (one, two) if outcomes[0] is None else (two, one)
+        assert isinstance(error, DuplicateContentError) and error.original == first.run_id
+        assert await store.get_run(second.run_id) is None  # nothing of it was written
+        assert await store.originals({("acme", "c" * 64)}) == {("acme", "c" * 64): first.run_id}
+        await twin.insert_run(replace(second, duplicate_of=first.run_id, status=RunStatus.FAILED))
+        # Not required to be the first (a run that does not check for duplicates): recorded all the same,
+        # and the original stays the earliest of those that are not duplicates.
+        later = make_run(sha="c" * 64)
+        await store.insert_run(later)
+        earlier = make_run(sha="d" * 64)
+        await store.insert_run(make_run(sha="d" * 64))
+        await twin.insert_run(earlier)
+        assert await twin.originals({("acme", "c" * 64), ("acme", "d" * 64)}) == {
+            ("acme", "c" * 64): first.run_id, ("acme", "d" * 64): earlier.run_id}
 
 
 def _fields(value: object) -> dict[str, object]:

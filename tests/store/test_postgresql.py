@@ -31,6 +31,14 @@ async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
     await s.close()
 
 
+@pytest.fixture
+async def twin(pg_dsn: str, store: PostgresStore) -> AsyncIterator[PostgresStore]:
+    """A second store on the same database, as another node opens it."""
+    s = await PostgresStore.open(pg_dsn)
+    yield s
+    await s.close()
+
+
 class TestPostgresStore(StoreContract):
     pass
 
@@ -186,3 +194,28 @@ async def test_a_node_listening_is_woken_by_work_another_node_makes_ready(store:
         with contextlib.suppress(asyncio.CancelledError):
             await listening
         await other.close()
+
+
+async def test_the_upgrade_to_10_moves_open_uploads_parts_and_finds_each_contents_original(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a store at version 6, made by the feedd of then
+        conn.execute("CREATE TABLE feedd_schema (version INTEGER NOT NULL, host_key TEXT)")
+        conn.execute("INSERT INTO feedd_schema VALUES (6)")
+        for version, sql in MIGRATIONS:
+            if version <= 6:
+                conn.execute(sql)
+        conn.execute("INSERT INTO uploads (upload_id, kind, state, connection, pipeline, total_parts, parts, records, "
+                     "meta, created_at, updated_at) VALUES ('U1', 'upload', 'uploading', 'acme', 'acme-out', 3, "
+                     """'{"1": "e1", "3": "e3"}', 12, '{"output": "csv", "records": {"1": 5, "3": 7}}', """
+                     "now(), now())")
+        for run_id, duplicate_of in (("R2", None), ("R1", None), ("R3", "R1")):
+            conn.execute("INSERT INTO runs (run_id, connection, direction, status, source_kind, source_name, "
+                         "source_size, source_sha256, spool_path, duplicate_of, created_at) VALUES (%s, 'acme', "
+                         "'inbound', 'queued', 'sftp', 'a.csv', 1, 'ab', '/s', %s, now())", (run_id, duplicate_of))
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        upload = await store.get_upload("U1")
+        assert upload is not None and upload.parts == {1: "e1", 3: "e3"}
+        assert upload.part_records == {1: 5, 3: 7} and upload.records == 12
+        assert await store.originals({("acme", "ab")}) == {("acme", "ab"): "R1"}
+    finally:
+        await store.close()

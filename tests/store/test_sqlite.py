@@ -23,6 +23,14 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await s.close()
 
 
+@pytest.fixture
+async def twin(tmp_path: Path, store: SqliteStore) -> AsyncIterator[SqliteStore]:
+    """A second store on the same database, as another process would open it."""
+    s = await SqliteStore.open(tmp_path / "feedd.db")
+    yield s
+    await s.close()
+
+
 class TestSqliteStore(StoreContract):
     pass
 
@@ -78,3 +86,30 @@ async def test_new_content_is_checked_against_its_own_runs_not_every_run_of_the_
         await store._in_db(lambda conn: conn.set_progress_handler(None, 100))
     assert found == {("acme", f"{17:064x}"): runs[17].run_id}
     assert steps <= 2, f"{steps * 100}+ steps for two lookups: the lookup reads more than its content's runs"
+
+
+async def test_the_upgrade_to_10_moves_open_uploads_parts_and_finds_each_contents_original(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:  # a store at version 6, made by the feedd of then
+        for version, sql in MIGRATIONS:
+            if version <= 6:
+                db.executescript(sql)
+        db.execute("PRAGMA user_version = 6")
+        db.execute("INSERT INTO uploads (upload_id, kind, state, connection, pipeline, total_parts, parts, records, "
+                   "meta, created_at, updated_at) VALUES ('U1', 'upload', 'uploading', 'acme', 'acme-out', 3, "
+                   """'{"1": "e1", "3": "e3"}', 12, '{"output": "csv", "records": {"1": 5, "3": 7}}', """
+                   "'2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')")
+        for run_id, duplicate_of in (("R2", None), ("R1", None), ("R3", "R1")):
+            db.execute("INSERT INTO runs (run_id, connection, direction, status, source_kind, source_name, "
+                       "source_size, source_sha256, spool_path, duplicate_of, created_at) VALUES (?, 'acme', "
+                       "'inbound', 'queued', 'sftp', 'a.csv', 1, 'ab', '/s', ?, '2026-01-01T00:00:00+00:00')",
+                       (run_id, duplicate_of))
+        db.commit()
+    store = await SqliteStore.open(path)
+    try:
+        upload = await store.get_upload("U1")
+        assert upload is not None and upload.parts == {1: "e1", 3: "e3"}
+        assert upload.part_records == {1: 5, 3: 7} and upload.records == 12
+        assert await store.originals({("acme", "ab")}) == {("acme", "ab"): "R1"}
+    finally:
+        await store.close()
