@@ -399,11 +399,12 @@ def _format(r: Reader, pm: LocMap, pat: At) -> FormatConfig:
         encoding=r.get(m, at, "encoding", _encoding, "auto"),
         header=r.get(m, at, "header", boolean, True),
         skip_rows=r.get(m, at, "skip_rows", integer(0), 0),
-        sheet=r.get(m, at, "sheet", _sheet, 0),
+        sheet=r.get(m, at, "sheet", _sheet, _FIRST_SHEET),
     )
 
 
 FORMAT_TYPES = ("csv", "tsv", "json", "jsonl", "xlsx", "auto")
+_FIRST_SHEET: str | int = 0
 
 
 def _sheet(r: Reader, v: Any, at: At) -> str | int:
