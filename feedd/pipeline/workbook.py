@@ -41,6 +41,7 @@ MAX_XLS = 256 * 1024**2  # bytes of an .xls file
 MAX_ENTRIES = 4096  # members of a zipped workbook (one per sheet, plus a dozen parts)
 MAX_DIRECTORY = 1024**2  # bytes of its central directory
 _BLOCK = 1024**2  # bytes unpacked at a time while checking
+MAX_MARKUP = 16 * 1024**2  # bytes of one tag or text (a cell holds at most 32,767 characters)
 _CFB = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an .xls (OLE compound file)
 
 
@@ -152,15 +153,21 @@ def _text(value: Any) -> str:
 
 # Checks before calamine opens a file.
 
-_FAST_COLUMN = re.compile(rb'<c r="([A-Z]{1,8})')
-_FAST_CELL_ROW = re.compile(rb'<c r="[A-Z]{1,8}(\d{1,12})"')
-_FAST_ROW = re.compile(rb'<row r="(\d{1,12})"')
-_XLSX_ROW = re.compile(rb'<(?:\w+:)?row(?=\s)[^>]*?\sr="(\d{1,12})"')
-_XLSX_CELL = re.compile(rb'<(?:\w+:)?c(?=\s)[^>]*?\sr="([A-Za-z]{1,8})(\d{1,12})"')
-_XLSX_ROWS_ANY = re.compile(rb"<(?:\w+:)?row(?=[\s/>])")
-_XLSX_CELLS_ANY = re.compile(rb"<(?:\w+:)?c(?=[\s/>])")
-_ODS_TAG = re.compile(rb"<(/?)table:(table-row|table-cell|covered-table-cell|table)(?=[\s/>])([^>]*?)(/?)>")
-_ODS_REPEAT = re.compile(rb'number-(?:rows|columns)-repeated="(\d{1,12})"')
+_FAST_COLUMN = re.compile(rb'<c r="([A-Z]+)')
+_FAST_CELL_ROW = re.compile(rb'<c r="[A-Z]+(\d+)"')
+_FAST_ROW = re.compile(rb'<row r="(\d+)"')
+# Attributes as XML allows them: values in either quote, holding '>' or '=' (but never '<')
+_ATTRIBUTES = rb"""(?:[^<>"']|"[^"]*"|'[^']*')*?"""
+_R = rb"""\sr\s*=\s*["']"""
+_XLSX_ROW = re.compile(rb"<(?:[\w.-]+:)?row(?=\s)" + _ATTRIBUTES + _R + rb"(\d+)")
+_XLSX_CELL = re.compile(rb"<(?:[\w.-]+:)?c(?=\s)" + _ATTRIBUTES + _R + rb"([A-Za-z]+)(\d+)")
+_XLSX_ROWS_ANY = re.compile(rb"<(?:[\w.-]+:)?row(?=[\s/>])")
+_XLSX_CELLS_ANY = re.compile(rb"<(?:[\w.-]+:)?c(?=[\s/>])")
+_PREFIXED = re.compile(rb"<[\w.-]+:(?:c|row)(?=[\s/>])")
+# calamine reads ODS elements by their usual qualified names (`table:table-row`), as this does
+_ODS_TAG = re.compile(rb"<(/?)table:(table-row|table-cell|covered-table-cell|table)(?=[\s/>])(" + _ATTRIBUTES
+                      + rb")(/?)>")
+_ODS_REPEAT = re.compile(rb"""number-(?:rows|columns)-repeated\s*=\s*["'](\d+)""")
 _ODS_VALUE = re.compile(rb"office:value-type=")
 
 
@@ -194,9 +201,15 @@ def _check(path: Path) -> str:
                         unpacked += len(block)
                         _bomb(unpacked, size)
                         data = carry + block
-                        cut = data.rfind(b">") + 1  # whole tags only; the rest waits for the next block
+                        # Up to the last '<' (which only ever opens markup): whole tags, whatever their
+                        # attributes hold; the last one waits for the next block.
+                        cut = max(data.rfind(b"<"), 0)
                         extent.feed(data[:cut])
-                        carry = data[cut:][-4096:]  # no tag this checks is longer
+                        carry = data[cut:]
+                        if len(carry) > MAX_MARKUP:
+                            raise ReadError("unreadable_input", f"{info.filename} holds more than {MAX_MARKUP} "
+                                                                "bytes without markup: refused unread")
+                    extent.feed(carry)
                     extent.done(info.filename)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, KeyError) as exc:
         raise ReadError("unreadable_input", f"the workbook is damaged or cut short: {_reason(exc)}") from None
@@ -213,6 +226,12 @@ def _refuse(member: str, rows: int, columns: int) -> None:
     if rows * columns > MAX_CELLS:
         raise ReadError("unreadable_input", f"a sheet ({member}) reaches row {rows} and column {columns}: more "
                                             f"than {MAX_CELLS} cells, refused unread as a workbook bomb")
+
+
+def _largest(numbers: list[bytes]) -> int:
+    """The largest of row numbers as written (past 12 digits, a number no sheet reaches)."""
+    distinct = set(numbers)
+    return max((int(n) if len(n) <= 12 else 10**12 for n in distinct), default=0)
 
 
 def _column(letters: bytes) -> int:
@@ -238,30 +257,33 @@ class _XlsxExtent:
     def feed(self, data: bytes) -> None:
         letters = _FAST_COLUMN.findall(data)
         numbers = _FAST_ROW.findall(data)
-        if len(letters) != data.count(b"<c ") or len(numbers) != data.count(b"<row ") or b":c " in data \
-                or b":row " in data:
+        # Every `<c` that is not `<c r="` (`<col`, `<c>`, `<c\tr=`, `<cfRule`...) and every `<row` that is not
+        # `<row r="` sends the block the long way, as does a prefixed tag (`<x:c`, which calamine reads too).
+        if len(letters) != data.count(b"<c") - data.count(b"<col") or len(numbers) != data.count(b"<row") \
+                or _PREFIXED.search(data):
             self._feed_any(data)
             return
         self.letters.update(set(letters))
-        cell_rows = _FAST_CELL_ROW.findall(data)
-        self.rows = max(self.rows, max(map(int, set(numbers)), default=0), max(map(int, set(cell_rows)), default=0))
-        self.unplaced_rows += data.count(b"<row>")
-        self.unplaced_cells += data.count(b"<c>")
+        self.rows = max(self.rows, _largest(numbers), _largest(_FAST_CELL_ROW.findall(data)))
 
     def _feed_any(self, data: bytes) -> None:
         numbers = _XLSX_ROW.findall(data)
-        if numbers:
-            self.rows = max(self.rows, max(map(int, numbers)))
+        self.rows = max(self.rows, _largest(numbers))
         cells = _XLSX_CELL.findall(data)
         if cells:
             self.letters.update(c for c, _ in cells)
-            self.rows = max(self.rows, max(int(r) for _, r in cells))
+            self.rows = max(self.rows, _largest([r for _, r in cells]))
         self.unplaced_rows += len(_XLSX_ROWS_ANY.findall(data)) - len(numbers)
         self.unplaced_cells += len(_XLSX_CELLS_ANY.findall(data)) - len(cells)
 
     def done(self, member: str) -> None:
         columns = max(map(_column, self.letters), default=0) + self.unplaced_cells
         _refuse(member, self.rows + self.unplaced_rows, columns)
+
+
+def _repeat(attributes: bytes) -> int:
+    found = _ODS_REPEAT.search(attributes)
+    return 1 if found is None else int(found[1]) if len(found[1]) <= 12 else 10**12
 
 
 class _OdsExtent:
@@ -283,13 +305,11 @@ class _OdsExtent:
                 if closing:
                     self._end_row()
                 else:
-                    repeat = _ODS_REPEAT.search(attributes)
-                    self.row_repeat, self.row_columns, self.row_valued = int(repeat[1]) if repeat else 1, 0, False
+                    self.row_repeat, self.row_columns, self.row_valued = _repeat(attributes), 0, False
                     if empty:
                         self._end_row()
             elif not closing:
-                repeat = _ODS_REPEAT.search(attributes)
-                self.row_columns += int(repeat[1]) if repeat else 1
+                self.row_columns += _repeat(attributes)
                 if not empty or _ODS_VALUE.search(attributes):  # a cell with a value or text
                     self.row_valued = True
                     self.columns = max(self.columns, self.row_columns)

@@ -310,10 +310,14 @@ def test_an_ods_repeating_a_value_to_a_huge_extent_is_refused(tmp_path: Path) ->
 def test_cells_that_do_not_say_where_they_are_still_count(tmp_path: Path) -> None:
     """Cells and rows without `r`, or with attributes in another order, go through the slower patterns."""
     path = tmp_path / "odd.xlsx"
-    path.write_bytes(minimal_xlsx(f'<row r="1">{_inline("A1", "name")}</row>'
-                                  '<row spans="1:1" r="1048576"><c s="0" r="XFD1048576"><v>1</v></c></row>'))
-    with pytest.raises(ReadError, match="reaches row 1048576 and column 16384"):
-        open_rows(path, FormatConfig())
+    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    for far in ('<row spans="1:1" r="1048576"><c s="0" r="XFD1048576"><v>1</v></c></row>',
+                '<row r="1048576"><c s="a>b" r="XFD1048576"><v>1</v></c></row>',  # '>' in a value is XML
+                "<row r='1048576'><c\tr = 'XFD1048576'><v>1</v></c></row>",
+                f'<x:row xmlns:x="{main}" r="1048576"><x:c r="XFD1048576"><x:v>1</x:v></x:c></x:row>'):
+        path.write_bytes(minimal_xlsx(f'<row r="1">{_inline("A1", "name")}</row>{far}'))
+        with pytest.raises(ReadError, match="reaches row 1048576 and column 16384"):
+            open_rows(path, FormatConfig())
     path.write_bytes(minimal_xlsx(f'<row r="1">{_inline("A1", "name")}{_inline("B1", "n")}</row>'
                                   '<row><c><v>1</v></c><c><v>2</v></c><c><v>3</v></c></row>'))
     _, headers, rows = open_rows(path, FormatConfig())
