@@ -41,7 +41,7 @@ MAX_XLS = 256 * 1024**2  # bytes of an .xls file
 MAX_ENTRIES = 4096  # members of a zipped workbook (one per sheet, plus a dozen parts)
 MAX_DIRECTORY = 1024**2  # bytes of its central directory
 _BLOCK = 1024**2  # bytes unpacked at a time while checking
-MAX_MARKUP = 16 * 1024**2  # bytes of one tag or text (a cell holds at most 32,767 characters)
+MAX_MARKUP = 16 * 1024**2  # bytes from one '<' to the next
 _CFB = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an .xls (OLE compound file)
 
 
@@ -188,14 +188,18 @@ def _check(path: Path) -> str:
             members = [i for i in archive.infolist() if not i.is_dir()]
             declared = sum(i.file_size for i in members)
             _bomb(declared, size)
-            ods = any(i.filename == "mimetype" for i in members) and \
-                archive.read("mimetype")[:64].startswith(b"application/vnd.oasis.opendocument")
+            if any(i.filename.lower() == "xl/workbook.bin" for i in members):
+                # calamine would read it, but its binary records are not checked here
+                raise ReadError("unreadable_input", "an .xlsb (binary) workbook is not read: save it as .xlsx")
+            ods = any(i.filename == "mimetype" for i in members)
             unpacked = 0
             for info in members:
                 # Read as a stream, whatever the member's header claims: zipfile stops at the declared size
                 # and checks the CRC, so a member that lies about its size fails here, not in calamine.
                 with archive.open(info) as member:
-                    extent = _OdsExtent() if ods else _XlsxExtent()
+                    # calamine picks the reader by the file's name, or else by what it holds: the sheets it
+                    # may read are checked whatever the workbook says it is (ODS keeps them in content.xml)
+                    extents = (_XlsxExtent(), _OdsExtent()) if info.filename == "content.xml" else (_XlsxExtent(),)
                     carry = b""
                     while block := member.read(_BLOCK):
                         unpacked += len(block)
@@ -203,14 +207,19 @@ def _check(path: Path) -> str:
                         data = carry + block
                         # Up to the last '<' (which only ever opens markup): whole tags, whatever their
                         # attributes hold; the last one waits for the next block.
-                        cut = max(data.rfind(b"<"), 0)
-                        extent.feed(data[:cut])
+                        cut = data.rfind(b"<")
+                        if cut < 0:
+                            carry = b""  # no markup at all (text, or an image): nothing to carry
+                            continue
+                        for extent in extents:
+                            extent.feed(data[:cut])
                         carry = data[cut:]
                         if len(carry) > MAX_MARKUP:
-                            raise ReadError("unreadable_input", f"{info.filename} holds more than {MAX_MARKUP} "
-                                                                "bytes without markup: refused unread")
-                    extent.feed(carry)
-                    extent.done(info.filename)
+                            raise ReadError("unreadable_input", f"{info.filename} holds a tag of more than "
+                                                                f"{MAX_MARKUP} bytes: refused unread")
+                    for extent in extents:
+                        extent.feed(carry)
+                        extent.done(info.filename)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, KeyError) as exc:
         raise ReadError("unreadable_input", f"the workbook is damaged or cut short: {_reason(exc)}") from None
     return "ods" if ods else "xlsx"

@@ -360,3 +360,24 @@ def test_a_sheet_is_a_name_or_a_position(tmp_path: Path) -> None:
         loaded = load_config(write(tmp_path, "feedd.yaml", text), env={})
         fmt = loaded.pipelines["demo-contacts"].format
         assert (fmt.type, fmt.sheet) == ("xlsx", expected)
+
+
+def test_the_checks_follow_what_calamine_would_read_not_the_name(tmp_path: Path) -> None:
+    """calamine picks its reader by the name, or else by the content: an ODS sent without an extension is
+    checked as an ODS, a binary .xlsb (whose records are not checked) is refused, and macros are no sheet."""
+    bomb = tmp_path / "export"
+    bomb.write_bytes(minimal_ods(_ods_row(_ods_cell("name")) + _ods_row(
+        '<table:table-cell table:number-columns-repeated="1000" office:value-type="float" office:value="1"/>',
+        repeat=100_000)))
+    with pytest.raises(ReadError, match="more than 20000000 cells"):
+        open_rows(bomb, FormatConfig(type="xlsx"))
+    binary = tmp_path / "book.xlsb"
+    binary.write_bytes(_zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.bin": b"\x83\x01\x00"}))
+    with pytest.raises(ReadError, match=r"an \.xlsb \(binary\) workbook is not read"):
+        open_rows(binary, FormatConfig(type="xlsx"))
+    macros = tmp_path / "book.xlsm"
+    macros.write_bytes(minimal_xlsx(f'<row r="1">{_inline("A1", "name")}</row><row r="2">{_inline("A2", "ann")}</row>',
+                                    extra={"xl/vbaProject.bin": bytes(range(256)) * 64}))
+    _, headers, rows = open_rows(macros, FormatConfig())
+    with rows:
+        assert (headers, list(rows)) == (["name"], [(2, ["ann"])])
