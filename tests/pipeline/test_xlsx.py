@@ -381,3 +381,14 @@ def test_the_checks_follow_what_calamine_would_read_not_the_name(tmp_path: Path)
     _, headers, rows = open_rows(macros, FormatConfig())
     with rows:
         assert (headers, list(rows)) == (["name"], [(2, ["ann"])])
+
+
+def test_the_data_spec_tells_partners_to_send_a_workbook(tmp_path: Path) -> None:
+    from feedd.spec import render
+
+    for written, words in (('{type: xlsx, sheet: "People"}', "with the rows in the sheet named 'People'"),
+                           ("xlsx", "with the rows in the first sheet"), ("csv", "(CSV with a header row, or JSON)")):
+        text = MINIMAL.replace('match: ["inbox/*.csv"]', f'match: ["inbox/*"]\n    format: {written}')
+        config = load_config(write(tmp_path, "feedd.yaml", text), env={})
+        _, markdown = render(config.pipelines["demo-contacts"], config.schemas["contact"])
+        assert words in markdown.splitlines()[2], markdown.splitlines()[2]
