@@ -220,7 +220,11 @@ def _check(path: Path) -> str:
                     for extent in extents:
                         extent.feed(carry)
                         extent.done(info.filename)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, KeyError) as exc:
+    except ReadError:
+        raise
+    except RuntimeError as exc:  # zipfile's word for an encrypted member
+        raise ReadError("unreadable_input", f"the workbook could not be unpacked: {_reason(exc)}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, KeyError, ValueError) as exc:
         raise ReadError("unreadable_input", f"the workbook is damaged or cut short: {_reason(exc)}") from None
     return "ods" if ods else "xlsx"
 

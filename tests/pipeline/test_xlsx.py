@@ -392,3 +392,17 @@ def test_the_data_spec_tells_partners_to_send_a_workbook(tmp_path: Path) -> None
         config = load_config(write(tmp_path, "feedd.yaml", text), env={})
         _, markdown = render(config.pipelines["demo-contacts"], config.schemas["contact"])
         assert words in markdown.splitlines()[2], markdown.splitlines()[2]
+
+
+def test_a_workbook_with_encrypted_members_is_unreadable_input(tmp_path: Path) -> None:
+    data = bytearray(minimal_xlsx(f'<row r="1">{_inline("A1", "name")}</row>'))
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # set each header's "encrypted" bit
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags] |= 1
+            at = data.find(signature, at + 4)
+    path = tmp_path / "locked.xlsx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReadError, match="the workbook could not be unpacked: .* is encrypted") as info:
+        open_rows(path, FormatConfig())
+    assert info.value.code == "unreadable_input"
