@@ -403,6 +403,6 @@ def test_a_workbook_with_encrypted_members_is_unreadable_input(tmp_path: Path) -
             at = data.find(signature, at + 4)
     path = tmp_path / "locked.xlsx"
     path.write_bytes(bytes(data))
-    with pytest.raises(ReadError, match="the workbook could not be unpacked: .* is encrypted") as info:
+    with pytest.raises(ReadError, match=r"the workbook could not be unpacked: .* is encrypted") as info:
         open_rows(path, FormatConfig())
     assert info.value.code == "unreadable_input"
