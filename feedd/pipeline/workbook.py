@@ -11,10 +11,11 @@ Rows are numbered as the spreadsheet shows them, whatever empty rows or junk lin
 calamine holds the whole sheet in memory (32 bytes a cell, plus the text of string cells) and aborts the
 process, not raising anything, when a sheet's extent cannot be allocated: a 1 KiB xlsx with one cell in
 A1 and one in XFD1048576 asks for 512 GiB. So before calamine opens a zipped workbook, every member is
-unpacked once as a stream, with the byte and ratio caps of any other archive, and the cells' positions
-(xlsx) or repeat counts (ods) are added up: a workbook whose sheets reach past `MAX_CELLS`, or that
-unpacks past the caps, is refused unread by calamine. An .xls (not a zip; at most 65,536 x 256 cells
-by its format) is refused past `MAX_XLS` bytes.
+unpacked once as a stream, with the ratio cap of any other archive and a cap of its own on the bytes
+(calamine holds what it unpacks), and the cells' positions (xlsx) or repeat counts (ods) are added up: a
+workbook whose sheets reach past `MAX_CELLS`, or that unpacks past the caps, is refused unread by
+calamine, as is an .xlsb, whose binary records this does not read. An .xls (not a zip; at most
+65,536 x 256 cells by its format) is refused past `MAX_XLS` bytes.
 """
 
 from __future__ import annotations
