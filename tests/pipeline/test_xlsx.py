@@ -3,8 +3,8 @@ typed records, errors name the row the spreadsheet shows, and workbooks that wou
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import zipfile
 from collections.abc import Callable
 from datetime import date, datetime
@@ -74,11 +74,13 @@ def people_xlsx(*, junk: int = 4) -> bytes:
     sheet.append(["ann", date(2020, 1, 2), 12.0, 0.1, True, datetime(2020, 1, 2, 3, 4, 5), 7])
     sheet.append(["bob", date(1999, 12, 31), 12, 2.5, False, None, "A-7"])
     sheet.append(["cy", "not a date", 1.5, 3, True, None, None])  # the 3rd data row: row junk + 4
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"people-{os.getpid()}-{junk}.xlsx"
-    book.save(path)
-    data = path.read_bytes()
-    path.unlink()
-    return data
+    return _saved(book)
+
+
+def _saved(book: openpyxl.Workbook) -> bytes:
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()
 
 
 async def test_typed_cells_become_typed_records_and_errors_name_the_sheets_row(
@@ -113,9 +115,7 @@ async def test_rows_keep_the_sheets_numbers_whatever_lies_above_the_header(start
     sheet["D4"] = 1
     sheet["C6"] = "bob"  # row 5 is blank
     sheet["D6"] = "x"
-    path = Path(str(feedd.config_path.parent / "shifted.xlsx"))
-    book.save(path)
-    await upload(feedd, "/inbox/shifted.xlsx", path.read_bytes())
+    await upload(feedd, "/inbox/shifted.xlsx", _saved(book))
     [run] = await finished(feedd, 1, until=(RunStatus.DELIVERED, RunStatus.FAILED))
     assert (run.counts.rows, run.counts.valid) == (2, 1)
     assert [(e.row, e.field) for e in run.errors] == [(6, "n")]
@@ -166,8 +166,6 @@ def minimal_xlsx(sheet_data: str, *, extra: dict[str, bytes] | None = None) -> b
 
 
 def _zip(members: dict[str, bytes], stored: tuple[str, ...] = ()) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         for name, data in members.items():
