@@ -3,7 +3,7 @@
 Sheets are read by calamine (python-calamine), which gives cells as typed values: formulas as their
 cached results, dates as dates. Each cell is handed on as the text a CSV cell would hold, so every field
 type reads it the same way whatever the format: a number cell 12.0 is "12" (an integer field takes it),
-0.1 is "0.1" (the shortest text that reads back as the same number), a date cell is "2024-01-31", a
+0.1 is "0.1" (to Excel's 15 significant digits, so no float artefact shows), a date cell is "2024-01-31", a
 date-and-time cell "2024-01-31T09:30:00", a boolean "true"/"false", an empty cell "".
 
 Rows are numbered as the spreadsheet shows them, whatever empty rows or junk lines come first.
@@ -135,7 +135,9 @@ def _text(value: Any) -> str:
     if cls is float:
         if value.is_integer() and abs(value) < 1e16:  # within the integers a float holds exactly
             return str(int(value))
-        return repr(value) if math.isfinite(value) else ""
+        # Excel's 15 significant digits: a formula's 0.1 + 0.2, cached as 0.30000000000000004, is 0.3 as
+        # Excel shows it; what was typed (0.1, 19.99) reads back as typed
+        return f"{value:.15g}" if math.isfinite(value) else ""
     if cls is bool:
         return "true" if value else "false"
     if cls is int:
