@@ -35,6 +35,8 @@ _HINTS = {
     "what it asks and send the whole file again.",
     "lookup_missing": "Nothing to do on your side: a reference list we check your values against is missing on "
     "ours. We will send the file through again once it is back.",
+    "sheet_not_found": "Put the rows in the sheet we read (the message lists the workbook's sheets), or tell us "
+    "the sheet's new name.",
     "too_many_errors": "Too many rows were invalid, so nothing was accepted. Fix the rows listed in the errors "
     "(every rejected row is in the .rejects.csv file) and send the whole file again.",
 }

@@ -152,7 +152,7 @@ def render(pipe: Pipeline, schema: Schema) -> tuple[str, str]:
     lines = [
         f"# Feed '{pipe.name}': what to send",
         "",
-        f"Upload files named like {', '.join(f'`{g}`' for g in pipe.match)} (CSV with a header row, or JSON).",
+        f"Upload files named like {', '.join(f'`{g}`' for g in pipe.match)} ({_kind(pipe)}).",
         "Column names are matched without regard to case, spaces or punctuation"
         + ("." if pipe.auto_map else " only where the table lists more than one."),
         "",
@@ -230,3 +230,13 @@ def _write_if_changed(path: Path, data: bytes) -> int:
         return 0
     write_whole(path, data)
     return len(data) - before
+
+
+def _kind(pipe: Pipeline) -> str:
+    """What files the pipeline reads, in the partner's words."""
+    fmt = pipe.format
+    if fmt.type != "xlsx":
+        return "CSV with a header row, or JSON"
+    sheet = f"the sheet named {fmt.sheet!r}" if isinstance(fmt.sheet, str) else \
+        "the first sheet" if fmt.sheet == 0 else f"sheet number {fmt.sheet + 1}"
+    return f"an Excel or OpenDocument workbook, .xlsx, .xls or .ods, with the rows in {sheet} under a header row"

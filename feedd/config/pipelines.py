@@ -388,15 +388,34 @@ def _format(r: Reader, pm: LocMap, pat: At) -> FormatConfig:
     at = pat.key(pm, "format")
     raw = pm.get("format")
     if isinstance(raw, str):  # `format: csv` is short for `format: {type: csv}`
-        return FormatConfig(type=r.get(pm, pat, "format", choice("csv", "tsv", "json", "jsonl", "auto"), "auto"))
-    m = r.mapping(raw, at, ("type", "delimiter", "encoding", "header", "skip_rows"))
+        return FormatConfig(type=r.get(pm, pat, "format", choice(*FORMAT_TYPES), "auto"))
+    m = r.mapping(raw, at, ("type", "delimiter", "encoding", "header", "skip_rows", "sheet"))
+    kind = r.get(m, at, "type", choice(*FORMAT_TYPES), "auto")
+    if m is not None and m.get("sheet") is not None and kind not in ("xlsx", "auto"):
+        r.issue(at.key(m, "sheet"), f"'sheet' is read only from workbooks (type: xlsx or auto), not {kind}")
     return FormatConfig(
-        type=r.get(m, at, "type", choice("csv", "tsv", "json", "jsonl", "auto"), "auto"),
+        type=kind,
         delimiter=r.get(m, at, "delimiter", _delimiter, "auto"),
         encoding=r.get(m, at, "encoding", _encoding, "auto"),
         header=r.get(m, at, "header", boolean, True),
         skip_rows=r.get(m, at, "skip_rows", integer(0), 0),
+        sheet=r.get(m, at, "sheet", _sheet, _FIRST_SHEET),
     )
+
+
+FORMAT_TYPES = ("csv", "tsv", "json", "jsonl", "xlsx", "auto")
+_FIRST_SHEET: str | int = 0
+
+
+def _sheet(r: Reader, v: Any, at: At) -> str | int:
+    """A workbook's sheet: a name (text), or a position counted from 0 (an integer)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 0:
+            raise Bad(f"expected a sheet name or a position counted from 0, got {v}")
+        return v
+    if not isinstance(v, str):
+        raise Bad(f"expected a sheet name or a position counted from 0, got {describe(v)}")
+    return nonempty(r, v, at)
 
 
 def _delimiter(r: Reader, v: Any, at: At) -> str:

@@ -275,11 +275,12 @@ class FieldMapping:
 
 @dataclass(frozen=True, slots=True)
 class FormatConfig:
-    type: str = "auto"  # csv | tsv | json | jsonl | auto
+    type: str = "auto"  # csv | tsv | json | jsonl | xlsx | auto
     delimiter: str = "auto"
     encoding: str = "auto"
     header: bool = True
     skip_rows: int = 0
+    sheet: str | int = 0  # a workbook's sheet: its name, or its position counted from 0
 
 
 @dataclass(frozen=True, slots=True)

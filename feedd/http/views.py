@@ -53,7 +53,7 @@ def pipeline_view(p: Pipeline, active: bool) -> dict[str, Any]:
         "active": active, "match": list(p.match), "autoMap": p.auto_map, "egress": p.egress,
         "maxErrorRate": p.max_error_rate, "reports": p.reports,
         "format": {"type": p.format.type, "delimiter": p.format.delimiter, "encoding": p.format.encoding,
-                   "header": p.format.header, "skipRows": p.format.skip_rows},
+                   "header": p.format.header, "skipRows": p.format.skip_rows, "sheet": p.format.sheet},
         "output": {"format": p.output.format, "filename": p.output.filename},
         "mappings": {m.target: m.source or (f"{{template: {m.template}}}" if m.template else "<value>")
                      for m in p.mappings},

@@ -1,7 +1,8 @@
 """Readers: a spooled input file -> headers and a stream of rows, with limits that hold on hostile input.
 
 Formats: CSV (delimiter and encoding detected), TSV, JSON (a top-level array of objects, streamed),
-JSONL; `.gz` and `.zip` (one member) unpacked as streams with byte and ratio caps. Memory stays flat
+JSONL; `.gz` and `.zip` (one member) unpacked as streams with byte and ratio caps; workbooks (.xlsx,
+.xls, .ods) are read by `feedd.pipeline.workbook`, with the same caps. Memory stays flat
 whatever the file size: lines longer than the limit fail the run naming the line instead of being
 buffered, and JSON is decoded one object at a time.
 """
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -50,10 +51,12 @@ class Detected:
     encoding: str
     delimiter: str | None
     compression: str | None  # gzip | zip | None
+    sheet: str | None = None  # the sheet read, for a workbook
 
     def as_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "encoding": self.encoding, "delimiter": self.delimiter,
-                "compression": self.compression}
+        found = {"format": self.format, "encoding": self.encoding, "delimiter": self.delimiter,
+                 "compression": self.compression}
+        return found if self.sheet is None else {**found, "sheet": self.sheet}
 
 
 class _Capped(io.RawIOBase):
@@ -86,7 +89,7 @@ def _unpack(path: Path) -> tuple[IO[bytes], str | None, str]:
     if magic[:2] == b"\x1f\x8b":
         return io.BufferedReader(_Capped(gzip.open(path, "rb"), packed)), "gzip", path.name.removesuffix(".gz")
     if magic == b"PK\x03\x04":
-        _check_zip_directory(path)
+        check_zip_directory(path)
         try:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
@@ -106,8 +109,8 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 
 
-def _check_zip_directory(path: Path) -> None:
-    """Refuse a zip whose end record lists more than a few entries, or a large central directory,
+def check_zip_directory(path: Path, most: int = MAX_ZIP_ENTRIES, largest: int = MAX_ZIP_DIRECTORY) -> None:
+    """Refuse a zip whose end record lists more than `most` entries, or a central directory over `largest` bytes,
     before `zipfile` reads that whole directory into memory and builds an object per entry (a 52 MB
     zip listing a million entries takes hundreds of MiB that way). Read from the record at the end of
     the file, as `zipfile` finds it; a file without one is left to `zipfile` to call unreadable."""
@@ -126,12 +129,14 @@ def _check_zip_directory(path: Path) -> None:
             record = f.read(_ZIP64_EOCD.size)
             if len(record) == _ZIP64_EOCD.size and record[:4] == b"PK\x06\x06":
                 _, _, _, _, _, _, _, entries, directory, _ = _ZIP64_EOCD.unpack(record)
-    if entries > MAX_ZIP_ENTRIES:
+    if entries > most:
         raise ReadError("unreadable_input", f"a zip must hold exactly one file; this one lists {entries} entries "
-                                            f"(refused unread above {MAX_ZIP_ENTRIES})")
-    if directory > MAX_ZIP_DIRECTORY:
+                                            f"(refused unread above {most})" if most == MAX_ZIP_ENTRIES else
+                                            f"the zip lists {entries} entries (refused unread above {most})")
+    if directory > largest:
         raise ReadError("unreadable_input", f"the zip's directory is {directory} bytes, more than "
-                                            f"{MAX_ZIP_DIRECTORY} for one file: refused unread")
+                                            f"{largest}{' for one file' if largest == MAX_ZIP_DIRECTORY else ''}: "
+                                            "refused unread")
 
 
 def _encoding(head: bytes, wanted: str) -> str:
@@ -242,6 +247,10 @@ def _line_blocks(text: IO[str]) -> Iterator[list[str]]:
 
 def open_rows(path: Path, fmt: FormatConfig) -> tuple[Detected, list[str], Rows]:
     """Detect the format and return (detected, headers, rows). Rows are (row number, cells)."""
+    from feedd.pipeline import workbook  # it reads with this module's errors and caps
+
+    if workbook.is_workbook(path.name, fmt.type):
+        return workbook.open_sheet(path, fmt)
     raw, compression, name = _unpack(path)
     try:
         with _read_errors():
@@ -324,10 +333,14 @@ def open_span(path: Path, start: int, end: int, before: int, headers: list[str])
     return Rows(rows, text)
 
 
+class _Closes(Protocol):
+    def close(self) -> None: ...
+
+
 class Rows:
     """The rows of an open input; iterate, then `close()` (or use `with`), even when stopping early."""
 
-    def __init__(self, rows: Iterator[tuple[int, list[Any]]], text: IO[str]) -> None:
+    def __init__(self, rows: Iterator[tuple[int, list[Any]]], text: _Closes) -> None:
         self._rows = rows
         self._text = text
 
