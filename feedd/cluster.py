@@ -17,7 +17,7 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from feedd import intake, log, supervisor
@@ -54,8 +54,12 @@ class Cluster:
     name = "cluster"
 
     def __init__(self, config: Callable[[], Config], store: Store, node_id: str,
-                 wake: dict[str, Callable[[], None]], info: Callable[[], dict[str, object]] = dict) -> None:
+                 wake: dict[str, Callable[[], None]], info: Callable[[], dict[str, object]] = dict,
+                 refresh: Callable[[], Awaitable[object]] | None = None) -> None:
         self._config = config
+        # Takes in the objects other nodes changed over the API (woken by them; also looked at every beat).
+        self._refresh = refresh
+        self._refreshing: asyncio.Task[None] | None = None
         self._store = store
         self.node_id = node_id
         self._wake = wake  # "runs" / "deliveries" / "events" -> the part that does that work
@@ -84,6 +88,7 @@ class Cluster:
         for task in self._tasks:
             await supervisor.cancel(task)
         self._tasks = []
+        await supervisor.cancel(self._refreshing)
         given = await self._store.leave(self.node_id)
         if given.runs:
             log.get().info("cluster.left", node=self.node_id, runs=len(given.runs))
@@ -102,6 +107,8 @@ class Cluster:
                 log.get().warning("cluster.rejoined", node=self.node_id,
                                   reason="this node was taken for dead; its work went to other nodes")
                 await self.announce()
+            if shared(config):
+                self._refresh_objects()
             if await self._take_over(config.cluster.takeover_after):
                 # What the dead took into the spool but did not record is taken in again.
                 await intake.recover(self._store, config, before=recoverable(config))
@@ -122,8 +129,21 @@ class Cluster:
         for run_id in taken.runs:
             log.get(run_id=run_id).info("run.resumed", how=how, node=taken.node_id or None)
 
+    def _refresh_objects(self) -> None:
+        """Look at the store's objects, once at a time (a look asked for meanwhile is the running one's)."""
+        if self._refresh is None or (self._refreshing is not None and not self._refreshing.done()):
+            return
+
+        async def look(refresh: Callable[[], Awaitable[object]]) -> None:
+            await refresh()
+
+        self._refreshing = asyncio.get_running_loop().create_task(look(self._refresh))
+        self._refreshing.add_done_callback(supervisor.reap("cluster.refresh_failed"))
+
     async def _listen(self) -> None:
         def woken(kind: str) -> None:
+            if kind == "objects":
+                self._refresh_objects()
             self._wake.get(kind, _nothing)()
 
         await self._store.listen(woken)

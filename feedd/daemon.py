@@ -159,7 +159,7 @@ class Daemon:
                         notify=sender.wake, review_url=lambda run_id: base() + review_path(run_id), owner=node_id)
         self.cluster = Cluster(lambda: self.config, store, node_id,
                                {"runs": runner.wake, "deliveries": dispatcher.wake, "events": sender.wake},
-                               info=self._addresses)
+                               info=self._addresses, refresh=live.refresh)
         self.reviews = reviews = Reviews(lambda: self.config, store, runner, spaces, base, notify=sender.wake)
 
         def accepted() -> None:  # a new run (and its event) is in the store

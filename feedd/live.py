@@ -135,6 +135,27 @@ class Live:
             self._notify()
             return True
 
+    async def refresh(self) -> bool:
+        """Take in the objects another node changed in the shared store: True when the config in force
+        changed. Objects that no longer judge well with this node's file are logged, and the running config
+        stays (the node that wrote them judged them against the same file, so that means the files differ)."""
+        async with self._lock:
+            managed = {(o.kind, o.name): o for o in await self._store.managed_objects()}
+            if {k: o.version for k, o in managed.items()} == {k: o.version for k, o in self._managed.items()}:
+                return False
+            try:
+                config = await asyncio.to_thread(build, self._source, list(managed.values()))
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    log.get().error("config error", error=str(issue))
+                log.get().error("objects changed by another node do not judge well here: keeping the running "
+                                "config", errors=len(exc.issues))
+                return False
+            await self._swap(config)
+            self._managed = managed
+            log.get().info("objects refreshed", connections=len(config.connections), pipelines=len(config.pipelines))
+            return True
+
     async def create(self, kind: ObjectKind, name: str, body: Mapping[str, Any], actor: str,
                      dry_run: bool = False) -> Outcome:
         async with self._lock:

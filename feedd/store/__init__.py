@@ -279,7 +279,8 @@ class Store(Protocol):
         time; one whose holder dies is free to be taken). Asked again before each turn of the guarded work."""
 
     async def listen(self, wake: Callable[[str], None]) -> None:
-        """Call `wake(kind)` ("runs", "deliveries" or "events") when work of that kind becomes ready, until
+        """Call `wake(kind)` ("runs", "deliveries" or "events") when work of that kind becomes ready, or
+        ("objects") when an object was created, changed or deleted over the API, until
         cancelled: other processes sharing the store wake this one early. Returns at once where nothing else
         shares it."""
     async def save_session(self, session: OperatorSession) -> None:

@@ -190,6 +190,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         WHEN (NEW.status = 'pending' AND NEW.owner IS NULL) EXECUTE FUNCTION feedd_wake('deliveries');
     CREATE TRIGGER events_wake AFTER INSERT OR UPDATE ON events FOR EACH ROW
         WHEN (NEW.status = 'pending' AND NEW.owner IS NULL) EXECUTE FUNCTION feedd_wake('events');
+    -- an object created, changed or deleted over the API on one node: the others take it in
+    CREATE TRIGGER objects_wake AFTER INSERT OR UPDATE OR DELETE ON managed_objects
+        FOR EACH STATEMENT EXECUTE FUNCTION feedd_wake('objects');
     """),
     # 8: the console's sessions, shared by every node and kept across restarts; found by the SHA-256 of
     # their token.
