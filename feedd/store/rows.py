@@ -163,3 +163,15 @@ class Rows:
             updated_at=self._at(row["updated_at"]),
             expires_at=self.decode(row["expires_at"]),
         )
+
+
+# An address's row in `bans` outlives its last change by this many seconds (or the ban window, if longer),
+# so that every node reads an unban before the row goes.
+BAN_ROWS_KEPT = 3600.0
+
+
+def failures_within(text: str | None, now: datetime, within: float) -> list[float]:
+    """An address's failed logins (epoch seconds, as stored in `bans.failures`) still within the window,
+    and one more at `now`."""
+    at = now.timestamp()
+    return [*(t for t in (json.loads(text) if text else []) if t > at - within), at]
