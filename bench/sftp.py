@@ -2,7 +2,7 @@
 
     python bench/sftp.py [--size-mib 1024] [--files 1000] [--file-kib 100] [--rounds 3]
                          [--clients openssh,asyncssh,paramiko] [--workloads big,small] [--bare] [--process]
-                         [--variants default,asyncio-loop,no-fast-path]
+                         [--variants default,asyncio-loop,no-fast-path] [--store-dsn postgresql://...]
 
 Starts OpenSSH's sshd (internal-sftp in a chroot) on one loopback port and `feedd serve` on another,
 uploads the same big file and the same set of small files with each client, and prints MiB/s, files/s
@@ -156,8 +156,9 @@ class Feedd(Server):
     name = "feedd"
 
     def __init__(self, work: Path, pubkey: str, process: bool = False, password_hash: str | None = None,
-                 variant: str = "default") -> None:
+                 variant: str = "default", store_dsn: str | None = None) -> None:
         self.port = free_port()
+        self.store_dsn = store_dsn
         self.process = process
         if variant != "default":
             self.name = f"feedd/{variant}"
@@ -186,7 +187,7 @@ pipelines:
     match: ["inbox/**"]
     skip_duplicates: false
     active: {"true" if process else "false"}
-""")
+""" + (f'store: {{type: postgresql, dsn: "{store_dsn}"}}\n' if store_dsn else ""))
         env = {"FEEDD_EVENT_LOOP": "asyncio"} if variant == "asyncio-loop" else None
         cmd = [sys.executable, "-m", "feedd", "serve", "-c", str(config)]
         if variant == "managed-1000":
@@ -210,6 +211,13 @@ pipelines:
                              [(f"partner-{i:04d}", body, now, now) for i in range(MANAGED)])
 
     def runs(self, *statuses: str) -> int:
+        if self.store_dsn:
+            import psycopg
+
+            with psycopg.connect(self.store_dsn) as pg:
+                row = pg.execute("SELECT count(*) FROM runs WHERE %s OR status = ANY(%s)",
+                                 (not statuses, list(statuses))).fetchone()
+                return int(row[0]) if row else 0
         import sqlite3
 
         where = f"WHERE status IN ({', '.join('?' * len(statuses))})" if statuses else ""
@@ -363,6 +371,8 @@ def main() -> int:
                     help="process every upload with the pipeline as it arrives (default: runs are recorded held)")
     ap.add_argument("--bare", action="store_true",
                     help="also measure asyncssh's own SFTPServer with nothing added (the library's ceiling)")
+    ap.add_argument("--store-dsn", default=None,
+                    help="run feedd on this PostgreSQL database (a fresh one: runs are counted there) instead of SQLite")
     ap.add_argument("--variants", default="default",
                     help=f"feedd servers measured side by side, of {', '.join(VARIANTS)} (default: %(default)s)")
     args = ap.parse_args()
@@ -390,7 +400,7 @@ def main() -> int:
         p = small_dir / f"f{i:05d}.csv"
         p.write_bytes(os.urandom(args.file_kib * 1024))
         smalls.append(p)
-    feedds = [Feedd(work, pubkey, process=args.process, variant=v) for v in variants]
+    feedds = [Feedd(work, pubkey, process=args.process, variant=v, store_dsn=args.store_dsn) for v in variants]
     servers: list[Server] = [OpenSSH(work, pubkey), *feedds]
     if args.bare:
         servers.append(Bare(work, pubkey))
