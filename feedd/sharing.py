@@ -38,6 +38,7 @@ class Sharing:
         self._bans = bans
         self._spaces = spaces
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self._bans.refresh()  # bans made before this start (by another node, or before a restart)
@@ -49,19 +50,27 @@ class Sharing:
         return None
 
     async def stop(self, deadline: float) -> None:
+        # Not cancelled in the middle of a round: one cut short after the store added this node's changes,
+        # but before they were marked shared, would have them added again by the last round below.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            left = max(0.1, deadline - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait([self._task], timeout=left)
+            if not done:  # a store that does not answer: what this node counted since is lost to the others
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                return
             self._task = None
-        if self._shared:
             left = max(0.1, deadline - asyncio.get_running_loop().time())
             with contextlib.suppress(Exception):  # what it wrote last goes to the others, if the store is up
                 await asyncio.wait_for(self.sync_spaces(), timeout=left)
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(SYNC_SECONDS)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=SYNC_SECONDS)
+                return
             await self._bans.refresh()
             await self.sync_spaces()
 

@@ -176,7 +176,7 @@ class Space:
 
     @used.setter
     def used(self, value: int) -> None:
-        self.unshared += value - self.shared_used - self.unshared
+        self.unshared = value - self.shared_used
 
     @property
     def inbox(self) -> Path:

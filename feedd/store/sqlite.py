@@ -653,7 +653,9 @@ class SqliteStore:
                 conn.execute("INSERT INTO bans VALUES (?, '[]', ?, (SELECT coalesce(max(seq), 0) + 1 FROM bans), ?) "
                              "ON CONFLICT (ip) DO UPDATE SET failures = '[]', banned_until = excluded.banned_until, "
                              "seq = excluded.seq, updated_at = excluded.updated_at", (ip, _utc_ts(until), _utc_ts(now)))
-            conn.execute("DELETE FROM bans WHERE updated_at < ? AND (banned_until IS NULL OR banned_until < ?)",
+            # The row with the highest mark stays: the next mark is counted from it, and must never repeat.
+            conn.execute("DELETE FROM bans WHERE updated_at < ? AND (banned_until IS NULL OR banned_until < ?) "
+                         "AND seq < (SELECT max(seq) FROM bans)",
                          (_utc_ts(now - timedelta(seconds=max(within, BAN_ROWS_KEPT))), _utc_ts(now)))
             return until
 
