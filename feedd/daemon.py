@@ -33,6 +33,7 @@ from feedd.review import Reviews, base_url, review_path
 from feedd.schedule import Scheduler
 from feedd.sftp.auth import Bans
 from feedd.sftp.service import SftpService
+from feedd.sharing import Sharing
 from feedd.spaces import Spaces
 from feedd.store import Store, configured
 from feedd.summary import next_steps
@@ -169,7 +170,7 @@ class Daemon:
         self.scheduler = Scheduler(lambda: self.config, store, spaces, sender.wake, clock=self._clock,
                                    tick=self._tick, leads=lambda: self._leads("schedule"))
         self.drops = drops = Drops(lambda: self.config, store, spaces, accepted)
-        bans = Bans(config.sftp.ban)  # SFTP and console logins count toward the same bans
+        bans = Bans(config.sftp.ban, store)  # SFTP and console logins count toward the same bans
 
         def logins() -> list[tuple[str, str, float]]:
             return self.sftp.logins() if self.sftp is not None else []
@@ -183,6 +184,7 @@ class Daemon:
             dispatcher,
             runner,
             self.scheduler,
+            Sharing(config, store, bans, spaces),  # before the services: bans in force when they listen
             self.http,
             self.sftp,
             Watcher(lambda: self.config, spaces, drops, leads=lambda: self._leads("scan")),

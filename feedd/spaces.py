@@ -1,5 +1,10 @@
 """Partners' spaces on disk: the `inbox/` + `outbox/` layout, bytes used (quota), and partial uploads.
 
+Bytes used are counted in memory, as every write happens, and recounted from disk when a space is made.
+With several nodes on one store, each node's count moves by what it writes and removes, and the figure
+they share is kept in the store (see `feedd.sharing`): a quota is checked against that figure as last
+read plus this node's own changes since, never with a round trip per write.
+
 A file open for writing through feedd's SFTP server is a partial upload until the client's own CLOSE:
 a client that vanishes, or a daemon that dies, leaves it partial. Partial uploads are never taken, are
 kept so the client can resume, and are swept after `sftp.partial_max_age`. Which files are partial is
@@ -202,7 +207,12 @@ class Space:
     max_file_size: int | None = None
     max_folder_depth: int = 32  # folders below inbox/ nested at most this deep (made through SFTP)
     max_entries: int = 100_000  # files and folders in inbox/ (made through SFTP)
-    used: int = 0
+    # Bytes used, as `used` gives them: the figure last agreed with the store (every node's count, on a
+    # shared store) or recounted here, plus what this node has added or freed since (writes in flight
+    # included). Only the daemon's sharing loop talks to the store; every other part just sets `used`.
+    shared_used: int = 0
+    unshared: int = 0
+    recounted: bool = False  # measured from disk since the store last heard: the recount is the figure
     entries: int = 0  # files and folders in inbox/: recounted by every scan, kept up by SFTP in between
     writers: Counter[str] = field(default_factory=Counter)  # rel path -> open write handles
     # The SFTP sessions of this space: a rename in one re-keys the open handles of all of them.
@@ -215,6 +225,14 @@ class Space:
     _journal_lines: int = 0
     _journal: str | None = None
     _lock_fd: int = -1  # `.lock` beside the journal, open while the space is
+
+    @property
+    def used(self) -> int:
+        return self.shared_used + self.unshared
+
+    @used.setter
+    def used(self, value: int) -> None:
+        self.unshared = value - self.shared_used
 
     @property
     def inbox(self) -> Path:
@@ -458,7 +476,7 @@ class Space:
                             total += entry.stat(follow_symlinks=False).st_size
                     except OSError:
                         continue
-        self.used, self.entries = total, entries
+        self.shared_used, self.unshared, self.recounted, self.entries = total, 0, True, entries
         return total
 
 

@@ -231,7 +231,7 @@ class Console:
             return self._plain(403, "the form's CSRF token is missing or wrong: reload the login page")
         ip = request.remote or "?"
         bans = self._parts.bans
-        if bans.is_banned(ip):
+        if await bans.check(ip):
             log.get().warning("console.refused_banned", ip=ip)
             return await self.login_form(request, "Too many failed logins from your address: try again later.", 403)
         name = _text(form.get("name")) or ""
@@ -240,7 +240,7 @@ class Console:
         phc = operator.password_hash if operator is not None else None
         ok = bool(password) and await verify_queued(phc, password) and operator is not None
         if not ok or operator is None:
-            banned = bans.fail(ip)
+            banned = await bans.fail(ip)
             who = "operator" if operator is not None else "unknown operator"
             log.get().warning("console.auth_failed", ip=ip, user=escaped(name), method="password",
                               message=f"Failed password from {ip} for {who} '{escaped(name)}'")
@@ -562,7 +562,7 @@ class Console:
     async def unban(self, request: web.Request, who: Who) -> web.StreamResponse:
         form = await request.post()
         ip = _text(form.get("ip")) or ""
-        if self._parts.bans.unban(ip):
+        if await self._parts.bans.unban(ip):
             log.get().warning("console.unban", operator=who.operator.name, ip=ip)
         raise web.HTTPSeeOther("/ui/connections")
 

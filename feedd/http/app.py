@@ -127,7 +127,7 @@ def build_app(config: Config, store: Store, runs: Runs | None = None,
     ManageApi(live, store, owner, runs, node).routes(app)
     ReviewApi(live, store, reviews).routes(app)
     # The console is routed whatever `http.console` says, so that a reload can turn it on or off.
-    Console(live, store, console or ConsoleParts(Bans(config.sftp.ban)), owner, runs, runs,
+    Console(live, store, console or ConsoleParts(Bans(config.sftp.ban, store)), owner, runs, runs,
             reviews).routes(app)
     return app
 

@@ -24,10 +24,10 @@ import random
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 import asyncssh
@@ -36,6 +36,8 @@ from feedd import log
 from feedd.config import Config, Connection
 from feedd.config.values import BanConfig
 from feedd.credentials import HASHER, MAX_PASSWORD_BYTES, verify_password
+from feedd.model import utcnow
+from feedd.store import Store
 
 FAILURE_DELAY = 1.0  # seconds added to every failed password (OpenSSH and SFTPGo do the same)
 VERSION_TIMEOUT = 5.0  # seconds from connect to the client's version line (clients send it at once)
@@ -96,47 +98,85 @@ def escaped(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")[:200]
 
 
-@dataclass(slots=True)
 class Bans:
-    """Failures per source IP within a window; after too many, the IP is refused for a while. One instance
-    serves SFTP logins and console logins alike, so failures of both count toward the same ban."""
+    """Failed logins per source IP, and the bans they lead to, kept in the store so that on several nodes
+    failures through any node count and a ban holds on all of them (and a restart keeps them). One
+    instance serves SFTP logins and console logins alike, so failures of both count toward the same ban.
+    Times are wall-clock: nodes' monotonic clocks are each their own.
 
-    policy: BanConfig
-    failures: dict[str, deque[float]] = field(default_factory=dict)
-    banned_until: dict[str, float] = field(default_factory=dict)
+    A new connection is checked against a copy of the bans in force (`is_banned`), which costs a dict
+    lookup: it comes before anything else, once per connection, and a flood of connections is what bans
+    are for. This node's own bans and unbans go into the copy at once; the other nodes' come with
+    `refresh`, which the daemon calls every `sharing.SYNC_SECONDS`. A password login, which costs an
+    argon2 verify anyway, asks the store itself (`check`), so a ban made on another node a moment ago
+    holds there at once."""
 
-    def is_banned(self, ip: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        until = self.banned_until.get(ip)
+    def __init__(self, policy: BanConfig, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+        self.policy = policy
+        self._store = store
+        self._clock = clock
+        self._until: dict[str, datetime] = {}  # the bans in force as this node last knew them
+        self._mark = 0  # the store's mark of the last change read
+
+    def is_banned(self, ip: str, now: datetime | None = None) -> bool:
+        until = self._until.get(ip)
         if until is None:
             return False
-        if now >= until:
-            del self.banned_until[ip]
+        if (now or self._clock()) >= until:
+            del self._until[ip]
             return False
         return True
 
-    def fail(self, ip: str, now: float | None = None) -> bool:
-        """Record one failure; True when this one gets the IP banned."""
-        now = time.monotonic() if now is None else now
-        window = self.failures.setdefault(ip, deque())
-        window.append(now)
-        while window and window[0] < now - self.policy.within:
-            window.popleft()
-        if len(window) >= self.policy.after_failures:
-            self.banned_until[ip] = now + self.policy.duration
-            window.clear()
+    async def check(self, ip: str, now: datetime | None = None) -> bool:
+        """Whether `ip` is banned, as the store says now; the copy if the store cannot be reached."""
+        now = now or self._clock()
+        if self.is_banned(ip, now):
             return True
-        return False
+        try:
+            until = await self._store.banned_until(ip, now)
+        except Exception as exc:  # the store's errors are its driver's own: log in with the copy meanwhile
+            log.get().error("bans.store_failed", ip=ip, error=str(exc))
+            return False
+        if until is not None:
+            self._until[ip] = until
+        return until is not None
 
-    def banned(self, now: float | None = None) -> dict[str, float]:
+    async def fail(self, ip: str, now: datetime | None = None) -> bool:
+        """Record one failure; True when this one gets the IP banned."""
+        now = now or self._clock()
+        policy = self.policy
+        try:
+            until = await self._store.login_failed(ip, now, after=policy.after_failures, within=policy.within,
+                                                   duration=policy.duration)
+        except Exception as exc:
+            log.get().error("bans.store_failed", ip=ip, error=str(exc))
+            return False
+        if until is None:
+            return False
+        self._until[ip] = until
+        return True
+
+    def banned(self, now: datetime | None = None) -> dict[str, float]:
         """The IPs banned now, with the seconds each has left."""
-        now = time.monotonic() if now is None else now
-        return {ip: until - now for ip, until in self.banned_until.items() if until > now}
+        now = now or self._clock()
+        return {ip: (until - now).total_seconds() for ip, until in self._until.items() if until > now}
 
-    def unban(self, ip: str) -> bool:
-        """Lift an IP's ban and forget its failures; True when it was banned."""
-        self.failures.pop(ip, None)
-        return self.banned_until.pop(ip, None) is not None
+    async def unban(self, ip: str, now: datetime | None = None) -> bool:
+        """Lift an IP's ban and forget its failures, on every node; True when it was banned."""
+        self._until.pop(ip, None)
+        return await self._store.unban(ip, now or self._clock())
+
+    async def refresh(self) -> None:
+        """Bring the copy up to date with the bans and unbans every node recorded since the last refresh."""
+        changes, self._mark = await self._store.ban_changes(self._mark)
+        now = self._clock()
+        for ip, until in changes.items():
+            if until is None or until <= now:
+                self._until.pop(ip, None)
+            else:
+                self._until[ip] = until
+        for ip in [ip for ip, until in self._until.items() if until <= now]:  # over: the copy stays small
+            del self._until[ip]
 
 
 class Phase(StrEnum):
@@ -152,9 +192,9 @@ class Phase(StrEnum):
 class AuthState:
     """What the auth code consults, swapped in place on reload (live sessions keep running)."""
 
-    def __init__(self, config: Config, bans: Bans | None = None) -> None:
+    def __init__(self, config: Config, bans: Bans) -> None:
         self.config = config
-        self.bans = bans if bans is not None else Bans(config.sftp.ban)
+        self.bans = bans
         self.pending: dict[Gate, None] = {}  # connections not logged in, oldest first
         self._count = 0  # of those at work, as of `_counted_at`
         self._counted_at = -RECOUNT_SECONDS
@@ -351,7 +391,8 @@ class Gate(asyncssh.SSHServer):
             self.last_activity = time.monotonic()
 
     async def _check_password(self, username: str, password: str) -> bool:
-        conn = self._usable(username)
+        # The store's word, not only this node's copy: a ban another node made a moment ago holds here too.
+        conn = None if await self._state.bans.check(self.ip) else self._usable(username)
         ok = False
         if len(password.encode("utf-8", "surrogateescape")) <= MAX_PASSWORD_BYTES:
             phc = conn.password_hash if conn is not None and conn.password_hash else _DUMMY_HASH
@@ -371,7 +412,7 @@ class Gate(asyncssh.SSHServer):
         # systemd/fail2ban-feedd.conf) can never be fooled by a user name like "x from 10.9.9.9".
         who = "user" if known else "unknown user"
         message = f"Failed {method} from {self.ip} for {who} '{escaped(username)}'"
-        banned = self._state.bans.fail(self.ip)
+        banned = await self._state.bans.fail(self.ip)
         self._failures += 1
         log.get().warning("sftp.auth_failed", message=message, user=escaped(username), ip=self.ip, method=method)
         if banned:

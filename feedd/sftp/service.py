@@ -65,7 +65,7 @@ class SftpService:
     name = "sftp"
 
     def __init__(self, config: Config, spaces: Spaces, drops: Drops, host_keys: list[Path],
-                 bans: Bans | None = None) -> None:
+                 bans: Bans) -> None:
         self._config = config
         self._spaces = spaces
         self._drops = drops

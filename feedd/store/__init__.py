@@ -295,4 +295,33 @@ class Store(Protocol):
     async def delete_expired_sessions(self, now: datetime) -> int:
         """Delete the sessions that expired at or before `now`; how many went."""
 
+    # What the nodes of one store share about logins and spaces. Times are wall-clock (UTC): each node's
+    # monotonic clock is its own.
+
+    async def login_failed(self, ip: str, now: datetime, *, after: int, within: float,
+                           duration: float) -> datetime | None:
+        """Record a failed login from `ip` at `now`. When it makes `after` failures within `within` seconds,
+        recorded by any node, `ip` is banned until `now + duration` and its failures are forgotten: that
+        time is returned (else None). Atomic: two nodes recording at once both count."""
+
+    async def banned_until(self, ip: str, now: datetime) -> datetime | None:
+        """Until when `ip` is banned, or None when it is not banned at `now`."""
+
+    async def ban_changes(self, after: int) -> tuple[dict[str, datetime | None], int]:
+        """The bans and unbans recorded after the mark `after` (0: all there are), as ip -> banned until
+        (None: lifted), and the mark to ask after next time. Marks grow in the order changes commit."""
+
+    async def unban(self, ip: str, now: datetime) -> bool:
+        """Lift `ip`'s ban and forget its failures; True when it was banned at `now`."""
+
+    async def space_use(self) -> dict[str, int]:
+        """connection -> bytes used in its space, as the nodes have counted them."""
+
+    async def add_space_use(self, deltas: dict[str, int]) -> dict[str, int]:
+        """Add each delta to its connection's bytes used (never below 0), atomically with what other nodes
+        add; returns every connection's bytes used after."""
+
+    async def set_space_use(self, connection: str, used: int) -> None:
+        """A connection's bytes used as a recount of its space found them."""
+
     async def close(self) -> None: ...

@@ -178,6 +178,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     );
     CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);
     """),
+    (9, """
+    -- What the nodes of one store share about logins and spaces. `failures` holds the wall-clock times
+    -- (epoch seconds, as JSON) of an address's failed logins within the ban window. `seq` is bumped by
+    -- every ban and unban, so that each node reads only what changed since it last looked.
+    CREATE TABLE bans (
+        ip              TEXT PRIMARY KEY,
+        failures        TEXT NOT NULL DEFAULT '[]',
+        banned_until    TEXT,
+        seq             INTEGER NOT NULL DEFAULT 0,
+        updated_at      TEXT NOT NULL
+    );
+    CREATE INDEX bans_by_seq ON bans (seq);
+
+    CREATE TABLE space_use (
+        connection      TEXT PRIMARY KEY,
+        used            INTEGER NOT NULL
+    );
+    """),
     (10, """
     -- A multipart upload's parts, one row each: two parts recorded at once (by two nodes) are both kept.
     -- uploads.parts and uploads.records are no longer read: the parts recorded so far move here.

@@ -42,13 +42,16 @@ from feedd.model import (
 )
 from feedd.store import SWEEPABLE, OperatorSession, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.postgresql_migrations import MIGRATIONS
-from feedd.store.rows import Rows, owner_of
+from feedd.store.rows import BAN_ROWS_KEPT, Rows, failures_within, owner_of
 
 Connection = psycopg.AsyncConnection[DictRow]
 
 # pg_advisory_lock's key for migrations: any fixed number, the same on every node ("feedd" in ASCII).
 MIGRATION_LOCK = 0x6665656464
 LEADER_LOCK = 0x6665656464 << 8  # pg_advisory_lock's keys for leaders: this plus the CRC-32 of the name
+
+# pg_advisory_xact_lock's key for bans and unbans ("bans" in ASCII): see PostgresStore.login_failed.
+BAN_LOCK = 0x62616E73
 POOL_SIZE = 10  # connections per node: the statements it can have in flight at once
 
 _RUN_COLUMNS = (
@@ -770,6 +773,75 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute("DELETE FROM console_sessions WHERE expires_at <= %s", (now,))
             return cur.rowcount
+
+    # --- what the nodes share: bans and bytes used ----------------------------------------------------
+    # A ban or an unban takes BAN_LOCK after the address's row lock and holds both to its commit, so that
+    # `seq` values commit in order and a node reading changes after a mark never misses one.
+
+    async def login_failed(self, ip: str, now: datetime, *, after: int, within: float,
+                           duration: float) -> datetime | None:
+        until = None
+        async with self._connection() as conn:
+            async with conn.transaction():
+                # The upsert locks the address's row until the commit: failures from several nodes queue here.
+                row = await (await conn.execute(
+                    "INSERT INTO bans (ip, updated_at) VALUES (%s, %s) ON CONFLICT (ip) DO UPDATE "
+                    "SET updated_at = excluded.updated_at RETURNING failures", (ip, now))).fetchone()
+                times = failures_within(row["failures"] if row else None, now, within)
+                if len(times) < after:
+                    await conn.execute("UPDATE bans SET failures = %s WHERE ip = %s", (json.dumps(times), ip))
+                else:
+                    until = now + timedelta(seconds=duration)
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (BAN_LOCK,))
+                    await conn.execute("UPDATE bans SET failures = '[]', banned_until = %s, seq = nextval('bans_seq') "
+                                       "WHERE ip = %s", (until, ip))
+            # Rows of addresses long quiet, skipping any another node holds (never waiting on one).
+            await conn.execute("DELETE FROM bans WHERE ip IN (SELECT ip FROM bans WHERE updated_at < %s AND "
+                               "(banned_until IS NULL OR banned_until < %s) FOR UPDATE SKIP LOCKED)",
+                               (now - timedelta(seconds=max(within, BAN_ROWS_KEPT)), now))
+        return until
+
+    async def banned_until(self, ip: str, now: datetime) -> datetime | None:
+        rows = await self._read("SELECT banned_until FROM bans WHERE ip = %s AND banned_until > %s", (ip, now))
+        return _dt(rows[0]["banned_until"]) if rows else None
+
+    async def ban_changes(self, after: int) -> tuple[dict[str, datetime | None], int]:
+        rows = await self._read("SELECT ip, banned_until, seq FROM bans WHERE seq > %s ORDER BY seq", (after,))
+        return {row["ip"]: _dt(row["banned_until"]) for row in rows}, max([after, *(int(r["seq"]) for r in rows)])
+
+    async def unban(self, ip: str, now: datetime) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            row = await (await conn.execute("SELECT banned_until FROM bans WHERE ip = %s FOR UPDATE", (ip,))).fetchone()
+            if row is None:
+                return False
+            if row["banned_until"] is None:
+                await conn.execute("UPDATE bans SET failures = '[]' WHERE ip = %s", (ip,))
+                return False
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (BAN_LOCK,))
+            await conn.execute("UPDATE bans SET failures = '[]', banned_until = NULL, updated_at = %s, "
+                               "seq = nextval('bans_seq') WHERE ip = %s", (now, ip))
+            return bool(row["banned_until"] > now)
+
+    async def space_use(self) -> dict[str, int]:
+        rows = await self._read("SELECT connection, used FROM space_use")
+        return {row["connection"]: int(row["used"]) for row in rows}
+
+    async def add_space_use(self, deltas: dict[str, int]) -> dict[str, int]:
+        names = sorted(deltas)  # rows locked in one order by every node: no deadlock between two
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO space_use AS s (connection, used) SELECT d.connection, greatest(0, d.delta) "
+                "FROM unnest(%s::text[], %s::bigint[]) AS d(connection, delta) ORDER BY d.connection "
+                "ON CONFLICT (connection) DO UPDATE "
+                "SET used = greatest(0, s.used + (%s::bigint[])[array_position(%s::text[], excluded.connection)])",
+                (names, [deltas[n] for n in names], [deltas[n] for n in names], names))
+            cur = await conn.execute("SELECT connection, used FROM space_use")
+            return {row["connection"]: int(row["used"]) for row in await cur.fetchall()}
+
+    async def set_space_use(self, connection: str, used: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute("INSERT INTO space_use VALUES (%s, %s) ON CONFLICT (connection) DO UPDATE "
+                               "SET used = excluded.used", (connection, max(0, used)))
 
     async def close(self) -> None:
         for conn, _ in self._leads.values():

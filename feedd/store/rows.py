@@ -186,3 +186,15 @@ class Rows:
     def session_from(self, row: Row) -> OperatorSession:
         return OperatorSession(row["token_hash"], row["operator"], row["role"], row["password_tag"],
                                self._at(row["created_at"]), self._at(row["expires_at"]))
+
+
+# An address's row in `bans` outlives its last change by this many seconds (or the ban window, if longer),
+# so that every node reads an unban before the row goes.
+BAN_ROWS_KEPT = 3600.0
+
+
+def failures_within(text: str | None, now: datetime, within: float) -> list[float]:
+    """An address's failed logins (epoch seconds, as stored in `bans.failures`) still within the window,
+    and one more at `now`."""
+    at = now.timestamp()
+    return [*(t for t in (json.loads(text) if text else []) if t > at - within), at]

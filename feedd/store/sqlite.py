@@ -39,7 +39,7 @@ from feedd.model import (
 )
 from feedd.store import SWEEPABLE, OperatorSession, Remembered, RunQuery, Store, SweepQuery, SweptPart
 from feedd.store.migrations import MIGRATIONS
-from feedd.store.rows import Rows, owner_of
+from feedd.store.rows import BAN_ROWS_KEPT, Rows, failures_within, owner_of
 
 _RUN_COLUMNS = (
     "run_id, pipeline, connection, direction, status, source_kind, source_name, source_size, source_sha256, "
@@ -780,6 +780,87 @@ class SqliteStore:
 
     async def delete_expired_sessions(self, now: datetime) -> int:
         return await self._write(("DELETE FROM console_sessions WHERE expires_at <= ?", (_session_ts(now),)))
+
+    # --- what the nodes of one store share: bans and bytes used -----------------------------------
+
+    async def login_failed(self, ip: str, now: datetime, *, after: int, within: float,
+                           duration: float) -> datetime | None:
+        def fail(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute("SELECT failures FROM bans WHERE ip = ?", (ip,)).fetchone()
+            times = failures_within(row[0] if row else None, now, within)
+            if len(times) < after:
+                conn.execute("INSERT INTO bans (ip, failures, updated_at) VALUES (?, ?, ?) ON CONFLICT (ip) DO UPDATE "
+                             "SET failures = excluded.failures, updated_at = excluded.updated_at",
+                             (ip, json.dumps(times), _utc_ts(now)))
+                until = None
+            else:
+                until = now + timedelta(seconds=duration)
+                conn.execute("INSERT INTO bans VALUES (?, '[]', ?, (SELECT coalesce(max(seq), 0) + 1 FROM bans), ?) "
+                             "ON CONFLICT (ip) DO UPDATE SET failures = '[]', banned_until = excluded.banned_until, "
+                             "seq = excluded.seq, updated_at = excluded.updated_at", (ip, _utc_ts(until), _utc_ts(now)))
+            # The row with the highest mark stays: the next mark is counted from it, and must never repeat.
+            conn.execute("DELETE FROM bans WHERE updated_at < ? AND (banned_until IS NULL OR banned_until < ?) "
+                         "AND seq < (SELECT max(seq) FROM bans)",
+                         (_utc_ts(now - timedelta(seconds=max(within, BAN_ROWS_KEPT))), _utc_ts(now)))
+            return until
+
+        return await self._transaction(fail)
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in a transaction of its own, which may read before it writes (between group commits)."""
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            return await self._in_db(run)
+
+    async def banned_until(self, ip: str, now: datetime) -> datetime | None:
+        rows = await self._read("SELECT banned_until FROM bans WHERE ip = ?", (ip,))
+        until = _dt(rows[0][0]) if rows else None
+        return until if until is not None and until > now else None
+
+    async def ban_changes(self, after: int) -> tuple[dict[str, datetime | None], int]:
+        rows = await self._read("SELECT ip, banned_until, seq FROM bans WHERE seq > ? ORDER BY seq", (after,))
+        return {row[0]: _dt(row[1]) for row in rows}, max([after, *(int(row[2]) for row in rows)])
+
+    async def unban(self, ip: str, now: datetime) -> bool:
+        def lift(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT banned_until FROM bans WHERE ip = ?", (ip,)).fetchone()
+            if row is None:
+                return False
+            if row[0] is None:
+                conn.execute("UPDATE bans SET failures = '[]' WHERE ip = ?", (ip,))
+                return False
+            conn.execute("UPDATE bans SET failures = '[]', banned_until = NULL, updated_at = ?, "
+                         "seq = (SELECT max(seq) + 1 FROM bans) WHERE ip = ?", (_utc_ts(now), ip))
+            until = _dt(row[0])
+            return until is not None and until > now
+
+        return await self._transaction(lift)
+
+    async def space_use(self) -> dict[str, int]:
+        return {row[0]: int(row[1]) for row in await self._read("SELECT connection, used FROM space_use")}
+
+    async def add_space_use(self, deltas: dict[str, int]) -> dict[str, int]:
+        def add(conn: sqlite3.Connection) -> dict[str, int]:
+            for connection, delta in sorted(deltas.items()):
+                conn.execute("INSERT INTO space_use VALUES (?, max(0, ?)) ON CONFLICT (connection) DO UPDATE "
+                             "SET used = max(0, used + ?)", (connection, delta, delta))
+            return {row[0]: int(row[1]) for row in conn.execute("SELECT connection, used FROM space_use")}
+
+        return await self._transaction(add)
+
+    async def set_space_use(self, connection: str, used: int) -> None:
+        await self._write(("INSERT INTO space_use VALUES (?, ?) ON CONFLICT (connection) DO UPDATE "
+                           "SET used = excluded.used", (connection, max(0, used))))
 
     async def close(self) -> None:
         if self._flusher is not None:

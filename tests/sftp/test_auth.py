@@ -34,14 +34,16 @@ async def test_password_login_works_and_a_wrong_one_fails(feedd: Feedd) -> None:
 
 async def test_unknown_user_fails_like_a_wrong_password(feedd: Feedd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "FAILURE_DELAY", 0)
-    timings = {}
+    # A failed login also waits for its failure to be written to the store, whose time varies with the
+    # disk: the fastest of three tries of each, each from an address of its own (no ban gets in the way).
+    timings: dict[str, float] = {}
     gc.disable()  # a collection of the test process's whole heap can take longer than a login
     try:
-        for user in ("demo", "nobody-here"):
+        for n, user in enumerate(("demo", "nobody-here", "demo", "nobody-here", "demo", "nobody-here")):
             started = time.monotonic()
             with pytest.raises(asyncssh.PermissionDenied):
-                await feedd.connect(user, password="wrong")
-            timings[user] = time.monotonic() - started
+                await feedd.connect(user, password="wrong", local_addr=(f"127.0.0.{20 + n}", 0))
+            timings[user] = min(timings.get(user, 60.0), time.monotonic() - started)
     finally:
         gc.enable()
     # the unknown user pays for an argon2 verify too: no fast path that reveals which names exist

@@ -694,6 +694,65 @@ class StoreContract:
         assert await twin.originals({("acme", "c" * 64), ("acme", "d" * 64)}) == {
             ("acme", "c" * 64): first.run_id, ("acme", "d" * 64): earlier.run_id}
 
+    # --- bans and bytes used, shared by the nodes of one store ---
+
+    async def test_failures_within_the_window_ban_an_address_until_a_wall_clock_time(self, store: Store) -> None:
+        now = utcnow()
+        policy = {"after": 3, "within": 60.0, "duration": 900.0}
+        assert await store.login_failed("10.0.0.1", now - timedelta(seconds=120), **policy) is None  # too old
+        assert await store.login_failed("10.0.0.1", now - timedelta(seconds=10), **policy) is None
+        assert await store.login_failed("10.0.0.2", now, **policy) is None  # another address counts apart
+        assert await store.login_failed("10.0.0.1", now - timedelta(seconds=5), **policy) is None
+        assert await store.banned_until("10.0.0.1", now) is None
+        until = await store.login_failed("10.0.0.1", now, **policy)
+        assert until == now + timedelta(seconds=900)
+        assert await store.banned_until("10.0.0.1", now) == until
+        assert await store.banned_until("10.0.0.1", until) is None  # over at its time
+        assert await store.banned_until("10.0.0.2", now) is None
+        # The failures that led to it are forgotten: the next ones count from zero.
+        later = until + timedelta(seconds=1)
+        assert await store.login_failed("10.0.0.1", later, **policy) is None
+        assert await store.login_failed("10.0.0.1", later, **policy) is None
+        assert await store.banned_until("10.0.0.1", later) is None
+
+    async def test_failures_recorded_at_once_all_count(self, store: Store) -> None:
+        now = utcnow()
+        outcomes = await asyncio.gather(*(store.login_failed("10.0.0.9", now, after=5, within=60.0, duration=60.0)
+                                          for _ in range(5)))
+        assert sum(until is not None for until in outcomes) == 1
+        assert await store.banned_until("10.0.0.9", now) is not None
+
+    async def test_ban_changes_come_after_a_mark_and_an_unban_is_one_of_them(self, store: Store) -> None:
+        now = utcnow()
+        assert await store.ban_changes(0) == ({}, 0)
+        await store.login_failed("10.0.0.3", now, after=2, within=60.0, duration=60.0)  # a failure: no change
+        assert (await store.ban_changes(0))[0] == {}
+        a = await store.login_failed("10.0.0.4", now, after=1, within=60.0, duration=60.0)
+        b = await store.login_failed("10.0.0.5", now, after=1, within=60.0, duration=30.0)
+        changes, mark = await store.ban_changes(0)
+        assert changes == {"10.0.0.4": a, "10.0.0.5": b}
+        assert await store.ban_changes(mark) == ({}, mark)
+        assert await store.unban("10.0.0.4", now) is True
+        assert await store.unban("10.0.0.4", now) is False  # not banned any more
+        assert await store.unban("10.0.0.99", now) is False  # never seen
+        assert await store.banned_until("10.0.0.4", now) is None
+        changes, after = await store.ban_changes(mark)
+        assert changes == {"10.0.0.4": None} and after > mark
+        # An unban forgets the failures too.
+        assert await store.login_failed("10.0.0.3", now, after=3, within=60.0, duration=60.0) is None  # its 2nd
+        assert await store.unban("10.0.0.3", now) is False
+        assert await store.login_failed("10.0.0.3", now, after=2, within=60.0, duration=60.0) is None  # 1st again
+
+    async def test_space_use_adds_deltas_atomically_and_a_recount_sets_it(self, store: Store) -> None:
+        assert await store.space_use() == {}
+        assert await store.add_space_use({"acme": 100, "globex": 5}) == {"acme": 100, "globex": 5}
+        await asyncio.gather(*(store.add_space_use({"acme": 10}) for _ in range(10)))
+        assert await store.add_space_use({"globex": -50}) == {"acme": 200, "globex": 0}  # never below 0
+        await store.set_space_use("acme", 42)
+        assert await store.space_use() == {"acme": 42, "globex": 0}
+        assert await store.add_space_use({"acme": -2, "initech": -3}) == {"acme": 40, "globex": 0, "initech": 0}
+
 
 def _fields(value: object) -> dict[str, object]:
     return {f: getattr(value, f) for f in value.__dataclass_fields__}  # type: ignore[attr-defined]
+
