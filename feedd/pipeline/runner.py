@@ -231,10 +231,7 @@ class Runner:
                 failed = (exc.code, f"{run.source.name}: {exc.message}")
                 logger.warning("run.decrypt_failed", error=exc.message)
             except BrokenProcessPool:
-                self._pool = self._new_pool()
-                logger.error("run.worker_died")
-                await self._finish(run, None, RunError("worker_died", "the worker processing this run died; "
-                                                                        "retry the run to process it again"))
+                await self._worker_died(run)
                 return
         try:
             # The input's headers are read in a worker, like the rest of it: detecting a crafted file's
@@ -255,16 +252,20 @@ class Runner:
                 failpoints.hit("runner.mid_processing")
             outcome = await work
         except BrokenProcessPool:
-            self._pool = self._new_pool()
-            logger.error("run.worker_died")
-            await self._finish(run, None, RunError("worker_died", "the worker processing this run died; "
-                                                                    "retry the run to process it again"))
+            await self._worker_died(run)
             return
         except Exception as exc:
             logger.exception("run.crashed")
             await self._finish(run, None, RunError("internal_error", f"processing failed: {exc}"))
             return
         await self._finish(run, outcome, None)
+
+    async def _worker_died(self, run: Run) -> None:
+        """A worker died under the run (killed, out of memory): the pool is made anew, the run fails."""
+        self._pool = self._new_pool()
+        log.get(run_id=run.run_id, connection=run.connection, pipeline=run.pipeline).error("run.worker_died")
+        await self._finish(run, None, RunError("worker_died", "the worker processing this run died; "
+                                                              "retry the run to process it again"))
 
     async def _process(self, job: Job, run: Run) -> Outcome:
         """The run processed by one worker, or a large upload by as many idle workers as there are, each
