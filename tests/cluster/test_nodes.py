@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ import pytest
 from feedd.failpoints import NAMES
 from tests.delivery.conftest import Receiver
 from tests.haproxy import haproxy, needs_haproxy
-from tests.helpers import DEMO_HASH, DEMO_PASSWORD, Daemon, eventually, write
+from tests.helpers import DEMO_HASH, Daemon, eventually, write
+from tests.sftp.test_proxy_protocol import paramiko_upload
 
 pytestmark = [needs_haproxy, pytest.mark.timeout(300)]
 
@@ -85,16 +85,7 @@ def openssh_put(port: int, key: Path, local: Path, cwd: Path) -> bool:
 
 def paramiko_put(port: int, name: str, data: bytes) -> bool:
     try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        transport = paramiko.Transport(sock)
-        try:
-            transport.connect(username="demo", password=DEMO_PASSWORD)
-            sftp = paramiko.SFTPClient.from_transport(transport)
-            assert sftp is not None
-            with sftp.open(f"/inbox/{name}", "wb") as f:
-                f.write(data)
-        finally:
-            transport.close()
+        paramiko_upload(port, "127.0.0.1", name, data)
     except (OSError, EOFError, paramiko.SSHException):
         return False
     return True
