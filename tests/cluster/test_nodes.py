@@ -43,7 +43,9 @@ sftp:
   listen: "127.0.0.1:0"
   spaces_dir: ./spaces
   host_keys: ["{host_key}"]
-  settle: 200ms
+  # the node serving an upload takes it at its CLOSE (after 0.5 s); the others, which see the same files,
+  # would take it once quiet for `settle`: longer here, so that the node that may die is the one taking it
+  settle: 3s
   scan_interval: 1s
   proxy_protocol: true
 http:
