@@ -54,3 +54,11 @@ def test_postgresql_without_its_driver_is_told_how_to_install_it(tmp_path: Path)
     assert served.returncode == 1
     assert "store.type postgresql needs psycopg" in served.stderr and "feedd[postgresql]" in served.stderr
     assert "Traceback" not in served.stderr
+
+
+def test_cluster_takeover_after_is_a_positive_duration(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL).cluster.takeover_after == 30.0
+    assert load(tmp_path, MINIMAL + "cluster: {takeover_after: 2m}\n").cluster.takeover_after == 120.0
+    found = errors(tmp_path, MINIMAL + "cluster: {takeover_after: 0s, takeover: 1s}\n")
+    assert any(": cluster.takeover_after: expected a duration above 0" in e for e in found), found
+    assert any(": cluster.takeover: unknown key (did you mean 'takeover_after'?)" in e for e in found), found
