@@ -60,6 +60,7 @@ class Cluster:
         # Takes in the objects other nodes changed over the API (woken by them; also looked at every beat).
         self._refresh = refresh
         self._refreshing: asyncio.Task[None] | None = None
+        self._again = False  # a look was asked for while one ran
         self._store = store
         self.node_id = node_id
         self._wake = wake  # "runs" / "deliveries" / "events" -> the part that does that work
@@ -130,12 +131,20 @@ class Cluster:
             log.get(run_id=run_id).info("run.resumed", how=how, node=taken.node_id or None)
 
     def _refresh_objects(self) -> None:
-        """Look at the store's objects, once at a time (a look asked for meanwhile is the running one's)."""
-        if self._refresh is None or (self._refreshing is not None and not self._refreshing.done()):
+        """Look at the store's objects, one look at a time; a look asked for while one runs comes after it
+        (the running one may have read the objects before the change that asked)."""
+        if self._refresh is None:
+            return
+        if self._refreshing is not None and not self._refreshing.done():
+            self._again = True
             return
 
         async def look(refresh: Callable[[], Awaitable[object]]) -> None:
-            await refresh()
+            while True:
+                self._again = False
+                await refresh()
+                if not self._again:
+                    return
 
         self._refreshing = asyncio.get_running_loop().create_task(look(self._refresh))
         self._refreshing.add_done_callback(supervisor.reap("cluster.refresh_failed"))
