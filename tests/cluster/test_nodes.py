@@ -175,7 +175,8 @@ async def api(url: str, path: str) -> Any:
         return await r.json()
 
 
-async def settled(url: str, count: int, within: float = 90.0) -> list[dict[str, Any]]:
+async def settled(url: str, inbound: int, outbound: int = 0, within: float = 90.0) -> list[dict[str, Any]]:
+    """Every run, once there are `inbound` and `outbound` originals and every run has reached its end."""
     deadline = time.monotonic() + within
     runs: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -183,8 +184,9 @@ async def settled(url: str, count: int, within: float = 90.0) -> list[dict[str, 
             runs = (await api(url, "/runs?limit=1000"))["data"]
         except (aiohttp.ClientError, TimeoutError):
             runs = []  # a request that HAProxy sent to the dead node as it died
-        originals = [r for r in runs if r.get("duplicateOf") is None]
-        if len(originals) >= count and all(r["status"] in ("delivered", "failed") for r in runs):
+        originals = [r["direction"] for r in runs if r.get("duplicateOf") is None]
+        if originals.count("inbound") >= inbound and originals.count("outbound") >= outbound \
+                and all(r["status"] in ("delivered", "failed") for r in runs):
             return runs
         await asyncio.sleep(0.2)
     raise AssertionError(f"runs stuck: {[(r['runId'], r['status'], r['deliveries']) for r in runs]}")
@@ -233,7 +235,8 @@ async def test_three_nodes_behind_haproxy_lose_nothing_when_one_is_killed(
         assert code == -9, f"{failpoint} was never reached (exit {code})"
         for n, handle in enumerate(fed):
             await (tus_finish(url, handle, n) if http_kind == "tus" else multipart_finish(url, handle))
-        runs = await settled(url, FILES + (len(fed) if http_kind == "tus" else 0))
+        runs = await settled(url, FILES + (len(fed) if http_kind == "tus" else 0),
+                             len(fed) if http_kind == "upload" else 0)
 
         async def dead_one_gone() -> dict[str, Any] | None:  # the dead node is forgotten once taken over
             got: dict[str, Any] = await api(url, "/cluster")
