@@ -731,23 +731,18 @@ class SqliteStore:
         return await self._write(("UPDATE nodes SET heartbeat_at = ? WHERE node_id = ?", (_ts(now), node_id))) == 1
 
     async def leave(self, node_id: str) -> TakenOver:
-        def release(conn: sqlite3.Connection) -> TakenOver:
-            with _transaction(conn):
-                return _release(conn, node_id)
-
-        return await self._in_db(release)
+        return await self._transaction(lambda conn: _release(conn, node_id))
 
     async def take_over(self, dead_before: datetime, by: str) -> list[TakenOver]:
         def take(conn: sqlite3.Connection) -> list[TakenOver]:
-            with _transaction(conn):
-                dead = [row[0] for row in conn.execute(
-                    "SELECT node_id FROM nodes WHERE heartbeat_at < ? AND node_id != ? ORDER BY node_id",
-                    (_ts(dead_before), by))]
-                taken = [_release(conn, node_id) for node_id in dead]
-                orphans = _release(conn, None)
+            dead = [row[0] for row in conn.execute(
+                "SELECT node_id FROM nodes WHERE heartbeat_at < ? AND node_id != ? ORDER BY node_id",
+                (_ts(dead_before), by))]
+            taken = [_release(conn, node_id) for node_id in dead]
+            orphans = _release(conn, None)
             return taken + ([orphans] if orphans.runs or orphans.deliveries or orphans.events else [])
 
-        return await self._in_db(take)
+        return await self._transaction(take)
 
     async def nodes(self) -> list[Node]:
         rows = await self._read(
@@ -809,15 +804,8 @@ class SqliteStore:
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` in a transaction of its own, which may read before it writes (between group commits)."""
         def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+            with _begun(conn):
+                return fn(conn)
 
         async with self._lock:
             return await self._in_db(run)
@@ -870,7 +858,8 @@ class SqliteStore:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def _begun(conn: sqlite3.Connection) -> Iterator[None]:
+    """The block as one write transaction (on the database thread): committed, or rolled back if it raises."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -915,15 +904,8 @@ def _commit_batch(conn: sqlite3.Connection, *,
                   batch: list[tuple[tuple[str, tuple[Any, ...]], ...]]) -> list[int | BaseException]:
     """One transaction for many callers' statement groups (on the database thread), each group inside
     its own savepoint: one group's failure does not undo the others."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        outcomes = [_apply(conn, statements) for statements in batch]
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            conn.execute("ROLLBACK")
-        raise
-    return outcomes
+    with _begun(conn):
+        return [_apply(conn, statements) for statements in batch]
 
 
 def _apply(conn: sqlite3.Connection, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> int | BaseException:
