@@ -385,13 +385,17 @@ class PostgresStore:
         due = f"SELECT * FROM {table} WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
         if owner is None:
             return await self._read(f"{due} ORDER BY {order} LIMIT %s", (now, limit))
+        # Rows it holds already are read, not written again (the loop asks every 50 ms while it sends); both
+        # parts see the same snapshot, so a row just claimed is not also read as held.
         rows = await self._read(
-            f"UPDATE {table} t SET owner = %s FROM ({due} AND (owner IS NULL OR owner = %s) ORDER BY {order} "
+            f"WITH held AS ({due} AND owner = %s ORDER BY {order} LIMIT %s), "
+            f"claimed AS (UPDATE {table} t SET owner = %s FROM ({due} AND owner IS NULL ORDER BY {order} "
             f"LIMIT %s FOR UPDATE SKIP LOCKED) c WHERE ({', '.join(f't.{k}' for k in key.split(', '))}) = "
-            f"({', '.join(f'c.{k}' for k in key.split(', '))}) RETURNING t.*", (owner, now, owner, limit))
+            f"({', '.join(f'c.{k}' for k in key.split(', '))}) RETURNING t.*) "
+            "SELECT * FROM held UNION ALL SELECT * FROM claimed", (now, owner, limit, owner, now, limit))
         first = datetime.min.replace(tzinfo=UTC)
         column = order.split()[0].rstrip(",")  # UPDATE ... RETURNING keeps no order: put it back
-        return sorted(rows, key=lambda r: (r[column] or first, r["seq"]))
+        return sorted(rows, key=lambda r: (r[column] or first, r["seq"]))[:limit]
 
     async def add_events(self, events: Sequence[Event]) -> None:
         if events:

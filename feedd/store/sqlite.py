@@ -314,13 +314,16 @@ class SqliteStore:
         if owner is None:
             return await self._read(f"SELECT * FROM {table} WHERE rowid IN ({due}) ORDER BY {order}, rowid LIMIT ?",
                                     (_ts(now), limit))
-        claim = (f"UPDATE {table} SET owner = ? WHERE rowid IN ({due} AND (owner IS NULL OR owner = ?) "
+        # Rows it holds already are read, not written again: the loop asks every 50 ms while it sends.
+        held = f"SELECT rowid AS claimed, * FROM {table} WHERE rowid IN ({due} AND owner = ?) ORDER BY {order} LIMIT ?"
+        claim = (f"UPDATE {table} SET owner = ? WHERE rowid IN ({due} AND owner IS NULL "
                  f"ORDER BY {order}, rowid LIMIT ?) RETURNING rowid AS claimed, *")
 
         def take(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows = conn.execute(held, (_ts(now), owner, limit)).fetchall()
             # one statement (autocommit), so one transaction: the rows are picked and marked at once
-            rows = conn.execute(claim, (owner, _ts(now), owner, limit)).fetchall()
-            return sorted(rows, key=lambda r: (r[order] is not None, r[order] or "", r["claimed"]))
+            rows += conn.execute(claim, (owner, _ts(now), limit)).fetchall()
+            return sorted(rows, key=lambda r: (r[order] is not None, r[order] or "", r["claimed"]))[:limit]
 
         return await self._in_db(take)
 
