@@ -90,7 +90,16 @@ class Cluster:
             await supervisor.cancel(task)
         self._tasks = []
         await supervisor.cancel(self._refreshing)
-        given = await self._store.leave(self.node_id)
+        # Bounded by the drain deadline: with the store out of reach, the others take this node's work over
+        # after takeover_after anyway, and a stop must not wait for a connection that will not come.
+        within = max(1.0, deadline - asyncio.get_running_loop().time())
+        try:
+            given = await asyncio.wait_for(self._store.leave(self.node_id), within)
+        except Exception as exc:  # leaving is a courtesy: what it would give back is taken over, not lost
+            error = f"store not reached in {within:.1f}s" if isinstance(exc, TimeoutError) else str(exc)
+            log.get().warning("cluster.leave_failed", node=self.node_id, error=error,
+                              action="other nodes take this node's work over after cluster.takeover_after")
+            return
         if given.runs:
             log.get().info("cluster.left", node=self.node_id, runs=len(given.runs))
             self._tell(given, "given back")

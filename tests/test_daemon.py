@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from feedd import sdnotify
 from feedd.config import load_config
 from feedd.config.values import Address
 from feedd.summary import next_steps
@@ -80,18 +83,27 @@ def test_abstract_notify_socket(tmp_path: Path, daemons: list[Daemon]) -> None:
         sock.close()
 
 
-def test_watchdog_pings_at_half_the_interval(tmp_path: Path, notify: NotifySocket, daemons: list[Daemon]) -> None:
+def test_the_watchdog_interval_is_half_of_what_systemd_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert sdnotify.watchdog_interval() == 0.2
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # meant for another process
+    assert sdnotify.watchdog_interval() is None
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setenv("WATCHDOG_USEC", "0")
+    assert sdnotify.watchdog_interval() is None
+
+
+def test_watchdog_pings_keep_coming(tmp_path: Path, notify: NotifySocket, daemons: list[Daemon]) -> None:
     d = start(daemons, write(tmp_path, "feedd.yaml", MINIMAL), NOTIFY_SOCKET=notify.address,
               WATCHDOG_USEC="400000")
     notify.wait_for("READY=1")
-    t0 = time.monotonic()
-    deadline = t0 + 5
+    deadline = time.monotonic() + 30
     while sum(m == "WATCHDOG=1" for m in notify.messages) < 5 and time.monotonic() < deadline:
         notify.sock.settimeout(1)
-        notify.messages.append(notify.sock.recv(4096).decode())
-    elapsed = time.monotonic() - t0
+        with contextlib.suppress(TimeoutError):
+            notify.messages.append(notify.sock.recv(4096).decode())
     assert sum(m == "WATCHDOG=1" for m in notify.messages) >= 5
-    assert elapsed < 2.0, f"5 pings at 0.2 s should take about 1 s, took {elapsed:.2f}s"
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
 

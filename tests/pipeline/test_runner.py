@@ -105,12 +105,10 @@ async def test_sftp_stays_responsive_while_a_big_file_is_processed(start_feedd: 
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("the big run never started processing")
-    started = time.monotonic()
     await upload(feedd, "/inbox/small.csv", b"email\nann@example.org\n")  # connect, log in, write, close
-    took = time.monotonic() - started
+    # Had the processing held the loop, the upload could only have finished after it.
     big_run = next(r for r in await feedd.runs() if r.source.name.endswith("big.csv"))
-    assert big_run.status is RunStatus.PROCESSING, "the big run ended before the small upload: not a fair test"
-    assert took < 1.0, f"a small upload took {took:.2f} s while a run was processing"
+    assert big_run.status is RunStatus.PROCESSING, "the small upload waited for the big run"
     runs = await finished(feedd, 2, within=60)
     assert {r.source.name.rsplit("/", 1)[-1]: r.counts.valid for r in runs} == {"big.csv": 1_500_000, "small.csv": 1}
 

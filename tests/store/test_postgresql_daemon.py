@@ -25,6 +25,7 @@ from feedd.store.postgresql_migrations import MIGRATIONS
 from tests.helpers import DEMO_PASSWORD, MINIMAL, run_cli, write
 from tests.sftp.conftest import Feedd, demo_key, host_key, render
 from tests.sftp.logs import capture_logs, events
+from tests.store.conftest import PgCluster
 
 __all__ = ["demo_key", "host_key"]
 
@@ -152,3 +153,14 @@ async def test_a_reload_keeps_the_store_it_started_with(tmp_path: Path, pg_dsn: 
         await daemon.stop()
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT to_regclass('runs')").fetchone() == (None,)
+
+
+async def test_a_node_whose_store_is_gone_still_stops_and_says_the_others_take_over(
+        tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str) -> None:
+    daemon = Daemon(load_config(_node(tmp_path, "a"), env={"FEEDD_TEST_DSN": pg_dsn}), drain_seconds=1, workers=1)
+    await daemon.start()
+    pg_cluster.drop_database(pg_dsn)  # its connections are cut; no new one can be made
+    with capture_logs() as logs:
+        await daemon.stop()
+    [failed] = events(logs, "cluster.leave_failed")
+    assert failed["action"] == "other nodes take this node's work over after cluster.takeover_after"

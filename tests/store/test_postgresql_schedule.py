@@ -34,7 +34,7 @@ def _store(dsn: str) -> str:
 
 
 async def test_a_window_missed_while_down_is_reported_once_from_postgresql(
-    start_feedd: Start, receiver: Receiver, pg_dsn: str
+    pg_dsn: str, start_feedd: Start, receiver: Receiver
 ) -> None:
     due, grace = plan()
     clock = Clock(due - timedelta(seconds=1))
@@ -62,7 +62,7 @@ async def test_a_window_missed_while_down_is_reported_once_from_postgresql(
 
 
 async def test_a_sweep_on_postgresql_removes_a_finished_runs_input_and_outputs_only(
-    start_feedd: Start, pg_dsn: str
+    pg_dsn: str, start_feedd: Start
 ) -> None:
     api = await start_feedd(Clock(), extra=AGES + _store(pg_dsn))
     held, held_input, held_outputs = await unfinished(api, RunStatus.HELD)
