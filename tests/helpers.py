@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import queue
@@ -172,11 +173,14 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 20.0, what: str = "") -> T:
-    """The first true answer of `check`, asked until `within` seconds have passed."""
+async def eventually(check: Callable[[], Awaitable[T | None] | T | None], within: float = 20.0,
+                     what: str = "") -> T:
+    """The first true answer of `check` (a plain or an async function), asked until `within` seconds have
+    passed."""
     deadline = time.monotonic() + within
     while True:
-        got = await check()
+        answer = check()
+        got = await answer if inspect.isawaitable(answer) else answer
         if got:
             return got
         if time.monotonic() > deadline:

@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 
 from feedd.model import RunStatus
-from tests.helpers import DEMO_PASSWORD
+from tests.helpers import DEMO_PASSWORD, eventually
 from tests.sftp.conftest import Feedd
 
 CSV = b"email\nann@example.org\nbob@example.org\n"
@@ -219,8 +219,7 @@ async def test_done_marker(start_feedd) -> None:  # type: ignore[no-untyped-def]
     await upload(feedd, "/inbox/x.csv.done", b"")
     [run] = await feedd.wait_runs(1)
     assert run.source.name == "inbox/x.csv"
-    await asyncio.sleep(0.3)
-    assert inbox(feedd) == [], "the marker is removed with its file"
+    await eventually(lambda: inbox(feedd) == [], what="the marker removed with its file")
 
 
 async def test_empty_files_are_taken_like_any_other(feedd: Feedd) -> None:
@@ -284,7 +283,8 @@ async def test_rewrite_during_the_close_grace_is_one_run_of_the_final_bytes(feed
             await f.write(b"email\nold@example.org\n")
         async with sftp.open("/inbox/r.csv", "wb") as f:
             await f.write(b"email\nnew@example.org\n")
-    await asyncio.sleep(1.0)
+    await feedd.wait_runs(1)
+    await eventually(lambda: inbox(feedd) == [], what="r.csv taken")  # once taken, no second run can come of it
     [run] = await feedd.runs()
     assert Path(run.spool_path).read_bytes() == b"email\nnew@example.org\n"
     assert run.source.sha256 == hashlib.sha256(b"email\nnew@example.org\n").hexdigest()
