@@ -13,6 +13,7 @@ from typing import Any
 
 import openpyxl
 import pytest
+import xlwt
 
 import tests.sftp.conftest as sftp_conftest
 from feedd.config import load_config
@@ -232,6 +233,36 @@ async def test_an_ods_is_read_like_an_xlsx(start: Callable[..., Any], tmp_path: 
     assert run.status is RunStatus.DELIVERED, run.error
     assert records(tmp_path, run) == [
         {"name": "ann", "born": "2020-01-02", "n": 12, "score": None, "ok": True, "seen": None, "code": None}]
+
+
+def people_xls() -> bytes:
+    """An Excel 97-2003 workbook (BIFF8, the format of .xls), as older HR and ERP exports still write it."""
+    book = xlwt.Workbook()
+    book.add_sheet("Notes").write(0, 0, "nothing to read here")
+    sheet = book.add_sheet("People")
+    sheet.write(0, 1, "exported by the payroll system")
+    day, moment = xlwt.easyxf(num_format_str="YYYY-MM-DD"), xlwt.easyxf(num_format_str="YYYY-MM-DD HH:MM:SS")
+    for column, name in enumerate(("name", "born", "n", "score", "ok", "seen")):
+        sheet.write(2, column, name)
+    for column, value in enumerate(("ann", date(2020, 1, 2), 12.0, 0.1, True, datetime(2020, 1, 2, 3, 4, 5))):
+        sheet.write(3, column, value, day if column == 1 else moment if column == 5 else xlwt.Style.default_style)
+    sheet.write(4, 0, "bob")
+    sheet.write(4, 2, 1.5)  # row 5 as Excel shows it
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()
+
+
+async def test_an_xls_is_read_like_an_xlsx(start: Callable[..., Any], tmp_path: Path) -> None:
+    feedd: Feedd = await start('{type: auto, sheet: "People", skip_rows: 2}')
+    await upload(feedd, "/inbox/payroll.xls", people_xls())
+    [run] = await finished(feedd, 1, until=(RunStatus.DELIVERED, RunStatus.FAILED))
+    assert run.status is RunStatus.DELIVERED, run.error
+    assert records(tmp_path, run) == [
+        {"name": "ann", "born": "2020-01-02", "n": 12, "score": 0.1, "ok": True, "seen": "2020-01-02T03:04:05",
+         "code": None}]
+    assert [(e.row, e.field, e.message) for e in run.errors] == [(5, "n", "n: '1.5' is not an integer")]
+    assert run.meta["detected"]["sheet"] == "People"
 
 
 async def test_a_workbook_bomb_is_refused_before_it_is_read(start: Callable[..., Any]) -> None:
